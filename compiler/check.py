@@ -1,0 +1,135 @@
+"""Run every registered rule over a parsed spec and collect Diagnostics (never raise, never stop early).
+
+The Context binds the spec to the catalogs: catalog names become architectures, the accelerator
+name becomes its Accelerator. A rule declares what it needs; it is skipped when any of that failed
+to parse or bind, so one mistake yields one diagnostic, not a cascade.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Optional
+
+from distillc.compiler.catalog import Accelerator, Catalog, load_catalog
+from distillc.compiler.diagnostics import Diagnostic, sort_key
+from distillc.compiler.loader import Loaded, SourceMap
+from distillc.compiler.parse import PartialSpec, did_you_mean, parse
+from distillc.compiler.registry import CODES, load_rules, make
+from distillc.runtime.config import ModelArch
+
+
+@dataclass(frozen=True)
+class Context:
+    spec: PartialSpec
+    source: SourceMap
+    catalog: Catalog
+    teacher_arch: Optional[ModelArch] = None  # as published (catalog or inline)
+    student_arch: Optional[ModelArch] = None  # after student.pruned_layers are removed
+    accelerator: Optional[Accelerator] = None
+    cluster_note: str = ""  # set when a cluster entry replaced the spec's accelerator
+
+    def get(self, name: str) -> Any:
+        if name in ("teacher_arch", "student_arch", "accelerator"):
+            return getattr(self, name)
+        return getattr(self.spec, name)
+
+
+def _bind_model(side: Any, role: str, catalog: Catalog, source: SourceMap, diags: list[Diagnostic]) -> Optional[ModelArch]:
+    if side is None:
+        return None
+    if isinstance(side.model, str):
+        arch = catalog.models.get(side.model)
+        if arch is None:
+            hint = did_you_mean(side.model, catalog.models) or "run `distillc models` for the catalog"
+            path = (role, "model")
+            diags.append(make("DC013", f"unknown model '{side.model}'", path=path, span=source.span(path), file=source.file, hint=hint))
+            return None
+    else:
+        arch = ModelArch(**side.model.model_dump())
+    return arch
+
+
+def _pruned(arch: Optional[ModelArch], pruned: list[int]) -> Optional[ModelArch]:
+    """The student's own depth: its catalog architecture minus the pruned layers."""
+    if arch is None or not pruned:
+        return arch
+    depth = arch.num_layers - len(set(pruned))
+    if depth <= 0:
+        return None
+    return arch.model_copy(update={"num_layers": depth, "params": None})
+
+
+def bind(spec: PartialSpec, source: SourceMap, accelerator: Optional[str] = None) -> tuple[Context, list[Diagnostic]]:
+    catalog = load_catalog()
+    diags: list[Diagnostic] = []
+    teacher = _bind_model(spec.teacher, "teacher", catalog, source, diags)
+    student = _bind_model(spec.student, "student", catalog, source, diags)
+    if spec.student is not None:
+        student = _pruned(student, spec.student.pruned_layers)
+    acc = None
+    if spec.resources is not None:
+        name = accelerator or spec.resources.accelerator
+        acc = catalog.accelerators.get(name)
+        if acc is None:
+            path = ("resources", "accelerator")
+            hint = did_you_mean(name, catalog.accelerators) or "run `distillc accelerators` for the catalog"
+            diags.append(make("DC014", f"unknown accelerator '{name}'", path=path, span=source.span(path), file=source.file, hint=hint))
+    ctx = Context(spec, source, catalog, teacher, student, acc)
+    return ctx, diags
+
+
+def run_rules(ctx: Context, select: Iterable[str] = (), ignore: Iterable[str] = ()) -> list[Diagnostic]:
+    load_rules()
+    select, ignore = tuple(select), tuple(ignore)
+    out: list[Diagnostic] = []
+    for code in sorted(CODES):
+        info = CODES[code]
+        if info.func is None or not _wanted(code, select, ignore):
+            continue
+        if any(ctx.get(n) is None for n in info.needs):
+            continue
+        for f in info.func(ctx):
+            span = ctx.source.key_span(f.path) if f.key else ctx.source.span(f.path)
+            out.append(make(code, f.message, path=f.path, span=span, file=ctx.source.file, hint=f.hint, notes=f.notes))
+    return out
+
+
+def _wanted(code: str, select: tuple[str, ...], ignore: tuple[str, ...]) -> bool:
+    if select and not any(code.startswith(s) for s in select):
+        return False
+    return not any(code.startswith(i) for i in ignore)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The result of the front end: a typed spec, its binding to the catalogs, and diagnostics."""
+
+    spec: PartialSpec
+    context: Optional[Context]
+    diagnostics: tuple[Diagnostic, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.is_error for d in self.diagnostics)
+
+
+def check_loaded(
+    loaded: Loaded,
+    select: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+    accelerator: Optional[str] = None,
+) -> Checked:
+    """load -> parse -> bind -> rules. Structural problems stop before the rules run."""
+    select, ignore = tuple(select), tuple(ignore)
+    diags = [d for d in loaded.diagnostics if _wanted(d.code, select, ignore)]
+    if loaded.data is None or any(d.code in ("DC000", "DC004") for d in loaded.diagnostics):
+        return Checked(PartialSpec(), None, tuple(sorted(diags, key=sort_key)))
+    spec, parse_diags = parse(loaded)
+    ctx, bind_diags = bind(spec, loaded.source, accelerator)
+    diags += [d for d in (*parse_diags, *bind_diags) if _wanted(d.code, select, ignore)]
+    diags += run_rules(ctx, select, ignore)
+    return Checked(spec, ctx, tuple(sorted(diags, key=sort_key)))
+
+
+def with_file(diags: Iterable[Diagnostic], file: str) -> list[Diagnostic]:
+    return [replace(d, file=file) for d in diags]

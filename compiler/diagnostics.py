@@ -1,0 +1,140 @@
+"""Diagnostics: what every stage reports instead of raising (mypy's errors.py is the model).
+
+A Diagnostic is frozen data: a stable code, a severity that belongs to the code (see
+registry.py), a message, a fix hint, the dotted key path and the file span. Formatting lives
+here too, so every command prints them the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Iterable, Sequence, Union
+
+KeyPath = tuple[Union[str, int], ...]
+
+
+class Severity(str, Enum):
+    ERROR = "error"
+    WARNING = "warning"
+    NOTE = "note"
+
+
+@dataclass(frozen=True)
+class Span:
+    line: int
+    column: int
+    end_line: int | None = None
+    end_column: int | None = None
+
+
+def dotted(path: Sequence[str | int]) -> str:
+    """('loss', 'beta', 'start') -> 'loss.beta.start'; list indices as [i]."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    code: str
+    severity: Severity
+    message: str
+    hint: str = ""
+    path: KeyPath = ()
+    file: str = ""
+    span: Span = field(default_factory=lambda: Span(1, 1))
+    notes: tuple[str, ...] = ()
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity is Severity.ERROR
+
+    def to_json(self) -> dict[str, Any]:
+        """The public JSON shape: {code, severity, message, hint, path, line, column} (+ file)."""
+        return {
+            "code": self.code,
+            "severity": self.severity.value,
+            "message": self.message,
+            "hint": self.hint,
+            "path": dotted(self.path),
+            "line": self.span.line,
+            "column": self.span.column,
+            "file": self.file,
+        }
+
+
+def sort_key(d: Diagnostic) -> tuple[Any, ...]:
+    return (d.file, d.span.line, d.span.column, d.code)
+
+
+def has_errors(diags: Iterable[Diagnostic]) -> bool:
+    return any(d.is_error for d in diags)
+
+
+# ---------------------------------------------------------------- formatting
+
+_COLORS = {Severity.ERROR: "\x1b[1;31m", Severity.WARNING: "\x1b[1;33m", Severity.NOTE: "\x1b[1;36m"}
+_BOLD, _BLUE, _RESET = "\x1b[1m", "\x1b[1;34m", "\x1b[0m"
+
+
+def format_concise(d: Diagnostic) -> str:
+    """`file:line:col: severity: CODE message [path]` (one line, like gcc and mypy)."""
+    where = f"{d.file}:{d.span.line}:{d.span.column}" if d.file else f"{d.span.line}:{d.span.column}"
+    path = f" [{dotted(d.path)}]" if d.path else ""
+    return f"{where}: {d.severity.value}: {d.code} {d.message}{path}"
+
+
+def format_rich(d: Diagnostic, source_line: str = "", color: bool = False) -> str:
+    """rustc-style: header, location arrow, the source line with a caret, then hint and notes."""
+    c = (lambda s, k: f"{k}{s}{_RESET}") if color else (lambda s, k: s)
+    head = c(f"{d.severity.value}[{d.code}]", _COLORS[d.severity]) + c(f": {d.message}", _BOLD if color else "")
+    where = f"{d.file}:{d.span.line}:{d.span.column}" if d.file else f"line {d.span.line}:{d.span.column}"
+    gutter = " " * len(str(d.span.line))
+    lines = [head, f"{gutter}{c('-->', _BLUE)} {where}" + (f"  ({dotted(d.path)})" if d.path else "")]
+    if source_line:
+        col = max(d.span.column, 1)
+        width = 1
+        if d.span.end_line == d.span.line and d.span.end_column and d.span.end_column > col:
+            width = d.span.end_column - col
+        width = max(1, min(width, max(1, len(source_line) - col + 1)))
+        lines += [
+            f"{gutter} {c('|', _BLUE)}",
+            f"{c(str(d.span.line), _BLUE)} {c('|', _BLUE)} {source_line}",
+            f"{gutter} {c('|', _BLUE)} {' ' * (col - 1)}{c('^' * width, _COLORS[d.severity])}",
+        ]
+    if d.hint:
+        lines.append(f"{gutter} {c('=', _BLUE)} {c('help', _BOLD if color else '')}: {d.hint}")
+    for note in d.notes:
+        lines.append(f"{gutter} {c('=', _BLUE)} note: {note}")
+    return "\n".join(lines)
+
+
+def format_github(d: Diagnostic) -> str:
+    """A GitHub Actions workflow command, so findings show up as annotations on the PR."""
+    kind = {"error": "error", "warning": "warning", "note": "notice"}[d.severity.value]
+
+    def esc(s: str) -> str:
+        return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+    props = f"file={esc(d.file)},line={d.span.line},col={d.span.column},title={d.code}"
+    text = d.message + (f" (help: {d.hint})" if d.hint else "")
+    return f"::{kind} {props}::{esc(text)}"
+
+
+def to_json(diags: Iterable[Diagnostic]) -> str:
+    return json.dumps([d.to_json() for d in diags], indent=2, ensure_ascii=False)
+
+
+def summary(diags: Sequence[Diagnostic]) -> str:
+    errors = sum(d.is_error for d in diags)
+    warnings = sum(d.severity is Severity.WARNING for d in diags)
+    if not errors and not warnings:
+        return "ok: no problems found"
+    plural = lambda n, w: f"{n} {w}{'s' if n != 1 else ''}"  # noqa: E731
+    return f"{plural(errors, 'error')}, {plural(warnings, 'warning')}"

@@ -1,0 +1,176 @@
+"""Parse loaded YAML into the typed Spec, section by section, turning pydantic errors into Diagnostics.
+
+Each top-level section is validated on its own, so a typo in `train:` does not hide a mistake in
+`loss:`; a section that fails is None in the PartialSpec, and rules needing it are skipped.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Any, Optional
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from distillc.compiler.diagnostics import Diagnostic, KeyPath
+from distillc.compiler.loader import Loaded, SourceMap
+from distillc.compiler.registry import make
+from distillc.compiler.spec import SECTIONS, Spec
+
+
+@dataclass(frozen=True)
+class PartialSpec:
+    """The Spec's sections; a section is None when it was absent-and-required or failed to parse."""
+
+    version: Any = None
+    name: Any = None
+    mode: Any = None
+    teacher: Any = None
+    student: Any = None
+    loss: Any = None
+    offline: Any = None
+    data: Any = None
+    train: Any = None
+    runtime: Any = None
+    resources: Any = None
+    ablation: Any = None
+    maxtext: Any = None
+    failed: frozenset[str] = frozenset()
+
+    def full(self) -> Optional[Spec]:
+        if self.failed:
+            return None
+        return Spec.model_construct(**{f: getattr(self, f) for f in SECTIONS})
+
+
+assert {f.name for f in fields(PartialSpec)} - {"failed"} == set(SECTIONS)
+
+
+@lru_cache(maxsize=None)
+def _adapter(section: str) -> TypeAdapter[Any]:
+    info = Spec.model_fields[section]
+    return TypeAdapter(info.annotation)
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def _strip_generic(tp: Any) -> list[Any]:
+    """The concrete classes inside Annotated/Optional/Union."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _strip_generic(typing.get_args(tp)[0])
+    if origin is typing.Union:
+        out: list[Any] = []
+        for a in typing.get_args(tp):
+            out += _strip_generic(a)
+        return out
+    return [tp]
+
+
+def allowed_keys(section: str, loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the model found at `loc` inside `section` (for 'did you mean')."""
+    candidates = _strip_generic(Spec.model_fields[section].annotation)
+    for part in loc:
+        nxt: list[Any] = []
+        for tp in candidates:
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                if part in tp.model_fields:
+                    nxt += _strip_generic(tp.model_fields[part].annotation)
+                continue
+            origin = typing.get_origin(tp)
+            if origin in (dict, list, tuple) and typing.get_args(tp):
+                nxt += _strip_generic(typing.get_args(tp)[-1])
+        # tags of tagged unions appear in pydantic's loc ('cosine', 'function-before[...]'): skip them
+        if nxt:
+            candidates = nxt
+    keys: list[str] = []
+    for tp in candidates:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            keys += [k for k in tp.model_fields if k not in keys]
+    return keys
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's union-branch labels from a loc, keeping real keys and list indices."""
+    out = []
+    for part in loc:
+        if isinstance(part, str) and (
+            part in ("constant", "linear", "cosine", "piecewise", "name", "inline")
+            or "[" in part
+            or part in ("explicit", "first_n", "evenly_spaced", "top_heavy", "straddle_pruned")
+        ):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _error_to_diag(section: str, err: Any, raw: Any, source: SourceMap) -> Diagnostic:
+    loc = _clean_loc(tuple(err["loc"]))
+    path: KeyPath = (section, *loc)
+    kind = err["type"]
+    file = source.file
+    if kind == "extra_forbidden":
+        key = loc[-1] if loc else section
+        suggestion = did_you_mean(str(key), allowed_keys(section, loc[:-1]))
+        known = ", ".join(allowed_keys(section, loc[:-1]))
+        hint = suggestion or (f"known keys here: {known}" if known else "")
+        return make("DC010", f"unknown key '{key}'", path=path, span=source.key_span(path), file=file, hint=hint)
+    if kind == "missing":
+        return make("DC012", f"missing required key '{loc[-1] if loc else section}'", path=path, span=source.span(path), file=file)
+    msg = err["msg"]
+    if kind in ("union_tag_invalid", "literal_error"):
+        value = err.get("input")
+        if kind == "union_tag_invalid" and isinstance(value, dict):
+            tag_key = next((k for k in ("schedule", "strategy") if k in value), None)
+            if tag_key:
+                path, value = (*path, tag_key), value[tag_key]
+        expected = err.get("ctx", {}).get("expected_tags") or err.get("ctx", {}).get("expected", "")
+        options = [o.strip(" '") for o in str(expected).replace(" or ", ",").split(",") if o.strip(" '")]
+        hint = did_you_mean(str(value), options) or (f"expected one of: {', '.join(options)}" if options else "")
+        return make("DC011", f"invalid value {value!r}: expected {expected}", path=path, span=source.span(path), file=file, hint=hint)
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+    return make("DC011", f"{msg}{shown}", path=path, span=source.span(path), file=file)
+
+
+def parse(loaded: Loaded) -> tuple[PartialSpec, tuple[Diagnostic, ...]]:
+    """Typed sections from loaded YAML; never raises for user input."""
+    source = loaded.source
+    data = loaded.data
+    if not isinstance(data, dict):
+        got = type(data).__name__ if data is not None else "nothing"
+        diag = make("DC011", f"a spec is a mapping of sections, got {got}", path=(), span=source.span(()), file=source.file)
+        return PartialSpec(failed=frozenset(SECTIONS)), (diag,)
+    diags: list[Diagnostic] = []
+    for key in data:
+        if key not in Spec.model_fields:
+            hint = did_you_mean(str(key), SECTIONS) or f"sections: {', '.join(SECTIONS)}"
+            diags.append(make("DC010", f"unknown section '{key}'", path=(key,), span=source.key_span((key,)), file=source.file, hint=hint))
+    values: dict[str, Any] = {}
+    failed: set[str] = set()
+    for section, info in Spec.model_fields.items():
+        if section not in data:
+            if info.is_required():
+                diags.append(make("DC012", f"missing required section '{section}'", path=(), span=source.span(()), file=source.file))
+                failed.add(section)
+            else:
+                values[section] = info.get_default(call_default_factory=True)
+            continue
+        try:
+            values[section] = _adapter(section).validate_python(data[section])
+        except ValidationError as exc:
+            failed.add(section)
+            seen: set[tuple[Any, ...]] = set()
+            for err in exc.errors():
+                d = _error_to_diag(section, err, data[section], source)
+                if (d.code, d.path) not in seen:  # union branches repeat the same complaint
+                    seen.add((d.code, d.path))
+                    diags.append(d)
+    if "version" in values and values["version"] != 1:
+        failed.add("version")
+    return PartialSpec(**values, failed=frozenset(failed)), tuple(diags)

@@ -1,0 +1,262 @@
+"""The compiled runtime config: the contract between the compiler and the runtime.
+
+Pure pydantic, no jax: the compiler writes it, the runtime reads it, and both import this one
+module. Every value is concrete (the resolver leaves nothing to defaults), the schema is versioned,
+and teacher and student are separate objects so that nothing meant for one side reaches the other
+(the guide's pitfall where command-line overrides silently never reached the teacher).
+
+The schedule numerics live here as plain Python (`Schedule.value`) so the compiler's plan table
+and the runtime's jitted schedule are checked against one definition.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CONFIG_VERSION = 1
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- architecture
+
+AttentionKind = Literal["global", "local_global", "mla"]
+
+
+class ModelArch(_Frozen):
+    """A decoder-only transformer's shape: what the catalog lists and the runtime builds."""
+
+    name: str = Field(description="Catalog name (MaxText model_name where one exists).")
+    family: str = Field(description="Model family, e.g. llama3.1, gemma2, qwen2.5.")
+    tokenizer: str = Field(description="Tokenizer identity; equal strings mean the same token ids.")
+    vocab_size: int = Field(gt=0, description="Rows of the embedding / columns of the logits.")
+    real_vocab_size: Optional[int] = Field(
+        None, gt=0, description="Tokens the tokenizer can emit; rows past it are padding. Default vocab_size."
+    )
+    num_layers: int = Field(gt=0, description="Decoder layers.")
+    emb_dim: int = Field(gt=0, description="Hidden size (d_model).")
+    num_heads: int = Field(gt=0, description="Query heads.")
+    num_kv_heads: int = Field(gt=0, description="Key/value heads (grouped-query attention).")
+    head_dim: int = Field(gt=0)
+    mlp_dim: int = Field(gt=0, description="Hidden size of one (expert) MLP.")
+    num_experts: int = Field(1, gt=0, description="Routed experts per MoE layer (1 = dense).")
+    experts_per_token: int = Field(1, gt=0)
+    params: Optional[int] = Field(None, gt=0, description="Total parameters as published.")
+    attention: AttentionKind = Field("global", description="global | local_global (interleaved) | mla")
+    local_global_ratio: Optional[str] = Field(None, description="e.g. '1:1' (gemma2) or '5:1' (gemma3).")
+    sliding_window: Optional[int] = Field(None, gt=0)
+    tie_embeddings: bool = False
+    rope_theta: float = Field(10000.0, gt=0)
+    norm_eps: float = Field(1e-5, gt=0)
+    max_seq_len: Optional[int] = Field(None, gt=0)
+    source: str = Field("", description="Where the numbers come from.")
+
+    @property
+    def shared_vocab(self) -> int:
+        return self.real_vocab_size or self.vocab_size
+
+    def param_count(self) -> int:
+        """Published count when known, else computed from the shapes (embeddings included)."""
+        if self.params:
+            return self.params
+        d, h, kv, hd = self.emb_dim, self.num_heads, self.num_kv_heads, self.head_dim
+        attn = d * h * hd + 2 * d * kv * hd + h * hd * d
+        mlp = 3 * d * self.mlp_dim * self.num_experts + (d * self.num_experts if self.num_experts > 1 else 0)
+        layer = attn + mlp + 2 * d
+        emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return self.num_layers * layer + emb + d
+
+
+# ---------------------------------------------------------------- schedules
+
+ScheduleKind = Literal["constant", "linear", "cosine", "piecewise"]
+
+
+class Schedule(_Frozen):
+    """A value over training steps. progress = clip(step / max_steps, 0, 1).
+
+    constant: start. linear: start + (end - start) * p. cosine: end + (start - end) * 0.5 *
+    (1 + cos(pi * p)). piecewise: linear interpolation between (step, value) points, holding the
+    first value before them and the last value after them.
+    """
+
+    kind: ScheduleKind
+    start: float = 0.0
+    end: float = 0.0
+    max_steps: int = Field(1, gt=0)
+    points: tuple[tuple[int, float], ...] = ()
+
+    @model_validator(mode="after")
+    def _points_sorted(self) -> "Schedule":
+        if self.kind == "piecewise":
+            steps = [s for s, _ in self.points]
+            if not steps or steps != sorted(set(steps)):
+                raise ValueError("piecewise points must be non-empty with strictly increasing steps")
+        return self
+
+    def value(self, step: int | float) -> float:
+        if self.kind == "constant":
+            return self.start
+        if self.kind == "piecewise":
+            return _piecewise(self.points, float(step))
+        p = min(max(float(step) / self.max_steps, 0.0), 1.0)
+        if self.kind == "linear":
+            return self.start + (self.end - self.start) * p
+        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+    def bounds(self) -> tuple[float, float]:
+        """The smallest and largest value the schedule takes (monotone pieces: the endpoints)."""
+        if self.kind == "constant":
+            return (self.start, self.start)
+        if self.kind == "piecewise":
+            vals = [v for _, v in self.points]
+            return (min(vals), max(vals))
+        return (min(self.start, self.end), max(self.start, self.end))
+
+
+def _piecewise(points: tuple[tuple[int, float], ...], step: float) -> float:
+    if step <= points[0][0]:
+        return points[0][1]
+    for (s0, v0), (s1, v1) in zip(points, points[1:]):
+        if step <= s1:
+            return v0 + (v1 - v0) * (step - s0) / (s1 - s0)
+    return points[-1][1]
+
+
+# ---------------------------------------------------------------- sides, loss, data
+
+Dtype = Literal["float32", "bfloat16"]
+
+
+class SideConfig(_Frozen):
+    """One model of the pair. The teacher is frozen; only the student has an optimizer."""
+
+    role: Literal["teacher", "student"]
+    arch: ModelArch
+    checkpoint: Optional[str] = Field(None, description="Orbax checkpoint to restore; None = random init.")
+    weight_dtype: Dtype
+    activation_dtype: Dtype
+    remat: Literal["none", "minimal", "full"]
+    init_seed: int
+    pruned_layers: tuple[int, ...] = Field((), description="Teacher layers removed to make this student.")
+    extra: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Side-only passthrough fields (MaxText overrides)."
+    )
+
+
+class LayerPair(_Frozen):
+    teacher: int = Field(ge=0)
+    student: int = Field(ge=0)
+
+
+class LossConfig(_Frozen):
+    """total = alpha * KL(t_T || s_T) * T^2 + (1 - alpha) * CE + beta * feature."""
+
+    alpha: Schedule
+    temperature: Schedule
+    beta: Schedule
+    feature_loss: Literal["cosine", "l2"]
+    layer_pairs: tuple[LayerPair, ...] = ()
+    compare_vocab: int = Field(gt=0, description="Logits are compared over token ids [0, compare_vocab).")
+
+    @property
+    def feature_enabled(self) -> bool:
+        """The feature loss (and the sow) exists iff beta is ever positive."""
+        return self.beta.bounds()[1] > 0.0 and bool(self.layer_pairs)
+
+
+class OfflineConfig(_Frozen):
+    top_k: int = Field(gt=0)
+    data_dir: str
+    loss: Literal["tail_bucket", "renormalized", "sampled"]
+    sampling: Literal["top_k", "random"]
+    num_samples: int = Field(gt=0)
+    capture_temperature: float = Field(gt=0)
+    dtype: Dtype
+
+
+class DataConfig(_Frozen):
+    """One data stream, shared by both sides by construction: same tokens, same positions."""
+
+    source: str = Field(description="builtin:<name>, a local path, or gs://...")
+    tokenizer: str = Field(description="'byte', or a sentencepiece .model / HF tokenizer.json path.")
+    seq_len: int = Field(gt=0)
+    global_batch_size: int = Field(gt=0)
+    eval_fraction: float = Field(ge=0, lt=1)
+    packing: bool
+    shuffle_seed: int
+
+
+class OptimizerConfig(_Frozen):
+    name: Literal["adamw"]
+    learning_rate: float = Field(gt=0)
+    warmup_steps: int = Field(ge=0)
+    decay: Literal["cosine", "linear", "constant"]
+    end_learning_rate: float = Field(ge=0)
+    weight_decay: float = Field(ge=0)
+    b1: float
+    b2: float
+    eps: float
+    grad_clip: float = Field(ge=0, description="Global-norm clip; 0 disables.")
+
+
+class TrainConfig(_Frozen):
+    steps: int = Field(gt=0)
+    checkpoint_every: int = Field(gt=0)
+    log_every: int = Field(gt=0)
+    eval_every: int = Field(ge=0, description="0 = evaluate only at the end.")
+    eval_batches: int = Field(gt=0)
+    seed: int
+    max_checkpoints: int = Field(gt=0)
+
+
+class MeshConfig(_Frozen):
+    """Concrete axis sizes; data * fsdp * tensor == number of devices."""
+
+    data: int = Field(gt=0)
+    fsdp: int = Field(gt=0)
+    tensor: int = Field(gt=0)
+
+    @property
+    def size(self) -> int:
+        return self.data * self.fsdp * self.tensor
+
+
+class OutputConfig(_Frozen):
+    run_dir: str
+    checkpoint_dir: str
+    tensorboard_dir: str
+    metrics_file: str
+
+
+class RuntimeConfig(_Frozen):
+    """Everything one runtime job needs; written as JSON by `distillc launch`."""
+
+    version: Literal[1] = CONFIG_VERSION
+    name: str
+    mode: Literal["online", "offline"]
+    stage: Literal["train", "save_topk"]
+    scan_layers: bool
+    enable_nnx: bool
+    teacher: SideConfig
+    student: SideConfig
+    loss: LossConfig
+    data: DataConfig
+    optimizer: OptimizerConfig
+    train: TrainConfig
+    mesh: MeshConfig
+    output: OutputConfig
+    offline: Optional[OfflineConfig] = None
+
+    @model_validator(mode="after")
+    def _sides(self) -> "RuntimeConfig":
+        if self.teacher.role != "teacher" or self.student.role != "student":
+            raise ValueError("teacher and student must carry their own roles")
+        if self.mode == "offline" and self.offline is None:
+            raise ValueError("offline mode needs an offline section")
+        return self
