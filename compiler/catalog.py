@@ -6,6 +6,7 @@ probes devices. The files live in catalogs/ beside this module and cite a source
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -33,7 +34,8 @@ class Accelerator(BaseModel):
     chips: int = Field(gt=0, description="Chips (GPUs) per slice.")
     hosts: int = Field(gt=0, description="VMs per slice.")
     chips_per_host: int = Field(gt=0)
-    topology: str = Field(description="e.g. 4x4x4 for TPUs, 1x8 for a GPU node.")
+    topology: str = Field(description="xpk's: e.g. 4x4x4 for TPUs; N/A for single-VM GPU types, 1x72 for gb200.")
+    cores_per_chip: int = Field(1, gt=0, description="TensorCores per chip: v4/v5p/tpu7x names count cores.")
     hbm_gib: float = Field(gt=0, description="HBM per chip in GiB.")
     usable_hbm_fraction: float = Field(0.9, gt=0, le=1, description="What XLA can give a program.")
     peak_bf16_tflops: float = Field(gt=0, description="Dense bf16 peak per chip.")
@@ -57,15 +59,27 @@ def _read(name: str) -> object:
     return yaml.load(text, Loader=_Loader)
 
 
+def _tpu_size(topology: str, gen: dict) -> dict:
+    """A TPU size from its xpk topology, by xpk's rule: the name counts chips * cores_per_chip."""
+    chips = math.prod(int(d) for d in topology.split("x"))
+    hosts, rest = divmod(chips, gen["chips_per_host"])
+    if rest or not hosts:
+        raise ValueError(f"accelerators.yaml: {topology} is not whole hosts of {gen['chips_per_host']} chips")
+    return {"topology": topology, "chips": chips, "hosts": hosts, "count": chips * gen.get("cores_per_chip", 1)}
+
+
 def _expand_accelerators(doc: dict) -> dict[str, Accelerator]:
-    """Entries are listed per generation with their sizes, as xpk names them."""
+    """Entries are listed per xpk machine type: explicit `sizes`, or TPU `topologies` to derive."""
     out: dict[str, Accelerator] = {}
     for gen in doc["generations"]:
-        base = {k: v for k, v in gen.items() if k not in ("sizes", "name_format")}
-        for size in gen["sizes"]:
+        base = {k: v for k, v in gen.items() if k not in ("sizes", "topologies", "name_format")}
+        sizes = gen.get("sizes") or [_tpu_size(t, gen) for t in gen["topologies"]]
+        for size in sizes:
             fields = {**base, **size}
             fields["name"] = size.get("name") or gen["name_format"].format(**fields)
             fields.pop("count", None)
+            if fields["name"] in out:
+                raise ValueError(f"accelerators.yaml: {fields['name']} is listed twice")
             out[fields["name"]] = Accelerator(**fields)
     return out
 
