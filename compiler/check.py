@@ -53,6 +53,8 @@ def _pruned(arch: Optional[ModelArch], pruned: list[int]) -> Optional[ModelArch]
     """The student's own depth: its catalog architecture minus the pruned layers."""
     if arch is None or not pruned:
         return arch
+    if any(not 0 <= i < arch.num_layers for i in pruned):
+        return None  # DC105 reports it; rules needing the student's depth are skipped
     depth = arch.num_layers - len(set(pruned))
     if depth <= 0:
         return None
@@ -88,7 +90,13 @@ def run_rules(ctx: Context, select: Iterable[str] = (), ignore: Iterable[str] = 
             continue
         if any(ctx.get(n) is None for n in info.needs):
             continue
-        for f in info.func(ctx):
+        try:
+            findings = list(info.func(ctx))
+        except Exception as exc:  # a bug in one rule must not hide the others' diagnostics
+            msg = f"internal error in rule {code}: {type(exc).__name__}: {exc}"
+            out.append(make("DC900", msg, file=ctx.source.file))
+            continue
+        for f in findings:
             span = ctx.source.key_span(f.path) if f.key else ctx.source.span(f.path)
             out.append(make(code, f.message, path=f.path, span=span, file=ctx.source.file, hint=f.hint, notes=f.notes))
     return out

@@ -132,10 +132,17 @@ def explain(code: str = typer.Argument(..., help="A diagnostic code, e.g. DC120.
 
 
 @app.command()
-def rules() -> None:
+def rules(
+    markdown: bool = typer.Option(False, "--markdown", help="Print the rules page (docs/rules.md) instead."),
+) -> None:
     """List every diagnostic code with its severity and title."""
     from distillc.compiler.registry import iter_codes
 
+    if markdown:
+        from distillc.compiler.rules._docs import render_markdown
+
+        typer.echo(render_markdown(), nl=False)
+        return
     for c in iter_codes():
         typer.echo(f"{c.code}  {c.severity.value:<7}  {c.title}")
 
@@ -159,6 +166,161 @@ def accelerators() -> None:
 
     for a in load_catalog().accelerators.values():
         typer.echo(f"{a.name:<22} {a.kind:<4} chips={a.chips:<5} hosts={a.hosts:<4} topology={a.topology:<8} hbm={a.hbm_gib:g}GiB")
+
+
+class AblateFormat(str, Enum):
+    text = "text"
+    csv = "csv"
+    json = "json"
+
+
+class AblateStrategy(str, Enum):
+    grid = "grid"
+    staged = "staged"
+    random = "random"
+
+
+@app.command()
+def ablate(
+    spec: Path = typer.Argument(..., help="The base spec (its `ablation:` block gives the axes).", show_default=False),
+    axis: Optional[List[str]] = typer.Option(None, "--axis", help="KEY=V1,V2,... (repeatable; YAML scalars), e.g. loss.alpha.end=0.3,0.5,0.7."),
+    strategy: Optional[AblateStrategy] = typer.Option(None, "--strategy", help="grid | staged | random (overrides ablation.strategy)."),
+    samples: Optional[int] = typer.Option(None, "--samples", min=1, help="random: cells to draw."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random: the seed (default ablation.seed, 0)."),
+    best: Optional[Path] = typer.Option(None, "--best", help="staged: RESULTS (CSV or JSON of cell name -> metric) fixing earlier stages' winners."),
+    stage: Optional[int] = typer.Option(None, "--stage", min=1, help="staged: the stage to list (default: the first without a result)."),
+    maximize: bool = typer.Option(False, "--maximize", help="staged: a higher metric wins (default: lower is better)."),
+    max_cells: Optional[int] = typer.Option(None, "--max-cells", min=1, help="Refuse more cells than this (default ablation.max_cells, 1000)."),
+    format: AblateFormat = typer.Option(AblateFormat.text, "--format", "-f", help="text | csv | json"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write one child spec per valid cell, index.json and launch_all.sh here."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Passed to `distillc launch` in launch_all.sh."),
+) -> None:
+    """Expand an ablation into cells: validated, deduplicated by resolved plan, and named."""
+    from distillc.compiler.ablation import Options, StrategyError, ablate as run_ablation, read_results
+    from distillc.compiler.ablation import output
+    from distillc.compiler.loader import LoadError, load_file
+
+    try:
+        loaded = load_file(spec)
+        results = read_results(best) if best is not None else None
+        opts = Options(
+            strategy=strategy.value if strategy else None,
+            samples=samples,
+            seed=seed,
+            max_cells=max_cells,
+            stage=stage,
+            results=results,
+            maximize=maximize,
+        )
+        result = run_ablation(loaded, axis or (), opts)
+    except (LoadError, StrategyError) as exc:
+        raise fail(str(exc))
+    if format is not AblateFormat.json:
+        emit_diagnostics(result.diagnostics, Format.text, result.sources)
+    if not result.ok:
+        if format is AblateFormat.json:
+            typer.echo(output.to_json(result))
+        raise typer.Exit(EXIT_ERRORS)
+    if out is not None:
+        try:
+            result = output.write_out(result, out, cluster)
+        except OSError as exc:
+            raise fail(f"--out {out}: {exc.strerror or exc}")
+    for line in (*output.stage_header(result), *result.notes):
+        typer.echo(line, err=True)
+    if format is AblateFormat.json:
+        typer.echo(output.to_json(result))
+    elif format is AblateFormat.csv:
+        typer.echo(output.to_csv(result), nl=False)
+    else:
+        typer.echo(output.table(result), nl=False)
+    typer.echo(output.summary(result) + (f"; wrote {out}/" if out is not None else ""), err=True)
+    raise typer.Exit(EXIT_OK if result.count("valid") else EXIT_ERRORS)
+
+
+class LaunchTarget(str, Enum):
+    distillc = "distillc"
+    maxtext = "maxtext"
+
+
+class DataFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _diagnostics_or_exit(compiled_front, diags, fmt: DataFormat) -> None:
+    """Print diagnostics (stderr); exit 1 when any is an error, with the spec's JSON list for json."""
+    from distillc.compiler.diagnostics import has_errors
+
+    if fmt is DataFormat.json and has_errors(diags):
+        emit_diagnostics(diags, Format.json, compiled_front.sources)
+    else:
+        emit_diagnostics(diags, Format.text, compiled_front.sources)
+    if has_errors(diags):
+        raise typer.Exit(EXIT_ERRORS)
+
+
+@app.command()
+def plan(
+    spec: Path = typer.Argument(..., help="The spec to resolve.", show_default=False),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Plan for this clusters-file entry's accelerator and slices."),
+    clusters: Optional[Path] = typer.Option(None, "--clusters", help="The clusters file (default ./clusters.yaml, then the user config dir)."),
+    format: DataFormat = typer.Option(DataFormat.text, "--format", "-f", help="text | json"),
+) -> None:
+    """Print the resolved plan: schedules, layer pairs, mesh, memory per chip, workloads."""
+    from distillc.compiler import launch
+
+    try:
+        fr = launch.front(spec, cluster, clusters)
+        _diagnostics_or_exit(fr, list(fr.diagnostics), format)
+        resolved = launch.plan_for(fr)
+    except launch.UsageError as exc:
+        raise fail(str(exc))
+    if format is DataFormat.json:
+        launch.print_json(launch.plan_json(resolved))
+    else:
+        typer.echo(launch.plan_text(resolved, fr.checked.spec.full()), nl=False)
+
+
+@app.command()
+def launch(
+    spec: Path = typer.Argument(..., help="The spec to compile and launch.", show_default=False),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="The clusters-file entry to launch on."),
+    clusters: Optional[Path] = typer.Option(None, "--clusters", help="The clusters file (default ./clusters.yaml, then the user config dir)."),
+    target: LaunchTarget = typer.Option(LaunchTarget.distillc, "--target", help="distillc (our runtime) | maxtext (MaxText's train_distill)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Build directory (default build/<name>)."),
+    execute: bool = typer.Option(False, "--execute", help="Run the xpk commands (default: dry run, print them)."),
+    format: DataFormat = typer.Option(DataFormat.text, "--format", "-f", help="text | json"),
+    local: bool = typer.Option(False, "--local", help="Compile, then train here with the distillc runtime."),
+) -> None:
+    """Compile SPEC into build/<name>/ (runtime configs, launch.sh, manifest.json) and print, or
+    run, the xpk commands. A dry run unless --execute."""
+    from distillc.compiler import launch as L
+
+    try:
+        compiled = L.compile_launch(spec, cluster_name=cluster, clusters_file=clusters, target=target.value,
+                                    out_dir=out, local=local)
+        _diagnostics_or_exit(compiled.front, list(compiled.diagnostics), format)
+        build = compiled.build
+        assert build is not None
+        if execute and not local and not L.xpk_available():
+            raise L.UsageError(f"xpk is not on PATH: {L.INSTALL_XPK}")
+        L.write(build)
+        typer.echo(f"wrote {build.out_dir}/: {', '.join(a.name for a in build.artifacts)}", err=True)
+        if local:
+            raise typer.Exit(L.run_local(build.plan, spec))
+        if format is DataFormat.json:
+            L.print_json({"workloads": build.workloads_json(), "artifacts": build.artifacts_json()})
+        elif not execute:
+            for step in build.steps:
+                typer.echo(step.shell_line(str(build.out_dir)))
+        if execute:
+            L.execute(build.steps, lambda line: typer.echo(line, err=True))
+    except L.UsageError as exc:
+        raise fail(str(exc))
+    except L.ExecuteError as exc:
+        typer.echo(exc.output, err=True)
+        raise fail(str(exc), EXIT_ERRORS)
 
 
 def version_callback(value: bool) -> None:

@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - depends on the PyYAML build
 from distillc.compiler.diagnostics import Diagnostic, KeyPath, Span
 
 MAX_BYTES = 1 << 20  # a real spec is a few KB; 1 MiB leaves room for big ablation tables
-MAX_NODES = 200_000  # counted after alias expansion
+MAX_NODES = 20_000  # counted after alias expansion; a large ablation spec has a few thousand
 MAX_DEPTH = 64
 
 
@@ -45,8 +45,18 @@ class SourceMap:
         return self.spans.get((), Span(1, 1))
 
     def key_span(self, path: KeyPath) -> Span:
-        """The span of the key itself (for 'unknown key' errors), else the value's span."""
-        return self.key_spans.get(tuple(path)) or self.span(path)
+        """The span of the key itself (for 'unknown key' errors), else the value's span; for a key
+        that is not in the file (a default), the key of its nearest written ancestor."""
+        p = tuple(path)
+        if p in self.key_spans:
+            return self.key_spans[p]
+        if p in self.spans:
+            return self.spans[p]
+        while p:
+            p = p[:-1]
+            if p in self.key_spans:
+                return self.key_spans[p]
+        return self.span(())
 
     def line_text(self, line: int) -> str:
         lines = self.text.splitlines()
@@ -122,12 +132,63 @@ class _TooBig(Exception):
 
 _SCALAR = _Loader("")  # a constructor with the safe resolvers, reused for scalars only
 
+_OPEN = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_CLOSE = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+
+
+def _too_big(text: str) -> tuple[yaml.Node, str] | None:
+    """The first collection nested deeper than MAX_DEPTH, or the node past MAX_NODES (before alias
+    expansion), found from the event stream before composing: libyaml's composer recurses once
+    per level, and a document of a few hundred thousand `[` crashes the interpreter (a C stack
+    overflow, not a catchable exception); composing a 1 MiB list of numbers costs seconds."""
+    depth = nodes = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, _OPEN):
+            depth += 1
+            if depth > MAX_DEPTH:
+                where = yaml.ScalarNode("tag:yaml.org,2002:str", "", event.start_mark, event.end_mark)
+                return where, f"the document nests more than {MAX_DEPTH} levels deep"
+        elif isinstance(event, _CLOSE):
+            depth -= 1
+            continue
+        elif not isinstance(event, yaml.ScalarEvent):
+            continue
+        nodes += 1
+        if nodes > MAX_NODES:
+            where = yaml.ScalarNode("tag:yaml.org,2002:str", "", event.start_mark, event.end_mark)
+            return where, f"the document has more than {MAX_NODES} nodes, far more than any spec needs"
+    return None
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], depth: int = 0) -> int:
+    """Nodes the document has once aliases are expanded, computed over the shared node graph in
+    time linear in its size (a 'billion laughs' bomb is rejected without expanding it)."""
+    key = id(node)
+    if key in memo:
+        if memo[key] < 0:  # an alias to an enclosing node: infinite
+            raise _TooBig(node, ())
+        return memo[key]
+    if depth > MAX_DEPTH:
+        raise _TooBig(node, ())
+    memo[key] = -1
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(v, memo, depth + 1) for _, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(v, memo, depth + 1) for v in node.value)
+    if size > MAX_NODES:
+        raise _TooBig(node, ())
+    memo[key] = size
+    return size
+
 
 def _scalar(node: yaml.Node) -> Any:
     try:
         return _SCALAR.construct_object(node, deep=True)
     except yaml.constructor.ConstructorError:
         return node.value
+    finally:  # the shared constructor memoizes every node it builds: drop it, or it grows forever
+        _SCALAR.constructed_objects.pop(node, None)
 
 
 def load_text(text: str, file: str = "<string>") -> Loaded:
@@ -138,7 +199,8 @@ def load_text(text: str, file: str = "<string>") -> Loaded:
     if "\x00" in text:
         raise LoadError(f"{file}: looks like a binary file, not a YAML spec")
     try:
-        root = yaml.compose(text, Loader=_Loader)
+        big = _too_big(text)
+        root = None if big is not None else yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         span = Span(mark.line + 1, mark.column + 1) if mark else Span(1, 1)
@@ -146,10 +208,13 @@ def load_text(text: str, file: str = "<string>") -> Loaded:
         return Loaded(None, source, (make("DC000", f"YAML syntax error: {msg}", path=(), span=span, file=file),))
     except yaml.YAMLError as exc:
         return Loaded(None, source, (make("DC000", f"YAML error: {exc}", path=(), span=Span(1, 1), file=file),))
+    if big is not None:
+        return Loaded(None, source, (make("DC004", big[1], path=(), span=_span(big[0]), file=file),))
     if root is None:
         return Loaded(None, source, (make("DC003", "the spec is empty", path=(), span=Span(1, 1), file=file),))
     builder = _Builder(source)
     try:
+        _expanded_size(root, {})
         data = builder.build(root, ())
     except _TooBig as big:
         msg = (

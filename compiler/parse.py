@@ -6,7 +6,6 @@ Each top-level section is validated on its own, so a typo in `train:` does not h
 
 from __future__ import annotations
 
-import difflib
 import typing
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -55,6 +54,8 @@ def _adapter(section: str) -> TypeAdapter[Any]:
 
 
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    import difflib  # only when something is misspelled
+
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else ""
 
@@ -114,6 +115,9 @@ def _error_to_diag(section: str, err: Any, raw: Any, source: SourceMap) -> Diagn
     path: KeyPath = (section, *loc)
     kind = err["type"]
     file = source.file
+    if section == "version" and kind != "missing":
+        msg = f"unsupported spec version {err.get('input')!r}: this distillc reads version 1"
+        return make("DC015", msg, path=path, span=source.span(path), file=file)
     if kind == "extra_forbidden":
         key = loc[-1] if loc else section
         suggestion = did_you_mean(str(key), allowed_keys(section, loc[:-1]))

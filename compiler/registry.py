@@ -10,7 +10,8 @@ from __future__ import annotations
 import inspect
 import re
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Iterable, Iterator
 
 from distillc.compiler.diagnostics import Diagnostic, KeyPath, Severity, Span
@@ -36,7 +37,11 @@ class Code:
     doc: str
     func: Callable[..., Iterable[Finding]] | None = None
     needs: tuple[str, ...] = ()
-    examples: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def examples(self) -> dict[str, str]:
+        """{'fails': yaml, 'passes': yaml} from the docstring (parsed on first use, not at start-up)."""
+        return _examples(self.doc)
 
 
 CODES: dict[str, Code] = {}
@@ -64,7 +69,7 @@ def rule(code: str, severity: Severity, title: str, *, needs: tuple[str, ...], h
         if code in CODES:
             raise ValueError(f"duplicate diagnostic code {code}")
         doc = inspect.cleandoc(func.__doc__ or "")
-        CODES[code] = Code(code, severity, title, hint, doc, func, needs, _examples(doc))
+        CODES[code] = Code(code, severity, title, hint, doc, func, needs)
         return func
 
     return wrap
@@ -95,6 +100,7 @@ def make(
 
 def load_rules() -> None:
     """Import every rules module once so its @rule decorators run."""
+    import distillc.compiler.launch_codes  # noqa: F401  (DC4xx: launch, clusters, MaxText target)
     import distillc.compiler.rules  # noqa: F401  (the package imports its modules)
 
 
@@ -127,7 +133,7 @@ declare(
     E,
     "document too large",
     "A spec is a few KB. Remove YAML aliases that expand recursively, or split the table.",
-    doc="Loading stops after 200,000 nodes (counted after alias expansion) or 64 levels of nesting, "
+    doc="Loading stops after 20,000 nodes (counted after alias expansion) or 64 levels of nesting, "
     "so a 'billion laughs' alias bomb costs milliseconds, not memory.",
 )
 declare("DC010", E, "unknown key", "Remove the key or fix its spelling; `distillc schema` lists every key.")
@@ -136,6 +142,14 @@ declare("DC012", E, "missing required key", "Add the key; see the examples in sp
 declare("DC013", E, "unknown model", "Use a model name from the catalog (`distillc models`) or an inline architecture.")
 declare("DC014", E, "unknown accelerator", "Use an xpk device name from the catalog (`distillc accelerators`).")
 declare("DC015", E, "unsupported spec version", "Set `version: 1`.")
+declare(
+    "DC900",
+    E,
+    "internal error in a rule",
+    "This is a bug in distillc, not in the spec: please report it with the spec attached.",
+    doc="A rule raised an exception. The other rules still ran and their diagnostics are shown; "
+    "the spec is treated as invalid because one check could not be made.",
+)
 
 
 def code_info(code: str) -> Any:

@@ -1,4 +1,4 @@
-"""Rules about the teacher/student pair itself: vocabulary, tokenizer, sizes."""
+"""Rules about the teacher/student pair itself: vocabulary, tokenizer, sizes, pruning (DC10x)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Iterator
 
 from distillc.compiler.diagnostics import Severity
 from distillc.compiler.registry import Finding, rule
+from distillc.compiler.rules._util import model_label, same_model
 
 
 @rule(
@@ -40,3 +41,258 @@ def tokenizer_mismatch(ctx) -> Iterator[Finding]:
             f"teacher tokenizer '{t.tokenizer}' ({t.name}) differs from student tokenizer '{s.tokenizer}' ({s.name})",
             ("student", "model"),
         )
+
+
+@rule(
+    "DC102",
+    Severity.ERROR,
+    "same tokenizer, different real vocabularies",
+    needs=("teacher_arch", "student_arch"),
+    hint="Set real_vocab_size on the inline architecture whose embedding is padded past the tokenizer's last id.",
+)
+def real_vocab_mismatch(ctx) -> Iterator[Finding]:
+    """Two architectures that name the same tokenizer must agree on how many real token ids it has
+    (`real_vocab_size`, or `vocab_size` when no padding is declared): the logits are compared over
+    exactly those ids. A disagreement means one side's vocabulary is described wrongly, usually an
+    inline architecture whose embedding is padded (to a multiple of 128, say) without saying so.
+
+    Fails::
+
+        student:
+          model: {num_layers: 2, emb_dim: 64, num_heads: 2, num_kv_heads: 2, head_dim: 32, mlp_dim: 256, vocab_size: 384, tokenizer: byte}
+
+    Passes::
+
+        student:
+          model: {num_layers: 2, emb_dim: 64, num_heads: 2, num_kv_heads: 2, head_dim: 32, mlp_dim: 256, vocab_size: 384, real_vocab_size: 256, tokenizer: byte}
+    """
+    t, s = ctx.teacher_arch, ctx.student_arch
+    if t.tokenizer == s.tokenizer and t.shared_vocab != s.shared_vocab:
+        yield Finding(
+            f"teacher and student both use tokenizer '{t.tokenizer}' but declare {t.shared_vocab} and "
+            f"{s.shared_vocab} real tokens",
+            ("student", "model"),
+        )
+
+
+def _shape_params(arch) -> int:
+    return arch.model_copy(update={"params": None}).param_count()
+
+
+@rule(
+    "DC103",
+    Severity.WARNING,
+    "student larger than the teacher",
+    needs=("teacher_arch", "student_arch", "student"),
+    hint="Swap teacher and student, or check the model names: distillation compresses into a smaller or equal model.",
+)
+def student_larger(ctx) -> Iterator[Finding]:
+    """Distillation transfers what a stronger model knows into a smaller (or equal, for pruning
+    recovery) one. A student with more parameters than its teacher is almost always a swapped pair;
+    and a teacher that is not clearly better than the student makes the soft loss hurt.
+
+    Fails::
+
+        teacher:
+          model: tiny-student
+        student:
+          model: tiny-teacher
+
+    Passes::
+
+        teacher:
+          model: tiny-teacher
+        student:
+          model: tiny-student
+    """
+    if ctx.spec.student.pruned_layers:
+        return  # the teacher minus layers: smaller by construction
+    t, s = ctx.teacher_arch, ctx.student_arch
+    tp, sp = t.param_count(), s.param_count()
+    if t.params is None or s.params is None:  # compare like with like
+        tp, sp = _shape_params(t), _shape_params(s)
+    if sp > tp:
+        yield Finding(
+            f"the student ({model_label(s)}, {sp / 1e9:.3g}B parameters) is larger than the teacher "
+            f"({model_label(t)}, {tp / 1e9:.3g}B)",
+            ("student", "model"),
+        )
+
+
+@rule(
+    "DC104",
+    Severity.ERROR,
+    "the teacher cannot be pruned",
+    needs=("teacher",),
+    hint="Move pruned_layers to the student: it lists the teacher layers removed to make the student.",
+)
+def teacher_pruned(ctx) -> Iterator[Finding]:
+    """`pruned_layers` describes how the student was made from the teacher (the teacher minus
+    those layers); the teacher is the unmodified reference model and is loaded as published.
+
+    Fails::
+
+        teacher:
+          pruned_layers: [1]
+
+    Passes::
+
+        teacher:
+          pruned_layers: []
+    """
+    if ctx.spec.teacher.pruned_layers:
+        yield Finding("teacher.pruned_layers is set; only the student can be pruned", ("teacher", "pruned_layers"), key=True)
+
+
+@rule(
+    "DC105",
+    Severity.ERROR,
+    "pruned layer outside the teacher's depth",
+    needs=("teacher_arch", "student"),
+    hint="Pruned layers are 0-based teacher layer indices: 0 to num_layers - 1.",
+)
+def pruned_out_of_range(ctx) -> Iterator[Finding]:
+    """`student.pruned_layers` lists the teacher's layers (0-based) that were removed to make the
+    student; an index past the teacher's depth names a layer that does not exist, so the student's
+    depth and the straddle_pruned layer map would be wrong.
+
+    Fails::
+
+        student:
+          model: tiny-teacher
+          pruned_layers: [2]
+
+    Passes::
+
+        student:
+          model: tiny-teacher
+          pruned_layers: [1]
+    """
+    depth = ctx.teacher_arch.num_layers
+    for i, layer in enumerate(ctx.spec.student.pruned_layers):
+        if not 0 <= layer < depth:
+            yield Finding(
+                f"pruned layer {layer} is outside the teacher's {depth} layers (0-{depth - 1})",
+                ("student", "pruned_layers", i),
+            )
+
+
+@rule(
+    "DC106",
+    Severity.ERROR,
+    "pruned layer listed twice",
+    needs=("student",),
+    hint="List each removed layer once.",
+)
+def pruned_duplicate(ctx) -> Iterator[Finding]:
+    """A layer can be removed only once; a repeated index is usually a typo for a neighbouring
+    layer, and it would make the student's depth (teacher depth minus removed layers) ambiguous.
+
+    Fails::
+
+        student:
+          model: tiny-teacher
+          pruned_layers: [1, 1]
+
+    Passes::
+
+        student:
+          model: tiny-teacher
+          pruned_layers: [1]
+    """
+    seen: set[int] = set()
+    for i, layer in enumerate(ctx.spec.student.pruned_layers):
+        if layer in seen:
+            yield Finding(f"pruned layer {layer} is listed more than once", ("student", "pruned_layers", i))
+        seen.add(layer)
+
+
+@rule(
+    "DC107",
+    Severity.ERROR,
+    "pruned student of a different model",
+    needs=("teacher", "student"),
+    hint="Set student.model to the teacher's model: a pruned student is the teacher minus pruned_layers.",
+)
+def pruned_other_model(ctx) -> Iterator[Finding]:
+    """`student.pruned_layers` says the student is the teacher with those layers removed: the
+    student's depth, the straddle_pruned layer map (teacher layer t is student layer t minus the
+    pruned layers below it) and the memory estimate all derive from the teacher's architecture.
+    With a different student model these indices mean nothing.
+
+    Fails::
+
+        student:
+          model: tiny-student
+          pruned_layers: [1]
+
+    Passes::
+
+        student:
+          model: tiny-teacher
+          pruned_layers: [1]
+    """
+    if ctx.spec.student.pruned_layers and not same_model(ctx):
+        yield Finding(
+            "student.pruned_layers is set but the student is not the teacher's model",
+            ("student", "pruned_layers"),
+            key=True,
+        )
+
+
+@rule(
+    "DC108",
+    Severity.ERROR,
+    "pruning removes every layer",
+    needs=("teacher_arch", "student"),
+    hint="Keep at least one layer: prune fewer layers.",
+)
+def pruned_everything(ctx) -> Iterator[Finding]:
+    """A student with every layer pruned has no transformer layers left to train.
+
+    Fails::
+
+        student:
+          model: tiny-teacher
+          pruned_layers: [0, 1]
+
+    Passes::
+
+        student:
+          model: tiny-teacher
+          pruned_layers: [0]
+    """
+    depth = ctx.teacher_arch.num_layers
+    pruned = {i for i in ctx.spec.student.pruned_layers if 0 <= i < depth}
+    if len(pruned) >= depth:
+        yield Finding(f"all {depth} of the teacher's layers are pruned", ("student", "pruned_layers"), key=True)
+
+
+@rule(
+    "DC109",
+    Severity.ERROR,
+    "straddle_pruned without pruned layers",
+    needs=("loss", "student"),
+    hint="List the removed teacher layers in student.pruned_layers, or pick another layers.strategy.",
+)
+def straddle_needs_pruned(ctx) -> Iterator[Finding]:
+    """The straddle_pruned strategy aligns the layers just before and just after each pruned block
+    (the most disturbed representations); it needs `student.pruned_layers` to know the blocks.
+
+    Fails::
+
+        loss:
+          layers: {strategy: straddle_pruned}
+
+    Passes::
+
+        student:
+          model: tiny-teacher
+          pruned_layers: [1]
+        loss:
+          beta: 1.0
+          layers: {strategy: straddle_pruned}
+    """
+    layers = ctx.spec.loss.layers
+    if layers is not None and layers.strategy == "straddle_pruned" and not ctx.spec.student.pruned_layers:
+        yield Finding("layers strategy straddle_pruned needs student.pruned_layers", ("loss", "layers", "strategy"))

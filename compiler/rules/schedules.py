@@ -1,0 +1,323 @@
+"""Rules about the loss-weight schedules alpha, temperature and beta (DC13x).
+
+Each schedule is a constant, a linear or cosine ramp from start to end, or a piecewise table; the
+values a schedule takes lie between the values it names (see `_util.schedule_values`), so checking
+those values checks every step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+from distillc.compiler.diagnostics import Severity
+from distillc.compiler.registry import Finding, rule
+from distillc.compiler.rules._util import SCHEDULES, end_value, fmt, node, schedule_values, start_value
+
+
+@rule(
+    "DC130",
+    Severity.ERROR,
+    "alpha outside [0, 1] or beta negative",
+    needs=("loss",),
+    hint="alpha weighs the soft loss against the hard loss: keep it in [0, 1]. beta is a non-negative weight.",
+)
+def weight_range(ctx) -> Iterator[Finding]:
+    """total = alpha * KL * T^2 + (1 - alpha) * CE + beta * feature. alpha outside [0, 1] gives
+    one of the two terms a negative weight: the optimizer then maximizes that loss. A negative
+    beta rewards the student for moving its activations away from the teacher's. Every value the
+    schedule names is checked (start, end, each piecewise point).
+
+    Fails::
+
+        loss:
+          alpha: {start: 1.2, end: 0.5, schedule: cosine}
+
+    Passes::
+
+        loss:
+          alpha: {start: 1.0, end: 0.5, schedule: cosine}
+    """
+    for path, value in schedule_values(ctx, "alpha"):
+        if not 0.0 <= value <= 1.0:
+            yield Finding(f"alpha {fmt(value)} is outside [0, 1]", path)
+    for path, value in schedule_values(ctx, "beta"):
+        if not value >= 0.0:
+            yield Finding(f"beta {fmt(value)} is negative", path)
+
+
+@rule(
+    "DC131",
+    Severity.ERROR,
+    "temperature not positive",
+    needs=("loss",),
+    hint="Use a temperature > 0: 1 is the raw softmax, 2 is the usual starting point.",
+)
+def temperature_positive(ctx) -> Iterator[Finding]:
+    """The soft loss compares softmax(logits / T) of both models: T = 0 divides by zero, a
+    negative T inverts the distributions (the least likely token becomes the most likely), and an
+    infinite one flattens both to uniform.
+
+    Fails::
+
+        loss:
+          temperature: 0.0
+
+    Passes::
+
+        loss:
+          temperature: 1.0
+    """
+    for path, value in schedule_values(ctx, "temperature"):
+        if not (value > 0.0 and math.isfinite(value)):
+            yield Finding(f"temperature {fmt(value)} is not a positive finite number", path)
+
+
+@rule(
+    "DC132",
+    Severity.WARNING,
+    "temperature above 8",
+    needs=("loss",),
+    hint="Start at T = 2 and anneal toward 1 (the guide's common pattern); 4 is already very flat.",
+)
+def temperature_high(ctx) -> Iterator[Finding]:
+    """A higher temperature softens both distributions and transfers more "dark knowledge", but
+    past about 4 they are very flat, and past 8 the soft loss's gradient all but vanishes even
+    with the T^2 scaling: the student learns little from the teacher.
+
+    Fails::
+
+        loss:
+          temperature: 10.0
+
+    Passes::
+
+        loss:
+          temperature: {start: 2.0, end: 1.0, schedule: cosine}
+    """
+    for path, value in schedule_values(ctx, "temperature"):
+        if 8.0 < value < math.inf:
+            yield Finding(f"temperature {fmt(value)} flattens both distributions almost to uniform", path)
+
+
+@rule(
+    "DC133",
+    Severity.WARNING,
+    "temperature below 1",
+    needs=("loss",),
+    hint="Use T >= 1: 1 matches the dominant token fastest, 2 transfers more of the teacher's ranking.",
+)
+def temperature_low(ctx) -> Iterator[Finding]:
+    """T < 1 sharpens both distributions beyond the raw softmax, so the soft loss sees mostly the
+    teacher's top token and little of the relative ranking of the others, the "dark knowledge"
+    distillation is for; it also narrows the teacher's distribution (the guide's "teacher
+    distribution too narrow" row, whose fix is to raise the temperature).
+
+    Fails::
+
+        loss:
+          temperature: 0.5
+
+    Passes::
+
+        loss:
+          temperature: 1.0
+    """
+    for path, value in schedule_values(ctx, "temperature"):
+        if 0.0 < value < 1.0:
+            yield Finding(f"temperature {fmt(value)} sharpens the teacher's distribution", path)
+
+
+@rule(
+    "DC134",
+    Severity.WARNING,
+    "end given to a constant schedule",
+    needs=("loss",),
+    hint="Add schedule: cosine (or linear) to move from start to end, or remove end.",
+)
+def constant_end_ignored(ctx) -> Iterator[Finding]:
+    """A constant schedule stays at `start`; its `end` is ignored. A schedule without a
+    `schedule:` key is constant, so `{start: 0.9, end: 0.5}` never decays: a common slip (in
+    MaxText's flat keys, `distill_alpha_end` with the default `constant` schedule does nothing).
+
+    Fails::
+
+        loss:
+          alpha: {start: 0.9, end: 0.5}
+
+    Passes::
+
+        loss:
+          alpha: {start: 0.9, end: 0.5, schedule: cosine}
+    """
+    for name in SCHEDULES:
+        sched = getattr(ctx.spec.loss, name)
+        if sched.schedule == "constant" and sched.end is not None and sched.end != sched.start:
+            how = "has no schedule key, so it is constant" if ("loss", name, "schedule") not in ctx.source.spans else "is constant"
+            yield Finding(f"{name} {how}: end {fmt(sched.end)} is ignored", node(ctx, "loss", name, "end"))
+
+
+@rule(
+    "DC135",
+    Severity.ERROR,
+    "ramp schedule without an end",
+    needs=("loss",),
+    hint="Add end: the value at train.steps (e.g. alpha {start: 0.9, end: 0.5, schedule: cosine}).",
+)
+def ramp_needs_end(ctx) -> Iterator[Finding]:
+    """linear and cosine move from `start` at step 0 to `end` at train.steps; without an end
+    there is nowhere to go (MaxText silently keeps the value fixed when *_end is None).
+
+    Fails::
+
+        loss:
+          alpha: {start: 0.9, schedule: cosine}
+
+    Passes::
+
+        loss:
+          alpha: {start: 0.9, end: 0.5, schedule: cosine}
+    """
+    for name in SCHEDULES:
+        sched = getattr(ctx.spec.loss, name)
+        if sched.schedule in ("linear", "cosine") and sched.end is None:
+            yield Finding(f"{name} has schedule {sched.schedule} but no end", node(ctx, "loss", name, "schedule"))
+
+
+@rule(
+    "DC136",
+    Severity.ERROR,
+    "piecewise steps not strictly increasing",
+    needs=("loss",),
+    hint="List points as [step, value] with steps >= 0 in strictly increasing order.",
+)
+def piecewise_order(ctx) -> Iterator[Finding]:
+    """A schedule table interpolates linearly between consecutive (step, value) points; that needs
+    steps that start at 0 or later and strictly increase (two points at one step would make the
+    value jump, and a step going back is ambiguous).
+
+    Fails::
+
+        loss:
+          alpha: {schedule: piecewise, points: [[0, 0.9], [2000, 0.7], [1000, 0.5]]}
+
+    Passes::
+
+        loss:
+          alpha: {schedule: piecewise, points: [[0, 0.9], [100, 0.7], [300, 0.5]]}
+    """
+    for name in SCHEDULES:
+        sched = getattr(ctx.spec.loss, name)
+        if sched.schedule != "piecewise":
+            continue
+        prev = None
+        for i, (step, _) in enumerate(sched.points):
+            path = node(ctx, "loss", name, "points", i, 0)
+            if step < 0:
+                yield Finding(f"{name} point {i} has a negative step {step}", path)
+            elif prev is not None and step <= prev:
+                yield Finding(f"{name} point {i} at step {step} does not come after step {prev}", path)
+            prev = step if prev is None else max(prev, step)
+
+
+@rule(
+    "DC137",
+    Severity.WARNING,
+    "piecewise point beyond train.steps",
+    needs=("loss", "train"),
+    hint="Put the last point at or before train.steps; the value at train.steps is what the run ends with.",
+)
+def piecewise_beyond_end(ctx) -> Iterator[Finding]:
+    """Training stops at train.steps: a point after it is never reached, and the run ends on a
+    value interpolated toward it rather than on the value the table names.
+
+    Fails::
+
+        loss:
+          alpha: {schedule: piecewise, points: [[0, 0.9], [1000, 0.5]]}
+
+    Passes::
+
+        loss:
+          alpha: {schedule: piecewise, points: [[0, 0.9], [400, 0.5]]}
+    """
+    steps = ctx.spec.train.steps
+    for name in SCHEDULES:
+        sched = getattr(ctx.spec.loss, name)
+        if sched.schedule != "piecewise":
+            continue
+        for i, (step, _) in enumerate(sched.points):
+            if step > steps:
+                yield Finding(f"{name} point at step {step} is after the last step ({steps})", node(ctx, "loss", name, "points", i, 0))
+                break
+
+
+@rule(
+    "DC138",
+    Severity.WARNING,
+    "alpha rises instead of decaying",
+    needs=("loss",),
+    hint="Decay alpha high to low, e.g. {start: 0.9, end: 0.5, schedule: cosine}.",
+)
+def alpha_rising(ctx) -> Iterator[Finding]:
+    """Early on, a damaged or small student learns most from the teacher's dense distribution
+    (high alpha); late in training the KL has diminishing returns and the teacher's errors start
+    to bake in, so alpha should come down toward the labels (the guide's alpha schedule table:
+    every recommended schedule is constant or decays).
+
+    Fails::
+
+        loss:
+          alpha: {start: 0.5, end: 0.9, schedule: cosine}
+
+    Passes::
+
+        loss:
+          alpha: {start: 0.9, end: 0.5, schedule: cosine}
+    """
+    sched = ctx.spec.loss.alpha
+    if sched.schedule != "constant" and end_value(sched) > start_value(sched):
+        path = node(ctx, "loss", "alpha", *(("points", len(sched.points) - 1, 1) if sched.schedule == "piecewise" else ("end",)))
+        yield Finding(f"alpha rises from {fmt(start_value(sched))} to {fmt(end_value(sched))}", path)
+
+
+def _shape_params(arch) -> int:
+    return arch.model_copy(update={"params": None}).param_count()
+
+
+@rule(
+    "DC139",
+    Severity.WARNING,
+    "alpha never decays in a same-size run",
+    needs=("loss", "teacher_arch", "student_arch"),
+    hint="Decay alpha, e.g. {start: 0.9, end: 0.5, schedule: cosine} (the guide's same-size default).",
+)
+def alpha_locked(ctx) -> Iterator[Finding]:
+    """When student and teacher are about the same size (pruning recovery, self-distillation),
+    an alpha that stays at 0.8 or above for the whole run locks the student into the teacher's
+    behaviour, errors included, and it cannot overtake the teacher on label-grounded tasks (the
+    guide's "student plateaus at the teacher" row: decay alpha). Constant alpha = 1.0 is right for
+    a large teacher and a much smaller student, which this rule leaves alone.
+
+    Fails::
+
+        student:
+          model: tiny-teacher
+        loss:
+          alpha: 0.9
+
+    Passes::
+
+        student:
+          model: tiny-teacher
+        loss:
+          alpha: {start: 0.9, end: 0.5, schedule: cosine}
+    """
+    t, s = ctx.teacher_arch, ctx.student_arch
+    if _shape_params(s) < 0.75 * _shape_params(t):
+        return
+    low = min(v for _, v in schedule_values(ctx, "alpha"))
+    if low >= 0.8:
+        yield Finding(
+            f"alpha stays at or above {fmt(low)} for the whole run of a same-size student", node(ctx, "loss", "alpha")
+        )

@@ -1,0 +1,264 @@
+"""Rules about training and data settings: steps, intervals, sequence length, tokenizer, paths (DC14x)."""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator
+
+from distillc.compiler.diagnostics import Severity
+from distillc.compiler.registry import Finding, rule
+from distillc.compiler.rules._util import finding, model_label, written
+
+
+@rule(
+    "DC140",
+    Severity.ERROR,
+    "warmup as long as the run",
+    needs=("train",),
+    hint="Make warmup_steps a small part of train.steps (1-10% is usual).",
+)
+def warmup_too_long(ctx) -> Iterator[Finding]:
+    """The learning rate ramps up for warmup_steps and then decays until train.steps; with a
+    warmup of the whole run the decay never starts and the schedule never reaches its peak.
+
+    Fails::
+
+        train:
+          steps: 400
+          warmup_steps: 400
+
+    Passes::
+
+        train:
+          steps: 400
+          warmup_steps: 20
+    """
+    tr = ctx.spec.train
+    if tr.warmup_steps >= tr.steps:
+        yield Finding(f"warmup_steps {tr.warmup_steps} is not less than train.steps {tr.steps}", ("train", "warmup_steps"))
+
+
+@rule(
+    "DC141",
+    Severity.WARNING,
+    "interval longer than the run",
+    needs=("train",),
+    hint="Choose checkpoint_every / eval_every / log_every below train.steps.",
+)
+def interval_too_long(ctx) -> Iterator[Finding]:
+    """An interval longer than the run never fires during it: checkpoint_every > steps leaves only
+    the final checkpoint (a preempted job restarts from scratch), eval_every > steps evaluates only
+    at the end, log_every > steps logs nothing along the way. Only values written in the spec are
+    checked; the defaults are fine for any real run.
+
+    Fails::
+
+        train:
+          steps: 400
+          checkpoint_every: 1000
+
+    Passes::
+
+        train:
+          steps: 400
+          checkpoint_every: 200
+    """
+    tr = ctx.spec.train
+    for key in ("checkpoint_every", "eval_every", "log_every"):
+        value = getattr(tr, key)
+        if written(ctx, "train", key) and value > tr.steps:
+            yield Finding(f"train.{key} {value} is longer than the run ({tr.steps} steps)", ("train", key))
+
+
+@rule(
+    "DC142",
+    Severity.WARNING,
+    "sequence longer than a model's context",
+    needs=("data", "teacher_arch", "student_arch"),
+    hint="Lower data.seq_len to the shorter model's context length.",
+)
+def seq_len_context(ctx) -> Iterator[Finding]:
+    """Past its trained context length a model's positional encoding (RoPE) is out of
+    distribution: the teacher's predictions degrade and the student is taught from them.
+
+    Fails::
+
+        teacher:
+          model: {num_layers: 2, emb_dim: 128, num_heads: 4, num_kv_heads: 4, head_dim: 32, mlp_dim: 512, vocab_size: 256, tokenizer: byte, max_seq_len: 32}
+
+    Passes::
+
+        teacher:
+          model: {num_layers: 2, emb_dim: 128, num_heads: 4, num_kv_heads: 4, head_dim: 32, mlp_dim: 512, vocab_size: 256, tokenizer: byte, max_seq_len: 2048}
+    """
+    seq = ctx.spec.data.seq_len
+    for role, arch in (("teacher", ctx.teacher_arch), ("student", ctx.student_arch)):
+        if arch.max_seq_len and seq > arch.max_seq_len:
+            yield finding(
+                ctx, f"seq_len {seq} exceeds the {role} {model_label(arch)}'s context of {arch.max_seq_len} tokens", "data", "seq_len"
+            )
+            return
+
+
+@rule(
+    "DC143",
+    Severity.ERROR,
+    "data tokenizer does not match the models",
+    needs=("data", "teacher_arch"),
+    hint="Set data.tokenizer to the models' tokenizer file (a sentencepiece .model or an HF tokenizer.json); "
+    "'byte' is only for the byte-level local models.",
+)
+def data_tokenizer(ctx) -> Iterator[Finding]:
+    """The data pipeline turns text into the token ids both models read; they must be the ids of
+    the models' own tokenizer. The byte tokenizer (ids 0-255) fits only the byte-level models, and
+    a byte-level model cannot read ids from a real tokenizer's 32k-256k vocabulary.
+
+    Fails::
+
+        data:
+          tokenizer: gs://bucket/tokenizer.model
+
+    Passes::
+
+        data:
+          tokenizer: byte
+    """
+    arch = ctx.teacher_arch
+    tok = ctx.spec.data.tokenizer
+    if (tok == "byte") != (arch.tokenizer == "byte"):
+        if tok == "byte":
+            msg = f"data.tokenizer is 'byte' but {model_label(arch)} uses tokenizer '{arch.tokenizer}'"
+        else:
+            msg = f"{model_label(arch)} is byte-level but data.tokenizer is {tok!r}"
+        yield finding(ctx, msg, "data", "tokenizer")
+
+
+def _paths(ctx) -> Iterator[tuple[tuple, str]]:
+    """(key path, value) of every path-like field that is set."""
+    sp = ctx.spec
+    for role in ("teacher", "student"):
+        side = getattr(sp, role)
+        if side is not None and side.checkpoint is not None:
+            yield (role, "checkpoint"), side.checkpoint
+    if sp.data is not None:
+        yield ("data", "source"), sp.data.source
+        yield ("data", "tokenizer"), sp.data.tokenizer
+    if sp.offline is not None and sp.offline.data_dir is not None:
+        yield ("offline", "data_dir"), sp.offline.data_dir
+    if sp.train is not None:
+        yield ("train", "output_dir"), sp.train.output_dir
+
+
+def _is_local(key: tuple, value: str) -> bool:
+    if key == ("data", "source") and value.startswith("builtin:"):
+        return False
+    if key == ("data", "tokenizer") and value == "byte":
+        return False
+    return "://" not in value
+
+
+@rule(
+    "DC144",
+    Severity.WARNING,
+    "local path on a cluster accelerator",
+    needs=("accelerator",),
+    hint="Use gs:// paths (or a filesystem mounted on every host) for cluster runs.",
+)
+def local_path_on_cluster(ctx) -> Iterator[Finding]:
+    """A cluster workload runs in containers on other machines: a local path such as
+    `runs` or `/home/me/ckpt` names a directory inside each container, so inputs are missing
+    and outputs vanish with the pod. Checkpoints, data, the tokenizer, the top-k cache and the
+    output directory should live in a bucket every host can reach.
+
+    Fails::
+
+        resources:
+          accelerator: v5p-8
+        train:
+          output_dir: runs
+
+    Passes::
+
+        teacher:
+          checkpoint: gs://bucket/teacher/0/items
+        resources:
+          accelerator: v5p-8
+        train:
+          output_dir: gs://bucket/runs
+    """
+    if ctx.accelerator.kind == "cpu":
+        return
+    for key, value in _paths(ctx):
+        if key == ("offline", "data_dir") and ctx.spec.mode != "offline":
+            continue
+        if value.strip() and _is_local(key, value):
+            yield finding(ctx, f"{'.'.join(key)} {value!r} is a local path, not visible to {ctx.accelerator.name} hosts", *key)
+
+
+# What the runtime reads (runtime/corpus.py, runtime/tokenizers.py): kept in sync by test_rules_train.
+BUILTIN_SOURCES = ("pydoc_topics",)
+REMOTE_SCHEMES = ("gs", "s3")
+SOURCE_SUFFIXES = (".txt", ".jsonl")
+TOKENIZER_SUFFIXES = (".model", ".json")
+_SCHEME = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*)://(.*)\Z", re.S)
+
+
+def _path_problem(key: tuple, value: str) -> str | None:
+    if not value.strip():
+        return "is empty"
+    if value != value.strip():
+        return "has leading or trailing whitespace"
+    if key == ("data", "source") and value.startswith("builtin:"):
+        name = value[len("builtin:") :]
+        if name not in BUILTIN_SOURCES:
+            known = ", ".join("builtin:" + b for b in BUILTIN_SOURCES)
+            return f"names no built-in corpus (known: {known})"
+        return None
+    if key == ("data", "tokenizer") and value == "byte":
+        return None
+    m = _SCHEME.match(value)
+    if m:
+        scheme, rest = m.group(1).lower(), m.group(2)
+        if scheme not in REMOTE_SCHEMES:
+            return f"uses {scheme}://, which the runtime cannot read (use gs:// or a local path)"
+        if not rest.split("/")[0]:
+            return f"has no bucket after {scheme}://"
+    elif "://" in value or value.startswith(":"):
+        return "is not a valid path or URL"
+    tail = value.rstrip("/").rsplit("/", 1)[-1]
+    suffix = "." + tail.rsplit(".", 1)[-1].lower() if "." in tail else ""
+    if key == ("data", "tokenizer") and suffix not in TOKENIZER_SUFFIXES:
+        return "is neither 'byte' nor a sentencepiece .model or HF tokenizer .json file"
+    if key == ("data", "source") and suffix and not value.endswith("/") and suffix not in SOURCE_SUFFIXES:
+        return f"is a {suffix} file; the runtime reads .txt and .jsonl files (or a directory of them)"
+    return None
+
+
+@rule(
+    "DC145",
+    Severity.ERROR,
+    "malformed path",
+    needs=(),
+    hint="Use builtin:pydoc_topics, a local path or gs://bucket/...; a tokenizer is 'byte', a .model or a .json file.",
+)
+def malformed_path(ctx) -> Iterator[Finding]:
+    """Paths are read by the runtime on the accelerator hosts, long after validation: a typo
+    there costs a queued job. The runtime reads local paths and gs:// (s3:// with a backend);
+    data.source also takes builtin:<name>, and reads .txt and .jsonl files or directories of
+    them; data.tokenizer is 'byte', a sentencepiece .model or an HF tokenizer.json. Validation
+    checks the form only: it never touches the filesystem or the network.
+
+    Fails::
+
+        data:
+          source: builtin:pydoc
+
+    Passes::
+
+        data:
+          source: builtin:pydoc_topics
+    """
+    for key, value in _paths(ctx):
+        problem = _path_problem(key, value)
+        if problem:
+            yield finding(ctx, f"{'.'.join(key)} {value!r} {problem}", *key)

@@ -1,0 +1,154 @@
+"""`distillc validate / explain / schema / rules`: exit codes, output formats, select/ignore/strict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from distillc.compiler.cli import app
+from tests.conftest import ROOT, spec_text
+
+QUICKSTART = str(ROOT / "specs" / "quickstart.yaml")
+KEYS = {"code", "severity", "message", "hint", "path", "line", "column"}
+
+
+def run(*args):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture
+def write(tmp_path):
+    def _write(fragment: str, name: str = "spec.yaml") -> str:
+        p = tmp_path / name
+        p.write_text(spec_text(fragment))
+        return str(p)
+
+    return _write
+
+
+class TestExitCodes:
+    def test_valid(self):
+        r = run("validate", QUICKSTART)
+        assert r.exit_code == 0, r.output
+        assert "ok: no problems found" in r.stderr
+
+    def test_errors(self, write):
+        r = run("validate", write("loss: {alpha: 1.5}"))
+        assert r.exit_code == 1
+        assert "error[DC130]" in r.stderr and "^" in r.stderr and "1 error" in r.stderr
+
+    def test_warnings_only_is_valid(self, write):
+        assert run("validate", write("loss: {temperature: 12.0}")).exit_code == 0
+
+    def test_usage_error(self):
+        r = run("validate", QUICKSTART, "--format", "yaml")
+        assert r.exit_code == 2 and "Traceback" not in r.output
+
+    def test_no_arguments(self):
+        assert run("validate").exit_code == 2
+
+    def test_several_files(self, write):
+        r = run("validate", QUICKSTART, write("loss: {alpha: 2}", "bad.yaml"), "--format", "concise")
+        assert r.exit_code == 1
+        assert "bad.yaml:" in r.stderr and "quickstart" not in r.stderr.split("\n")[0]
+
+
+class TestJson:
+    def test_shape(self, write):
+        path = write("loss: {alpha: {start: 1.5, end: 0.5, schedule: cosine}}\nname: Bad_Name")
+        r = run("validate", path, "--format", "json")
+        assert r.exit_code == 1
+        items = json.loads(r.stdout)
+        assert isinstance(items, list) and len(items) == 2
+        for it in items:
+            assert KEYS <= set(it)
+            assert isinstance(it["line"], int) and isinstance(it["column"], int)
+            assert it["severity"] in ("error", "warning", "note")
+        by = {it["code"]: it for it in items}
+        assert by["DC130"]["path"] == "loss.alpha.start" and by["DC160"]["path"] == "name"
+        assert by["DC130"]["hint"]
+
+    def test_clean_is_an_empty_list_on_stdout(self):
+        r = run("validate", QUICKSTART, "--format", "json")
+        assert r.exit_code == 0 and json.loads(r.stdout) == [] and r.stderr == ""
+
+    def test_io_error_is_not_json(self, tmp_path):
+        r = run("validate", str(tmp_path / "none.yaml"), "--format", "json")
+        assert r.exit_code == 2 and r.stdout == ""
+
+
+class TestSelectIgnoreStrict:
+    FRAGMENT = "loss: {alpha: 1.5, temperature: 12.0}"
+
+    def _codes(self, r):
+        return sorted(it["code"] for it in json.loads(r.stdout))
+
+    def test_select(self, write):
+        r = run("validate", write(self.FRAGMENT), "--format", "json", "--select", "DC132")
+        assert self._codes(r) == ["DC132"] and r.exit_code == 0
+
+    def test_select_prefix_comma(self, write):
+        r = run("validate", write(self.FRAGMENT), "-f", "json", "--select", "dc130,DC132")
+        assert self._codes(r) == ["DC130", "DC132"]
+
+    def test_ignore(self, write):
+        r = run("validate", write(self.FRAGMENT), "-f", "json", "--ignore", "DC130")
+        assert self._codes(r) == ["DC132"] and r.exit_code == 0
+
+    def test_ignore_prefix(self, write):
+        r = run("validate", write(self.FRAGMENT), "-f", "json", "--ignore", "DC13")
+        assert self._codes(r) == [] and r.exit_code == 0
+
+    def test_strict(self, write):
+        path = write("loss: {temperature: 12.0}")
+        assert run("validate", path).exit_code == 0
+        assert run("validate", path, "--strict").exit_code == 1
+
+
+class TestFormats:
+    def test_concise(self, write):
+        path = write("loss: {alpha: 1.5}")
+        r = run("validate", path, "--format", "concise")
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"{path}:") and ": error: DC130 " in line
+
+    def test_github(self, write):
+        r = run("validate", write("loss: {alpha: 1.5}"), "--format", "github")
+        assert r.stderr.startswith("::error file=") and "title=DC130" in r.stderr
+
+
+class TestExplain:
+    def test_known(self):
+        r = run("explain", "DC152")
+        assert r.exit_code == 0
+        assert r.stdout.startswith("DC152 (error): ") and "Korthikanti" in r.stdout and "Fails::" in r.stdout
+
+    def test_lower_case(self):
+        assert run("explain", "dc101").exit_code == 0
+
+    def test_unknown(self):
+        r = run("explain", "DC999")
+        assert r.exit_code == 2 and r.stderr.startswith("distillc: error:")
+
+
+class TestSchemaAndRules:
+    def test_schema_is_json_schema(self):
+        r = run("schema")
+        assert r.exit_code == 0
+        doc = json.loads(r.stdout)
+        assert doc["$schema"].startswith("https://json-schema.org/")
+        assert {"name", "teacher", "student", "loss", "data", "train", "runtime", "resources"} <= set(doc["properties"])
+        assert doc.get("additionalProperties") is False
+
+    def test_rules_lists_every_code(self):
+        from distillc.compiler.registry import iter_codes
+
+        r = run("rules")
+        listed = [line.split()[0] for line in r.stdout.splitlines()]
+        assert listed == [c.code for c in iter_codes()]
+
+    def test_rules_markdown(self):
+        r = run("rules", "--markdown")
+        assert r.exit_code == 0 and r.stdout.startswith("# Diagnostic codes")

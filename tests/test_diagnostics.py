@@ -1,0 +1,124 @@
+"""Diagnostics and the code registry: formats, JSON shape, severities, explanations, internal errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from distillc.compiler import diagnostics as D
+from distillc.compiler.diagnostics import Diagnostic, Severity, Span
+from distillc.compiler.registry import CODES, Code, explain, iter_codes, load_rules, make
+from tests.conftest import check_text, codes, spec_text
+
+load_rules()
+
+DIAG = Diagnostic(
+    code="DC130",
+    severity=Severity.ERROR,
+    message="alpha 1.2 is outside [0, 1]",
+    hint="keep it in [0, 1]",
+    path=("loss", "alpha", "start"),
+    file="s.yaml",
+    span=Span(4, 12, 4, 15),
+    notes=("a note",),
+)
+
+
+class TestFormats:
+    def test_concise(self):
+        assert D.format_concise(DIAG) == "s.yaml:4:12: error: DC130 alpha 1.2 is outside [0, 1] [loss.alpha.start]"
+
+    def test_rich_has_caret_under_the_span(self):
+        src = "    start: 1.2"  # the value 1.2 spans columns 12-14
+        out = D.format_rich(DIAG, src, color=False).splitlines()
+        assert out[0] == "error[DC130]: alpha 1.2 is outside [0, 1]"
+        assert out[1].endswith("--> s.yaml:4:12  (loss.alpha.start)")
+        caret = out[4]
+        assert caret.index("^") - caret.index("|") - 2 == 11 and caret.count("^") == 3
+        assert any(line.strip().startswith("= help: keep it") for line in out)
+        assert any("note: a note" in line for line in out)
+        assert "\x1b[" not in "\n".join(out)
+
+    def test_rich_color(self):
+        assert "\x1b[" in D.format_rich(DIAG, "x", color=True)
+
+    def test_github_escapes(self):
+        d = make("DC130", "50% bad\nsecond line", path=("loss",), span=Span(2, 3), file="a.yaml")
+        out = D.format_github(d)
+        assert out.startswith("::error file=a.yaml,line=2,col=3,title=DC130::")
+        assert "50%25 bad%0Asecond line" in out and "\n" not in out
+
+    def test_json_shape(self):
+        (obj,) = json.loads(D.to_json([DIAG]))
+        assert {"code", "severity", "message", "hint", "path", "line", "column"} <= set(obj)
+        assert obj["path"] == "loss.alpha.start" and (obj["line"], obj["column"]) == (4, 12)
+        assert obj["severity"] == "error"
+
+    def test_dotted_with_indices(self):
+        assert D.dotted(("loss", "layers", "pairs", 1, 0)) == "loss.layers.pairs[1][0]"
+
+    def test_summary(self):
+        w = make("DC132", "hot", path=("loss",))
+        assert D.summary([]) == "ok: no problems found"
+        assert D.summary([DIAG, w, w]) == "1 error, 2 warnings"
+
+
+class TestRegistry:
+    def test_severity_belongs_to_the_code(self):
+        assert make("DC132", "x").severity is Severity.WARNING
+        assert make("DC130", "x").severity is Severity.ERROR
+
+    def test_default_hint(self):
+        assert make("DC130", "x").hint == CODES["DC130"].hint
+        assert make("DC130", "x", hint="custom").hint == "custom"
+
+    def test_codes_are_unique_and_ranged(self):
+        rules = [c for c in iter_codes() if c.func is not None]
+        assert len(rules) >= 45
+        for c in rules:
+            assert re.fullmatch(r"DC1[0-6]\d", c.code), c.code
+            assert c.title and c.hint and c.doc, c.code
+            assert "Fails::" in c.doc and "Passes::" in c.doc
+
+    def test_duplicate_code_is_rejected(self):
+        from distillc.compiler.registry import declare
+
+        with pytest.raises(ValueError):
+            declare("DC130", Severity.ERROR, "again")
+
+    def test_explain(self):
+        text = explain("dc120")
+        assert text.startswith("DC120 (error): beta starts at 0")
+        assert "Fails::" in text and "Fix:" in text
+        assert explain("DC999") is None
+
+
+class TestInternalError:
+    def test_a_crashing_rule_becomes_dc900_and_the_others_still_run(self, monkeypatch):
+        def boom(ctx):
+            raise ZeroDivisionError("division by zero")
+            yield  # pragma: no cover
+
+        monkeypatch.setitem(CODES, "DC199", Code("DC199", Severity.ERROR, "boom", "", "", boom, ("loss",)))
+        checked = check_text(spec_text("loss: {alpha: 3}"))
+        assert "DC900" in codes(checked) and "DC130" in codes(checked)
+        d = next(d for d in checked.diagnostics if d.code == "DC900")
+        assert "DC199" in d.message and "ZeroDivisionError" in d.message
+        assert not checked.ok
+
+
+class TestSelectIgnore:
+    def test_select_prefix(self):
+        checked = check_text(spec_text("loss: {alpha: 3, temperature: 20}"), select=("DC13",))
+        assert sorted(codes(checked)) == ["DC130", "DC132"]
+        assert codes(check_text(spec_text("loss: {alpha: 3, temperature: 20}"), select=("DC132",))) == ["DC132"]
+
+    def test_ignore(self):
+        assert codes(check_text(spec_text("loss: {alpha: 3, temperature: 20}"), ignore=("DC130",))) == ["DC132"]
+
+    def test_sorted_by_position(self):
+        checked = check_text(spec_text("name: Bad_Name\nloss: {alpha: 3}"))
+        lines = [d.span.line for d in checked.diagnostics]
+        assert lines == sorted(lines)

@@ -1,0 +1,136 @@
+"""Parsing loaded YAML into the typed spec: pydantic errors become positioned diagnostics."""
+
+from __future__ import annotations
+
+from tests.conftest import check_text, codes, find, spec_text
+
+
+def at(text: str, *needles: str) -> tuple[int, int]:
+    """(line, column) of the last needle, each searched after the previous one."""
+    pos = 0
+    for n in needles:
+        pos = text.index(n, pos)
+    return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+
+
+def where(d) -> tuple[int, int]:
+    return d.span.line, d.span.column
+
+
+def test_base_is_clean():
+    checked = check_text(spec_text(""))
+    assert codes(checked) == []
+    assert checked.spec.full() is not None
+
+
+class TestUnknownKeys:
+    def test_typo_in_a_section_points_at_the_key(self):
+        text = spec_text("loss: {alpah: 0.5}")
+        d = find(check_text(text), "DC010")
+        assert where(d) == at(text, "alpah")
+        assert d.path == ("loss", "alpah")
+        assert "'alpha'" in d.hint
+
+    def test_unknown_section(self):
+        text = spec_text("trian: {steps: 3}")
+        d = find(check_text(text), "DC010")
+        assert where(d) == at(text, "trian:")
+        assert "'train'" in d.hint
+
+    def test_unknown_key_inside_a_schedule(self):
+        text = spec_text("loss: {alpha: {start: 0.9, end: 0.5, schedule: cosine, ramp: 3}}")
+        d = find(check_text(text), "DC010")
+        assert d.path == ("loss", "alpha", "ramp")
+        assert where(d) == at(text, "ramp:")
+
+    def test_unknown_key_in_an_override(self):
+        text = spec_text("student: {overrides: {weight_dtpye: float32}}")
+        d = find(check_text(text), "DC010")
+        assert d.path == ("student", "overrides", "weight_dtpye") and "'weight_dtype'" in d.hint
+
+
+class TestValues:
+    def test_bad_schedule_kind_suggests(self):
+        text = spec_text("loss: {alpha: {start: 0.9, end: 0.5, schedule: cosin}}")
+        d = find(check_text(text), "DC011")
+        assert where(d) == at(text, "schedule:", "cosin")
+        assert "'cosine'" in d.hint
+
+    def test_bad_layer_strategy_suggests(self):
+        text = spec_text("loss: {layers: {strategy: evenly, count: 3}}")
+        d = find(check_text(text), "DC011")
+        assert d.path == ("loss", "layers", "strategy") and "'evenly_spaced'" in d.hint
+
+    def test_bad_mode(self):
+        text = spec_text("mode: onlien")
+        d = find(check_text(text), "DC011")
+        assert where(d) == at(text, "mode:", "onlien") and "'online'" in d.hint
+
+    def test_bound(self):
+        text = spec_text("train: {steps: -3}")
+        d = find(check_text(text), "DC011")
+        assert where(d) == at(text, "steps:", "-3")
+
+    def test_missing_required_key(self):
+        text = spec_text("loss: {layers: {strategy: evenly_spaced}}")
+        d = find(check_text(text), "DC012")
+        assert d.path == ("loss", "layers", "count")
+
+    def test_missing_required_section(self):
+        text = spec_text("").replace("train:\n", "xtrain:\n")
+        got = codes(check_text(text))
+        assert "DC012" in got and "DC010" in got
+
+    def test_not_a_mapping(self):
+        assert codes(check_text("- a\n- b\n")) == ["DC011"]
+
+    def test_version(self):
+        text = spec_text("version: 2")
+        d = find(check_text(text), "DC015")
+        assert where(d) == at(text, "version:", "2")
+
+
+class TestOneMistakeOneError:
+    def test_sections_are_parsed_independently(self):
+        # a typo in train does not hide the error in loss
+        text = spec_text("train: {steps: abc}\nloss: {alpha: 3}")
+        assert sorted(codes(check_text(text))) == ["DC011", "DC130"]
+
+    def test_rules_needing_a_failed_section_are_skipped(self):
+        # loss fails to parse: no schedule or feature rule runs on a half-parsed loss
+        text = spec_text("loss: {alpha: {start: 0.9, schedule: cosine, bad: 1}}")
+        assert codes(check_text(text)) == ["DC010"]
+
+    def test_unknown_model_skips_the_model_rules(self):
+        text = spec_text("teacher: {model: llama3.1-8bb}")
+        checked = check_text(text)
+        assert codes(checked) == ["DC013"]
+        d = checked.diagnostics[0]
+        assert where(d) == at(text, "teacher:", "llama3.1-8bb") and "'llama3.1-8b'" in d.hint
+
+    def test_unknown_accelerator(self):
+        text = spec_text("resources: {accelerator: v5p-12}")
+        d = find(check_text(text), "DC014")
+        assert where(d) == at(text, "accelerator:", "v5p-12")
+
+
+class TestScheduleForms:
+    def test_bare_number_is_constant(self):
+        checked = check_text(spec_text("loss: {alpha: 0.7}"))
+        assert checked.spec.loss.alpha.schedule == "constant" and checked.spec.loss.alpha.start == 0.7
+
+    def test_defaults_are_schedules_too(self):
+        text = spec_text("").replace("loss:\n  alpha: 0.9\n  temperature: 1.0\n  beta: 0.0\n", "")
+        checked = check_text(text)
+        assert codes(checked) == []
+        assert checked.spec.loss.beta.schedule == "constant" and checked.spec.loss.alpha.start == 0.5
+
+    def test_piecewise(self):
+        checked = check_text(spec_text("loss: {alpha: {schedule: piecewise, points: [[0, 0.9], [400, 0.5]]}}"))
+        assert checked.spec.loss.alpha.points == [(0, 0.9), (400, 0.5)]
+
+    def test_inline_architecture(self):
+        arch = "{num_layers: 2, emb_dim: 64, num_heads: 2, num_kv_heads: 2, head_dim: 32, mlp_dim: 256, vocab_size: 256, tokenizer: byte}"
+        checked = check_text(spec_text(f"student: {{model: {arch}}}"))
+        assert codes(checked) == []
+        assert checked.context.student_arch.emb_dim == 64
