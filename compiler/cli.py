@@ -193,15 +193,24 @@ def ablate(
     max_cells: Optional[int] = typer.Option(None, "--max-cells", min=1, help="Refuse more cells than this (default ablation.max_cells, 1000)."),
     format: AblateFormat = typer.Option(AblateFormat.text, "--format", "-f", help="text | csv | json"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write one child spec per valid cell, index.json and launch_all.sh here."),
-    cluster: Optional[str] = typer.Option(None, "--cluster", help="Passed to `distillc launch` in launch_all.sh."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Validate cells for this clusters-file entry; launch_all.sh launches on it."),
+    clusters: Optional[Path] = typer.Option(None, "--clusters", help="The clusters file (default ./clusters.yaml, then the user config dir)."),
 ) -> None:
     """Expand an ablation into cells: validated, deduplicated by resolved plan, and named."""
-    from distillc.compiler.ablation import Options, StrategyError, ablate as run_ablation, read_results
+    from distillc.compiler import clusters as clusters_mod
+    from distillc.compiler.ablation import Options, StrategyError, ablate as run_ablation, on_cluster, read_results
     from distillc.compiler.ablation import output
     from distillc.compiler.loader import LoadError, load_file
 
     try:
         loaded = load_file(spec)
+        if cluster is not None:
+            entry, cdiags, csource = clusters_mod.load_cluster(cluster, clusters)
+            emit_diagnostics(cdiags, Format.text, {csource.file: csource})
+            if entry is None:
+                raise typer.Exit(EXIT_ERRORS)
+            loaded = on_cluster(loaded, entry.accelerator.name, entry.entry.num_slices)
+            typer.echo(f"cells are checked for cluster '{cluster}': {entry.accelerator.name} x {entry.entry.num_slices} slice(s)", err=True)
         results = read_results(best) if best is not None else None
         opts = Options(
             strategy=strategy.value if strategy else None,
@@ -213,7 +222,7 @@ def ablate(
             maximize=maximize,
         )
         result = run_ablation(loaded, axis or (), opts)
-    except (LoadError, StrategyError) as exc:
+    except (LoadError, StrategyError, clusters_mod.ClustersNotFound, clusters_mod.UnknownCluster) as exc:
         raise fail(str(exc))
     if format is not AblateFormat.json:
         emit_diagnostics(result.diagnostics, Format.text, result.sources)
@@ -223,7 +232,7 @@ def ablate(
         raise typer.Exit(EXIT_ERRORS)
     if out is not None:
         try:
-            result = output.write_out(result, out, cluster)
+            result = output.write_out(result, out, cluster, clusters)
         except OSError as exc:
             raise fail(f"--out {out}: {exc.strerror or exc}")
     for line in (*output.stage_header(result), *result.notes):

@@ -100,6 +100,7 @@ def make(
 
 def load_rules() -> None:
     """Import every rules module once so its @rule decorators run."""
+    import distillc.compiler.ablation.codes  # noqa: F401  (DC17x: ablation axes)
     import distillc.compiler.launch_codes  # noqa: F401  (DC4xx: launch, clusters, MaxText target)
     import distillc.compiler.rules  # noqa: F401  (the package imports its modules)
 

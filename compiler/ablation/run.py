@@ -1,0 +1,337 @@
+"""`ablate`: axes -> cells -> validated, resolved, deduplicated, named. The CLI and the bench call it.
+
+Flow: check the base spec (it must load, parse and bind; rule errors are allowed, since an axis may
+fix them), read and check the axes, pick the cells of the strategy (counted before expansion,
+against max_cells), then evaluate every cell: pruned when the validator reports an error, a
+duplicate when its plan key was already seen, valid otherwise.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Optional, Sequence
+
+from distillc.compiler.ablation.axes import Axis, check_axis, cli_axes, cli_source, merge, spec_axes, value_id
+from distillc.compiler.ablation.evaluate import Draft, Evaluator
+from distillc.compiler.ablation.names import Namer, name_limit
+from distillc.compiler.ablation.patch import lookup
+from distillc.compiler.ablation.plan import PlanKeys, Unresolvable
+from distillc.compiler.ablation.priority import load_priority
+from distillc.compiler.ablation.strategies import (
+    StagePlan,
+    StrategyError,
+    grid,
+    grid_size,
+    plan_stage,
+    random_sample,
+    stage_drafts,
+    stage_groups,
+)
+from distillc.compiler.check import Checked, check_loaded
+from distillc.compiler.diagnostics import Diagnostic, sort_key
+from distillc.compiler.loader import Loaded, SourceMap
+from distillc.compiler.registry import CODES, make
+
+STRATEGIES = ("grid", "staged", "random")
+DEFAULT_MAX_CELLS = 1000
+
+
+@dataclass(frozen=True)
+class Options:
+    strategy: Optional[str] = None  # overrides ablation.strategy
+    samples: Optional[int] = None
+    seed: Optional[int] = None
+    max_cells: Optional[int] = None
+    stage: Optional[int] = None
+    results: Optional[Mapping[str, float]] = None  # --best: cell name -> metric
+    maximize: bool = False
+    parallel: Optional[bool] = None  # None: forked workers for large ablations; False: never
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    status: str  # valid | pruned | duplicate
+    values: dict[str, Any]  # every axis value the cell sets
+    diff: tuple[tuple[str, Any], ...]  # the values that differ from the base spec
+    draft: Draft
+    reason: Optional[str] = None
+    code: Optional[str] = None
+    duplicate_of: Optional[str] = None
+    aliases: tuple[str, ...] = ()
+    result: Optional[float] = None  # its metric in --best: it already ran (launch_all.sh skips it)
+
+    def to_json(self) -> dict[str, Any]:
+        """The public shape ({name, status, values, reason, duplicate_of}) plus code, aliases and result."""
+        return {
+            "name": self.name,
+            "status": self.status,
+            "values": dict(self.values),
+            "reason": self.reason,
+            "duplicate_of": self.duplicate_of,
+            "code": self.code,
+            "aliases": list(self.aliases),
+            "result": self.result,
+        }
+
+
+@dataclass(frozen=True)
+class Ablation:
+    loaded: Loaded
+    strategy: str = "grid"
+    axes: tuple[Axis, ...] = ()
+    cells: tuple[Cell, ...] = ()
+    diagnostics: tuple[Diagnostic, ...] = ()
+    sources: dict[str, SourceMap] = field(default_factory=dict)
+    stage: Optional[StagePlan] = None
+    notes: tuple[str, ...] = ()
+    evaluator: Optional[Evaluator] = None
+    plans_resolved: int = 0
+    rule_runs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.is_error for d in self.diagnostics)
+
+    @property
+    def base_name(self) -> str:
+        data = self.loaded.data if isinstance(self.loaded.data, dict) else {}
+        return str(data.get("name") or "cell")
+
+    def count(self, status: str) -> int:
+        return sum(c.status == status for c in self.cells)
+
+
+def on_cluster(loaded: Loaded, accelerator: str, num_slices: int) -> Loaded:
+    """The base spec as it runs on a cluster entry: its accelerator and slice count written into
+    resources (positions kept), so every cell is validated, and every child spec written, for
+    the machine `distillc launch --cluster` will use."""
+    data = loaded.data
+    if not isinstance(data, dict) or not isinstance(data.get("resources", {}), dict):
+        return loaded
+    resources = {**(data.get("resources") or {}), "accelerator": accelerator, "num_slices": num_slices}
+    return replace(loaded, data={**data, "resources": resources})
+
+
+def _structural(d: Diagnostic) -> bool:
+    info = CODES.get(d.code)
+    return d.is_error and (info is None or info.func is None)
+
+
+def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Options()) -> Ablation:
+    """Expand, validate, resolve and dedupe the cells of `loaded`'s ablation (plus `axis_args`)."""
+    sources = {loaded.source.file: loaded.source}
+    base = check_loaded(loaded)
+    stop = [d for d in base.diagnostics if _structural(d)]
+    if stop or base.context is None:
+        return Ablation(loaded, diagnostics=tuple(stop or base.diagnostics), sources=sources)
+    block = base.spec.ablation
+
+    from_cli, diags = cli_axes(axis_args)
+    if axis_args:
+        sources["--axis"] = cli_source(axis_args)
+    axes_in, merge_diags = merge(spec_axes(loaded), from_cli)
+    diags += merge_diags
+    axes: list[Axis] = []
+    for a in axes_in:
+        checked, d = check_axis(a)
+        diags += d
+        if checked is not None:
+            axes.append(checked)
+    if not axes_in and not diags:
+        diags.append(make("DC172", "nothing to ablate: add an `ablation: {axes: ...}` block or pass --axis KEY=V1,V2",
+                          span=loaded.source.span(("ablation",)), file=loaded.source.file))
+    strategy = options.strategy or (block.strategy if block else "grid")
+    if strategy not in STRATEGIES:
+        raise StrategyError(f"unknown strategy '{strategy}' (choose {', '.join(STRATEGIES)})")
+    result = Ablation(loaded, strategy, tuple(axes), (), tuple(sorted(diags, key=sort_key)), sources)
+    if not result.ok:
+        return result
+
+    priority = load_priority()
+    evaluator = Evaluator(loaded, base, axes)
+    differs = _differs(loaded.data, axes)
+    base_name = result.base_name
+
+    # names list values in the guide's priority order, so a staged run's names grow by suffix
+    rank = {a: (*priority.rank(ax.key), a) for a, ax in enumerate(axes)}
+
+    order = sorted(range(len(axes)), key=rank.__getitem__)
+
+    def diffs_of(drafts: list[Draft]) -> list[tuple[tuple[int, int], ...]]:
+        out = []
+        for d in drafts:
+            at = dict(d)
+            out.append(tuple((a, at[a]) for a in order if a in at and differs[a][at[a]]))
+        return out
+
+    namer = Namer(base_name, axes, priority, name_limit(_super_slicing(base, axes)))
+
+    def names_of(drafts: list[Draft]) -> list[str]:
+        return namer.names(diffs_of(drafts))
+
+    max_cells = options.max_cells or (block.max_cells if block else DEFAULT_MAX_CELLS)
+    notes: list[str] = []
+    ignored = [flag for flag, given, used_by in (
+        ("--samples", options.samples is not None, "random"),
+        ("--seed", options.seed is not None, "random"),
+        ("--best", options.results is not None, "staged"),
+        ("--stage", options.stage is not None, "staged"),
+        ("--maximize", options.maximize, "staged"),
+    ) if given and strategy != used_by]
+    if ignored:
+        notes.append(f"{', '.join(ignored)}: not used by the {strategy} strategy")
+    stage: Optional[StagePlan] = None
+    if strategy == "grid":
+        count = grid_size(axes)
+    elif strategy == "random":
+        samples = options.samples or (block.samples if block else None)
+        if not samples:
+            raise StrategyError("the random strategy needs --samples N (or ablation.samples)")
+        count = min(samples, grid_size(axes))
+        if samples > count:
+            notes.append(f"--samples {samples} is more than the grid's {count} cells: every cell is listed")
+    else:
+        groups = stage_groups(axes, priority)
+        def unchanged(draft: Draft, group: Any) -> bool:
+            return not any(differs[a][v] for a, v in draft if a in group.axes)
+
+        stage = plan_stage(axes, groups, names_of, unchanged, options.results or {}, options.stage, options.maximize)
+        count = 1 if stage.complete else grid_size(axes, stage.group.axes)
+    if count > max_cells:
+        sizes = " x ".join(str(len(a.values)) for a in axes)
+        what = f"stage {stage.number} ({stage.group.name})" if stage else f"the {strategy} ablation"
+        span_path = ("ablation", "max_cells") if block and "max_cells" in (loaded.data.get("ablation") or {}) else ("ablation",)
+        msg = f"{what} has {count:,} cells (axes {sizes}), more than max_cells {max_cells:,}"
+        d = make("DC173", msg, path=span_path, span=loaded.source.span(span_path), file=loaded.source.file)
+        return replace(result, diagnostics=(*result.diagnostics, d), stage=stage)
+
+    if strategy == "grid":
+        drafts = list(grid(axes))
+    elif strategy == "random":
+        drafts = random_sample(axes, count, options.seed if options.seed is not None else (block.seed if block else 0))
+    else:
+        drafts = stage_drafts(axes, stage)
+        if stage.complete:
+            notes.append("every stage has a winner in --best: the cell below combines them")
+    shown = diffs_of(drafts)
+    diffs = [tuple((axes[a].key, axes[a].values[v]) for a, v in d) for d in shown]
+    cells, resolved, rule_runs = evaluate_cells(evaluator, drafts, namer.names(shown), diffs, options.parallel)
+    if options.results:
+        cells = [replace(c, result=options.results[c.name]) if c.name in options.results else c for c in cells]
+    return replace(
+        result, cells=tuple(cells), stage=stage, notes=tuple(notes), evaluator=evaluator, plans_resolved=resolved, rule_runs=rule_runs
+    )
+
+
+def _super_slicing(base: Checked, axes: Sequence[Axis]) -> bool:
+    """Whether any cell may run on a super-slicing type (xpk's shorter name limit applies)."""
+    ctx = base.context
+    names = [a.values for a in axes if a.key == "resources.accelerator"]
+    accs = [ctx.catalog.accelerators.get(str(v)) for vs in names for v in vs] + [ctx.accelerator]
+    return any(a is not None and a.super_slicing for a in accs)
+
+
+def _differs(data: Any, axes: Sequence[Axis]) -> list[list[bool]]:
+    """differs[a][v]: whether value v of axis a differs from the base spec's value at that path."""
+    out = []
+    for a in axes:
+        present, base = lookup(data, a.path)
+        bid = value_id(base) if present else None
+        out.append([not present or value_id(v) != bid for v in a.values])
+    return out
+
+
+PARALLEL_MIN_CELLS = 2048  # below this, forking workers costs more than it saves
+
+Verdict = tuple[Optional[str], Optional[str], Optional[bytes]]  # (error code, reason, plan digest)
+
+
+def verdicts(evaluator: Evaluator, drafts: Sequence[Draft]) -> tuple[list[Verdict], int, int]:
+    """Validate each cell and resolve the valid ones: (code, reason, None) for a pruned cell,
+    (None, None, plan digest) for a valid one; with the plans resolved and rules run."""
+    keys = PlanKeys(evaluator.relevance)
+    runs = evaluator.rule_runs
+    out: list[Verdict] = []
+    for draft in drafts:
+        outcome = evaluator.evaluate(draft)
+        err = outcome.first_error
+        if err is not None:
+            out.append((err.code, f"{err.code} {err.message}", None))
+            continue
+        key = keys(outcome.checked, outcome.vals)
+        if isinstance(key, Unresolvable):
+            out.append(("DC176", f"DC176 {key}", None))
+        else:
+            out.append((None, None, key))
+    return out, keys.resolved, evaluator.rule_runs - runs
+
+
+_JOB: Optional[tuple[Evaluator, Sequence[Draft]]] = None  # what forked workers read (no pickling)
+
+
+def _work(span: tuple[int, int]) -> tuple[list[Verdict], int, int]:
+    assert _JOB is not None
+    evaluator, drafts = _JOB
+    return verdicts(evaluator, drafts[span[0] : span[1]])
+
+
+def _workers() -> int:
+    """Worker processes for a large ablation: the CPUs this process may use, where fork exists."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def all_verdicts(evaluator: Evaluator, drafts: Sequence[Draft], parallel: Optional[bool] = None) -> tuple[list[Verdict], int, int]:
+    """verdicts() over every cell, split over forked worker processes when the ablation is large
+    (or `parallel` is True). Each worker validates and resolves a contiguous slice with its own
+    caches; verdicts are plain tuples, so the results equal the sequential ones."""
+    workers = _workers() if parallel is not False else 1
+    if workers < 2 or (parallel is None and len(drafts) < PARALLEL_MIN_CELLS):
+        return verdicts(evaluator, drafts)
+    global _JOB
+    chunks = workers * 2
+    step = -(-len(drafts) // chunks)
+    spans = [(i, min(i + step, len(drafts))) for i in range(0, len(drafts), step)]
+    _JOB = (evaluator, drafts)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_work, spans)
+    finally:
+        _JOB = None
+    out: list[Verdict] = []
+    for part, _, _ in parts:
+        out += part
+    return out, sum(p[1] for p in parts), sum(p[2] for p in parts)
+
+
+def evaluate_cells(
+    evaluator: Evaluator, drafts: Sequence[Draft], names: Sequence[str], diffs: Sequence[Any], parallel: Optional[bool] = None
+) -> tuple[list[Cell], int, int]:
+    """Validate each cell, resolve the valid ones, and fold cells with the same plan into the
+    first (its aliases listed); returns the cells, the plans resolved and the rules run."""
+    found, resolved, rule_runs = all_verdicts(evaluator, drafts, parallel)
+    axes = evaluator.axes
+    first: dict[bytes, int] = {}
+    cells: list[Cell] = []
+    aliases: dict[int, list[str]] = {}
+    for draft, name, diff, (code, reason, key) in zip(drafts, names, diffs, found):
+        values = {axes[a].key: axes[a].values[v] for a, v in draft}
+        if key is None:
+            cells.append(Cell(name, "pruned", values, diff, draft, reason=reason, code=code))
+        elif key in first:
+            j = first[key]
+            aliases.setdefault(j, []).append(name)
+            why = f"resolves to the same plan as {cells[j].name}"
+            cells.append(Cell(name, "duplicate", values, diff, draft, reason=why, duplicate_of=cells[j].name))
+        else:
+            first[key] = len(cells)
+            cells.append(Cell(name, "valid", values, diff, draft))
+    out = [replace(c, aliases=tuple(aliases[i])) if i in aliases else c for i, c in enumerate(cells)]
+    return out, resolved, rule_runs

@@ -1,0 +1,477 @@
+"""distillc ablate: axes, strategies, conditional dedupe, pruning, names, child specs (issue 5).
+
+Small specs built on tests/fixtures/base.yaml (tiny models of 2 layers, temperature 1.0); SCHEDULED
+makes the student a tiny-teacher too, so the feature loss is possible, and turns on schedules and
+beta. Expected cells are written out by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distillc.compiler.ablation import Options, StrategyError, ablate, read_results
+from distillc.compiler.ablation.axes import cli_axes
+from distillc.compiler.ablation.names import name_limit, valid_cell_name
+from distillc.compiler.ablation.output import INDEX, LAUNCH, to_csv, write_out
+from distillc.compiler.ablation.priority import OTHER, load_priority
+from distillc.compiler.check import check_loaded
+from distillc.compiler.diagnostics import dotted
+from distillc.compiler.loader import load_file, load_text
+from tests.conftest import line_of, spec_text
+
+SCHEDULED = """
+loss:
+  alpha: {start: 0.9, end: 0.5, schedule: cosine}
+  beta: {start: 1.0, end: 0.1, schedule: cosine}
+  layers: {strategy: evenly_spaced, count: 1}
+student:
+  model: tiny-teacher   # same hidden size: the feature loss is possible (DC126)
+"""
+
+
+def run(fragment: str = "", *axes: str, file: str = "spec.yaml", **opts):
+    text = spec_text(fragment)
+    return ablate(load_text(text, file), axes, Options(**opts)), text
+
+
+def table(result) -> list[tuple[str, str]]:
+    return [(c.name, c.status) for c in result.cells]
+
+
+# ---------------------------------------------------------------- strategies
+
+
+class TestGrid:
+    def test_product_in_axis_order_with_readable_names(self):
+        r, _ = run(SCHEDULED, "loss.alpha.end=0.3,0.7", "loss.temperature.start=1,2")
+        assert r.ok, r.diagnostics
+        assert table(r) == [
+            ("quickstart-a03", "valid"),  # temperature 1 is the base's value: not in the name
+            ("quickstart-a03-t2", "valid"),
+            ("quickstart-a07", "valid"),
+            ("quickstart-a07-t2", "valid"),
+        ]
+        assert r.cells[1].values == {"loss.alpha.end": 0.3, "loss.temperature.start": 2}
+        assert r.cells[1].diff == (("loss.alpha.end", 0.3), ("loss.temperature.start", 2))
+
+    def test_spec_block_and_cli_axes_merge_cli_wins(self):
+        frag = SCHEDULED + "ablation: {axes: {loss.alpha.end: [0.3, 0.7], loss.beta.end: [0.5]}}"
+        r, _ = run(frag, "loss.alpha.end=0.1")
+        assert [c.values for c in r.cells] == [{"loss.alpha.end": 0.1, "loss.beta.end": 0.5}]
+        assert [c.name for c in r.cells] == ["quickstart-a01-b05"]
+
+    def test_cell_equal_to_the_base_is_named_base(self):
+        r, _ = run(SCHEDULED, "loss.alpha.end=0.5,0.3")
+        assert table(r) == [("quickstart-base", "valid"), ("quickstart-a03", "valid")]
+
+    def test_csv_has_one_column_per_axis(self):
+        r, _ = run(SCHEDULED, "loss.alpha.end=0.3", "loss.feature_loss=l2")
+        rows = to_csv(r).splitlines()
+        assert rows[0] == "name,status,loss.alpha.end,loss.feature_loss,reason,duplicate_of"
+        assert rows[1] == "quickstart-a03-fl2,valid,0.3,l2,,"
+
+
+class TestRandom:
+    AXES = ("loss.alpha.end=0.1,0.3,0.5,0.7", "loss.temperature.start=1,2,4", "train.learning_rate=1.0e-3,3.0e-3")
+
+    def test_reproducible_and_a_subset_of_the_grid(self):
+        a, _ = run(SCHEDULED, *self.AXES, strategy="random", samples=5, seed=7)
+        b, _ = run(SCHEDULED, *self.AXES, strategy="random", samples=5, seed=7)
+        g, _ = run(SCHEDULED, *self.AXES, strategy="grid")
+        assert [c.name for c in a.cells] == [c.name for c in b.cells]
+        assert len(a.cells) == 5 and len({c.name for c in a.cells}) == 5
+        grid_order = [c.name for c in g.cells]
+        picked = [c.name for c in a.cells]
+        assert set(picked) <= set(grid_order)
+        assert picked == sorted(picked, key=grid_order.index)  # listed in grid order
+        for c in a.cells:  # a sampled cell is the grid's cell with those values
+            assert c.values == g.cells[grid_order.index(c.name)].values
+
+    def test_seed_changes_the_sample(self):
+        draws = {tuple(c.name for c in run(SCHEDULED, *self.AXES, strategy="random", samples=4, seed=s)[0].cells) for s in range(6)}
+        assert len(draws) > 1
+
+    def test_samples_from_the_spec_and_more_than_the_grid(self):
+        frag = SCHEDULED + "ablation: {strategy: random, samples: 50, seed: 3, axes: {loss.alpha.end: [0.3, 0.7]}}"
+        r, _ = run(frag)
+        assert len(r.cells) == 2 and any("more than the grid" in n for n in r.notes)
+
+    def test_needs_samples(self):
+        with pytest.raises(StrategyError, match="--samples"):
+            run(SCHEDULED, "loss.alpha.end=0.3", strategy="random")
+
+
+class TestStaged:
+    AXES = ("loss.layers.strategy=evenly_spaced,first_n", "loss.beta.end=0.01,0.5", "loss.alpha.end=0.3,0.7")
+
+    def test_stage_one_sweeps_alpha_and_holds_the_rest_at_base(self):
+        r, _ = run(SCHEDULED, *self.AXES, strategy="staged")
+        assert r.stage.number == 1 and r.stage.group.name == "logits"
+        assert [g.name for g in r.stage.groups] == ["logits", "beta", "layers"]
+        assert [c.values for c in r.cells] == [{"loss.alpha.end": 0.3}, {"loss.alpha.end": 0.7}]
+        assert table(r) == [("quickstart-a03", "valid"), ("quickstart-a07", "valid")]
+
+    def test_best_fixes_the_winner_and_moves_to_the_next_stage(self, tmp_path):
+        best = tmp_path / "results.csv"
+        best.write_text("name,metric\nquickstart-a03,2.10\nquickstart-a07,2.05\n")
+        r, _ = run(SCHEDULED, *self.AXES, strategy="staged", results=read_results(best))
+        assert r.stage.number == 2 and r.stage.group.name == "beta"
+        assert [(w.stage, w.cell, w.metric) for w in r.stage.winners] == [("logits", "quickstart-a07", 2.05)]
+        assert [c.values for c in r.cells] == [
+            {"loss.alpha.end": 0.7, "loss.beta.end": 0.01},
+            {"loss.alpha.end": 0.7, "loss.beta.end": 0.5},
+        ]
+        assert [c.name for c in r.cells] == ["quickstart-a07-b001", "quickstart-a07-b05"]
+
+    def test_maximize_and_json_results_and_third_stage(self, tmp_path):
+        best = tmp_path / "results.json"
+        best.write_text(json.dumps({"quickstart-a03": 0.61, "quickstart-a07": 0.58, "quickstart-a03-b05": 0.70, "quickstart-a03-b001": 0.2}))
+        r, _ = run(SCHEDULED, *self.AXES, strategy="staged", results=read_results(best), maximize=True)
+        assert [w.cell for w in r.stage.winners] == ["quickstart-a03", "quickstart-a03-b05"]
+        assert r.stage.group.name == "layers"
+        assert [c.values["loss.layers.strategy"] for c in r.cells] == ["evenly_spaced", "first_n"]
+        assert all(c.values["loss.alpha.end"] == 0.3 and c.values["loss.beta.end"] == 0.5 for c in r.cells)
+
+    def test_a_result_for_the_base_alone_does_not_finish_a_stage(self):
+        # quickstart-base (every axis at the base's value) is a cell of every stage: a result for
+        # it alone does not mean a stage ran, but once a stage ran its result takes part
+        r, _ = run(SCHEDULED, "loss.alpha.end=0.3,0.5", "loss.beta.end=0.01,0.1", strategy="staged",
+                   results={"quickstart-base": 1.0})
+        assert r.stage.number == 1
+        r, _ = run(SCHEDULED, "loss.alpha.end=0.3,0.5", "loss.beta.end=0.01,0.1", strategy="staged",
+                   results={"quickstart-base": 1.0, "quickstart-a03": 2.0})
+        assert r.stage.number == 2 and r.stage.winners[0].cell == "quickstart-base"
+        assert [c.name for c in r.cells] == ["quickstart-b001", "quickstart-base"]
+
+    def test_explicit_stage_with_earlier_winners(self):
+        results = {"quickstart-a03": 2.0, "quickstart-a07": 1.0}
+        r, _ = run(SCHEDULED, *self.AXES, strategy="staged", results=results, stage=2)
+        assert r.stage.number == 2 and [c.values["loss.alpha.end"] for c in r.cells] == [0.7, 0.7]
+        r, _ = run(SCHEDULED, *self.AXES, strategy="staged", results=results, stage=1)
+        assert r.stage.number == 1 and r.stage.winners == () and [c.result for c in r.cells] == [2.0, 1.0]
+
+    def test_explicit_stage_needs_earlier_winners(self):
+        with pytest.raises(StrategyError, match="needs the winner of stage 1"):
+            run(SCHEDULED, *self.AXES, strategy="staged", stage=2)
+        with pytest.raises(StrategyError, match="has 3 stage"):
+            run(SCHEDULED, *self.AXES, strategy="staged", stage=4)
+
+    def test_every_stage_won_gives_the_combined_cell(self):
+        results = {"quickstart-a03": 1.0, "quickstart-a07": 2.0, "quickstart-a03-b001": 0.5,
+                   "quickstart-a03-b05": 0.9, "quickstart-a03-b001-lfirst": 0.4}
+        r, _ = run(SCHEDULED, *self.AXES, strategy="staged", results=results)
+        assert r.stage.complete
+        assert [c.values for c in r.cells] == [{"loss.alpha.end": 0.3, "loss.beta.end": 0.01, "loss.layers.strategy": "first_n"}]
+
+
+def test_priority_order_is_the_guides():
+    p = load_priority()
+    assert [s.name for s in p.stages] == ["logits", "beta", "layers", "schedules", "feature_loss"]
+    assert p.stage_of("loss.alpha.end") == "logits"
+    assert p.stage_of("loss.temperature.start") == "logits"
+    assert p.stage_of("loss.beta.end") == "beta"
+    assert p.stage_of("loss.layers.count") == "layers"
+    assert p.stage_of("loss.alpha.schedule") == "schedules"  # the longer prefix wins
+    assert p.stage_of("loss.feature_loss") == "feature_loss"
+    assert p.stage_of("train.learning_rate") == OTHER
+
+
+# ---------------------------------------------------------------- conditional axes and dedupe
+
+
+class TestDedupe:
+    def test_beta_zero_makes_layer_choices_one_cell(self):
+        frag = SCHEDULED.replace("beta: {start: 1.0, end: 0.1, schedule: cosine}", "beta: 0.0")
+        r, _ = run(frag, "loss.layers.strategy=evenly_spaced,first_n,top_heavy")
+        assert table(r) == [
+            ("quickstart-base", "valid"),
+            ("quickstart-lfirst", "duplicate"),
+            ("quickstart-ltop", "duplicate"),
+        ]
+        assert [c.duplicate_of for c in r.cells] == [None, "quickstart-base", "quickstart-base"]
+        assert r.cells[0].aliases == ("quickstart-lfirst", "quickstart-ltop")
+
+    def test_layer_choices_count_when_beta_is_positive(self):
+        r, _ = run(SCHEDULED, "loss.layers.strategy=evenly_spaced,first_n")
+        assert [c.status for c in r.cells] == ["valid", "valid"]  # count 1: the last layer vs the first
+
+    def test_end_of_a_constant_schedule_does_not_matter(self):
+        r, _ = run("loss: {alpha: 0.9}", "loss.alpha.end=0.3,0.5,0.7")
+        assert [c.status for c in r.cells] == ["valid", "duplicate", "duplicate"]
+        assert r.cells[2].duplicate_of == r.cells[0].name
+
+    def test_switching_strategy_drops_keys_the_variant_has_no_use_for(self):
+        # a 4-layer teacher; the student is the teacher with layer 1 pruned: 3 layers deep
+        arch = "{num_layers: 4, emb_dim: 64, num_heads: 2, num_kv_heads: 2, head_dim: 32, mlp_dim: 256, vocab_size: 256, tokenizer: byte}"
+        frag = SCHEDULED + f"  model: {arch}\n  pruned_layers: [1]\nteacher:\n  model: {arch}\n"
+        r, _ = run(frag, "loss.layers.strategy=straddle_pruned,first_n", "loss.layers.count=1,4")
+        assert table(r) == [
+            ("quickstart-lstrad", "valid"),  # teacher layers 0 and 2 around the pruned 1
+            ("quickstart-lstrad-n4", "duplicate"),  # count means nothing to straddle_pruned
+            ("quickstart-lfirst", "valid"),  # teacher 0 only
+            ("quickstart-lfirst-n4", "pruned"),  # 4 layers of a 3-layer student
+        ]
+        assert r.evaluator.cell_data(r.cells[1].draft)["loss"]["layers"] == {"strategy": "straddle_pruned"}
+        assert r.evaluator.cell_data(r.cells[2].draft)["loss"]["layers"] == {"strategy": "first_n", "count": 1}
+        assert r.cells[1].duplicate_of == "quickstart-lstrad"
+        assert r.cells[3].code == "DC123" and "exceeds the 3 layers" in r.cells[3].reason
+
+    def test_strategies_that_pick_the_same_layers_are_one_cell(self):
+        # a 2-layer student: first_n 2 and evenly_spaced 2 both align layers 0 and 1
+        r, _ = run(SCHEDULED.replace("count: 1", "count: 2"), "loss.layers.strategy=first_n,evenly_spaced")
+        assert [c.status for c in r.cells] == ["valid", "duplicate"]
+
+
+# ---------------------------------------------------------------- pruning
+
+
+class TestPruning:
+    def test_beta_ramping_up_from_zero_is_dc120(self):
+        r, _ = run(SCHEDULED, "loss.beta.start=0.0,1.0")
+        assert table(r) == [("quickstart-bs0", "pruned"), ("quickstart-base", "valid")]
+        assert r.cells[0].code == "DC120"
+        assert r.cells[0].reason.startswith("DC120 beta starts at 0")
+
+    def test_a_variant_missing_its_keys_is_pruned_with_the_parse_error(self):
+        r, _ = run(SCHEDULED, "loss.alpha.schedule=linear,piecewise")
+        assert table(r) == [("quickstart-alin", "valid"), ("quickstart-apw", "pruned")]
+        assert r.cells[1].code == "DC012" and "points" in r.cells[1].reason
+
+    def test_all_pruned_still_lists_every_cell(self):
+        r, _ = run(SCHEDULED, "loss.beta.start=0.0")
+        assert table(r) == [("quickstart-bs0", "pruned")]
+
+
+# ---------------------------------------------------------------- the fast path agrees with check_loaded
+
+
+def test_every_cell_agrees_with_check_loaded_on_its_own_yaml():
+    frag = SCHEDULED.replace("count: 1", "count: 2")
+    axes = (
+        "loss.beta.start=0.0,1.0",
+        "loss.beta.end=0.1,0.0",
+        "loss.layers.strategy=evenly_spaced,straddle_pruned,explicit",
+        "loss.alpha.schedule=cosine,piecewise",
+        "student.model=tiny-student,tiny-teacher,nope",
+        "train.warmup_steps=10,1000",
+    )
+    r, _ = run(frag, *axes)
+    assert len(r.cells) == 2 * 2 * 3 * 2 * 3 * 2
+    statuses = set()
+    for cell in r.cells:
+        data = r.evaluator.cell_data(cell.draft, name="quickstart")
+        full = check_loaded(load_text(yaml.safe_dump(data, sort_keys=False), "spec.yaml"))
+        fast = r.evaluator.evaluate(cell.draft).checked
+        got = sorted((d.code, d.message, dotted(d.path)) for d in fast.diagnostics)
+        want = sorted((d.code, d.message, dotted(d.path)) for d in full.diagnostics)
+        assert got == want, cell.name
+        assert (cell.status == "pruned") == (not full.ok)
+        statuses.add(cell.status)
+    assert statuses == {"valid", "pruned", "duplicate"}
+
+
+LLAMA = Path(__file__).resolve().parent.parent / "specs" / "ablation-example.yaml"
+
+
+def _llama(*axes: str):
+    data = yaml.safe_load(LLAMA.read_text())
+    data.pop("ablation")
+    return ablate(load_text(yaml.safe_dump(data, sort_keys=False), "llama.yaml"), axes)
+
+
+def test_memory_that_does_not_fit_is_pruned():
+    r = _llama("data.seq_len=2048,32768", "student.overrides.remat=full,none")
+    assert table(r) == [
+        ("llama31-8b-prune-abl-rfull", "valid"),
+        ("llama31-8b-prune-abl-rnone", "pruned"),
+        ("llama31-8b-prune-seq32768-rfull", "pruned"),  # the base name gives way to the values
+        ("llama31-8b-prune-seq32768-rnone", "pruned"),
+    ]
+    assert {c.code for c in r.cells if c.status == "pruned"} == {"DC152"}
+    assert "per chip" in r.cells[1].reason
+
+
+def test_llama_cells_agree_with_check_loaded_and_resolve():
+    """Memory, mesh, pruning and layer rules read many sections: the cached path must agree."""
+    from distillc.compiler.ablation.plan import plan_key
+
+    r = _llama(
+        "resources.accelerator=v5p-128,v5p-8",
+        "runtime.mesh.fsdp=64,4",
+        "loss.beta=0.0,1.0",
+        "loss.layers.strategy=straddle_pruned,evenly_spaced",
+        "loss.layers.count=8,40",
+        "mode=online,offline",
+        "offline.top_k=64",
+        "offline.data_dir=gs://b/topk",
+    )
+    seen = {}
+    for cell in r.cells:
+        data = r.evaluator.cell_data(cell.draft, name="llama31-8b-prune-abl")
+        full = check_loaded(load_text(yaml.safe_dump(data, sort_keys=False), "llama.yaml"))
+        fast = r.evaluator.evaluate(cell.draft).checked
+        assert sorted((d.code, d.message, dotted(d.path)) for d in fast.diagnostics) == sorted(
+            (d.code, d.message, dotted(d.path)) for d in full.diagnostics
+        ), cell.name
+        if full.ok:  # the memoized plan keys agree with resolving each cell from scratch
+            seen.setdefault(plan_key(full), []).append(cell)
+    for group in seen.values():
+        assert [c.status for c in group] == ["valid"] + ["duplicate"] * (len(group) - 1)
+    assert sum(c.status != "pruned" for c in r.cells) == sum(len(g) for g in seen.values())
+    assert {"valid", "pruned", "duplicate"} == {c.status for c in r.cells}
+
+
+# ---------------------------------------------------------------- axes and their diagnostics
+
+
+class TestAxisDiagnostics:
+    def test_unknown_key_path_in_the_spec_block_points_at_the_key(self):
+        frag = SCHEDULED + "ablation:\n  axes:\n    loss.alpah.end: [0.3]\n"
+        r, text = run(frag)
+        (d,) = r.diagnostics
+        assert d.code == "DC170" and d.file == "spec.yaml"
+        assert (d.span.line, d.span.column) == (line_of(text, "loss.alpah.end"), 5)
+        assert "alpha" in d.hint
+        assert r.cells == ()
+
+    def test_value_of_the_wrong_type_points_at_the_value(self):
+        frag = SCHEDULED + "ablation:\n  axes:\n    loss.layers.count: [2, many, 0]\n"
+        r, text = run(frag)
+        codes = [(d.code, d.span.line) for d in r.diagnostics]
+        line = line_of(text, "loss.layers.count")
+        assert codes == [("DC171", line + 2), ("DC171", line + 3)]  # block style: one value per line
+        assert "many" in r.diagnostics[0].message
+
+    def test_cli_axis_positions(self):
+        r, _ = run(SCHEDULED, "loss.alpha.end=0.3", "loss.feature_loss=cosine,l3")
+        (d,) = r.diagnostics
+        assert (d.code, d.file, d.span.line, d.span.column) == ("DC171", "--axis", 2, len("loss.feature_loss=cosine,") + 1)
+
+    def test_malformed_and_forbidden_axes(self):
+        for arg, code in [("loss.alpha.end", "DC172"), ("loss.alpha.end=", "DC172"), ("ablation.seed=1", "DC172"),
+                          ("name=x", "DC172"), ("loss..end=1", "DC172"), ("loss.feature_loss.kind=1", "DC170")]:
+            r, _ = run(SCHEDULED, arg)
+            assert [d.code for d in r.diagnostics] == [code], arg
+
+    def test_repeated_value_is_a_warning_and_dropped(self):
+        r, _ = run(SCHEDULED, "loss.alpha.end=0.3,0.30,0.7")
+        assert [d.code for d in r.diagnostics] == ["DC174"] and r.ok
+        assert [c.values["loss.alpha.end"] for c in r.cells] == [0.3, 0.7]
+
+    def test_no_axes_at_all(self):
+        r, _ = run(SCHEDULED)
+        assert [d.code for d in r.diagnostics] == ["DC172"]
+
+    def test_cli_values_are_yaml_scalars(self):
+        (axis,), diags = cli_axes(["loss.layers.indices=[0,1],[1],1e-6,true,cosine,'a,b'"])
+        assert not diags
+        assert axis.values == ([0, 1], [1], 1e-6, True, "cosine", "a,b")
+
+    def test_base_spec_errors_stop_before_expansion(self):
+        r, _ = run("loss: {alpah: 0.3}", "loss.alpha.end=0.3")
+        assert [d.code for d in r.diagnostics] == ["DC010"] and r.cells == ()
+
+
+def test_max_cells_is_checked_before_expanding():
+    axes = ["loss.alpha.end=" + ",".join(str(i / 100) for i in range(1, 51)), "train.seed=" + ",".join(map(str, range(100)))]
+    r, _ = run(SCHEDULED, *axes, max_cells=1000)
+    (d,) = r.diagnostics
+    assert d.code == "DC173" and "5,000 cells" in d.message and "1,000" in d.message
+    assert r.cells == () and r.evaluator is None
+    r, _ = run(SCHEDULED + "ablation: {max_cells: 3}", "loss.alpha.end=0.1,0.2,0.3,0.4")
+    assert [d.code for d in r.diagnostics] == ["DC173"]
+
+
+# ---------------------------------------------------------------- names
+
+
+def test_names_are_unique_valid_and_fit_the_offline_suffix():
+    long = "a-rather-long-experiment-name-for-llama"
+    frag = SCHEDULED + f"name: {long}\n"
+    r, _ = run(frag, "loss.alpha.end=0.3,0.5,0.7", "loss.alpha=0.3,0.5", "train.learning_rate=1.0e-5,3.0e-5",
+               "loss.temperature.start=1,2,4")
+    names = [c.name for c in r.cells]
+    assert len(names) == 3 * 2 * 2 * 3 and len(set(names)) == len(names)
+    assert all(valid_cell_name(n) for n in names), [n for n in names if not valid_cell_name(n)]
+    assert name_limit() == 40 - len("-train") and all(len(n) + len("-topk") <= 40 for n in names)
+    again, _ = run(frag, "loss.alpha.end=0.3,0.5,0.7", "loss.alpha=0.3,0.5", "train.learning_rate=1.0e-5,3.0e-5",
+                   "loss.temperature.start=1,2,4")
+    assert names == [c.name for c in again.cells]  # deterministic
+
+
+def test_colliding_readable_names_are_told_apart():
+    # loss.alpha (a bare constant) and loss.alpha.end share the short form 'a'
+    r, _ = run(SCHEDULED, "loss.alpha=0.3", "loss.alpha.end=0.3,0.7")
+    names = [c.name for c in r.cells]
+    assert len(set(names)) == 2 and all(valid_cell_name(n) for n in names)
+
+
+# ---------------------------------------------------------------- --out
+
+
+def test_out_writes_child_specs_index_and_launch_script(tmp_path):
+    frag = SCHEDULED + "ablation: {axes: {loss.alpha.end: [0.3, 0.5], loss.beta.start: [0.0, 1.0]}}"
+    r, _ = run(frag, file=str(tmp_path / "base.yaml"))
+    out = tmp_path / "cells"
+    r = write_out(r, out, cluster="my cluster")
+    valid = [c for c in r.cells if c.status == "valid"]
+    assert [c.name for c in valid] == ["quickstart-a03", "quickstart-base"]
+    assert sorted(p.name for p in out.glob("*.yaml")) == ["quickstart-a03.yaml", "quickstart-base.yaml"]
+    for c in valid:
+        loaded = load_file(out / f"{c.name}.yaml")
+        checked = check_loaded(loaded)
+        assert checked.ok, checked.diagnostics
+        assert loaded.data["name"] == c.name and "ablation" not in loaded.data
+        assert loaded.data["loss"]["alpha"]["end"] == c.values["loss.alpha.end"]
+    index = json.loads((out / INDEX).read_text())
+    assert [(c["name"], c["status"], c["spec"]) for c in index["cells"]] == [
+        ("quickstart-a03-bs0", "pruned", None),
+        ("quickstart-a03", "valid", "quickstart-a03.yaml"),
+        ("quickstart-bs0", "pruned", None),
+        ("quickstart-base", "valid", "quickstart-base.yaml"),
+    ]
+    script = (out / LAUNCH).read_text().splitlines()
+    launches = [shlex.split(line) for line in script if line.startswith("distillc ")]
+    assert launches == [["distillc", "launch", f"{c.name}.yaml", "--cluster", "my cluster"] for c in valid]
+    assert (out / LAUNCH).stat().st_mode & 0o111
+    # a later run with fewer valid cells removes the child specs it no longer lists
+    r2, _ = run(SCHEDULED + "ablation: {axes: {loss.alpha.end: [0.3]}}", file=str(tmp_path / "base.yaml"))
+    write_out(r2, out)
+    assert sorted(p.name for p in out.glob("*.yaml")) == ["quickstart-a03.yaml"]
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_results_files(tmp_path):
+    (tmp_path / "a.csv").write_text("quickstart-a03,1.5\nquickstart-a07,2\n")
+    (tmp_path / "b.csv").write_text("run,status,metric\nx,done,0.25\n")
+    (tmp_path / "c.json").write_text('[{"name": "x", "metric": 3}]')
+    (tmp_path / "d.json").write_text('{"x": "oops"}')
+    assert read_results(tmp_path / "a.csv") == {"quickstart-a03": 1.5, "quickstart-a07": 2.0}
+    assert read_results(tmp_path / "b.csv") == {"x": 0.25}
+    assert read_results(tmp_path / "c.json") == {"x": 3.0}
+    with pytest.raises(StrategyError, match="not a number"):
+        read_results(tmp_path / "d.json")
+    with pytest.raises(StrategyError, match="cannot read"):
+        read_results(tmp_path / "missing.csv")
+
+
+def test_example_spec_ablates_and_validates():
+    root = Path(__file__).resolve().parent.parent
+    loaded = load_file(root / "specs" / "ablation-example.yaml")
+    assert check_loaded(loaded).ok
+    r = ablate(loaded)
+    assert r.ok and r.count("valid") >= 1
+
+
+def test_forked_workers_give_the_sequential_answer():
+    axes = ("loss.alpha.end=0.3,0.5,0.7", "loss.beta.end=0.0,0.5", "loss.beta.start=0.0,1.0",
+            "loss.layers.strategy=evenly_spaced,first_n,top_heavy", "train.learning_rate=1.0e-3,3.0e-3")
+    one, _ = run(SCHEDULED, *axes, parallel=False)
+    many, _ = run(SCHEDULED, *axes, parallel=True)
+    assert [c.to_json() for c in many.cells] == [c.to_json() for c in one.cells]
+    assert {c.status for c in one.cells} == {"valid", "pruned", "duplicate"}

@@ -1,0 +1,187 @@
+"""`distillc ablate` on the command line: output formats, exit codes, --out, --best."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from distillc.compiler.cli import app
+from tests.conftest import spec_text
+
+SPEC = """
+student:
+  model: tiny-teacher
+loss:
+  alpha: {start: 0.9, end: 0.5, schedule: cosine}
+  beta: {start: 1.0, end: 0.1, schedule: cosine}
+  layers: {strategy: first_n, count: 1}
+ablation:
+  axes:
+    loss.alpha.end: [0.3, 0.5]
+    loss.beta.start: [0.0, 1.0]
+"""
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec_text(SPEC))
+    return path
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["ablate", *map(str, args)])
+
+
+def test_json_is_the_public_shape(spec):
+    res = invoke(spec, "--format", "json", "--axis", "loss.temperature.start=1,2")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    for cell in doc["cells"]:
+        assert {"name", "status", "values", "reason", "duplicate_of"} <= set(cell)
+    assert [(c["name"], c["status"]) for c in doc["cells"]] == [
+        ("quickstart-a03-bs0", "pruned"),
+        ("quickstart-a03-t2-bs0", "pruned"),  # names follow the priority order: alpha, T, beta
+        ("quickstart-a03", "valid"),
+        ("quickstart-a03-t2", "valid"),
+        ("quickstart-bs0", "pruned"),
+        ("quickstart-t2-bs0", "pruned"),
+        ("quickstart-base", "valid"),
+        ("quickstart-t2", "valid"),
+    ]
+    assert doc["cells"][1]["values"] == {"loss.alpha.end": 0.3, "loss.beta.start": 0.0, "loss.temperature.start": 2}
+    assert doc["cells"][1]["reason"].startswith("DC120 ") and doc["cells"][1]["duplicate_of"] is None
+    assert doc["cells"][2]["reason"] is None
+
+
+def test_valid_and_duplicate_cells_in_json(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(spec_text("loss: {alpha: 0.9}"))
+    res = invoke(path, "--format", "json", "--axis", "loss.alpha.end=0.3,0.5")
+    assert res.exit_code == 0, res.output
+    cells = json.loads(res.stdout)["cells"]
+    assert [(c["status"], c["duplicate_of"]) for c in cells] == [("valid", None), ("duplicate", cells[0]["name"])]
+    assert cells[0]["aliases"] == [cells[1]["name"]]
+
+
+def test_all_pruned_exits_1_and_table_lists_reasons(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(spec_text(SPEC.replace("[0.0, 1.0]", "[0.0]")))
+    res = invoke(path)
+    assert res.exit_code == 1
+    assert "DC120" in res.stdout and "pruned" in res.stdout
+    assert "0 valid" in res.stderr
+
+
+def test_text_table_and_csv(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(spec_text("loss: {alpha: {start: 0.9, end: 0.5, schedule: cosine}}"))
+    res = invoke(path, "--axis", "loss.alpha.end=0.3,0.5")
+    assert res.exit_code == 0
+    lines = res.stdout.splitlines()
+    assert lines[0].split()[:2] == ["NAME", "STATUS"]
+    assert lines[1].split() == ["quickstart-a03", "valid", "loss.alpha.end=0.3"]
+    assert lines[2].split() == ["quickstart-base", "valid", "(base", "values)"]
+    res = invoke(path, "--axis", "loss.alpha.end=0.3", "--format", "csv")
+    assert res.stdout.splitlines() == ["name,status,loss.alpha.end,reason,duplicate_of", "quickstart-a03,valid,0.3,,"]
+
+
+def test_axis_errors_exit_1_with_positions(spec):
+    res = invoke(spec, "--axis", "loss.alpha.ned=0.3")
+    assert res.exit_code == 1
+    assert "DC170" in res.stderr and "--axis:1:1" in res.stderr and "did you mean 'end'" in res.stderr
+
+
+def test_usage_errors_exit_2(spec, tmp_path):
+    assert invoke(tmp_path / "missing.yaml").exit_code == 2
+    res = invoke(spec, "--strategy", "random")
+    assert res.exit_code == 2 and "--samples" in res.stderr
+    res = invoke(spec, "--strategy", "staged", "--best", tmp_path / "nope.csv")
+    assert res.exit_code == 2 and "cannot read" in res.stderr
+
+
+def test_max_cells(spec):
+    res = invoke(spec, "--axis", "loss.temperature.start=1,2,3", "--max-cells", "4", "--format", "json")
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert doc["cells"] == [] and [d["code"] for d in doc["diagnostics"]] == ["DC173"]
+
+
+def test_staged_with_best_and_out(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(spec_text("""
+loss:
+  alpha: {start: 0.9, end: 0.5, schedule: cosine}
+ablation:
+  strategy: staged
+  axes:
+    loss.temperature.start: [1.0, 2.0]
+    loss.alpha.end: [0.3, 0.5]
+    train.learning_rate: [1.0e-3, 3.0e-3]
+"""))
+    res = invoke(path, "--format", "json")
+    doc = json.loads(res.stdout)
+    assert doc["stage"]["number"] == 1 and doc["stage"]["name"] == "logits"
+    names = [c["name"] for c in doc["cells"]]
+    assert names == ["quickstart-a03", "quickstart-base", "quickstart-a03-t2", "quickstart-t2"]
+    best = tmp_path / "best.csv"
+    best.write_text("name,metric\n" + "\n".join(f"{n},{m}" for n, m in zip(names, [2.1, 2.3, 1.9, 2.0])))
+    out = tmp_path / "out"
+    res = invoke(path, "--best", best, "--format", "json", "--out", out)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["stage"]["name"] == "other" and doc["stage"]["winners"][0]["cell"] == "quickstart-a03-t2"
+    assert [c["values"] for c in doc["cells"]] == [
+        {"loss.alpha.end": 0.3, "loss.temperature.start": 2.0, "train.learning_rate": 1.0e-3},
+        {"loss.alpha.end": 0.3, "loss.temperature.start": 2.0, "train.learning_rate": 3.0e-3},
+    ]
+    # learning rate 3e-3 is the base's: that cell is stage 1's winner, already run
+    assert [(c["name"], c["result"]) for c in doc["cells"]] == [("quickstart-a03-t2-lr0001", None), ("quickstart-a03-t2", 1.9)]
+    index = json.loads((out / "index.json").read_text())
+    assert [c["spec"] for c in index["cells"]] == [f"{c['name']}.yaml" for c in doc["cells"]]
+    script = (out / "launch_all.sh").read_text().splitlines()
+    assert "distillc launch quickstart-a03-t2-lr0001.yaml" in script
+    assert "# already run (result 1.9): distillc launch quickstart-a03-t2.yaml" in script
+    for c in doc["cells"]:
+        v = CliRunner().invoke(app, ["validate", str(out / f"{c['name']}.yaml")])
+        assert v.exit_code == 0, v.output
+
+
+CLUSTERS = """
+version: 1
+clusters:
+  big:
+    project: my-project
+    zone: us-east5-a
+    cluster: v5p-cluster
+    accelerator: v5p-128
+    num_slices: 1
+    docker_image: gcr.io/my-project/distillc:0.1.0
+"""
+
+
+def test_cluster_decides_validity_and_is_written_into_children(tmp_path):
+    import yaml
+
+    from tests.conftest import ROOT
+
+    data = yaml.safe_load((ROOT / "specs" / "ablation-example.yaml").read_text())
+    data.pop("ablation")
+    data["resources"]["accelerator"] = "v5p-8"  # 4 chips: fsdp 64 does not fit (DC150)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    (tmp_path / "clusters.yaml").write_text(CLUSTERS)
+    res = invoke(path, "--axis", "loss.alpha.end=0.3", "--format", "json")
+    assert json.loads(res.stdout)["cells"][0]["reason"].startswith("DC150")
+    out = tmp_path / "out"
+    res = invoke(path, "--axis", "loss.alpha.end=0.3", "--format", "json", "--cluster", "big",
+                 "--clusters", tmp_path / "clusters.yaml", "--out", out)
+    assert res.exit_code == 0, res.output
+    (cell,) = json.loads(res.stdout)["cells"]
+    assert cell["status"] == "valid"
+    child = yaml.safe_load((out / f"{cell['name']}.yaml").read_text())
+    assert child["resources"]["accelerator"] == "v5p-128"
+    assert f"--cluster big --clusters {tmp_path / 'clusters.yaml'}" in (out / "launch_all.sh").read_text()
+    assert invoke(path, "--axis", "loss.alpha.end=0.3", "--cluster", "nope", "--clusters", tmp_path / "clusters.yaml").exit_code == 2
