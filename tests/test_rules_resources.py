@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.conftest import check_text, codes, find, spec_text
+from tests.conftest import ROOT, check_text, codes, find, spec_text
 
 CLUSTER = "teacher: {checkpoint: gs://b/teacher/0/items}\ntrain: {output_dir: gs://b/runs}\n"
 LLAMA = "data: {tokenizer: gs://b/llama3/tokenizer.model, seq_len: 4096, global_batch_size: %d}\n"
@@ -221,3 +221,22 @@ class TestMemoryEstimate:
         assert resolve_mesh(2, 2, 2, 9) is None
         assert resolve_mesh(0, 1, 1, 1) is None
         assert resolve_mesh(1, 0, 1, 1) is None
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (ROOT / "specs").glob("*.yaml") if p.name != "clusters.yaml")
+)
+def test_rule_and_plan_agree_on_memory(name):
+    """DC152/DC153 and the resolver's plan use one estimate with the same defaults."""
+    from distillc.compiler.check import check_loaded
+    from distillc.compiler.loader import load_file
+    from distillc.compiler.memory import estimate_spec
+    from distillc.compiler.resolve import resolve_checked
+
+    checked = check_loaded(load_file(ROOT / "specs" / name))
+    ctx = checked.context
+    mine = estimate_spec(ctx.spec, ctx.teacher_arch, ctx.student_arch, ctx.accelerator)
+    plan = resolve_checked(checked).memory
+    assert set(mine) == set(plan)
+    for stage, est in mine.items():
+        assert math.isclose(est.total, plan[stage].total), stage
