@@ -1,0 +1,399 @@
+"""A Llama-family decoder-only transformer in Flax NNX, built from a `ModelArch`.
+
+RMSNorm -> grouped-query attention with RoPE -> residual -> RMSNorm -> SwiGLU MLP -> residual, per
+layer; a final RMSNorm; tied or untied output embedding. The same class builds the tiny local models
+and the catalog's real shapes.
+
+Layers are either stacked (`scan_layers=True`: created with `nnx.split_rngs` + `nnx.vmap`, run with
+`nnx.scan`, every parameter has a leading layer axis) or a plain Python list (a loop). Both compute
+the same function; `copy_layers` moves weights between the two layouts.
+
+Feature collection: `model(tokens, feature_layers=(3, 7))` also returns the attention
+out-projection output (what MaxText sows as `out_projection_activations`) of those layers,
+stacked as `[len(feature_layers), B, T, D]`. With no feature layers nothing is collected (the scan
+emits no per-layer output at all), so a logit-only run pays nothing.
+
+Parameters carry logical axis names (`out_sharding` metadata, not eagerly sharded) so the trainer
+can map them onto its mesh: see `LOGICAL_AXES` and `partition_specs`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Literal, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import PartitionSpec
+
+from distillc.runtime.config import ModelArch, SideConfig
+
+Array = jax.Array
+Remat = Literal["none", "minimal", "full"]
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# Logical axis names used on parameters (the stacked layer axis is "layers").
+LOGICAL_AXES = ("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "norm", "layers")
+
+# A default logical -> mesh-axis mapping for a (data, fsdp, tensor) mesh: FSDP shards the model
+# dimension, tensor parallelism shards heads / MLP hidden / vocabulary. None = replicated.
+DEFAULT_SHARDING_RULES: dict[str, Optional[str]] = {
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "mlp": "tensor",
+    "norm": None,
+    "layers": None,
+}
+
+
+class ModelOutput(NamedTuple):
+    """What a forward pass returns (a NamedTuple, hence a pytree that jit can return)."""
+
+    logits: Optional[Array]  # [B, T, V] float32; None when called with return_hidden=True
+    features: Optional[Array]  # [K, B, T, D] activation dtype, K = len(feature_layers); None if K == 0
+    hidden: Optional[Array] = None  # [B, T, D] final-normed hidden state, only with return_hidden=True
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype"))
+def _normal(key, std, *, shape, dtype):
+    # one compiled program per (shape, dtype) for the draw, the scaling and the cast
+    return (jax.random.normal(key, shape, jnp.float32) * std).astype(dtype)
+
+
+def _param(key, shape: tuple[int, ...], param_dtype, names: tuple[str, ...], *, fan_in: int) -> nnx.Param:
+    """N(0, 1/fan_in) weights tagged with logical axis names (metadata only, not sharded eagerly)."""
+    value = _normal(key, jnp.float32(fan_in**-0.5), shape=shape, dtype=jnp.dtype(param_dtype))
+    return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+    """y = x / sqrt(mean(x^2) + eps) * scale, computed in float32, returned in `dtype`."""
+
+    def __init__(self, dim: int, *, eps: float, param_dtype, dtype):
+        self.eps = eps
+        self.dtype = dtype
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=("norm",), eager_sharding=False)
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        inv = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (x32 * inv * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+def rope_tables(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+    """sin, cos tables for rotary embeddings: each [B, T, head_dim // 2] float32.
+
+    frequency_i = theta^(-2i / head_dim), i in [0, head_dim/2); angle = position * frequency_i.
+    """
+    half = head_dim // 2
+    freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim))  # [hd/2]
+    angle = positions.astype(jnp.float32)[..., None] * freq  # [B, T, hd/2]
+    return jnp.sin(angle), jnp.cos(angle)
+
+
+def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
+    """Rotate pairs (x_i, x_{i+hd/2}) (the "rotate-half" layout of MaxText and HF Llama).
+
+    x: [B, T, N, hd]; sin, cos: [B, T, hd/2].
+    """
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)  # [B, T, N, hd/2] each
+    s, c = sin[:, :, None, :], cos[:, :, None, :]
+    out = jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+    return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Causal grouped-query self-attention with RoPE; num_heads must be a multiple of num_kv_heads."""
+
+    def __init__(self, arch: ModelArch, *, param_dtype, dtype, attention_impl: str, rngs: nnx.Rngs):
+        d, h, kv, hd = arch.emb_dim, arch.num_heads, arch.num_kv_heads, arch.head_dim
+        if h % kv:
+            raise ValueError(f"{arch.name}: num_heads={h} is not a multiple of num_kv_heads={kv}")
+        if hd % 2:
+            raise ValueError(f"{arch.name}: head_dim={hd} must be even for RoPE")
+        self.dtype = dtype
+        self.head_dim = hd
+        self.rope_theta = arch.rope_theta
+        self.attention_impl = attention_impl
+        self.q = _param(rngs.params(), (d, h, hd), param_dtype, ("embed", "heads", "head_dim"), fan_in=d)
+        self.k = _param(rngs.params(), (d, kv, hd), param_dtype, ("embed", "kv_heads", "head_dim"), fan_in=d)
+        self.v = _param(rngs.params(), (d, kv, hd), param_dtype, ("embed", "kv_heads", "head_dim"), fan_in=d)
+        self.o = _param(rngs.params(), (h, hd, d), param_dtype, ("heads", "head_dim", "embed"), fan_in=h * hd)
+
+    def __call__(self, x: Array, sin: Array, cos: Array, mask: Optional[Array]) -> Array:
+        dt = self.dtype
+        q = jnp.einsum("btd,dnh->btnh", x, self.q[...].astype(dt))  # [B, T, H, hd]
+        k = jnp.einsum("btd,dnh->btnh", x, self.k[...].astype(dt))  # [B, T, KV, hd]
+        v = jnp.einsum("btd,dnh->btnh", x, self.v[...].astype(dt))  # [B, T, KV, hd]
+        q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+        if mask is None:
+            ctx = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self.attention_impl)
+        else:  # packed sequences: causal within a segment; only the XLA kernel takes a dense mask
+            ctx = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+        return jnp.einsum("btnh,nhd->btd", ctx, self.o[...].astype(dt))  # [B, T, D]
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(x @ gate) * (x @ up))."""
+
+    def __init__(self, arch: ModelArch, *, param_dtype, dtype, rngs: nnx.Rngs):
+        d, f = arch.emb_dim, arch.mlp_dim
+        self.dtype = dtype
+        self.gate = _param(rngs.params(), (d, f), param_dtype, ("embed", "mlp"), fan_in=d)
+        self.up = _param(rngs.params(), (d, f), param_dtype, ("embed", "mlp"), fan_in=d)
+        self.down = _param(rngs.params(), (f, d), param_dtype, ("mlp", "embed"), fan_in=f)
+
+    def __call__(self, x: Array) -> Array:
+        dt = self.dtype
+        g = x @ self.gate[...].astype(dt)  # [B, T, F]
+        u = x @ self.up[...].astype(dt)  # [B, T, F]
+        return (jax.nn.silu(g) * u) @ self.down[...].astype(dt)  # [B, T, D]
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm residual block. Returns (new residual stream, attention out-projection output)."""
+
+    def __init__(self, arch: ModelArch, *, param_dtype, dtype, attention_impl: str, rngs: nnx.Rngs):
+        kw = dict(param_dtype=param_dtype, dtype=dtype)
+        self.attn_norm = RMSNorm(arch.emb_dim, eps=arch.norm_eps, **kw)
+        self.attn = Attention(arch, attention_impl=attention_impl, rngs=rngs, **kw)
+        self.mlp_norm = RMSNorm(arch.emb_dim, eps=arch.norm_eps, **kw)
+        self.mlp = MLP(arch, rngs=rngs, **kw)
+
+    def __call__(self, x: Array, sin: Array, cos: Array, mask: Optional[Array]) -> tuple[Array, Array]:
+        attn_out = self.attn(self.attn_norm(x), sin, cos, mask)  # [B, T, D]
+        x = x + attn_out
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, attn_out
+
+
+def _layer_apply(remat: Remat) -> Callable:
+    def apply(layer: DecoderLayer, x, sin, cos, mask):
+        return layer(x, sin, cos, mask)
+
+    if remat == "full":  # keep only the layer inputs; recompute everything in the backward pass
+        return nnx.remat(apply)
+    if remat == "minimal":  # keep the matmul outputs, recompute the cheap elementwise work
+        return nnx.remat(apply, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    if remat == "none":
+        return apply
+    raise ValueError(f"remat must be none | minimal | full, got {remat!r}")
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class Transformer(nnx.Module):
+    """Decoder-only Llama-family transformer.
+
+    Args:
+      arch: the architecture (catalog entry). Only `attention: global` and dense MLPs
+        (`num_experts == 1`) are built here; other kinds raise ValueError.
+      scan_layers: stack the layers (leading layer axis, `nnx.scan`) or keep a Python list.
+      param_dtype: dtype the parameters are stored in.
+      dtype: activation (compute) dtype; norms, RoPE, softmax and logits are float32 regardless.
+      remat: "none" | "minimal" (save matmul outputs) | "full" (recompute the whole layer).
+      attention_impl: passed to `jax.nn.dot_product_attention` ("xla" everywhere; "cudnn" on GPU
+        with bfloat16 activations for the fused flash kernel).
+    """
+
+    def __init__(
+        self,
+        arch: ModelArch,
+        *,
+        scan_layers: bool,
+        param_dtype=jnp.float32,
+        dtype=jnp.float32,
+        remat: Remat = "none",
+        attention_impl: Literal["xla", "cudnn"] = "xla",
+        rngs: nnx.Rngs,
+    ):
+        if arch.attention != "global":
+            raise ValueError(f"{arch.name}: attention={arch.attention!r} is not built by this runtime (global only)")
+        if arch.num_experts != 1:
+            raise ValueError(f"{arch.name}: mixture-of-experts (num_experts={arch.num_experts}) is not built here")
+        self.arch = arch
+        self.scan_layers = scan_layers
+        self.dtype = dtype
+        self.remat = remat
+        _layer_apply(remat)  # validates the name early
+        v, d = arch.vocab_size, arch.emb_dim
+        # Embedding std 1/sqrt(D): with tied weights the initial logits have unit scale.
+        self.embed = _param(rngs.params(), (v, d), param_dtype, ("vocab", "embed"), fan_in=d)
+        kw = dict(param_dtype=param_dtype, dtype=dtype, attention_impl=attention_impl)
+        if scan_layers:
+
+            @nnx.split_rngs(splits=arch.num_layers)
+            @nnx.vmap(axis_size=arch.num_layers, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def make_layers(rngs: nnx.Rngs) -> DecoderLayer:
+                return DecoderLayer(arch, rngs=rngs, **kw)
+
+            self.layers = make_layers(rngs)
+        else:
+            self.layers = nnx.List([DecoderLayer(arch, rngs=rngs, **kw) for _ in range(arch.num_layers)])
+        self.final_norm = RMSNorm(d, eps=arch.norm_eps, param_dtype=param_dtype, dtype=dtype)
+        if not arch.tie_embeddings:
+            self.lm_head = _param(rngs.params(), (d, v), param_dtype, ("embed", "vocab"), fan_in=d)
+
+    def __call__(
+        self,
+        tokens: Array,  # [B, T] int32
+        *,
+        positions: Optional[Array] = None,  # [B, T] int32; default 0..T-1
+        segment_ids: Optional[Array] = None,  # [B, T] int32, packed documents; attention stays inside one
+        feature_layers: Sequence[int] = (),
+        return_hidden: bool = False,
+    ) -> ModelOutput:
+        """Logits [B, T, V] float32 (or, with return_hidden, the final-normed hidden state [B, T, D]
+        and no logits: `head()` then maps it to logits, e.g. chunk by chunk in
+        `losses.chunked_distill_loss`, so [B, T, V] never exists at once)."""
+        feature_layers = tuple(int(i) for i in feature_layers)
+        n = self.arch.num_layers
+        if any(not 0 <= i < n for i in feature_layers):
+            raise ValueError(f"feature_layers {feature_layers} out of range for {n} layers")
+        b, t = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        mask = None
+        if segment_ids is not None:
+            causal = jnp.tril(jnp.ones((t, t), dtype=jnp.bool_))
+            same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, T]
+            mask = (causal[None] & same)[:, None]  # [B, 1, T, T]
+        sin, cos = rope_tables(positions, self.arch.head_dim, self.arch.rope_theta)
+
+        x = self.embed[...][tokens].astype(self.dtype)  # [B, T, D]
+        apply = _layer_apply(self.remat)
+        collect = bool(feature_layers)
+        if self.scan_layers:
+
+            @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+            def body(x, layer):
+                x, attn_out = apply(layer, x, sin, cos, mask)
+                return x, (attn_out if collect else None)
+
+            x, per_layer = body(x, self.layers)  # per_layer: [L, B, T, D] or None
+            features = per_layer[np.asarray(feature_layers)] if collect else None
+        else:
+            wanted = set(feature_layers)
+            kept: dict[int, Array] = {}
+            for i, layer in enumerate(self.layers):
+                x, attn_out = apply(layer, x, sin, cos, mask)
+                if i in wanted:
+                    kept[i] = attn_out
+            features = jnp.stack([kept[i] for i in feature_layers]) if collect else None
+
+        h = self.final_norm(x)  # [B, T, D]
+        if return_hidden:
+            return ModelOutput(logits=None, features=features, hidden=h)
+        logits = jnp.einsum("btd,dv->btv", h, self.head(), preferred_element_type=jnp.float32)
+        return ModelOutput(logits=logits.astype(jnp.float32), features=features)
+
+    def head(self) -> Array:
+        """The output projection [D, V] in the activation dtype (E^T when embeddings are tied)."""
+        w = self.embed[...].T if self.arch.tie_embeddings else self.lm_head[...]
+        return w.astype(self.dtype)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def build_model(side: SideConfig, *, scan_layers: bool, rngs_seed: int | None = None,
+                attention_impl: Literal["xla", "cudnn"] = "xla") -> Transformer:
+    """The model of one side of the pair: its arch, dtypes, remat policy and init seed."""
+    seed = side.init_seed if rngs_seed is None else rngs_seed
+    return Transformer(
+        side.arch,
+        scan_layers=scan_layers,
+        param_dtype=DTYPES[side.weight_dtype],
+        dtype=DTYPES[side.activation_dtype],
+        remat=side.remat,
+        attention_impl=attention_impl,
+        rngs=nnx.Rngs(params=seed),
+    )
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of scalars in the model's nnx.Param leaves."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def matmul_params(arch: ModelArch) -> int:
+    """Parameters that take part in a matmul per token: all layer kernels plus the output projection.
+
+    Norm scales and the embedding lookup (a gather) are excluded; a tied output projection counts once.
+    """
+    d, h, kv, hd, f = arch.emb_dim, arch.num_heads, arch.num_kv_heads, arch.head_dim, arch.mlp_dim
+    attn = d * h * hd + 2 * d * kv * hd + h * hd * d
+    mlp = 3 * d * f * arch.experts_per_token + (d * arch.num_experts if arch.num_experts > 1 else 0)
+    return arch.num_layers * (attn + mlp) + d * arch.vocab_size
+
+
+def flops_per_token(arch: ModelArch, seq_len: int, *, training: bool = True, causal: bool = True) -> float:
+    """Model FLOPs per token, for MFU.
+
+    forward = 2 * N_matmul + attention, attention = 2 * 2 * L * H * hd * T (QK^T and PV, each
+    2*T*hd multiply-adds per head per token), halved when causal (only the lower triangle is
+    needed). training = 3 * forward (backward = 2 * forward), i.e. the familiar 6N + 12*L*H*hd*T
+    (PaLM appendix B; 6N + 6*L*H*hd*T with the causal halving). Remat recomputation is not counted
+    (model FLOPs, not hardware FLOPs).
+    """
+    attn = 4.0 * arch.num_layers * arch.num_heads * arch.head_dim * seq_len
+    if causal:
+        attn /= 2.0
+    fwd = 2.0 * matmul_params(arch) + attn
+    return 3.0 * fwd if training else fwd
+
+
+def copy_layers(src: Transformer, dst: Transformer) -> None:
+    """Copy every weight of `src` into `dst`, converting between stacked and listed layers."""
+    if src.arch != dst.arch:
+        raise ValueError("copy_layers needs the same architecture on both sides")
+    dst.embed[...] = src.embed[...]
+    if not src.arch.tie_embeddings:
+        dst.lm_head[...] = src.lm_head[...]
+    nnx.update(dst.final_norm, nnx.state(src.final_norm))
+    n = src.arch.num_layers
+    if src.scan_layers == dst.scan_layers:
+        nnx.update(dst.layers, nnx.state(src.layers))
+    elif src.scan_layers:  # stacked -> list: slice the leading layer axis
+        stacked = nnx.state(src.layers)
+        for i in range(n):
+            nnx.update(dst.layers[i], jax.tree.map(lambda a: a[i], stacked))
+    else:  # list -> stacked
+        per = [nnx.state(src.layers[i]) for i in range(n)]
+        nnx.update(dst.layers, jax.tree.map(lambda *xs: jnp.stack(xs), *per))
+
+
+def partition_specs(model: nnx.Module, rules: dict[str, Optional[str]] | None = None):
+    """PartitionSpecs for the model's state from its logical axis names and `rules`.
+
+    Returns a State of PartitionSpec with the model state's structure (for NamedSharding(mesh, spec)).
+    Logical names missing from `rules` are replicated; a mesh axis is used at most once per array.
+    """
+    rules = DEFAULT_SHARDING_RULES if rules is None else rules
+    logical = nnx.get_partition_spec(nnx.state(model))
+
+    def to_mesh(spec):
+        if not isinstance(spec, PartitionSpec):
+            return spec
+        used: set[str] = set()
+        out = []
+        for name in spec:
+            axis = rules.get(name) if name is not None else None
+            if axis is not None and axis in used:
+                axis = None
+            if axis is not None:
+                used.add(axis)
+            out.append(axis)
+        return PartitionSpec(*out)
+
+    return jax.tree.map(to_mesh, logical, is_leaf=lambda x: isinstance(x, PartitionSpec))
