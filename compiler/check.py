@@ -8,7 +8,7 @@ to parse or bind, so one mistake yields one diagnostic, not a cascade.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from distillc.compiler.catalog import Accelerator, Catalog, load_catalog
 from distillc.compiler.diagnostics import Diagnostic, sort_key
@@ -83,23 +83,30 @@ def bind(spec: PartialSpec, source: SourceMap, accelerator: Optional[str] = None
 def run_rules(ctx: Context, select: Iterable[str] = (), ignore: Iterable[str] = ()) -> list[Diagnostic]:
     load_rules()
     select, ignore = tuple(select), tuple(ignore)
-    out: list[Diagnostic] = []
-    for code in sorted(CODES):
+    codes = [code for code in sorted(CODES) if CODES[code].func is not None and _wanted(code, select, ignore)]
+    return list(run_codes(ctx, codes))
+
+
+def run_codes(ctx: Context, codes: Iterable[str], view: Any = None) -> Iterator[Diagnostic]:
+    """The Diagnostics of the rules `codes` (registered rule codes) over `ctx`, in that order.
+
+    A rule is skipped when something it `needs` is None on the context; a rule that raises gives
+    DC900 (a bug in one rule must not hide the others' diagnostics). `view` is what the rules
+    read instead of `ctx` (the ablation passes a proxy recording what they read); spans and the
+    file always come from `ctx.source`."""
+    for code in codes:
         info = CODES[code]
-        if info.func is None or not _wanted(code, select, ignore):
-            continue
         if any(ctx.get(n) is None for n in info.needs):
             continue
         try:
-            findings = list(info.func(ctx))
-        except Exception as exc:  # a bug in one rule must not hide the others' diagnostics
+            findings = list(info.func(ctx if view is None else view))  # type: ignore[misc]
+        except Exception as exc:
             msg = f"internal error in rule {code}: {type(exc).__name__}: {exc}"
-            out.append(make("DC900", msg, file=ctx.source.file))
+            yield make("DC900", msg, file=ctx.source.file)
             continue
         for f in findings:
             span = ctx.source.key_span(f.path) if f.key else ctx.source.span(f.path)
-            out.append(make(code, f.message, path=f.path, span=span, file=ctx.source.file, hint=f.hint, notes=f.notes))
-    return out
+            yield make(code, f.message, path=f.path, span=span, file=ctx.source.file, hint=f.hint, notes=f.notes)
 
 
 def _wanted(code: str, select: tuple[str, ...], ignore: tuple[str, ...]) -> bool:

@@ -15,11 +15,15 @@ paired with a teacher layer by one of two documented depth mappings:
 Counts larger than the student's depth select every student layer (the rules warn about it).
 Preconditions (indices inside both depths, pruned layers inside the teacher) are checked by the
 validation rules before the resolver runs; here they raise ValueError, which would be a bug.
+
+Everything here is a pure function of a few integers, so `kept_layers` and `resolve_layers` are
+cached on them (an ablation resolves thousands of plans that share a handful of layer choices).
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Callable, Iterable, Optional, Sequence
 
 Pair = tuple[int, int]
@@ -32,7 +36,11 @@ DepthMap = Callable[[int], int]
 
 def kept_layers(teacher_layers: int, pruned: Iterable[int]) -> tuple[int, ...]:
     """The teacher layers left in the student, in order: student layer s is kept_layers(...)[s]."""
-    gone = set(pruned)
+    return _kept_layers(teacher_layers, frozenset(pruned))
+
+
+@lru_cache(maxsize=256)
+def _kept_layers(teacher_layers: int, gone: frozenset[int]) -> tuple[int, ...]:
     bad = sorted(p for p in gone if not 0 <= p < teacher_layers)
     if bad:
         raise ValueError(f"pruned layers {bad} are outside the teacher's {teacher_layers} layers")
@@ -157,14 +165,34 @@ def resolve_layers(layers, teacher_layers: int, student_layers: int, pruned: Seq
     if layers is None:
         return ()
     kind = layers.strategy
+    count = indices = pairs = None
     if kind == "explicit":
-        return explicit(teacher_layers, student_layers, layers.indices, layers.pairs)
+        indices = None if layers.indices is None else tuple(layers.indices)
+        pairs = None if layers.pairs is None else tuple(tuple(p) for p in layers.pairs)
+    elif kind in ("first_n", "evenly_spaced", "top_heavy"):
+        count = layers.count
+    return _resolve_layers(kind, count, indices, pairs, teacher_layers, student_layers, tuple(pruned))
+
+
+@lru_cache(maxsize=1024)
+def _resolve_layers(
+    kind: str,
+    count: Optional[int],
+    indices: Optional[tuple[int, ...]],
+    pairs: Optional[tuple[tuple[int, int], ...]],
+    teacher_layers: int,
+    student_layers: int,
+    pruned: tuple[int, ...],
+) -> Pairs:
+    """resolve_layers on hashable values (the spec model's lists as tuples)."""
+    if kind == "explicit":
+        return explicit(teacher_layers, student_layers, indices, pairs)
     if kind == "first_n":
-        return first_n(layers.count, teacher_layers, student_layers, pruned)
+        return first_n(count, teacher_layers, student_layers, pruned)  # type: ignore[arg-type]
     if kind == "evenly_spaced":
-        return evenly_spaced(layers.count, teacher_layers, student_layers, pruned)
+        return evenly_spaced(count, teacher_layers, student_layers, pruned)  # type: ignore[arg-type]
     if kind == "top_heavy":
-        return top_heavy(layers.count, teacher_layers, student_layers, pruned)
+        return top_heavy(count, teacher_layers, student_layers, pruned)  # type: ignore[arg-type]
     if kind == "straddle_pruned":
         return straddle_pruned(teacher_layers, pruned)
     raise ValueError(f"unknown layer strategy {kind!r}")

@@ -54,6 +54,16 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 Remat = Literal["none", "minimal", "full"]
 
 
+def default_remat(cpu: bool) -> str:
+    """The remat policy when the spec sets none: none on the CPU (recomputing only costs time there)."""
+    return "none" if cpu else DEFAULT_REMAT
+
+
+def default_activation_dtype(cpu: bool) -> str:
+    """The activation dtype when the spec sets none: float32 on the CPU (bfloat16 is emulated there)."""
+    return "float32" if cpu else "bfloat16"
+
+
 @dataclass(frozen=True)
 class MeshShape:
     """Concrete mesh axis sizes (after `data: -1` is resolved)."""
@@ -241,14 +251,19 @@ def estimate_spec(
     accelerator: "Accelerator",
 ) -> Optional[dict[str, MemoryEstimate]]:
     """The estimate of every stage a spec runs, keyed 'train' (online), or 'save_topk' and 'train'
-    (offline). `spec` is a Spec (or anything with its sections); `student` is the student's own
-    architecture (pruned layers removed). None when the mesh does not resolve for the devices."""
+    (offline), with the resolver's defaults for what the spec leaves open (`default_remat`,
+    `default_activation_dtype`; weights: teacher bfloat16, student float32). `spec` is a Spec (or
+    anything with its sections); `student` is the student's own architecture (pruned layers
+    removed). None when the mesh does not resolve for the devices."""
     mesh_cfg = spec.runtime.mesh
     devices = accelerator.chips * spec.resources.num_slices
     mesh = resolve_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, devices)
     if mesh is None:
         return None
     t_over, s_over = spec.teacher.overrides, spec.student.overrides
+    cpu = accelerator.kind == "cpu"
+    t_act = t_over.activation_dtype or default_activation_dtype(cpu)
+    s_act = s_over.activation_dtype or default_activation_dtype(cpu)
     common = dict(
         accelerator=accelerator,
         mesh=mesh,
@@ -256,20 +271,20 @@ def estimate_spec(
         global_batch_size=spec.data.global_batch_size,
         teacher_dtype=t_over.weight_dtype or "bfloat16",
         student_dtype=s_over.weight_dtype or "float32",
-        remat=s_over.remat or DEFAULT_REMAT,
     )
     if spec.mode == "offline":
         top_k = spec.offline.top_k if spec.offline is not None else None
         return {
             "save_topk": estimate_memory(
-                teacher, None, activation_dtype=t_over.activation_dtype or "bfloat16", **common
+                teacher, None, activation_dtype=t_act, remat=t_over.remat or default_remat(cpu), **common
             ),
             "train": estimate_memory(
-                None, student, activation_dtype=s_over.activation_dtype or "bfloat16", top_k=top_k, **common
+                None, student, activation_dtype=s_act, remat=s_over.remat or default_remat(cpu), top_k=top_k, **common
             ),
         }
     features = feature_layer_count(spec.loss, spec.student.pruned_layers)
-    act = "float32" if "float32" in (t_over.activation_dtype, s_over.activation_dtype) else "bfloat16"
+    act = "float32" if "float32" in (t_act, s_act) else "bfloat16"
+    common["remat"] = s_over.remat or default_remat(cpu)
     return {
         "train": estimate_memory(teacher, student, activation_dtype=act, feature_layers=features, **common)
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from typing import Optional
 
 from distillc.compiler.catalog import Accelerator
@@ -64,16 +65,27 @@ class MeshPlan:
         return MeshShape(self.data, self.fsdp, self.tensor)
 
     def config(self) -> MeshConfig:
-        return MeshConfig(data=self.data, fsdp=self.fsdp, tensor=self.tensor)
+        return _mesh_config(self.data, self.fsdp, self.tensor)
+
+
+@lru_cache(maxsize=64)
+def _mesh_config(data: int, fsdp: int, tensor: int) -> MeshConfig:
+    return MeshConfig(data=data, fsdp=fsdp, tensor=tensor)
 
 
 def plan_mesh(data: int, fsdp: int, tensor: int, accelerator: Accelerator, num_slices: int, global_batch_size: int) -> Optional[MeshPlan]:
     """The concrete mesh over accelerator.chips * num_slices devices, or None when the axes do
     not multiply to the device count (a validation error the rules report)."""
-    shape = resolve_mesh(data, fsdp, tensor, accelerator.chips * num_slices)
+    return _plan_mesh(data, fsdp, tensor, accelerator.chips, num_slices, global_batch_size)
+
+
+@lru_cache(maxsize=256)
+def _plan_mesh(data: int, fsdp: int, tensor: int, chips: int, num_slices: int, global_batch_size: int) -> Optional[MeshPlan]:
+    """plan_mesh on integers (cached: an ablation plans the same few meshes thousands of times)."""
+    shape = resolve_mesh(data, fsdp, tensor, chips * num_slices)
     if shape is None:
         return None
-    return MeshPlan(shape.data, shape.fsdp, shape.tensor, num_slices, accelerator.chips, global_batch_size)
+    return MeshPlan(shape.data, shape.fsdp, shape.tensor, num_slices, chips, global_batch_size)
 
 
 def format_batch(value: Fraction) -> str:

@@ -110,8 +110,31 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def error_loc(err: Any) -> tuple[Any, ...]:
+    """The key path (inside its section) of one pydantic error: its loc without union-branch labels."""
+    return _clean_loc(tuple(err["loc"]))
+
+
+def parse_section(section: str, raw: Any) -> Any:
+    """One section's typed value from its YAML data; raises pydantic.ValidationError."""
+    return _adapter(section).validate_python(raw)
+
+
+def section_diagnostics(section: str, exc: ValidationError, raw: Any, source: SourceMap) -> list[Diagnostic]:
+    """A section's ValidationError as Diagnostics, one per (code, key path): union branches
+    repeat the same complaint."""
+    seen: set[tuple[Any, ...]] = set()
+    diags = []
+    for err in exc.errors():
+        d = _error_to_diag(section, err, raw, source)
+        if (d.code, d.path) not in seen:
+            seen.add((d.code, d.path))
+            diags.append(d)
+    return diags
+
+
 def _error_to_diag(section: str, err: Any, raw: Any, source: SourceMap) -> Diagnostic:
-    loc = _clean_loc(tuple(err["loc"]))
+    loc = error_loc(err)
     path: KeyPath = (section, *loc)
     kind = err["type"]
     file = source.file
@@ -166,15 +189,10 @@ def parse(loaded: Loaded) -> tuple[PartialSpec, tuple[Diagnostic, ...]]:
                 values[section] = info.get_default(call_default_factory=True)
             continue
         try:
-            values[section] = _adapter(section).validate_python(data[section])
+            values[section] = parse_section(section, data[section])
         except ValidationError as exc:
             failed.add(section)
-            seen: set[tuple[Any, ...]] = set()
-            for err in exc.errors():
-                d = _error_to_diag(section, err, data[section], source)
-                if (d.code, d.path) not in seen:  # union branches repeat the same complaint
-                    seen.add((d.code, d.path))
-                    diags.append(d)
+            diags += section_diagnostics(section, exc, data[section], source)
     if "version" in values and values["version"] != 1:
         failed.add("version")
     return PartialSpec(**values, failed=frozenset(failed)), tuple(diags)

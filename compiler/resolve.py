@@ -19,12 +19,20 @@ re-check. Defaults decided here, each visible in the plan:
   * feature layers: resolved only when the feature loss is on (online mode, beta > 0 at step 0),
     else none (nothing is sown);
   * outputs under <train.output_dir>/<name>/.
+
+The resolver is a pure function, and an ablation calls it thousands of times on specs that share
+most of their sections; the pieces (side, data, optimizer, loss configs, mesh, layer pairs,
+memory estimates, workloads) are built by helpers cached on their hashable, frozen inputs, so a
+repeated piece is the same frozen object rather than a fresh, re-validated one (plans share it:
+a side's `extra` dict is read, never changed).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from functools import lru_cache, wraps
+from typing import Any, Callable, Literal, Optional, TypeVar
 
 from distillc.compiler import layer_strategies, memory, naming
 from distillc.compiler.catalog import Accelerator
@@ -89,19 +97,62 @@ def join_path(base: str, *parts: str) -> str:
     return out
 
 
+def _float_signs(model: Any) -> tuple[bool, ...]:
+    """Which float fields of a frozen model are negative. A cache keyed on the model alone would
+    take -0.0 for 0.0 (they are ==), which a plan prints differently; the keys carry these too."""
+    return tuple(math.copysign(1.0, v) < 0 for v in model.__dict__.values() if type(v) is float)
+
+
+T = TypeVar("T")
+
+
+def _per_section(build: Callable[[Any], T]) -> Callable[[Any], T]:
+    """Cache a builder of one spec section (a frozen pydantic model of scalars) on its value. A
+    section that cannot be hashed (a list inside) is built every time."""
+    cached = lru_cache(maxsize=256)(lambda section, _signs: build(section))
+
+    @wraps(build)
+    def call(section: Any) -> T:
+        try:
+            return cached(section, _float_signs(section))
+        except TypeError:  # unhashable (a TypeError inside `build` is raised again below)
+            return build(section)
+
+    return call
+
+
 def _side(role: str, side: Any, arch: ModelArch, cpu: bool, seed: int, pruned: tuple[int, ...] = ()) -> SideConfig:
     o = side.overrides
+    # the extra keys as a cache key: their type and the sign of a zero float tell apart values == merges
+    extra = tuple((k, v, type(v), type(v) is float and math.copysign(1.0, v) < 0) for k, v in sorted(o.maxtext.items()))
+    return _side_config(role, arch, side.checkpoint, o.weight_dtype, o.activation_dtype, o.remat, o.init_seed, extra, cpu, seed, pruned)
+
+
+@lru_cache(maxsize=256)
+def _side_config(
+    role: str,
+    arch: ModelArch,
+    checkpoint: Optional[str],
+    weight_dtype: Optional[str],
+    activation_dtype: Optional[str],
+    remat: Optional[str],
+    init_seed: Optional[int],
+    extra: tuple[tuple[str, Any, type, bool], ...],
+    cpu: bool,
+    seed: int,
+    pruned: tuple[int, ...],
+) -> SideConfig:
     default_weight = "bfloat16" if role == "teacher" else "float32"
     return SideConfig(
         role=role,
         arch=arch,
-        checkpoint=side.checkpoint,
-        weight_dtype=o.weight_dtype or default_weight,
-        activation_dtype=o.activation_dtype or ("float32" if cpu else "bfloat16"),
-        remat=o.remat or ("none" if cpu else memory.DEFAULT_REMAT),
-        init_seed=o.init_seed if o.init_seed is not None else seed,
+        checkpoint=checkpoint,
+        weight_dtype=weight_dtype or default_weight,
+        activation_dtype=activation_dtype or memory.default_activation_dtype(cpu),
+        remat=remat or memory.default_remat(cpu),
+        init_seed=init_seed if init_seed is not None else seed,
         pruned_layers=pruned,
-        extra=dict(sorted(o.maxtext.items())),
+        extra={k: v for k, v, _, _ in extra},
     )
 
 
@@ -111,6 +162,7 @@ def _feature_on(spec: Any) -> bool:
     return spec.mode == "online" and start > 0
 
 
+@lru_cache(maxsize=256)
 def _outputs(run_dir: str, stage: Stage) -> OutputConfig:
     base = run_dir if stage == "train" else join_path(run_dir, "save_topk")
     return OutputConfig(
@@ -157,30 +209,16 @@ def resolve(
         except ValueError as exc:
             raise PlanError(f"loss.layers: {exc}") from None
     compare_vocab = min(teacher.shared_vocab, student.shared_vocab)
-    loss = LossConfig(
-        alpha=to_runtime(spec.loss.alpha, steps),
-        temperature=to_runtime(spec.loss.temperature, steps),
-        beta=to_runtime(spec.loss.beta, steps),
-        feature_loss=spec.loss.feature_loss,
-        layer_pairs=tuple(LayerPair(teacher=t, student=s) for t, s in pairs),
-        compare_vocab=compare_vocab,
-    )
+    loss = _loss(spec.loss, steps, pairs, compare_vocab)
     offline = None
     if spec.mode == "offline":
         o = spec.offline
         if o is None or o.top_k is None or o.data_dir is None:
             raise PlanError("offline mode needs offline.top_k and offline.data_dir")
-        offline = OfflineConfig(
-            top_k=o.top_k,
-            data_dir=o.data_dir,
-            loss=o.loss,
-            sampling=o.sampling,
-            num_samples=o.num_samples if o.num_samples is not None else o.top_k,
-            capture_temperature=o.capture_temperature,
-            dtype=o.dtype,
-        )
-    d, t = spec.data, spec.train
+        offline = _offline_config(o)
+    t = spec.train
     seed = t.seed
+    optimizer, train = _train_configs(t)
     common = dict(
         name=spec.name,
         mode=spec.mode,
@@ -189,48 +227,15 @@ def resolve(
         teacher=_side("teacher", spec.teacher, teacher, cpu, seed + 1),
         student=_side("student", spec.student, student, cpu, seed, pruned),
         loss=loss,
-        data=DataConfig(
-            source=d.source,
-            tokenizer=d.tokenizer,
-            seq_len=d.seq_len,
-            global_batch_size=d.global_batch_size,
-            eval_fraction=d.eval_fraction,
-            packing=d.packing,
-            shuffle_seed=d.shuffle_seed,
-        ),
-        optimizer=OptimizerConfig(
-            name="adamw",
-            learning_rate=t.learning_rate,
-            warmup_steps=t.warmup_steps,
-            decay=t.lr_schedule,
-            end_learning_rate=t.end_learning_rate,
-            weight_decay=t.weight_decay,
-            b1=ADAM_B1,
-            b2=ADAM_B2,
-            eps=ADAM_EPS,
-            grad_clip=t.grad_clip,
-        ),
-        train=TrainConfig(
-            steps=steps,
-            checkpoint_every=t.checkpoint_every,
-            log_every=t.log_every,
-            eval_every=t.eval_every,
-            eval_batches=t.eval_batches,
-            seed=seed,
-            max_checkpoints=t.max_checkpoints,
-        ),
+        data=_data_config(spec.data),
+        optimizer=optimizer,
+        train=train,
         mesh=mesh.config(),
         offline=offline,
     )
     run_dir = join_path(t.output_dir, spec.name)
-    stages: tuple[Stage, ...] = ("save_topk", "train") if spec.mode == "offline" else ("train",)
-    max_len = naming.max_name_length(accelerator.super_slicing)
-    configs, workloads = [], []
-    for stage, suffix in zip(stages, naming.stage_suffixes(spec.mode)):
-        configs.append(RuntimeConfig(stage=stage, output=_outputs(run_dir, stage), **common))
-        name = naming.workload_name(spec.name, suffix, max_len)
-        after = (workloads[-1].name,) if workloads else ()
-        workloads.append(Workload(name=name, stage=stage, config_file=CONFIG_FILES[stage], depends_on=after))
+    workloads = _workloads(spec.name, spec.mode, accelerator.super_slicing)
+    configs = [RuntimeConfig(stage=w.stage, output=_outputs(run_dir, w.stage), **common) for w in workloads]
 
     return Plan(
         name=spec.name,
@@ -238,10 +243,106 @@ def resolve(
         accelerator=accelerator,
         mesh=mesh,
         configs=tuple(configs),
-        workloads=tuple(workloads),
+        workloads=workloads,
         memory=_estimate(configs, accelerator, mesh, offline),
         vocab_note=vocab_note(teacher, student, compare_vocab),
     )
+
+
+def _loss(loss: Any, steps: int, pairs: tuple[tuple[int, int], ...], compare_vocab: int) -> LossConfig:
+    alpha, temperature, beta = loss.alpha, loss.temperature, loss.beta
+    schedules = (alpha, temperature, beta)
+    if any(s.schedule == "piecewise" for s in schedules):  # a table (a list inside): not hashable
+        return _loss_config(alpha, temperature, beta, steps, loss.feature_loss, pairs, compare_vocab)
+    signs = tuple(_float_signs(s) for s in schedules)
+    return _ramp_loss_config(alpha, temperature, beta, signs, steps, loss.feature_loss, pairs, compare_vocab)
+
+
+def _loss_config(alpha: Any, temperature: Any, beta: Any, steps: int, feature_loss: str, pairs: tuple[tuple[int, int], ...], compare_vocab: int) -> LossConfig:
+    return LossConfig(
+        alpha=to_runtime(alpha, steps),
+        temperature=to_runtime(temperature, steps),
+        beta=to_runtime(beta, steps),
+        feature_loss=feature_loss,
+        layer_pairs=tuple(LayerPair(teacher=t, student=s) for t, s in pairs),
+        compare_vocab=compare_vocab,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _ramp_loss_config(
+    alpha: Any, temperature: Any, beta: Any, signs: tuple, steps: int, feature_loss: str, pairs: tuple[tuple[int, int], ...], compare_vocab: int
+) -> LossConfig:
+    """_loss_config for schedules without tables, cached (`signs` only keys the cache)."""
+    return _loss_config(alpha, temperature, beta, steps, feature_loss, pairs, compare_vocab)
+
+
+@_per_section
+def _offline_config(o: Any) -> OfflineConfig:
+    return OfflineConfig(
+        top_k=o.top_k,
+        data_dir=o.data_dir,
+        loss=o.loss,
+        sampling=o.sampling,
+        num_samples=o.num_samples if o.num_samples is not None else o.top_k,
+        capture_temperature=o.capture_temperature,
+        dtype=o.dtype,
+    )
+
+
+@_per_section
+def _data_config(d: Any) -> DataConfig:
+    return DataConfig(
+        source=d.source,
+        tokenizer=d.tokenizer,
+        seq_len=d.seq_len,
+        global_batch_size=d.global_batch_size,
+        eval_fraction=d.eval_fraction,
+        packing=d.packing,
+        shuffle_seed=d.shuffle_seed,
+    )
+
+
+@_per_section
+def _train_configs(t: Any) -> tuple[OptimizerConfig, TrainConfig]:
+    optimizer = OptimizerConfig(
+        name="adamw",
+        learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_steps,
+        decay=t.lr_schedule,
+        end_learning_rate=t.end_learning_rate,
+        weight_decay=t.weight_decay,
+        b1=ADAM_B1,
+        b2=ADAM_B2,
+        eps=ADAM_EPS,
+        grad_clip=t.grad_clip,
+    )
+    train = TrainConfig(
+        steps=t.steps,
+        checkpoint_every=t.checkpoint_every,
+        log_every=t.log_every,
+        eval_every=t.eval_every,
+        eval_batches=t.eval_batches,
+        seed=t.seed,
+        max_checkpoints=t.max_checkpoints,
+    )
+    return optimizer, train
+
+
+@lru_cache(maxsize=256)
+def _workloads(name: str, mode: str, super_slicing: bool) -> tuple[Workload, ...]:
+    """The run's workloads in order, each waiting for the one before."""
+    stages: tuple[Stage, ...] = ("save_topk", "train") if mode == "offline" else ("train",)
+    max_len = naming.max_name_length(super_slicing)
+    out: list[Workload] = []
+    for stage, suffix in zip(stages, naming.stage_suffixes(mode)):
+        after = (out[-1].name,) if out else ()
+        out.append(Workload(name=naming.workload_name(name, suffix, max_len), stage=stage, config_file=CONFIG_FILES[stage], depends_on=after))
+    return tuple(out)
+
+
+# memory.estimate_memory is pure and its inputs hashable (architectures, accelerator, mesh shape, numbers)
+_estimate_memory = lru_cache(maxsize=1024)(memory.estimate_memory)
 
 
 def _estimate(configs: list[RuntimeConfig], acc: Accelerator, mesh: MeshPlan, offline: Optional[OfflineConfig]) -> dict[str, memory.MemoryEstimate]:
@@ -251,14 +352,14 @@ def _estimate(configs: list[RuntimeConfig], acc: Accelerator, mesh: MeshPlan, of
         t, s = cfg.teacher, cfg.student
         common = dict(accelerator=acc, mesh=mesh.shape(), seq_len=cfg.data.seq_len, global_batch_size=cfg.data.global_batch_size)
         if cfg.stage == "save_topk":
-            est = memory.estimate_memory(t.arch, None, teacher_dtype=t.weight_dtype, activation_dtype=t.activation_dtype, remat=t.remat, **common)
+            est = _estimate_memory(t.arch, None, teacher_dtype=t.weight_dtype, activation_dtype=t.activation_dtype, remat=t.remat, **common)
         elif offline is not None:
-            est = memory.estimate_memory(
+            est = _estimate_memory(
                 None, s.arch, student_dtype=s.weight_dtype, activation_dtype=s.activation_dtype, remat=s.remat, top_k=offline.top_k, **common
             )
         else:
             act = "float32" if "float32" in (t.activation_dtype, s.activation_dtype) else "bfloat16"
-            est = memory.estimate_memory(
+            est = _estimate_memory(
                 t.arch,
                 s.arch,
                 teacher_dtype=t.weight_dtype,

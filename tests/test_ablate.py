@@ -275,6 +275,28 @@ def test_every_cell_agrees_with_check_loaded_on_its_own_yaml():
     assert statuses == {"valid", "pruned", "duplicate"}
 
 
+def test_a_crashing_rule_is_dc900_in_a_cell_as_in_check_loaded(monkeypatch):
+    """The ablation runs rules through check.run_codes, as check_loaded does."""
+    from distillc.compiler.diagnostics import Severity
+    from distillc.compiler.registry import CODES, Code, load_rules
+
+    def boom(ctx):
+        if ctx.spec.loss.alpha.start > 0.5:
+            raise ZeroDivisionError("division by zero")
+        return ()
+
+    load_rules()
+    monkeypatch.setitem(CODES, "DC199", Code("DC199", Severity.ERROR, "boom", "", "", boom, ("loss",)))
+    r, _ = run("loss: {alpha: 0.3}", "loss.alpha=0.3,0.9")  # the base must pass: DC900 stops an ablation
+    assert [c.status for c in r.cells] == ["valid", "pruned"]
+    assert r.cells[1].code == "DC900" and "DC199" in r.cells[1].reason
+    for cell in r.cells:
+        data = r.evaluator.cell_data(cell.draft, name="quickstart")
+        full = check_loaded(load_text(yaml.safe_dump(data, sort_keys=False), "spec.yaml"))
+        fast = r.evaluator.evaluate(cell.draft).checked
+        assert fast.diagnostics == full.diagnostics
+
+
 LLAMA = Path(__file__).resolve().parent.parent / "specs" / "ablation-example.yaml"
 
 

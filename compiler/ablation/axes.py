@@ -20,7 +20,7 @@ from distillc.compiler.ablation import codes  # noqa: F401  (declares DC170-DC17
 from distillc.compiler.ablation.patch import Path, adapters, field_types
 from distillc.compiler.diagnostics import Diagnostic, Span
 from distillc.compiler.loader import Loaded, SourceMap
-from distillc.compiler.parse import _clean_loc, did_you_mean
+from distillc.compiler.parse import did_you_mean, error_loc
 from distillc.compiler.registry import make
 
 CLI_FILE = "--axis"
@@ -219,7 +219,7 @@ def _type_error(path: Path, value: Any) -> str:
         except ValidationError as exc:
             if not first:
                 e = exc.errors()[0]
-                loc = ".".join(str(p) for p in _clean_loc(tuple(e["loc"])))
+                loc = ".".join(str(p) for p in error_loc(e))
                 first = (f"{loc}: " if loc else "") + e["msg"]
     return first or "not accepted"
 

@@ -11,9 +11,10 @@ the base or for another cell:
   values vary. Rules with the same relevant axes are looked up together, one dict hit per group.
 A cell's source map is the base's, with each touched section's keys replaced by the keys the
 cell's data holds (a rule asking "was loss.layers written?" gets the answer the cell's own YAML
-would give); new keys point at the axis value that set them. Diagnostics are built as
-check.run_rules builds them; tests compare every cell of small grids with check_loaded on the
-cell's own YAML.
+would give); new keys point at the axis value that set them, and are mapped only when a rule
+or an error needs a position. Sections are parsed and their errors reported by parse.py's own
+functions, and rules run through check.run_codes, the code check.run_rules runs; tests compare
+every cell of small grids with check_loaded on the cell's own YAML.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from pydantic import ValidationError
 from distillc.compiler.ablation.axes import Axis
 from distillc.compiler.ablation.patch import CannotApply, apply, footprint
 from distillc.compiler.ablation.track import Recorder, TrackedContext, overlaps
-from distillc.compiler.check import Checked, Context, bind
+from distillc.compiler.check import Checked, Context, bind, run_codes
 from distillc.compiler.diagnostics import Diagnostic, KeyPath, Span, dotted, sort_key
 from distillc.compiler.loader import Loaded, SourceMap
-from distillc.compiler.parse import PartialSpec, _adapter, _error_to_diag
+from distillc.compiler.parse import PartialSpec, parse_section, section_diagnostics
 from distillc.compiler.registry import CODES, load_rules, make
 from distillc.compiler.spec import SECTIONS
 
@@ -58,10 +59,16 @@ class Outcome:
 
 @dataclass
 class _Section:
+    """One section of a cell: parsed once per distinct set of values it receives."""
+
     token: int
     value: Any
     diags: tuple[Diagnostic, ...]
-    spans: Optional[tuple[Spans, Spans]]  # (spans, key_spans) of the keys the cell's data holds
+    raw: Any  # the section's data in the cell
+    items: tuple[tuple[int, int], ...]
+    applied: bool = True  # False: the values could not be applied (DC175), the section has no keys
+    # (spans, key_spans) of the keys `raw` holds: built when a source map is (rarely) needed
+    spans: Optional[tuple[Spans, Spans]] = None
 
 
 def _with(obj: Any, **changes: Any) -> Any:
@@ -225,21 +232,14 @@ class Evaluator:
         except CannotApply as exc:
             msg = f"cannot set a key inside {dotted(exc.path)}: it is {exc.value!r}, not a mapping"
             diag = make("DC175", msg, path=exc.path, span=self.source.span(exc.path), file=self.source.file)
-            entry = _Section(token, None, (diag,), None)
+            entry = _Section(token, None, (diag,), None, items, applied=False)
         else:
-            spans = self._spans(section, raw, items)
             try:
-                entry = _Section(token, _adapter(section).validate_python(raw), (), spans)
+                entry = _Section(token, parse_section(section, raw), (), raw, items)
             except ValidationError as exc:
-                src = SourceMap(self.source.file, self.source.text, *self._merged({section: spans}))
-                seen: set[tuple[Any, ...]] = set()
-                diags = []
-                for err in exc.errors():
-                    d = _error_to_diag(section, err, raw, src)
-                    if (d.code, d.path) not in seen:
-                        seen.add((d.code, d.path))
-                        diags.append(d)
-                entry = _Section(token, None, tuple(diags), spans)
+                entry = _Section(token, None, (), raw, items)
+                src = SourceMap(self.source.file, self.source.text, *self._merged({section: entry}))
+                entry.diags = tuple(section_diagnostics(section, exc, raw, src))
         self._sections[key] = entry
         return entry
 
@@ -266,13 +266,17 @@ class Evaluator:
             spans[p] = keys[p] = where or self.source.span(p)
         return spans, keys
 
-    def _merged(self, overlays: dict[str, Optional[tuple[Spans, Spans]]]) -> tuple[Spans, Spans]:
+    def _merged(self, overlays: dict[str, _Section]) -> tuple[Spans, Spans]:
+        """The base's spans, with each overlaid section's replaced by the cell's."""
         spans = {p: s for p, s in self.source.spans.items() if not (p and p[0] in overlays)}
         keys = {p: s for p, s in self.source.key_spans.items() if not (p and p[0] in overlays)}
-        for pair in overlays.values():
-            if pair is not None:
-                spans.update(pair[0])
-                keys.update(pair[1])
+        for section, entry in overlays.items():
+            if not entry.applied:
+                continue
+            if entry.spans is None:
+                entry.spans = self._spans(section, entry.raw, entry.items)
+            spans.update(entry.spans[0])
+            keys.update(entry.spans[1])
         return spans, keys
 
     # ------------------------------------------------------------ a cell
@@ -296,7 +300,7 @@ class Evaluator:
         for section in failed:
             diags += entries[section].diags
         spec = _with(self.base.spec, **changed, failed=frozenset(failed))
-        source = _LazySource(self, {section: e.spans for section, e in entries.items()})
+        source = _LazySource(self, entries)
         ctx = self._bind(spec, source, entries, diags)
         missing = self._base_missing
         touched = self._needs_touched(changed)
@@ -346,8 +350,9 @@ class Evaluator:
         return plan
 
     def _run_rules(self, ctx: Context, vals: Vals, missing: frozenset[str]) -> list[Diagnostic]:
-        """check.run_rules, with each rule's diagnostics cached under the axes it depends on.
-        `missing`: the `needs` names that are None in this cell (their rules are skipped)."""
+        """check.run_rules, with each rule's diagnostics (check.run_codes) cached under the axes
+        it depends on. `missing`: the `needs` names that are None in this cell (their rules are
+        skipped)."""
         out: list[Diagnostic] = []
         regroup = False
         for group in self._plan(missing):
@@ -375,33 +380,20 @@ class Evaluator:
         return out
 
     def _run_rule(self, code: str, ctx: Context, rec: Recorder) -> tuple[Diagnostic, ...]:
-        info = self._rules[code]
-        src = ctx.source
-        try:
-            findings = list(info.func(TrackedContext(ctx, rec)))
-        except Exception as exc:  # as check.run_rules: one broken rule must not hide the others
-            return (make("DC900", f"internal error in rule {code}: {type(exc).__name__}: {exc}", file=self.source.file),)
-        return tuple(
-            make(
-                code,
-                f.message,
-                path=f.path,
-                span=src.key_span(f.path) if f.key else src.span(f.path),
-                file=self.source.file,
-                hint=f.hint,
-                notes=f.notes,
-            )
-            for f in findings
-        )
+        return tuple(run_codes(ctx, (code,), TrackedContext(ctx, rec)))
 
 
 class _LazySource:
-    """A cell's SourceMap, built only when a rule actually runs and reads it."""
+    """A cell's SourceMap, built only when a rule actually runs and reads its spans."""
 
     __slots__ = ("_ev", "_overlays", "_real")
 
-    def __init__(self, ev: Evaluator, overlays: dict[str, Optional[tuple[Spans, Spans]]]) -> None:
+    def __init__(self, ev: Evaluator, overlays: dict[str, _Section]) -> None:
         self._ev, self._overlays, self._real = ev, overlays, None
+
+    @property
+    def file(self) -> str:
+        return self._ev.source.file
 
     @property
     def real(self) -> SourceMap:

@@ -13,7 +13,6 @@ The schema is walked from the pydantic models of spec.py, so a new field is abla
 
 from __future__ import annotations
 
-import copy
 import typing
 from functools import lru_cache
 from typing import Any, Annotated, Iterable, Optional, Sequence
@@ -144,8 +143,13 @@ def _accepted(cls: type[BaseModel]) -> frozenset[str]:
 
 
 def _copy(value: Any) -> Any:
-    """Axis values are shared by every cell: containers are copied, scalars need not be."""
-    return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+    """Axis values are shared by every cell: containers are copied, scalars need not be (values
+    are YAML data: mappings, lists and scalars)."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
 
 
 def apply(data: Any, assignments: Sequence[tuple[Path, Any]], prefix: Path = ()) -> Any:

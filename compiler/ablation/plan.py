@@ -16,14 +16,18 @@ layer choices of a logit-only cell are resolved once.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Union
+import operator
+from itertools import repeat
+from typing import Any, Callable, Optional, Sequence, Union
+
+from pydantic import BaseModel
 
 from distillc.compiler.ablation.evaluate import DepMemo, Relevance, _with
 from distillc.compiler.ablation.track import FieldReads, Recorder
 from distillc.compiler.check import Checked
 from distillc.compiler.resolve import PlanError, resolve, resolve_checked
 from distillc.compiler.spec import SECTIONS
-from distillc.runtime.config import LossConfig
+from distillc.runtime.config import LossConfig, RuntimeConfig
 
 
 class Unresolvable(str):
@@ -40,23 +44,50 @@ def _schedule(s: Any) -> tuple:
     return (kind, start, end, s.max_steps, points)
 
 
-def fingerprint(plan: Any) -> tuple:
-    """What the plan's runs would do, as a hashable value (names are the base's for every cell)."""
-    parts: list[Any] = [plan.accelerator.name, plan.mesh, plan.workloads]
+def fingerprint(plan: Any, parts: Optional[Callable[[Sequence[Any]], tuple]] = None) -> tuple:
+    """What the plan's runs would do, as a hashable value (names are the base's for every cell):
+    the accelerator's name, then the mesh, the workloads and each runtime config's fields, every
+    part that is not a scalar reduced to 16 bytes (`parts` maps values to their `part_digest`s)."""
+    parts = parts or _digests
+    out: list[Any] = [plan.accelerator.name, *parts((plan.mesh, plan.workloads))]
     for cfg in plan.configs:
-        loss = cfg.loss
-        on = loss.feature_enabled
-        parts += [
-            cfg.model_dump_json(exclude=_LOSS),
-            tuple(_schedule(getattr(loss, k)) for k in ("alpha", "temperature", "beta")),
-            loss.feature_loss if on else None,
-            tuple((p.teacher, p.student) for p in loss.layer_pairs) if on else (),
-            tuple(getattr(loss, f) for f in _OTHER_LOSS),
-        ]
-    return tuple(parts)
+        out.append(parts(_config_fields(cfg)))
+    return tuple(out)
 
 
-_LOSS = {"loss"}
+def _digests(values: Sequence[Any]) -> tuple:
+    return tuple(map(part_digest, values))
+
+
+def part_digest(value: Any) -> Any:
+    """A part of a plan in its fingerprint: a scalar as it is; a config as a digest of its JSON
+    (the loss of its canonical form); anything else (mesh, workloads) of its repr."""
+    if value is None or isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, LossConfig):
+        return _blake(repr(_loss_part(value)))
+    if isinstance(value, BaseModel):
+        return _blake(value.model_dump_json())
+    return _blake(repr(value))
+
+
+def _loss_part(loss: LossConfig) -> tuple:
+    on = loss.feature_enabled
+    return (
+        tuple(_schedule(getattr(loss, k)) for k in ("alpha", "temperature", "beta")),
+        loss.feature_loss if on else None,
+        tuple((p.teacher, p.student) for p in loss.layer_pairs) if on else (),
+        tuple(getattr(loss, f) for f in _OTHER_LOSS),
+    )
+
+
+def _blake(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+_SCALARS = (str, int, float, bool)
+_MISSING = object()
+_config_fields = operator.attrgetter(*RuntimeConfig.model_fields)
 _CANONICAL = ("alpha", "temperature", "beta", "feature_loss", "layer_pairs")
 _OTHER_LOSS = tuple(f for f in LossConfig.model_fields if f not in _CANONICAL)  # kept as they are
 _NOT_LOSS = tuple((s,) for s in SECTIONS if s != "loss")
@@ -67,6 +98,23 @@ class PlanKeys:
 
     def __init__(self, relevance: Any) -> None:
         self.memo = DepMemo(relevance if isinstance(relevance, Relevance) else Relevance(relevance))
+        # fingerprint parts by identity: the resolver's caches hand the same frozen sub-configs
+        # to many plans. `_alive` holds each object, so that no other object takes its id.
+        self._part_of: dict[int, Any] = {}
+        self._alive: list[Any] = []
+
+    def _parts(self, values: Sequence[Any]) -> tuple:
+        """part_digest of each value, memoized by identity (the lookups run in C: a plan has
+        about twenty parts, and all but one or two were seen in an earlier plan)."""
+        ids = tuple(map(id, values))
+        found = tuple(map(self._part_of.get, ids, repeat(_MISSING)))
+        if _MISSING not in found:
+            return found
+        for value, i in zip(values, ids):
+            if i not in self._part_of:
+                self._part_of[i] = part_digest(value)
+                self._alive.append(value)
+        return tuple(map(self._part_of.__getitem__, ids))
 
     @property
     def resolved(self) -> int:
@@ -90,14 +138,14 @@ class PlanKeys:
         except PlanError as exc:
             key: Union[bytes, Unresolvable] = Unresolvable(str(exc))
         else:
-            key = digest(plan)
+            key = digest(plan, self._parts)
         self.memo.store(vals, rec, key)
         return key
 
 
-def digest(plan: Any) -> bytes:
+def digest(plan: Any, parts: Optional[Callable[[Sequence[Any]], tuple]] = None) -> bytes:
     """16 bytes for the fingerprint: what the memo keeps and forked workers send back."""
-    return hashlib.blake2b(repr(fingerprint(plan)).encode(), digest_size=16).digest()
+    return _blake(repr(fingerprint(plan, parts)))
 
 
 def plan_key(checked: Checked) -> bytes:
