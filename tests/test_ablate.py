@@ -309,9 +309,10 @@ def _llama(*axes: str):
 def test_memory_that_does_not_fit_is_pruned():
     r = _llama("data.seq_len=2048,32768", "student.overrides.remat=full,none")
     assert table(r) == [
-        ("llama31-8b-prune-abl-rfull", "valid"),
-        ("llama31-8b-prune-abl-rnone", "pruned"),
-        ("llama31-8b-prune-seq32768-rfull", "pruned"),  # the base name gives way to the values
+        # the base name gives way to the longest tail, once: every cell has the same prefix
+        ("llama31-8b-prune-rfull", "valid"),
+        ("llama31-8b-prune-rnone", "pruned"),
+        ("llama31-8b-prune-seq32768-rfull", "pruned"),
         ("llama31-8b-prune-seq32768-rnone", "pruned"),
     ]
     assert {c.code for c in r.cells if c.status == "pruned"} == {"DC152"}
@@ -459,7 +460,7 @@ def test_out_writes_child_specs_index_and_launch_script(tmp_path):
     ]
     script = (out / LAUNCH).read_text().splitlines()
     launches = [shlex.split(line) for line in script if line.startswith("distillc ")]
-    assert launches == [["distillc", "launch", f"{c.name}.yaml", "--cluster", "my cluster"] for c in valid]
+    assert launches == [["distillc", "launch", f"{c.name}.yaml", "--cluster", "my cluster", "$@"] for c in valid]
     assert (out / LAUNCH).stat().st_mode & 0o111
     # a later run with fewer valid cells removes the child specs it no longer lists
     r2, _ = run(SCHEDULED + "ablation: {axes: {loss.alpha.end: [0.3]}}", file=str(tmp_path / "base.yaml"))
@@ -497,3 +498,134 @@ def test_forked_workers_give_the_sequential_answer():
     many, _ = run(SCHEDULED, *axes, parallel=True)
     assert [c.to_json() for c in many.cells] == [c.to_json() for c in one.cells]
     assert {c.status for c in one.cells} == {"valid", "pruned", "duplicate"}
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def _stage_names(r):
+    return [(c.name, c.status, c.result) for c in r.cells]
+
+
+def test_staged_values_that_do_not_apply_stay_out_of_names_and_ran_cells_are_not_rerun(tmp_path):
+    # stage 1 and 2 of specs/ablation-example.yaml ran; stage 3 (layers) lists count 8 with
+    # straddle_pruned, which has no count: that cell is the stage-2 winner, already run
+    loaded = load_file(LLAMA)
+    s1 = ablate(loaded)
+    assert all("-n8" not in c.name for c in s1.cells)
+    res = {"llama31-a07": 2.0, "llama31-a03": 2.5}
+    s2 = ablate(loaded, (), Options(results=res))
+    assert s2.stage.group.name == "beta"
+    res["llama31-a07-b001"] = 1.5
+    s3 = ablate(loaded, (), Options(results=res))
+    assert s3.stage.group.name == "layers"
+    assert _stage_names(s3) == [
+        ("llama31-a07-b001-leven-n8", "valid", None),
+        ("llama31-a07-b001-lfirst-n8", "valid", None),
+        ("llama31-a07-b001", "valid", 1.5),  # straddle_pruned: the stage-2 winner, already run
+    ]
+
+
+def test_a_cell_with_the_plan_of_a_cell_that_already_ran_is_its_duplicate():
+    # alpha.end 0.9 = its start: the schedule cannot move, so stage 2's shapes are stage 1's winner
+    frag = ("loss: {alpha: {start: 0.9, end: 0.5, schedule: cosine}}\n"
+            "ablation: {strategy: staged, axes: {loss.alpha.end: [0.9, 0.5], loss.alpha.schedule: [cosine, linear]}}")
+    r1, _ = run(frag)
+    assert [c.name for c in r1.cells] == ["quickstart-a09", "quickstart-base"]
+    r2, _ = run(frag, results={"quickstart-a09": 1.0, "quickstart-base": 2.0})
+    assert r2.stage.group.name == "schedules"
+    assert [(c.name, c.status, c.duplicate_of, c.result) for c in r2.cells] == [
+        ("quickstart-a09", "valid", None, 1.0),
+        ("quickstart-a09-alin", "duplicate", "quickstart-a09", 1.0),
+    ]
+    assert "already ran" in r2.cells[1].reason
+
+
+def test_layer_choices_with_beta_0_are_duplicates_not_pruned():
+    r, _ = run("", "loss.layers.strategy=evenly_spaced,first_n,top_heavy")  # quickstart: beta 0
+    assert [c.status for c in r.cells] == ["valid", "duplicate", "duplicate"]
+    assert {c.duplicate_of for c in r.cells[1:]} == {r.cells[0].name}
+    assert "layers" not in (r.evaluator.cell_data(r.cells[0].draft).get("loss") or {})  # the child validates
+
+
+def test_a_strategy_that_needs_a_count_carries_the_base_count_or_says_why_not():
+    frag = SCHEDULED.replace("{strategy: evenly_spaced, count: 1}", "{strategy: explicit, indices: [0]}")
+    r, _ = run(frag, "loss.layers.strategy=explicit,first_n")
+    assert [c.status for c in r.cells] == ["valid", "pruned"]
+    assert r.cells[1].code == "DC012" and "add it to the base's loss.layers or as an axis" in r.cells[1].reason
+    r, _ = run(SCHEDULED, "loss.layers.strategy=evenly_spaced,first_n")  # the base's count 1 carries over
+    assert [c.status for c in r.cells] == ["valid", "valid"]
+
+
+def test_a_base_error_no_axis_fixes_is_reported_once():
+    r, _ = run("name: " + "x" * 41, "loss.alpha=0.5,0.7")
+    assert r.cells == () and not r.ok and [d.code for d in r.diagnostics] == ["DC161"]
+
+
+def test_best_names_that_are_no_cell_are_a_warning():
+    frag = "ablation: {strategy: staged, axes: {loss.alpha: [0.5, 0.7], train.steps: [100]}}"
+    r, _ = run(frag, results={"quickstart-a05": 1.0, "typo-cell": 2.0})
+    assert any(n.startswith("warning:") and "typo-cell" in n and "quickstart-a05" not in n for n in r.notes)
+
+
+def test_samples_imply_random_and_max_cells_counts_the_sample():
+    axes = ("loss.alpha=0.1,0.2,0.3,0.4,0.5,0.6", "train.steps=100,200,300,400,500,600")
+    r, _ = run("", *axes, samples=5, seed=1, max_cells=10)
+    assert r.strategy == "random" and len(r.cells) == 5 and r.ok
+    assert any("--strategy random" in n for n in r.notes)
+    r, _ = run("", *axes, strategy="random", samples=20, max_cells=10)
+    assert [d.code for d in r.diagnostics] == ["DC173"] and "has 20 cells" in r.diagnostics[0].message
+
+
+def _fake_distillc(tmp_path: Path) -> tuple[dict, Path]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "argv.log"
+    fake = bin_dir / "distillc"
+    fake.write_text(f'#!/usr/bin/env bash\nprintf "%s|" "$@" >> {shlex.quote(str(log))}\necho >> {shlex.quote(str(log))}\n')
+    fake.chmod(0o755)
+    import os
+
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, log
+
+
+def test_launch_script_dry_runs_or_executes_on_the_cluster(tmp_path):
+    import subprocess
+
+    frag = SCHEDULED + "ablation: {axes: {loss.alpha.end: [0.3, 0.5]}}"
+    env, log = _fake_distillc(tmp_path)
+    r, _ = run(frag, file=str(tmp_path / "base.yaml"))
+    write_out(r, tmp_path / "with", cluster="big")
+    script = tmp_path / "with" / LAUNCH
+    assert subprocess.run(["bash", str(script)], env=env).returncode == 0
+    assert subprocess.run(["bash", str(script), "--execute"], env=env).returncode == 0
+    assert log.read_text().splitlines() == [
+        "launch|quickstart-a03.yaml|--cluster|big|",
+        "launch|quickstart-base.yaml|--cluster|big|",
+        "launch|quickstart-a03.yaml|--cluster|big|--execute|",
+        "launch|quickstart-base.yaml|--cluster|big|--execute|",
+    ]
+    log.unlink()
+    write_out(r, tmp_path / "without")
+    script = tmp_path / "without" / LAUNCH
+    p = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert p.returncode == 2 and "usage:" in p.stderr and "CLUSTER" in p.stderr and not log.exists()
+    assert subprocess.run(["bash", str(script), "--execute"], env=env, capture_output=True).returncode == 2
+    assert subprocess.run(["bash", str(script), "c 1", "--execute"], env=env).returncode == 0
+    assert log.read_text().splitlines()[0] == "launch|quickstart-a03.yaml|--cluster|c 1|--execute|"
+
+
+def test_out_refuses_a_directory_ablate_did_not_write(tmp_path):
+    from distillc.compiler.ablation.output import NotAblateOutput
+
+    r, _ = run(SCHEDULED + "ablation: {axes: {loss.alpha.end: [0.3]}}", file=str(tmp_path / "base.yaml"))
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(NotAblateOutput, match="not the output of `distillc ablate`"):
+        write_out(r, other)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    out = tmp_path / "out"
+    write_out(r, out)
+    write_out(r, out)  # its own earlier output is replaced
+    assert json.loads((out / INDEX).read_text())["generator"] == "distillc ablate"

@@ -142,8 +142,8 @@ ablation:
     index = json.loads((out / "index.json").read_text())
     assert [c["spec"] for c in index["cells"]] == [f"{c['name']}.yaml" for c in doc["cells"]]
     script = (out / "launch_all.sh").read_text().splitlines()
-    assert "distillc launch quickstart-a03-t2-lr0001.yaml" in script
-    assert "# already run (result 1.9): distillc launch quickstart-a03-t2.yaml" in script
+    assert 'distillc launch quickstart-a03-t2-lr0001.yaml --cluster "$cluster" "$@"' in script
+    assert '# already run (result 1.9): distillc launch quickstart-a03-t2.yaml --cluster "$cluster" "$@"' in script
     for c in doc["cells"]:
         v = CliRunner().invoke(app, ["validate", str(out / f"{c['name']}.yaml")])
         assert v.exit_code == 0, v.output
@@ -174,7 +174,9 @@ def test_cluster_decides_validity_and_is_written_into_children(tmp_path):
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     (tmp_path / "clusters.yaml").write_text(CLUSTERS)
     res = invoke(path, "--axis", "loss.alpha.end=0.3", "--format", "json")
-    assert json.loads(res.stdout)["cells"][0]["reason"].startswith("DC150")
+    # the base spec's own error, which the axis does not fix: reported once, exit 1, no cells
+    doc = json.loads(res.stdout)
+    assert res.exit_code == 1 and doc["cells"] == [] and [d["code"] for d in doc["diagnostics"]] == ["DC150"]
     out = tmp_path / "out"
     res = invoke(path, "--axis", "loss.alpha.end=0.3", "--format", "json", "--cluster", "big",
                  "--clusters", tmp_path / "clusters.yaml", "--out", out)
@@ -183,5 +185,24 @@ def test_cluster_decides_validity_and_is_written_into_children(tmp_path):
     assert cell["status"] == "valid"
     child = yaml.safe_load((out / f"{cell['name']}.yaml").read_text())
     assert child["resources"]["accelerator"] == "v5p-128"
-    assert f"--cluster big --clusters {tmp_path / 'clusters.yaml'}" in (out / "launch_all.sh").read_text()
+    assert f"--clusters {tmp_path / 'clusters.yaml'} --cluster big \"$@\"" in (out / "launch_all.sh").read_text()
     assert invoke(path, "--axis", "loss.alpha.end=0.3", "--cluster", "nope", "--clusters", tmp_path / "clusters.yaml").exit_code == 2
+
+
+def test_out_refuses_a_foreign_non_empty_directory(spec, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.csv").write_text("a,1\n")
+    res = invoke(spec, "--out", other)
+    assert res.exit_code == 2 and "not the output of `distillc ablate`" in res.output
+    assert [p.name for p in other.iterdir()] == ["results.csv"]
+    out = tmp_path / "out"
+    assert invoke(spec, "--out", out).exit_code == 0
+    assert invoke(spec, "--out", out).exit_code == 0  # its own earlier output: replaced
+
+
+def test_a_base_error_is_reported_once_and_exits_1(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(spec_text("name: " + "n" * 41 + "\n" + SPEC))
+    res = invoke(path)
+    assert res.exit_code == 1 and res.output.count("DC161") == 1 and "pruned" not in res.output

@@ -26,7 +26,8 @@ from typing import Any, Callable, Hashable, Optional, Sequence
 from pydantic import ValidationError
 
 from distillc.compiler.ablation.axes import Axis
-from distillc.compiler.ablation.patch import CannotApply, apply, footprint
+from distillc.compiler.ablation.axes import value_id
+from distillc.compiler.ablation.patch import CannotApply, apply, footprint, lookup
 from distillc.compiler.ablation.track import Recorder, TrackedContext, overlaps
 from distillc.compiler.check import Checked, Context, bind, run_codes
 from distillc.compiler.diagnostics import Diagnostic, KeyPath, Span, dotted, sort_key
@@ -217,6 +218,32 @@ class Evaluator:
         if name is not None:
             out["name"] = name
         return out
+
+    def kept(self, draft: Draft, axis: int) -> bool:
+        """Whether the cell's spec holds axis `axis`'s value: False when applying the cell's values
+        dropped it (loss.layers.count under a strategy without a count), so the value does not
+        affect the cell and its name leaves it out."""
+        section = self._axis_section[axis]
+        items = tuple(p for p in draft if self._axis_section[p[0]] == section)
+        entry = self._section(section, items)
+        if not entry.applied:
+            return True
+        v = dict(draft)[axis]
+        present, value = lookup(entry.raw, self.axes[axis].path[1:])
+        return present and value_id(value) == value_id(self.axes[axis].values[v])
+
+    def beta_off(self, draft: Draft) -> bool:
+        """Whether the cell's beta is 0 throughout (no feature loss: layer choices do not matter)."""
+        items = tuple(p for p in draft if self._axis_section[p[0]] == "loss")
+        raw = self._section("loss", items).raw if items else self.data.get("loss")
+        beta = raw.get("beta", 0) if isinstance(raw, dict) else None
+        if isinstance(beta, dict):
+            points = beta.get("points")
+            values = [beta.get("start", 0), beta.get("end", 0)] if points is None else [
+                p[1] for p in points if isinstance(p, (list, tuple)) and len(p) == 2
+            ]
+            return all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0 for v in values)
+        return isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta == 0
 
     # ------------------------------------------------------------ sections
 

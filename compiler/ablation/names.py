@@ -4,9 +4,11 @@ A cell is named after the base spec and the values where it differs from the bas
 order: `quickstart-a03-t2` is alpha.end 0.3 and temperature 2 (the short forms come from
 priority.yaml); the cell that changes nothing is `<base>-base`. The limit comes from naming.py: xpk's
 40 characters (28 on super-slicing types) minus the longest stage suffix a spec's workloads get
-(`-train`, `-topk` offline), so every workload of every cell stays valid. A name that does not fit
-first loses the end of the base name, then is shortened by naming.workload_name (truncated, with a
-hash of the full name); two cells that would share a name both get a hash of their values. A name
+(`-train`, `-topk` offline), so every workload of every cell stays valid. The base name is shortened
+once per ablation, so that the longest tail any cell can have fits, and every cell shares that
+prefix; a name that still does not fit (the base already at MIN_STEM) is shortened by
+naming.workload_name (truncated, with a hash of the full name); two cells that would share a name
+both get a hash of their values. A name
 depends only on the base name and the cell's values (and, for a shared name, on the clash), so a
 cell keeps its name from one stage of a staged run to the next.
 """
@@ -69,35 +71,40 @@ def _digest(v: Any) -> str:
 MIN_STEM = 8  # the base name is shortened to make room for the values, down to this many characters
 
 
-def readable(base: str, tokens: Sequence[str], limit: int | None = None) -> str:
-    """<base>-<token>-...; when that is over `limit`, the base is shortened first (the values say
-    more about a cell than the end of the base name), to no fewer than MIN_STEM characters."""
-    tail = "-".join(tokens) or "base"
-    name = f"{base}-{tail}"
-    if limit is not None and len(name) > limit:
-        room = limit - len(tail) - 1
-        floor = min(MIN_STEM, len(base))
-        if room >= floor:
-            stem = base[:room]
-            if "-" in stem and base[room : room + 1] not in ("-", ""):  # cut at a word boundary
-                cut = stem.rsplit("-", 1)[0]
-                stem = cut if len(cut) >= floor else stem
-            name = f"{stem.rstrip('-')}-{tail}"
-    return name
+def stem(base: str, room: int) -> str:
+    """The base name shortened to `room` characters (cut at a word boundary where that keeps at
+    least MIN_STEM), never below MIN_STEM characters."""
+    if len(base) <= room:
+        return base
+    floor = min(MIN_STEM, len(base))
+    room = max(room, floor)
+    out = base[:room]
+    if "-" in out and base[room : room + 1] not in ("-", ""):
+        cut = out.rsplit("-", 1)[0]
+        out = cut if len(cut) >= floor else out
+    return out.rstrip("-") or base[:floor]
 
 
 class Namer:
-    """Names the cells of one ablation; each axis value's token is computed once."""
+    """Names the cells of one ablation; each axis value's token is computed once.
+
+    Every cell of a run gets the same prefix: the base name is shortened once, so that the longest
+    tail any cell can have (every axis at its longest token) fits the limit. The prefix depends
+    only on the base name and the axes, so a staged run's cells keep their names from stage to
+    stage. Only when even MIN_STEM characters of the base leave no room does a cell whose tail is
+    too long fall back to a hashed name."""
 
     def __init__(self, base: str, axes: Sequence[Any], priority: Priority, limit: int | None = None) -> None:
         self.base, self.axes = base, axes
         self.limit = name_limit() if limit is None else limit
         self.tokens = [[priority.abbrev_of(a.key) + value_token(v, priority) for v in a.values] for a in axes]
+        longest = sum(max((len(t) for t in toks), default=0) for toks in self.tokens) + max(len(self.tokens) - 1, 0)
+        self.stem = stem(base, self.limit - max(longest, len("base")) - 1)
 
     def names(self, diffs: Sequence[Sequence[tuple[int, int]]]) -> list[str]:
         """One name per cell; `diffs` lists each cell's (axis, value) indices that differ from the
         base, in display order. Readable where it fits and is not shared."""
-        wanted = [readable(self.base, [self.tokens[a][v] for a, v in d], self.limit) for d in diffs]
+        wanted = [f"{self.stem}-{'-'.join(self.tokens[a][v] for a, v in d) or 'base'}" for d in diffs]
         count: dict[str, int] = {}
         for n in wanted:
             count[n] = count.get(n, 0) + 1

@@ -144,6 +144,9 @@ def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Opt
         diags.append(make("DC172", "nothing to ablate: add an `ablation: {axes: ...}` block or pass --axis KEY=V1,V2",
                           span=loaded.source.span(("ablation",)), file=loaded.source.file))
     strategy = options.strategy or (block.strategy if block else "grid")
+    implied = options.strategy is None and options.samples is not None and strategy != "random"
+    if implied:  # --samples alone means a random sample (an explicit --strategy still wins)
+        strategy = "random"
     if strategy not in STRATEGIES:
         raise StrategyError(f"unknown strategy '{strategy}' (choose {', '.join(STRATEGIES)})")
     result = Ablation(loaded, strategy, tuple(axes), (), tuple(sorted(diags, key=sort_key)), sources)
@@ -161,10 +164,17 @@ def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Opt
     order = sorted(range(len(axes)), key=rank.__getitem__)
 
     def diffs_of(drafts: list[Draft]) -> list[tuple[tuple[int, int], ...]]:
+        """Each cell's values that differ from the base and that its spec keeps (count under
+        straddle_pruned is dropped: it does not affect the cell, so its name leaves it out). A
+        cell that is then the same as an earlier one of the list shows every value it sets."""
         out = []
+        seen: set[tuple[tuple[int, int], ...]] = set()
         for d in drafts:
             at = dict(d)
-            out.append(tuple((a, at[a]) for a in order if a in at and differs[a][at[a]]))
+            shown = tuple((a, at[a]) for a in order if a in at and differs[a][at[a]])
+            kept = tuple(p for p in shown if evaluator.kept(d, p[0])) if shown else shown
+            out.append(shown if kept in seen else kept)
+            seen.add(kept)
         return out
 
     namer = Namer(base_name, axes, priority, name_limit(_super_slicing(base, axes)))
@@ -173,7 +183,7 @@ def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Opt
         return namer.names(diffs_of(drafts))
 
     max_cells = options.max_cells or (block.max_cells if block else DEFAULT_MAX_CELLS)
-    notes: list[str] = []
+    notes: list[str] = [f"--samples {options.samples} without --strategy: sampling (--strategy random)"] if implied else []
     ignored = [flag for flag, given, used_by in (
         ("--samples", options.samples is not None, "random"),
         ("--seed", options.seed is not None, "random"),
@@ -182,7 +192,7 @@ def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Opt
         ("--maximize", options.maximize, "staged"),
     ) if given and strategy != used_by]
     if ignored:
-        notes.append(f"{', '.join(ignored)}: not used by the {strategy} strategy")
+        notes.append(f"warning: {', '.join(ignored)}: not used by the {strategy} strategy (ignored)")
     stage: Optional[StagePlan] = None
     if strategy == "grid":
         count = grid_size(axes)
@@ -196,7 +206,7 @@ def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Opt
     else:
         groups = stage_groups(axes, priority)
         def unchanged(draft: Draft, group: Any) -> bool:
-            return not any(differs[a][v] for a, v in draft if a in group.axes)
+            return not any(differs[a][v] and evaluator.kept(draft, a) for a, v in draft if a in group.axes)
 
         stage = plan_stage(axes, groups, names_of, unchanged, options.results or {}, options.stage, options.maximize)
         count = 1 if stage.complete else grid_size(axes, stage.group.axes)
@@ -210,20 +220,53 @@ def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Opt
 
     if strategy == "grid":
         drafts = list(grid(axes))
-    elif strategy == "random":
-        drafts = random_sample(axes, count, options.seed if options.seed is not None else (block.seed if block else 0))
     else:
+        drafts = random_sample(axes, count, options.seed if options.seed is not None else (block.seed if block else 0))
+    prior: list[tuple[Draft, str]] = []
+    if strategy == "staged":
         drafts = stage_drafts(axes, stage)
         if stage.complete:
             notes.append("every stage has a winner in --best: the cell below combines them")
+        prior, known = _earlier_cells(axes, stage, names_of, options.results or {})
+        unknown = sorted(set(options.results or {}) - known - set(names_of(drafts)))
+        if unknown:
+            shown_names = ", ".join(unknown[:8]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 8 else "")
+            notes.append(f"warning: --best names cells that are not cells of this ablation (ignored): {shown_names}")
     shown = diffs_of(drafts)
     diffs = [tuple((axes[a].key, axes[a].values[v]) for a, v in d) for d in shown]
-    cells, resolved, rule_runs = evaluate_cells(evaluator, drafts, namer.names(shown), diffs, options.parallel)
+    cells, resolved, rule_runs = evaluate_cells(evaluator, drafts, namer.names(shown), diffs, options.parallel, prior)
+    base_errors = [d for d in base.diagnostics if d.is_error]
+    if base_errors and cells and all(c.status == "pruned" for c in cells):
+        said = {f"{d.code} {d.message}" for d in base_errors}
+        if all(any(c.reason == m or (c.reason or "").startswith(m + " (") for m in said) for c in cells):
+            # the base spec's own error, which no axis fixes: reported once, not blamed on each cell
+            return replace(result, diagnostics=tuple(sorted((*result.diagnostics, *base_errors), key=sort_key)), stage=stage)
     if options.results:
-        cells = [replace(c, result=options.results[c.name]) if c.name in options.results else c for c in cells]
+        res = options.results
+        cells = [
+            replace(c, result=res[c.name]) if c.name in res
+            else replace(c, result=res[c.duplicate_of]) if c.duplicate_of in res else c
+            for c in cells
+        ]
     return replace(
         result, cells=tuple(cells), stage=stage, notes=tuple(notes), evaluator=evaluator, plans_resolved=resolved, rule_runs=rule_runs
     )
+
+
+def _earlier_cells(
+    axes: Sequence[Axis], stage: StagePlan, names_of: Any, results: Mapping[str, float]
+) -> tuple[list[tuple[Draft, str]], set[str]]:
+    """The cells of the stages before `stage` that have a result in --best (they ran: a cell of
+    this stage with the same plan is a duplicate of one of them), and every earlier cell's name."""
+    prior: list[tuple[Draft, str]] = []
+    known: set[str] = set()
+    for k, group in enumerate(stage.groups[: stage.number - 1]):
+        fixed = tuple(sorted(p for w in stage.winners[:k] for p in w.values))
+        drafts = list(grid(axes, group.axes, fixed))
+        names = names_of(drafts)
+        known.update(names)
+        prior += [(d, n) for d, n in zip(drafts, names) if n in results]
+    return prior, known
 
 
 def _super_slicing(base: Checked, axes: Sequence[Axis]) -> bool:
@@ -246,7 +289,8 @@ def _differs(data: Any, axes: Sequence[Axis]) -> list[list[bool]]:
 
 PARALLEL_MIN_CELLS = 2048  # below this, forking workers costs more than it saves
 
-Verdict = tuple[Optional[str], Optional[str], Optional[bytes]]  # (error code, reason, plan digest)
+# (error code, reason, plan digest, the draft evaluated instead when the layer choices were dropped)
+Verdict = tuple[Optional[str], Optional[str], Optional[bytes], Optional[Draft]]
 
 
 def verdicts(evaluator: Evaluator, drafts: Sequence[Draft]) -> tuple[list[Verdict], int, int]:
@@ -258,15 +302,36 @@ def verdicts(evaluator: Evaluator, drafts: Sequence[Draft]) -> tuple[list[Verdic
     for draft in drafts:
         outcome = evaluator.evaluate(draft)
         err = outcome.first_error
+        instead: Optional[Draft] = None
+        if err is not None and _in_layers(err) and evaluator.beta_off(draft):
+            # beta 0: the layer choices cannot matter, so a cell whose only fault is in
+            # loss.layers is the cell with the base's layers (a duplicate of it, not pruned)
+            without = tuple(p for p in draft if evaluator.axes[p[0]].path[:2] != _LAYERS)
+            if without != draft:
+                instead = without
+                outcome = evaluator.evaluate(without)
+                err = outcome.first_error
         if err is not None:
-            out.append((err.code, f"{err.code} {err.message}", None))
+            reason = f"{err.code} {err.message}"
+            if _in_layers(err) and err.code == "DC012":
+                set_by = [evaluator.axes[a].key for a, _ in draft if evaluator.axes[a].path[:2] == _LAYERS]
+                reason += (f" (set by {', '.join(set_by)}; neither the base spec nor another axis gives it:"
+                           f" add it to the base's loss.layers or as an axis)") if set_by else ""
+            out.append((err.code, reason, None, None))
             continue
         key = keys(outcome.checked, outcome.vals)
         if isinstance(key, Unresolvable):
-            out.append(("DC176", f"DC176 {key}", None))
+            out.append(("DC176", f"DC176 {key}", None, None))
         else:
-            out.append((None, None, key))
+            out.append((None, None, key, instead))
     return out, keys.resolved, evaluator.rule_runs - runs
+
+
+_LAYERS = ("loss", "layers")
+
+
+def _in_layers(d: Diagnostic) -> bool:
+    return tuple(d.path[:2]) == _LAYERS
 
 
 _JOB: Optional[tuple[Evaluator, Sequence[Draft]]] = None  # what forked workers read (no pickling)
@@ -312,19 +377,32 @@ def all_verdicts(evaluator: Evaluator, drafts: Sequence[Draft], parallel: Option
 
 
 def evaluate_cells(
-    evaluator: Evaluator, drafts: Sequence[Draft], names: Sequence[str], diffs: Sequence[Any], parallel: Optional[bool] = None
+    evaluator: Evaluator,
+    drafts: Sequence[Draft],
+    names: Sequence[str],
+    diffs: Sequence[Any],
+    parallel: Optional[bool] = None,
+    prior: Sequence[tuple[Draft, str]] = (),
 ) -> tuple[list[Cell], int, int]:
     """Validate each cell, resolve the valid ones, and fold cells with the same plan into the
-    first (its aliases listed); returns the cells, the plans resolved and the rules run."""
-    found, resolved, rule_runs = all_verdicts(evaluator, drafts, parallel)
+    first (its aliases listed); returns the cells, the plans resolved and the rules run.
+    `prior`: (draft, name) of cells that already ran (a staged run's earlier stages, from
+    --best); a cell with the same plan as one of them is a duplicate of it."""
+    found, resolved, rule_runs = all_verdicts(evaluator, [*(d for d, _ in prior), *drafts], parallel)
+    ran = {v[2]: name for (_, name), v in zip(prior, found) if v[2] is not None}
+    found = found[len(prior):]
     axes = evaluator.axes
     first: dict[bytes, int] = {}
     cells: list[Cell] = []
     aliases: dict[int, list[str]] = {}
-    for draft, name, diff, (code, reason, key) in zip(drafts, names, diffs, found):
+    for draft, name, diff, (code, reason, key, instead) in zip(drafts, names, diffs, found):
         values = {axes[a].key: axes[a].values[v] for a, v in draft}
+        draft = draft if instead is None else instead  # beta 0: the child spec keeps the base's layers
         if key is None:
             cells.append(Cell(name, "pruned", values, diff, draft, reason=reason, code=code))
+        elif key in ran and ran[key] != name:
+            why = f"resolves to the same plan as {ran[key]}, which already ran"
+            cells.append(Cell(name, "duplicate", values, diff, draft, reason=why, duplicate_of=ran[key]))
         elif key in first:
             j = first[key]
             aliases.setdefault(j, []).append(name)
@@ -332,6 +410,7 @@ def evaluate_cells(
             cells.append(Cell(name, "duplicate", values, diff, draft, reason=why, duplicate_of=cells[j].name))
         else:
             first[key] = len(cells)
-            cells.append(Cell(name, "valid", values, diff, draft))
+            why = None if instead is None else "beta 0: the layer choices do not apply (the base's layers are kept)"
+            cells.append(Cell(name, "valid", values, diff, draft, reason=why))
     out = [replace(c, aliases=tuple(aliases[i])) if i in aliases else c for i, c in enumerate(cells)]
     return out, resolved, rule_runs
