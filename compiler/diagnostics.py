@@ -90,6 +90,24 @@ def format_concise(d: Diagnostic) -> str:
     return f"{where}: {d.severity.value}: {d.code} {d.message}{path}"
 
 
+WINDOW = 100  # characters of a long source line shown around the caret
+_ELLIPSIS = "..."
+
+
+def window(line: str, col: int, width: int, size: int = WINDOW) -> tuple[str, int, int]:
+    """A long source line cut to `size` characters around (1-based) `col`, with ellipses where
+    it was cut: (text, the caret's column in it, the caret's width). A flow-style table can put
+    a whole spec (tens of KB) on one line."""
+    if len(line) <= size + 2 * len(_ELLIPSIS):
+        return line, col, width
+    start = max(0, min(col - 1 - size // 3, len(line) - size))
+    end = start + size
+    head = _ELLIPSIS if start > 0 else ""
+    tail = _ELLIPSIS if end < len(line) else ""
+    width = max(1, min(width, end - (col - 1)))
+    return f"{head}{line[start:end]}{tail}", col - start + len(head), width
+
+
 def format_rich(d: Diagnostic, source_line: str = "", color: bool = False) -> str:
     """rustc-style: header, location arrow, the source line with a caret, then hint and notes."""
     c = (lambda s, k: f"{k}{s}{_RESET}") if color else (lambda s, k: s)
@@ -103,9 +121,10 @@ def format_rich(d: Diagnostic, source_line: str = "", color: bool = False) -> st
         if d.span.end_line == d.span.line and d.span.end_column and d.span.end_column > col:
             width = d.span.end_column - col
         width = max(1, min(width, max(1, len(source_line) - col + 1)))
+        shown, col, width = window(source_line, col, width)
         lines += [
             f"{gutter} {c('|', _BLUE)}",
-            f"{c(str(d.span.line), _BLUE)} {c('|', _BLUE)} {source_line}",
+            f"{c(str(d.span.line), _BLUE)} {c('|', _BLUE)} {shown}",
             f"{gutter} {c('|', _BLUE)} {' ' * (col - 1)}{c('^' * width, _COLORS[d.severity])}",
         ]
     if d.hint:

@@ -68,6 +68,7 @@ class Loaded:
     data: Any
     source: SourceMap
     diagnostics: tuple[Diagnostic, ...] = ()
+    refused: tuple[KeyPath, ...] = ()  # values dropped for an unsupported tag (reported as DC001)
 
     @property
     def ok(self) -> bool:
@@ -88,12 +89,18 @@ class _Builder:
         self.source = source
         self.nodes = 0
         self.diagnostics: list[Diagnostic] = []
+        self.tagged: list[KeyPath] = []
 
     def build(self, node: yaml.Node, path: KeyPath, depth: int = 0) -> Any:
         self.nodes += 1
         if self.nodes > MAX_NODES or depth > MAX_DEPTH:
             raise _TooBig(node, path)
         self.source.spans.setdefault(path, _span(node))
+        if node.tag not in _SAFE_TAGS:  # !!python/object/apply:..., !custom: never constructed
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            self._add("DC001", f"unsupported YAML tag '{tag}': a spec holds plain values only", path, node)
+            self.tagged.append(path)
+            return None
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
@@ -129,6 +136,11 @@ class _TooBig(Exception):
     def __init__(self, node: yaml.Node, path: KeyPath) -> None:
         self.node, self.path = node, path
 
+
+# the tags the safe resolvers give plain YAML (and an explicit `!!str` etc.); anything else is refused
+_SAFE_TAGS = frozenset(
+    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
+)
 
 _SCALAR = _Loader("")  # a constructor with the safe resolvers, reused for scalars only
 
@@ -224,7 +236,7 @@ def load_text(text: str, file: str = "<string>") -> Loaded:
         return Loaded(None, source, (make("DC004", msg, path=big.path, span=_span(big.node), file=file),))
     except RecursionError:
         return Loaded(None, source, (make("DC004", "the document nests too deeply", path=(), span=Span(1, 1), file=file),))
-    return Loaded(data, source, tuple(builder.diagnostics))
+    return Loaded(data, source, tuple(builder.diagnostics), tuple(builder.tagged))
 
 
 def load_file(path: str | Path) -> Loaded:
@@ -250,3 +262,24 @@ def load_file(path: str | Path) -> Loaded:
     except UnicodeDecodeError as exc:
         raise LoadError(f"{p}: not UTF-8 text (byte {exc.start}); is this a binary file?") from None
     return load_text(text, str(p))
+
+
+STDIN_NAME = "<stdin>"
+
+
+def load_stream(stream: Any, file: str = STDIN_NAME) -> Loaded:
+    """Read a spec from a text stream (`distillc validate -`), with load_file's size limit."""
+    try:
+        text = stream.read(MAX_BYTES + 1)
+    except UnicodeDecodeError as exc:
+        raise LoadError(f"{file}: not UTF-8 text (byte {exc.start}); is this a binary file?") from None
+    except OSError as exc:
+        raise LoadError(f"{file}: cannot read ({exc.strerror or exc})") from None
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise LoadError(f"{file}: not UTF-8 text (byte {exc.start}); is this a binary file?") from None
+    if len(text) > MAX_BYTES:
+        raise LoadError(f"{file}: too large for a spec (limit {MAX_BYTES // 1024} KiB)")
+    return load_text(text.lstrip("\ufeff"), file)

@@ -133,13 +133,81 @@ def section_diagnostics(section: str, exc: ValidationError, raw: Any, source: So
     return diags
 
 
+# pydantic's error types -> the message in the spec's own terms (pydantic wording never reaches
+# the user). Mapping-typed fields get a message naming what they take; see _expected.
+_MAPPING_TYPES = frozenset({"model_type", "dict_type", "model_attributes_type"})
+_TYPE_MESSAGES = {
+    "list_type": "expected a list",
+    "tuple_type": "expected a list",
+    "set_type": "expected a list",
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer, not a fraction",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "finite_number": "expected a finite number",
+    "string_type": "expected a string",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "none_required": "expected null",
+}
+_FIELD_MESSAGES = {  # (field name, message) for mapping-typed fields given something else
+    "alpha": "expected a number or a mapping {start, end, schedule}",
+    "temperature": "expected a number or a mapping {start, end, schedule}",
+    "beta": "expected a number or a mapping {start, end, schedule}",
+    "teacher": "expected a mapping with key 'model' (teacher: {model: llama3.1-8b})",
+    "student": "expected a mapping with key 'model' (student: {model: llama3.2-1b})",
+    "model": "expected a catalog model name (`distillc models`) or an inline architecture mapping",
+    "layers": "expected a mapping with key 'strategy' (layers: {strategy: evenly_spaced, count: 4})",
+}
+_POINT = "a piecewise point is [step, value], e.g. [1000, 0.5]"
+
+
+def _yaml_repr(value: Any) -> str:
+    """A scalar as the user wrote it in YAML terms (true, null), not Python's (True, None)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value)
+
+
+def _expected(section: str, loc: tuple[Any, ...], err: Any) -> str:
+    """The message for one pydantic error that is not unknown/missing/bad-choice."""
+    kind = err["type"]
+    keys = [p for p in loc if isinstance(p, str)]
+    field = keys[-1] if keys else section
+    if "points" in keys and loc and isinstance(loc[-1], int) and kind in ("too_long", "too_short", "tuple_type", "list_type"):
+        return _POINT
+    if kind in _MAPPING_TYPES:
+        if loc and isinstance(loc[-1], int):
+            return "expected a mapping"
+        return _FIELD_MESSAGES.get(str(field), f"expected a mapping of keys under '{field}'")
+    if kind in _TYPE_MESSAGES:
+        return _TYPE_MESSAGES[kind]
+    ctx = err.get("ctx") or {}
+    bounds = {"greater_than": "greater than", "greater_than_equal": "at least", "less_than": "less than",
+              "less_than_equal": "at most"}
+    if kind in bounds:
+        return f"must be {bounds[kind]} {next(iter(ctx.values()), '')}".rstrip()
+    if kind == "too_short":
+        return f"needs at least {ctx.get('min_length', 1)} item(s)"
+    if kind == "too_long":
+        return f"allows at most {ctx.get('max_length')} item(s)"
+    return str(err["msg"]).replace("Input should be", "expected").replace("Value error, ", "")
+
+
 def _error_to_diag(section: str, err: Any, raw: Any, source: SourceMap) -> Diagnostic:
     loc = error_loc(err)
     path: KeyPath = (section, *loc)
     kind = err["type"]
     file = source.file
     if section == "version" and kind != "missing":
-        msg = f"unsupported spec version {err.get('input')!r}: this distillc reads version 1"
+        value = err.get("input")
+        if isinstance(value, str) and value.strip() == "1":
+            msg = f"version is the number 1, not the string {value!r}: write `version: 1` without quotes"
+        else:
+            msg = f"unsupported spec version {_yaml_repr(value)}: this distillc reads version 1"
         return make("DC015", msg, path=path, span=source.span(path), file=file)
     if kind == "extra_forbidden":
         key = loc[-1] if loc else section
@@ -149,7 +217,6 @@ def _error_to_diag(section: str, err: Any, raw: Any, source: SourceMap) -> Diagn
         return make("DC010", f"unknown key '{key}'", path=path, span=source.key_span(path), file=file, hint=hint)
     if kind == "missing":
         return make("DC012", f"missing required key '{loc[-1] if loc else section}'", path=path, span=source.span(path), file=file)
-    msg = err["msg"]
     if kind in ("union_tag_invalid", "literal_error"):
         value = err.get("input")
         if kind == "union_tag_invalid" and isinstance(value, dict):
@@ -161,8 +228,8 @@ def _error_to_diag(section: str, err: Any, raw: Any, source: SourceMap) -> Diagn
         hint = did_you_mean(str(value), options) or (f"expected one of: {', '.join(options)}" if options else "")
         return make("DC011", f"invalid value {value!r}: expected {expected}", path=path, span=source.span(path), file=file, hint=hint)
     value = err.get("input")
-    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
-    return make("DC011", f"{msg}{shown}", path=path, span=source.span(path), file=file)
+    shown = "" if isinstance(value, (dict, list)) else f" (got {_yaml_repr(value)})"
+    return make("DC011", f"{_expected(section, loc, err)}{shown}", path=path, span=source.span(path), file=file)
 
 
 def parse(loaded: Loaded) -> tuple[PartialSpec, tuple[Diagnostic, ...]]:

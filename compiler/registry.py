@@ -116,6 +116,12 @@ def explain(code: str) -> str | None:
     return f"{head}\n\n{body}{hint}\n"
 
 
+def unknown_selectors(selectors: Iterable[str]) -> list[str]:
+    """The --select/--ignore entries (codes or prefixes) that match no registered code."""
+    load_rules()
+    return [s for s in selectors if not any(c.startswith(s.upper()) for c in CODES)]
+
+
 def iter_codes() -> Iterator[Code]:
     load_rules()
     yield from sorted(CODES.values(), key=lambda c: c.code)

@@ -68,6 +68,17 @@ def _schedule_tag(v: Any) -> str:
     return "constant"
 
 
+class _NumberOrSchedule:
+    """JSON Schema of a Schedule: a bare number (a Constant, read by Constant's before-validator,
+    which the generated schema cannot show) or one of the schedule mappings."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        js = dict(handler(core_schema))
+        branches = js.pop("oneOf", None) or [{k: js.pop(k) for k in list(js) if k not in ("title", "description")}]
+        js["oneOf"] = [{"type": "number"}, *branches]
+        return js
+
+
 Schedule = Annotated[
     Union[
         Annotated[Constant, Tag("constant")],
@@ -76,6 +87,7 @@ Schedule = Annotated[
         Annotated[Piecewise, Tag("piecewise")],
     ],
     Discriminator(_schedule_tag),
+    _NumberOrSchedule(),
 ]
 
 

@@ -152,3 +152,85 @@ class TestSchemaAndRules:
     def test_rules_markdown(self):
         r = run("rules", "--markdown")
         assert r.exit_code == 0 and r.stdout.startswith("# Diagnostic codes")
+
+
+class TestReviewFindings:
+    """Validate over many files, clusters files, stdin, select/ignore misuse, partial I/O failure."""
+
+    def test_all_shipped_yaml_including_clusters_file(self):
+        files = sorted(str(p) for p in (ROOT / "specs").glob("*.yaml"))
+        assert any(f.endswith("clusters.yaml") for f in files)
+        r = run("validate", *files)
+        assert r.exit_code == 0, r.output
+        assert r.stderr.strip().splitlines()[-1] == f"{len(files)} files: ok: no problems found"
+
+    def test_broken_clusters_file_gives_its_diagnostics(self, tmp_path):
+        p = tmp_path / "clusters.yaml"
+        p.write_text("version: 1\nclusters:\n  v5p:\n    project: my-tpu-project\n    zone: nowhere\n"
+                     "    cluster: v5p-cluster\n    accelerator: v5p-128\n    colour: red\n")
+        r = run("validate", str(p), "-f", "json")
+        assert r.exit_code == 1, r.output
+        got = {(d["code"], d["path"]) for d in json.loads(r.stdout)}
+        assert ("DC010", "clusters.v5p.colour") in got
+
+    def test_broken_clusters_entry_values(self, tmp_path):
+        p = tmp_path / "clusters.yaml"
+        p.write_text("version: 1\nclusters:\n  v5p:\n    project: my-tpu-project\n    zone: nowhere\n"
+                     "    cluster: v5p-cluster\n    accelerator: v5p-128000\n")
+        r = run("validate", str(p), "-f", "json")
+        assert r.exit_code == 1, r.output
+        got = {(d["code"], d["path"]) for d in json.loads(r.stdout)}
+        assert {("DC402", "clusters.v5p.zone"), ("DC014", "clusters.v5p.accelerator")} <= got
+
+    def test_clusters_file_with_a_duplicate_key_is_still_a_clusters_file(self, tmp_path):
+        p = tmp_path / "clusters.yaml"
+        p.write_text("version: 1\nclusters:\n  a: {project: my-tpu-project}\n  a: {project: my-tpu-project}\n")
+        r = run("validate", str(p), "-f", "json")
+        assert r.exit_code == 1
+        assert [d["code"] for d in json.loads(r.stdout)] == ["DC002"]
+
+    @pytest.mark.parametrize("option", ["--ignore", "--select"])
+    @pytest.mark.parametrize(
+        "text, code",
+        [("teacher: [\n", "DC000"), ("", "DC003"), ("name: a\nnmae: b\n", "DC010")],
+    )
+    def test_structure_errors_cannot_be_suppressed(self, tmp_path, option, text, code):
+        p = tmp_path / "s.yaml"
+        p.write_text(text)
+        r = run("validate", str(p), "-f", "json", option, "DC0" if option == "--ignore" else "DC13")
+        assert r.exit_code == 1, r.output
+        assert code in {d["code"] for d in json.loads(r.stdout)}
+
+    def test_invalid_value_cannot_be_ignored(self, write):
+        r = run("validate", write("train: {steps: many}"), "-f", "json", "--ignore", "DC011")
+        assert r.exit_code == 1 and "DC011" in r.stdout
+
+    @pytest.mark.parametrize("option", ["--ignore", "--select"])
+    def test_unknown_selector_is_a_usage_error(self, option):
+        r = run("validate", QUICKSTART, option, "DC130,XY12")
+        assert r.exit_code == 2
+        assert "XY12" in r.stderr and "Traceback" not in r.output
+
+    def test_json_keeps_loaded_files_when_one_is_missing(self, tmp_path, write):
+        bad = write("loss: {alpha: 2}", "bad.yaml")
+        missing = str(tmp_path / "missing.yaml")
+        r = run("validate", "-f", "json", bad, missing)
+        assert r.exit_code == 2
+        diags = json.loads(r.stdout)
+        assert diags and all(d["file"] == bad for d in diags)
+        assert "missing.yaml" in r.stderr and "no such file" in r.stderr
+
+    def test_stdin(self):
+        text = (ROOT / "specs" / "quickstart.yaml").read_text()
+        r = CliRunner().invoke(app, ["validate", "-"], input=text)
+        assert r.exit_code == 0, r.output
+        assert "<stdin>: ok" in r.stderr
+
+    def test_stdin_errors_are_named_stdin(self):
+        r = CliRunner().invoke(app, ["validate", "-", "-f", "concise"], input="teacher: [\n")
+        assert r.exit_code == 1
+        assert r.stderr.startswith("<stdin>:2:1: error: DC000")
+
+    def test_few_files_are_listed(self, write):
+        r = run("validate", QUICKSTART, QUICKSTART)
+        assert r.stderr.strip().splitlines()[-1] == f"{QUICKSTART}, {QUICKSTART}: ok: no problems found"

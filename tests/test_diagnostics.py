@@ -122,3 +122,41 @@ class TestSelectIgnore:
         checked = check_text(spec_text("name: Bad_Name\nloss: {alpha: 3}"))
         lines = [d.span.line for d in checked.diagnostics]
         assert lines == sorted(lines)
+
+
+class TestLongLines:
+    """A flow-style table can be one 89 KB line: only a window around the caret is shown."""
+
+    LINE = "{" + ", ".join(f"k{i}: {i}" for i in range(12000)) + "}"
+
+    def render(self, col: int, end: int) -> list[str]:
+        d = Diagnostic("DC010", Severity.ERROR, "unknown key", span=Span(1, col, 1, end), file="f.yaml")
+        return D.format_rich(d, self.LINE).splitlines()
+
+    def test_middle_is_windowed_with_ellipses(self):
+        assert len(self.LINE) > 80_000
+        col = self.LINE.index("k9000:") + 1
+        lines = self.render(col, col + 5)
+        src, caret = lines[3], lines[4]
+        assert len(src) < 130 and src.startswith("1 | ...") and src.endswith("...")
+        i = caret.index("^")
+        assert caret[i:] == "^^^^^" and src[i : i + 5] == "k9000"
+
+    def test_start_has_no_leading_ellipsis(self):
+        src, caret = self.render(2, 4)[3:5]
+        assert src.startswith("1 | {k0: 0") and src.endswith("...") and len(src) < 130
+        assert src[caret.index("^") : caret.index("^") + 2] == "k0"
+
+    def test_end_has_no_trailing_ellipsis(self):
+        col = len(self.LINE)
+        src, caret = self.render(col, col + 1)[3:5]
+        assert src.startswith("1 | ...") and src.endswith("}") and src[caret.index("^")] == "}"
+
+    def test_caret_width_is_clipped_to_the_window(self):
+        col = self.LINE.index("k9000:") + 1
+        src, caret = self.render(col, col + 50_000)[3:5]
+        assert len(caret) <= len(src)
+
+    def test_short_lines_are_unchanged(self):
+        line = "x" * 105
+        assert D.window(line, 3, 2) == (line, 3, 2)

@@ -79,7 +79,7 @@ class TestMalformed:
 
     def test_python_tags_are_not_executed(self):
         loaded = load_text("a: !!python/object/apply:os.system ['echo pwned']\n")
-        assert codes(loaded) == ["DC000"] or loaded.data == {"a": ["echo pwned"]}
+        assert codes(loaded) == ["DC001"] and loaded.data == {"a": None}
 
     def test_cli_exit_1_with_position(self, tmp_path):
         p = tmp_path / "bad.yaml"
@@ -106,6 +106,33 @@ class TestDuplicatesAndConstructs:
 
     def test_complex_key(self):
         assert codes(load_text("? [1, 2]\n: x\n")) == ["DC001"]
+
+    @pytest.mark.parametrize(
+        "text, tag",
+        [
+            ("name: !!python/object/apply:os.system [ls]\n", "!!python/object/apply:os.system"),
+            ("name: !!python/name:os.system ''\n", "!!python/name:os.system"),
+            ("name: !custom x\n", "!custom"),
+            ("loss: !!python/object:dict {a: 1}\n", "!!python/object:dict"),
+        ],
+    )
+    def test_unsupported_tag_is_dc001(self, text, tag):
+        loaded = load_text(text)
+        (d,) = loaded.diagnostics
+        assert d.code == "DC001" and f"unsupported YAML tag '{tag}'" in d.message
+        assert (d.span.line, d.span.column) == (1, 7)
+        assert loaded.refused == (d.path,)
+
+    def test_standard_tags_are_plain_values(self):
+        loaded = load_text("a: !!str 1\nb: !!int '2'\nc: 2024-01-01\n")
+        assert loaded.diagnostics == () and loaded.data["a"] == "1" and loaded.data["b"] == 2
+
+    def test_unsupported_tag_is_not_also_an_invalid_value(self):
+        from tests.conftest import check_text, spec_text
+
+        text = spec_text("").replace("name: ", "name: !!python/object/apply:os.system ", 1)
+        got = [(d.code, d.path) for d in check_text(text).diagnostics]
+        assert got == [("DC001", ("name",))]
 
 
 class TestBounded:

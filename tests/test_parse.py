@@ -134,3 +134,34 @@ class TestScheduleForms:
         checked = check_text(spec_text(f"student: {{model: {arch}}}"))
         assert codes(checked) == []
         assert checked.context.student_arch.emb_dim == 64
+
+
+class TestUserWording:
+    """pydantic's wording ("Input should be a valid dictionary or instance of Side") never leaks."""
+
+    CASES = [
+        ("loss: {alpha: yes}", "DC011", ("loss", "alpha"), "expected a number or a mapping {start, end, schedule} (got true)"),
+        ("teacher: llama", "DC011", ("teacher",), "expected a mapping with key 'model' (teacher: {model: llama3.1-8b}) (got 'llama')"),
+        ("loss: {alpha: {schedule: piecewise, points: [[0, 1.0, 2]]}}", "DC011", ("loss", "alpha", "points", 0), "a piecewise point is [step, value], e.g. [1000, 0.5]"),
+        ("loss: {alpha: {schedule: piecewise, points: [5]}}", "DC011", ("loss", "alpha", "points", 0), "a piecewise point is [step, value], e.g. [1000, 0.5] (got 5)"),
+        ("version: '1'", "DC015", ("version",), "version is the number 1, not the string '1': write `version: 1` without quotes"),
+        ("version: 2", "DC015", ("version",), "unsupported spec version 2: this distillc reads version 1"),
+        ("train: {steps: many}", "DC011", ("train", "steps"), "expected an integer (got 'many')"),
+        ("train: {steps: 0}", "DC011", ("train", "steps"), "must be greater than 0 (got 0)"),
+        ("data: {seq_len: 1.5}", "DC011", ("data", "seq_len"), "expected an integer, not a fraction (got 1.5)"),
+        ("student: {model: 5}", "DC011", ("student", "model"), "expected a catalog model name (`distillc models`) or an inline architecture mapping (got 5)"),
+        ("loss: {layers: 3}", "DC011", ("loss", "layers"), "expected a mapping with key 'strategy' (layers: {strategy: evenly_spaced, count: 4}) (got 3)"),
+        ("student: {pruned_layers: 3}", "DC011", ("student", "pruned_layers"), "expected a list (got 3)"),
+        ("data: {packing: maybe}", "DC011", ("data", "packing"), "expected true or false (got 'maybe')"),
+    ]
+
+    def test_messages(self):
+        for fragment, code, path, message in self.CASES:
+            got = [(d.code, d.path, d.message) for d in check_text(spec_text(fragment)).diagnostics]
+            assert got == [(code, path, message)], fragment
+
+    def test_no_pydantic_wording_anywhere(self):
+        for fragment, *_ in self.CASES:
+            for d in check_text(spec_text(fragment)).diagnostics:
+                assert "Input should" not in d.message and "instance of" not in d.message
+                assert "after validation" not in d.message and "True" not in d.message
