@@ -85,28 +85,71 @@ def _split_codes(values: Optional[List[str]]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _is_clusters_file(data) -> bool:
+    """A clusters file (specs/clusters.yaml): a top-level `clusters:` mapping and no `teacher`."""
+    return isinstance(data, dict) and isinstance(data.get("clusters"), dict) and "teacher" not in data
+
+
+def _check_clusters_file(loaded, select=(), ignore=()) -> list:
+    """A clusters file's problems: its schema, each entry's values and accelerator."""
+    from distillc.compiler import clusters as C
+    from distillc.compiler.check import _wanted
+
+    entries, diags = C.load_clusters(loaded)
+    for name, entry in entries.items():
+        if entry is not None:
+            diags += C.select(entries, name, loaded.source)[1]
+    return [d for d in diags if _wanted(d.code, select, ignore)]
+
+
+def _check_selectors(sel, ign) -> None:
+    from distillc.compiler.registry import unknown_selectors
+
+    for option, values in (("--select", sel), ("--ignore", ign)):
+        bad = unknown_selectors(values)
+        if bad:
+            raise fail(f"{option}: {', '.join(bad)} matches no diagnostic code; `distillc rules` lists them")
+
+
 @app.command()
 def validate(
-    specs: List[Path] = typer.Argument(..., help="Spec files to check.", show_default=False),
+    specs: List[Path] = typer.Argument(..., help="Spec files to check ('-' reads stdin); clusters files too.", show_default=False),
     format: Format = typer.Option(Format.text, "--format", "-f", help="text | concise | json | github"),
     select: Optional[List[str]] = typer.Option(None, "--select", help="Only these codes (prefixes, comma-separated)."),
     ignore: Optional[List[str]] = typer.Option(None, "--ignore", help="Skip these codes (prefixes, comma-separated)."),
     strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors."),
 ) -> None:
-    """Check specs against every rule; print compiler-style diagnostics."""
-    from distillc.compiler.diagnostics import summary
+    """Check specs against every rule; print compiler-style diagnostics.
+
+    Load and structure errors (DC0xx) are reported whatever --select/--ignore say."""
+    from distillc.compiler.check import check_loaded
+    from distillc.compiler.diagnostics import sort_key, summary
+    from distillc.compiler.loader import STDIN_NAME, LoadError, load_file, load_stream
 
     sel, ign = _split_codes(select), _split_codes(ignore)
-    all_diags, sources = [], {}
+    _check_selectors(sel, ign)
+    all_diags, sources, io_errors, names = [], {}, [], []
     for path in specs:
-        loaded, checked = load_and_check(path, sel, ign)
+        try:
+            loaded = load_stream(sys.stdin) if str(path) == "-" else load_file(path)
+        except LoadError as exc:
+            io_errors.append(str(exc))
+            continue
+        names.append(STDIN_NAME if str(path) == "-" else str(path))
         sources[loaded.source.file] = loaded.source
-        all_diags += checked.diagnostics
-    emit_diagnostics(all_diags, format, sources)
+        if _is_clusters_file(loaded.data):
+            all_diags += sorted(_check_clusters_file(loaded, sel, ign), key=sort_key)
+        else:
+            all_diags += check_loaded(loaded, sel, ign).diagnostics
+    if names:  # no JSON list at all when no file could be read
+        emit_diagnostics(all_diags, format, sources)
+    for message in io_errors:
+        typer.echo(f"distillc: error: {message}", err=True)
     bad = any(d.is_error or (strict and d.severity.value == "warning") for d in all_diags)
-    if format is Format.text:
-        typer.echo(f"{', '.join(str(s) for s in specs)}: {summary(all_diags)}", err=True)
-    raise typer.Exit(EXIT_ERRORS if bad else EXIT_OK)
+    if format is Format.text and names:
+        what = f"{len(names)} files" if len(names) > 3 else ", ".join(names)
+        typer.echo(f"{what}: {summary(all_diags)}", err=True)
+    raise typer.Exit(EXIT_USAGE if io_errors else EXIT_ERRORS if bad else EXIT_OK)
 
 
 @app.command()
@@ -257,12 +300,17 @@ class DataFormat(str, Enum):
     json = "json"
 
 
-def _diagnostics_or_exit(compiled_front, diags, fmt: DataFormat) -> None:
-    """Print diagnostics (stderr); exit 1 when any is an error, with the spec's JSON list for json."""
+def _diagnostics_or_exit(compiled_front, diags, fmt: DataFormat, empty: dict) -> None:
+    """Text: print diagnostics to stderr. JSON: print nothing here (the diagnostics go into the one
+    JSON document on stdout), except on errors, where that document is `empty` plus "diagnostics".
+    Exit 1 when any diagnostic is an error."""
     from distillc.compiler.diagnostics import has_errors
 
-    if fmt is DataFormat.json and has_errors(diags):
-        emit_diagnostics(diags, Format.json, compiled_front.sources)
+    if fmt is DataFormat.json:
+        if has_errors(diags):
+            from distillc.compiler import launch as L
+
+            L.print_json({**empty, "diagnostics": [d.to_json() for d in diags]})
     else:
         emit_diagnostics(diags, Format.text, compiled_front.sources)
     if has_errors(diags):
@@ -281,12 +329,13 @@ def plan(
 
     try:
         fr = launch.front(spec, cluster, clusters)
-        _diagnostics_or_exit(fr, list(fr.diagnostics), format)
+        diags = list(fr.diagnostics)
+        _diagnostics_or_exit(fr, diags, format, {"workloads": []})
         resolved = launch.plan_for(fr)
     except launch.UsageError as exc:
         raise fail(str(exc))
     if format is DataFormat.json:
-        launch.print_json(launch.plan_json(resolved))
+        launch.print_json({**launch.plan_json(resolved), "diagnostics": [d.to_json() for d in diags]})
     else:
         typer.echo(launch.plan_text(resolved, fr.checked.spec.full()), nl=False)
 
@@ -309,7 +358,8 @@ def launch(
     try:
         compiled = L.compile_launch(spec, cluster_name=cluster, clusters_file=clusters, target=target.value,
                                     out_dir=out, local=local)
-        _diagnostics_or_exit(compiled.front, list(compiled.diagnostics), format)
+        diags = list(compiled.diagnostics)
+        _diagnostics_or_exit(compiled.front, diags, format, {"workloads": [], "artifacts": []})
         build = compiled.build
         assert build is not None
         if execute and not local and not L.xpk_available():
@@ -319,7 +369,8 @@ def launch(
         if local:
             raise typer.Exit(L.run_local(build.plan, spec))
         if format is DataFormat.json:
-            L.print_json({"workloads": build.workloads_json(), "artifacts": build.artifacts_json()})
+            L.print_json({"workloads": build.workloads_json(), "artifacts": build.artifacts_json(),
+                          "diagnostics": [d.to_json() for d in diags]})
         elif not execute:
             for step in build.steps:
                 typer.echo(step.shell_line(str(build.out_dir)))

@@ -164,6 +164,13 @@ def _schema_diags(exc: ValidationError, source: SourceMap, prefix: KeyPath = ())
     return out
 
 
+IMAGE_HINT = "Use a docker image reference: [host/]path[:tag][@digest], e.g. us-docker.pkg.dev/my-project/repo/image:0.1.0."
+CONFIG_ENV = "DISTILLC_CONFIG_B64"
+# Environment variables distillc sets on every workload itself: a cluster's env may not name them
+# (xpk would get two --env flags for one name, and which one wins is up to Kubernetes).
+RESERVED_ENV = {CONFIG_ENV: "the compiled config, base64, in docker_image mode"}
+
+
 def check_entry(name: str, entry: ClusterEntry, source: SourceMap) -> list[Diagnostic]:
     """The values xpk would reject or pass to a shell, with their positions."""
     at = ("clusters", name)
@@ -173,25 +180,33 @@ def check_entry(name: str, entry: ClusterEntry, source: SourceMap) -> list[Diagn
         out.append(_diag("DC402", message, (*at, field), source, hint))
 
     if not PROJECT_RE.fullmatch(entry.project):
-        bad("project", f"{entry.project!r} is not a GCP project id (6-30 of a-z, 0-9, '-', starting with a letter)")
+        bad("project", f"{entry.project!r} is not a GCP project id (6-30 of a-z, 0-9, '-', starting with a letter)",
+            "Use the GCP project id (not its display name): 6-30 characters of a-z, 0-9 and '-', starting with a letter, e.g. my-tpu-project.")
     if not ZONE_RE.fullmatch(entry.zone):
-        bad("zone", f"{entry.zone!r} is not a GCP zone such as us-central1-a")
+        bad("zone", f"{entry.zone!r} is not a GCP zone such as us-central1-a",
+            "Use a GCP zone: region plus zone letter, e.g. us-central1-a (not a region such as us-central1).")
     if not naming.is_valid_workload_name(entry.cluster):
         why = naming.name_problem(entry.cluster) or f"it is longer than {naming.MAX_WORKLOAD_NAME} characters"
         bad("cluster", f"xpk rejects the cluster name {entry.cluster!r}: {why}", f"xpk names match {naming.WORKLOAD_NAME_PATTERN}, <= 40 characters")
     for field in ("docker_image", "base_docker_image"):
         value = getattr(entry, field)
         if value is not None and not IMAGE_RE.fullmatch(value):
-            bad(field, f"{value!r} is not a docker image reference ([host/]path[:tag][@digest])")
+            bad(field, f"{value!r} is not a docker image reference ([host/]path[:tag][@digest])",
+                IMAGE_HINT)
     if entry.docker_image and entry.base_docker_image:
         bad("base_docker_image", "give docker_image or base_docker_image, not both",
             "docker_image is used as is; base_docker_image gets the build directory layered on by xpk")
     for i, code in enumerate(entry.restart_on_exit_codes):
         if not 0 <= code <= 255:
-            out.append(_diag("DC402", f"exit code {code} is outside 0-255", (*at, "restart_on_exit_codes", i), source))
+            out.append(_diag("DC402", f"exit code {code} is outside 0-255", (*at, "restart_on_exit_codes", i), source,
+                             "Use process exit codes between 0 and 255, e.g. [1, 139]."))
     for key in entry.env:
         if not ENV_NAME_RE.fullmatch(key):
-            out.append(_diag("DC402", f"{key!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)", (*at, "env", key), source, key=True))
+            out.append(_diag("DC402", f"{key!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)", (*at, "env", key), source,
+                             "Use an environment variable name: a letter or '_', then letters, digits and '_'.", key=True))
+        elif key in RESERVED_ENV:
+            out.append(_diag("DC402", f"{key} is set by distillc itself ({RESERVED_ENV[key]}); a cluster cannot set it",
+                             (*at, "env", key), source, f"Remove {key} from the cluster's env.", key=True))
     return out
 
 

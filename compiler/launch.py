@@ -42,7 +42,7 @@ from distillc.compiler.resolve import Plan, PlanError, Workload, resolve_checked
 
 Target = Literal["distillc", "maxtext"]
 RUNTIME_MODULE = "distillc.runtime.main"
-CONFIG_ENV = "DISTILLC_CONFIG_B64"
+CONFIG_ENV = clusters_mod.CONFIG_ENV
 SCRIPT_DIR_IN_IMAGE = "/app"  # where xpk puts --script-dir (core/docker_image.py: arcname app/...)
 SAFE_SCRIPT_DIR = re.compile(r"[A-Za-z0-9._/+-]+")
 INSTALL_XPK = "pip install 'distillc[xpk]'"
@@ -209,7 +209,8 @@ def _image(fr: Front) -> tuple[Optional[xpk.Image], list[Diagnostic]]:
         if value is not None and not clusters_mod.IMAGE_RE.fullmatch(value):
             path = ("resources", field)
             bad.append(make("DC402", f"{value!r} is not a docker image reference ([host/]path[:tag][@digest])",
-                            path=path, span=source.span(path), file=source.file))
+                            path=path, span=source.span(path), file=source.file,
+                            hint=clusters_mod.IMAGE_HINT))
     if bad:
         return None, bad
     if r.docker_image and r.base_docker_image:
@@ -361,7 +362,7 @@ def compile_launch(
             train_module=maxtext.TRAIN_MODULE, topk_module=maxtext.TOPK_MODULE, config_path=maxtext.CONFIG_FILE,
             s=maxtext.config_sections(plan, version),
             mesh_comment=f"{plan.mesh.data} data x {plan.mesh.fsdp} fsdp x {plan.mesh.tensor} tensor over "
-                         f"{plan.mesh.devices} devices ({plan.mesh.num_slices} slice(s) of {plan.mesh.chips_per_slice})",
+                         f"{_count(plan.mesh.devices, 'device')} ({_count(plan.mesh.num_slices, 'slice')} of {plan.mesh.chips_per_slice})",
         )
         files[maxtext.CONFIG_FILE] = render.maxtext_config(maxtext.CONFIG_FILE, context)
     else:
@@ -390,8 +391,13 @@ def compile_launch(
         extra.update(cluster=cluster_doc, workloads=[
             {"name": s.name, "kind": s.kind, "argv": list(s.argv), "depends_on": list(s.depends_on)} for s in script_steps
         ])
+        regenerate = ["distillc", "launch", str(spec_path), f"--clusters={fr.cluster.source.file}",
+                      f"--cluster={fr.cluster.name}", f"--target={target}"]
+        if out_dir is not None:
+            regenerate.append(f"--out={out}")
         files[render.LAUNCH_SCRIPT] = render.launch_script(dict(
             name=plan.name, cluster=cluster_doc, distillc_version=__version__, spec_file=spec_info["file"],
+            regenerate=xpk.shell_line(regenerate),
             spec_sha256=spec_info["sha256"], target=target, steps=script_steps,
             uses_script_dir=image.mode == "base_docker_image",
         ))
@@ -435,6 +441,78 @@ def execute(steps: Sequence[Step], echo: Callable[[str], None], tail_lines: int 
 # ---------------------------------------------------------------- plan output
 
 
+@dataclass(frozen=True)
+class TopkStorage:
+    """What the offline cache holds on disk (runtime/topk_store.py's record layout, before zstd).
+
+    One record per sequence of seq_len L, S slots (top_k, or num_samples for random sampling), G
+    cached temperatures (the grid topk_store.temperature_grid builds from the temperature schedule):
+
+        record = 60 header + L * (4 input + 4 label + 1 mask + 4 label logit)
+               + L * S * (4 index + value bytes (4 float32, 2 bfloat16) [+ 2 count, random only])
+               + L * G * (4 lse + 4 lse slope)
+
+    Training tokens = steps * global_batch_size * seq_len. The held-out split adds whole global
+    batches covering data.eval_fraction of the corpus, which is not known before it is read, so
+    it is given per batch."""
+
+    record_bytes: int
+    seq_len: int
+    slots: int
+    grid: int
+    train_records: int
+    global_batch_size: int
+    eval_fraction: float
+    slot_bytes: int  # 4 id + value bytes (+ 2 count for random sampling)
+
+    @property
+    def header_bytes(self) -> int:
+        return self.record_bytes - self.seq_len * (13 + self.slots * self.slot_bytes + 8 * self.grid)
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.record_bytes / self.seq_len
+
+    @property
+    def train_tokens(self) -> int:
+        return self.train_records * self.seq_len
+
+    @property
+    def train_bytes(self) -> int:
+        return self.train_records * self.record_bytes
+
+    @property
+    def eval_batch_bytes(self) -> int:
+        return self.global_batch_size * self.record_bytes
+
+    def json(self) -> dict[str, Any]:
+        return {"train_tokens": self.train_tokens, "train_records": self.train_records, "bytes_per_token": self.bytes_per_token,
+                "record_bytes": self.record_bytes, "train_bytes": self.train_bytes, "slots": self.slots,
+                "temperature_grid": self.grid, "slot_bytes": self.slot_bytes, "header_bytes": self.header_bytes,
+                "eval_bytes_per_batch": self.eval_batch_bytes if self.eval_fraction > 0 else 0,
+                "compressed": False}
+
+
+def topk_storage(plan: Plan) -> Optional[TopkStorage]:
+    """The offline cache's size, from the runtime's own record layout (None for online plans)."""
+    cfg = plan.train
+    if cfg.offline is None:
+        return None
+    from distillc.runtime.topk_store import record_spec  # numpy only; no jax
+
+    rec = record_spec(cfg)
+    slot = 4 + (2 if rec.value_dtype == "bfloat16" else 4) + (2 if rec.kind == "random" else 0)
+    return TopkStorage(rec.nbytes, rec.seq_len, rec.slots, rec.grid, cfg.train.steps * cfg.data.global_batch_size,
+                       cfg.data.global_batch_size, cfg.data.eval_fraction, slot)
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
 def plan_json(plan: Plan) -> dict[str, Any]:
     from distillc.compiler.plan_schedules import schedule_table, table_steps
 
@@ -455,7 +533,13 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "workloads": [{"name": w.name, "stage": w.stage, "config": w.config_file, "depends_on": list(w.depends_on)}
                       for w in plan.workloads],
         "configs": {w.config_file: c.model_dump(mode="json") for w, c in zip(plan.workloads, plan.configs)},
+        "topk_storage": storage.json() if (storage := topk_storage(plan)) is not None else None,
     }
+
+
+def _count(n: int, word: str) -> str:
+    """'1 device', '8 devices'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def plan_text(plan: Plan, spec: Any) -> str:
@@ -493,10 +577,22 @@ def plan_text(plan: Plan, spec: Any) -> str:
     if cfg.offline is not None:
         o = cfg.offline
         lines.append(f"offline: top-{o.top_k} ({o.sampling}, {o.loss}) cached in {o.data_dir}")
+        st = topk_storage(plan)
+        assert st is not None
+        value = "2 (bfloat16)" if o.dtype == "bfloat16" else "4 (float32)"
+        count = " + 2 count" if o.sampling == "random" else ""
+        lines.append(f"  cache  {st.train_tokens:,} training tokens ({cfg.train.steps} steps x {cfg.data.global_batch_size} x "
+                     f"{st.seq_len}) x {st.bytes_per_token:.1f} B/token = {_bytes(st.train_bytes)} before compression")
+        temps = "temperature" if st.grid == 1 else "temperatures"
+        lines.append(f"         per token: {st.slots} slots x (4 id + {value} value{count}) + {st.grid} {temps} x 8 "
+                     f"(tail lse + slope) + 13 (input, label, mask, label logit) + {st.header_bytes}/{st.seq_len} header")
+        if cfg.data.eval_fraction > 0:
+            lines.append(f"         + held-out split: {_bytes(st.eval_batch_bytes)} per global batch of eval windows "
+                         f"(data.eval_fraction {cfg.data.eval_fraction:g} of the corpus)")
     m = plan.mesh
     lines += [
         "",
-        f"mesh     {plan.accelerator.name} x {m.num_slices} slice(s) = {m.devices} devices: "
+        f"mesh     {plan.accelerator.name} x {_count(m.num_slices, 'slice')} = {_count(m.devices, 'device')}: "
         f"data {m.data} x fsdp {m.fsdp} x tensor {m.tensor}",
         f"batch    {cfg.data.global_batch_size} sequences of {cfg.data.seq_len} tokens; per chip "
         f"{format_batch(m.per_chip_batch)} (over data x fsdp = {m.batch_shards})",

@@ -67,6 +67,11 @@ _CODES = [
      "Point data.source at a .jsonl file or a glob of them to make the MaxText run read the same documents.",
      "The distillc runtime reads a directory's .txt and .jsonl files; the MaxText config reads "
      "<dir>/*.jsonl with Hugging Face's json loader, so .txt files in it are not trained on."),
+    ("DC432", N, "the default held-out evaluation is not rendered for MaxText",
+     "Set data.eval_fraction: 0 to silence this note, or evaluate the checkpoints separately.",
+     "The spec did not set data.eval_fraction, so distillc's default holds out a fraction of the data "
+     "for evaluation; MaxText's loaders cannot, so its config trains on all of it. DC429 warns "
+     "instead when the spec sets eval_fraction itself."),
 ]
 
 for _code, _sev, _title, _hint, _doc in _CODES:

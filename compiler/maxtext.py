@@ -20,8 +20,9 @@ schedule tables (DC421), layer pairs that are not (i, i) (DC422), models outside
 version's configs/models (DC423), different vocabulary sizes (DC424), data and tokenizers its
 loaders cannot read (DC425, DC426), learning-rate decays other than cosine (DC427), offline losses
 other than its renormalized top-k (DC428), a mesh that does not split over the slices (DC430).
-Warnings say where the MaxText run differs from the distillc one: no held-out evaluation (DC429),
-a data directory read as its .jsonl files (DC431).
+Warnings say where the MaxText run differs from the distillc one: no held-out evaluation when the
+spec asks for it (DC429; a note, DC432, when the eval_fraction is distillc's default), a data
+directory read as its .jsonl files (DC431).
 """
 
 from __future__ import annotations
@@ -337,8 +338,12 @@ def check(plan: Plan, spec: Any, source: SourceMap) -> list[Diagnostic]:
             diag("DC428", f"offline.capture_temperature {o.capture_temperature:g}: MaxText saves raw logits (temperature 1)",
                  ("offline", "capture_temperature"))
     if cfg.data.eval_fraction > 0:
-        diag("DC429", f"data.eval_fraction {cfg.data.eval_fraction:g}: MaxText's loaders cannot hold out a fraction of "
-             "one source; the MaxText config trains on all of it and does not evaluate", ("data", "eval_fraction"))
+        if ("data", "eval_fraction") in source.spans:  # the user asked for it: warn
+            diag("DC429", f"data.eval_fraction {cfg.data.eval_fraction:g}: MaxText's loaders cannot hold out a fraction of "
+                 "one source; the MaxText config trains on all of it and does not evaluate", ("data", "eval_fraction"))
+        else:  # distillc's default: say so once, quietly
+            diag("DC432", f"the default data.eval_fraction {cfg.data.eval_fraction:g} is not rendered: the MaxText config "
+                 "trains on all of data.source and does not evaluate", ("data", "eval_fraction"))
     mesh = plan.mesh
     if mesh.dcn_split() is None:
         diag("DC430", f"mesh data {mesh.data} x fsdp {mesh.fsdp} does not split over {mesh.num_slices} slices "

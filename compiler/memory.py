@@ -88,13 +88,21 @@ class MeshShape:
 
 
 def resolve_mesh(data: int, fsdp: int, tensor: int, devices: int) -> Optional[MeshShape]:
-    """The mesh for `devices` devices; `data: -1` takes what fsdp * tensor leave. None if invalid."""
-    if devices < 1 or fsdp < 1 or tensor < 1 or (data < 1 and data != -1):
+    """The mesh for `devices` devices, or None if invalid. At most one of data and fsdp may be -1:
+    it takes what the other two axes leave (devices / their product, which must divide); every
+    other axis is at least 1."""
+    if devices < 1 or tensor < 1 or (data == -1 and fsdp == -1):
+        return None
+    if (data < 1 and data != -1) or (fsdp < 1 and fsdp != -1):
         return None
     if data == -1:
         if devices % (fsdp * tensor):
             return None
         data = devices // (fsdp * tensor)
+    elif fsdp == -1:
+        if devices % (data * tensor):
+            return None
+        fsdp = devices // (data * tensor)
     if data * fsdp * tensor != devices:
         return None
     return MeshShape(data, fsdp, tensor)

@@ -86,9 +86,9 @@ def command_word(value: str, gpu: bool) -> tuple[str, Optional[str]]:
     if bad:
         names = {"\n": "a newline", "\r": "a carriage return", '"': "a double quote", "\\": "a backslash"}
         why = " and ".join(names[c] for c in dict.fromkeys(bad))
-        where = "on GPU device types " if gpu and any(c in ('"', "\\") for c in bad) else ""
+        where = " on GPU device types" if gpu and any(c in ('"', "\\") for c in bad) else ""
         extra = " (a single quote is written as '\"'\"' in bash)" if gpu and "'" in value and '"' not in value else ""
-        return quoted, f"it contains {why}, which xpk 1.16 cannot carry in --command {where}intact{extra}"
+        return quoted, f"it contains {why}, which cannot arrive intact in --command{where} (xpk 1.16){extra}"
     return quoted, None
 
 

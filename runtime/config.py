@@ -20,7 +20,8 @@ CONFIG_VERSION = 1
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: `distillc validate` needs only ModelArch; the other schemas build on first use
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 # ---------------------------------------------------------------- architecture

@@ -47,6 +47,28 @@ class TestPlan:
         assert len(doc["schedule"]) == 11 and doc["schedule"][0]["alpha"] == 0.7
         assert set(doc["memory"]) == {"save_topk", "train"}
 
+    def test_offline_cache_storage(self, tmp_path):
+        # hand-computed from runtime/topk_store.py's record layout: 60-byte header; per token
+        # 4 input + 4 label + 1 mask + 4 label logit, k x (4 id + value bytes), G x (4 lse + 4 slope)
+        doc = json.loads(run("plan", GOLDEN_INPUTS / "offline.yaml", "--format", "json").stdout)["topk_storage"]
+        assert doc["record_bytes"] == 60 + 2048 * (13 + 64 * (4 + 4) + 1 * 8)
+        assert doc["train_tokens"] == 5000 * 256 * 2048 and doc["train_bytes"] == 5000 * 256 * doc["record_bytes"]
+        assert doc["eval_bytes_per_batch"] == 0  # eval_fraction 0
+        spec = tmp_path / "s.yaml"
+        spec.write_text((GOLDEN_INPUTS / "offline.yaml").read_text()
+                        .replace("  temperature: 1.0\n", "  temperature: {start: 2.0, end: 1.0, schedule: cosine}\n")
+                        .replace("  loss: renormalized\n", "  loss: renormalized\n  dtype: bfloat16\n"))
+        r = run("plan", spec, "--format", "json")
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)["topk_storage"]
+        # bfloat16 values: 2 bytes; T 2 -> 1 is beta 0.5 -> 1.0 in steps of at most 0.125: 5 temperatures
+        assert doc["temperature_grid"] == 5 and doc["record_bytes"] == 60 + 2048 * (13 + 64 * (4 + 2) + 5 * 8)
+        text = run("plan", spec).stdout
+        assert "2,621,440,000 training tokens (5000 steps x 256 x 2048) x 437.0 B/token" in text
+        assert "64 slots x (4 id + 2 (bfloat16) value) + 5 temperatures x 8" in text
+        online = json.loads(run("plan", GOLDEN_INPUTS / "pruning.yaml", "--format", "json").stdout)
+        assert online["topk_storage"] is None
+
     def test_vocab_note(self, tmp_path):
         spec = tmp_path / "s.yaml"
         spec.write_text(spec_text("teacher: {model: qwen2.5-7b, checkpoint: gs://b/t}\nstudent: {model: qwen2.5-1.5b}\n"
@@ -59,8 +81,13 @@ class TestPlan:
     def test_cluster_accelerator_wins(self):
         r = run("plan", GOLDEN_INPUTS / "offline.yaml", "--cluster", "h100", "--clusters", CLUSTERS)
         assert r.exit_code == 0, r.output
-        assert "h100-80gb-8 x 2 slice(s) = 16 devices" in r.stdout
+        assert "h100-80gb-8 x 2 slices = 16 devices" in r.stdout
         assert "DC400" in r.stderr
+
+    def test_one_device_is_singular(self):
+        r = run("plan", QUICKSTART)
+        assert r.exit_code == 0, r.output
+        assert "x 1 slice = 1 device:" in r.stdout and "1 devices" not in r.stdout
 
     def test_errors_exit_1(self, tmp_path):
         spec = tmp_path / "s.yaml"
@@ -118,7 +145,8 @@ class TestLaunchDryRun:
         r = run("launch", GOLDEN_INPUTS / "offline.yaml", "--cluster", "v5p", "--clusters", CLUSTERS,
                 "--format", "json", "--out", "out")
         doc = json.loads(r.stdout)
-        assert set(doc) == {"workloads", "artifacts"}
+        assert set(doc) == {"workloads", "artifacts", "diagnostics"}
+        assert r.stderr.count("DC") == 0  # json mode: every diagnostic is in the document, none as text
         topk, train = doc["workloads"]
         assert set(topk) == {"name", "argv", "depends_on"}
         assert (topk["name"], topk["depends_on"]) == ("golden-offline-topk", [])
@@ -133,8 +161,31 @@ class TestLaunchDryRun:
         launched = run("launch", spec, "--cluster", "v5p", "--clusters", CLUSTERS, "--format", "json")
         validated = run("validate", spec, "--format", "json")
         assert launched.exit_code == validated.exit_code == 1
-        assert json.loads(launched.stdout) == json.loads(validated.stdout)
+        doc = json.loads(launched.stdout)
+        assert set(doc) == {"workloads", "artifacts", "diagnostics"}
+        assert doc["workloads"] == doc["artifacts"] == []
+        assert doc["diagnostics"] == json.loads(validated.stdout)
+        assert "DC" not in launched.stderr
         assert not (in_tmp / "build").exists()
+
+    def test_plan_json_errors_keep_the_shape(self, in_tmp):
+        spec = in_tmp / "bad.yaml"
+        spec.write_text((GOLDEN_INPUTS / "pruning.yaml").read_text().replace("start: 1.0, end: 0.1", "start: 0.0, end: 0.1"))
+        r = run("plan", spec, "--format", "json")
+        assert r.exit_code == 1
+        doc = json.loads(r.stdout)
+        assert doc["workloads"] == [] and doc["diagnostics"] and all("code" in d for d in doc["diagnostics"])
+        assert "DC" not in r.stderr
+
+    def test_json_success_carries_warnings(self, in_tmp):
+        r = run("launch", GOLDEN_INPUTS / "offline.yaml", "--cluster", "h100", "--clusters", CLUSTERS,
+                "--format", "json", "--out", "out")
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        assert "DC400" in {d["code"] for d in doc["diagnostics"]}
+        assert "DC400" not in r.stderr
+        p = run("plan", GOLDEN_INPUTS / "offline.yaml", "--cluster", "h100", "--clusters", CLUSTERS, "--format", "json")
+        assert "DC400" in {d["code"] for d in json.loads(p.stdout)["diagnostics"]} and "DC400" not in p.stderr
 
     def test_maxtext_target(self, in_tmp):
         r = run("launch", GOLDEN_INPUTS / "pruning.yaml", "--cluster", "v5p", "--clusters", CLUSTERS, "--target", "maxtext")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -44,8 +45,14 @@ def compile_case(spec: str, cluster: str, target: str, out: Path):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_golden(case, tmp_path):
-    compiled = compile_case(*CASES[case], tmp_path / "out")
+def test_golden(case, monkeypatch):
+    # from the inputs directory with relative paths, as a user runs it: launch.sh's Regenerate line
+    # names the spec, clusters file and --out as given, so the golden files hold no checkout path
+    monkeypatch.chdir(INPUTS)
+    spec, cluster, target = CASES[case]
+    compiled = compile_launch(Path(f"{spec}.yaml"), cluster_name=cluster, clusters_file=Path("clusters.yaml"),
+                              target=target, out_dir=Path("build") / case)
+    assert compiled.ok, [(d.code, d.message) for d in compiled.diagnostics if d.is_error]
     got = {a.name: a.content for a in compiled.build.artifacts}
     expected_dir = GOLDEN / case
     if os.environ.get("DISTILLC_UPDATE_GOLDEN") == "1":
@@ -67,7 +74,22 @@ class TestDeterminism:
         write(b.build)
         files_a = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
         files_b = {p.name: p.read_bytes() for p in (tmp_path / "elsewhere" / "b").iterdir()}
+        # only launch.sh's Regenerate line names the --out it was given (and manifest.json hashes launch.sh)
+        regen_a = files_a.pop("launch.sh").replace(str(tmp_path / "a").encode(), b"OUT")
+        regen_b = files_b.pop("launch.sh").replace(str(tmp_path / "elsewhere" / "b").encode(), b"OUT")
+        assert regen_a == regen_b
+        files_a.pop("manifest.json"), files_b.pop("manifest.json")
         assert files_a == files_b
+        c = compile_case("offline", "h100", "distillc", tmp_path / "a")
+        assert [x.content for x in c.build.artifacts] == [x.content for x in a.build.artifacts]
+
+    def test_regenerate_line_regenerates(self, tmp_path):
+        compiled = compile_case("offline", "h100", "maxtext", tmp_path / "o")
+        script = {x.name: x.content for x in compiled.build.artifacts}["launch.sh"].decode()
+        line = next(l for l in script.splitlines() if l.startswith("# Regenerate"))
+        words = shlex.split(line.split(": ", 1)[1])
+        assert words == ["distillc", "launch", str(INPUTS / "offline.yaml"), f"--clusters={CLUSTERS}",
+                         "--cluster=h100", "--target=maxtext", f"--out={tmp_path / 'o'}"]
 
     def test_manifest_lists_every_artifact_hash(self, tmp_path):
         compiled = compile_case("offline", "v5p", "distillc", tmp_path / "o")
@@ -265,6 +287,18 @@ def test_maxtext_diagnostics(tmp_path, code, fragment, needle):
     hits = [d for d in compiled.diagnostics if d.code == code]
     assert hits, [(d.code, d.message) for d in compiled.diagnostics]
     assert hits[0].span.line == line_of(text, needle)
+
+
+def test_default_eval_fraction_is_a_note_not_a_warning(tmp_path):
+    text = spec_text("", base=spec_text(MT_BASE.replace(", eval_fraction: 0}", "}")))
+    assert "eval_fraction" not in text
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    compiled = compile_launch(spec, cluster_name="v5p", clusters_file=CLUSTERS, target="maxtext", out_dir=tmp_path / "o")
+    got = {d.code: d.severity.value for d in compiled.diagnostics}
+    assert compiled.ok and "DC429" not in got and got.get("DC432") == "note"
+    _, written = mt_diags(tmp_path, "data: {eval_fraction: 0.1}")
+    assert {"DC429"} <= {d.code for d in written.diagnostics} and "DC432" not in {d.code for d in written.diagnostics}
 
 
 def test_maxtext_v021_has_no_schedules(tmp_path):

@@ -51,6 +51,31 @@ class TestDC150MeshDevices:
         assert "DC150" not in codes(check_text(text))
 
 
+    def test_fsdp_rest_takes_every_device(self):
+        from distillc.compiler.memory import MeshShape, resolve_mesh
+
+        assert resolve_mesh(1, -1, 1, 64) == MeshShape(1, 64, 1)
+        assert resolve_mesh(2, -1, 2, 16) == MeshShape(2, 4, 2)
+        assert resolve_mesh(-1, -1, 1, 8) is None
+        assert resolve_mesh(3, -1, 1, 8) is None
+        for acc in ("v5p-8", "v5p-128", "v6e-8"):
+            text = cluster(f"resources: {{accelerator: {acc}}}\nruntime: {{mesh: {{data: 1, fsdp: -1, tensor: 1}}}}")
+            assert "DC150" not in codes(check_text(text)), acc
+
+    def test_fails_both_rest(self):
+        text = cluster("resources: {accelerator: v5p-8}\nruntime: {mesh: {data: -1, fsdp: -1, tensor: 1}}")
+        d = find(check_text(text), "DC150")
+        assert "both -1" in d.message and d.path == ("runtime", "mesh", "fsdp")
+
+    def test_fails_fsdp_rest_does_not_divide(self):
+        text = cluster("resources: {accelerator: v5p-8}\nruntime: {mesh: {data: 3, fsdp: -1, tensor: 1}}")
+        assert "fsdp: -1 takes the rest" in find(check_text(text), "DC150").message
+
+    def test_fails_negative_fsdp_other_than_rest(self):
+        text = cluster("resources: {accelerator: v5p-8}\nruntime: {mesh: {data: 1, fsdp: -2, tensor: 1}}")
+        assert "fsdp is -2" in find(check_text(text), "DC150").message
+
+
 class TestDC151BatchDivisible:
     def test_fails(self):
         text = cluster("resources: {accelerator: v5p-8}\ndata: {global_batch_size: 6}")

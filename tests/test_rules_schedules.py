@@ -172,3 +172,8 @@ class TestDC139AlphaLocked:
     def test_passes_decaying(self):
         text = spec_text("student: {model: tiny-teacher}\nloss: {alpha: {start: 0.9, end: 0.5, schedule: cosine}}")
         assert "DC139" not in codes(check_text(text))
+
+    @pytest.mark.parametrize("alpha", ["1.5", "{start: 1.2, end: 0.9, schedule: cosine}"])
+    def test_silent_when_dc130_fires(self, alpha):
+        got = codes(check_text(spec_text(f"student: {{model: tiny-teacher}}\nloss: {{alpha: {alpha}}}")))
+        assert "DC130" in got and "DC139" not in got

@@ -178,6 +178,22 @@ class TestHostileClusterValues:
         assert compiled.build is None
         d = next(d for d in compiled.diagnostics if d.code == "DC402")
         assert d.file == str(cl) and d.span.line == line_of(text, f"    {field}:")
+        # the hint names the one form this field needs, not every field's
+        expected = {"project": "GCP project id", "zone": "GCP zone", "cluster": "xpk names match",
+                    "docker_image": "docker image reference"}[field]
+        assert expected in d.hint
+        others = {"GCP project id", "GCP zone", "docker image reference"} - {expected}
+        assert not any(o in d.hint for o in others), d.hint
+
+    def test_reserved_env_name_rejected_at_its_line(self, tmp_path):
+        text = CLUSTERS.replace("    docker_image: gcr.io/proj-123/distillc:1\n",
+                                "    docker_image: gcr.io/proj-123/distillc:1\n    env:\n      DISTILLC_CONFIG_B64: x\n", 1)
+        spec, cl = write(tmp_path, clusters=text)
+        compiled = compile_launch(spec, cluster_name="tpu", clusters_file=cl, out_dir=tmp_path / "out")
+        assert compiled.build is None
+        d = next(d for d in compiled.diagnostics if d.code == "DC402")
+        assert d.file == str(cl) and d.span.line == line_of(text, "      DISTILLC_CONFIG_B64:")
+        assert "set by distillc" in d.message
 
     def test_env_name_rejected_value_encoded(self, tmp_path):
         text = CLUSTERS.replace("    docker_image: gcr.io/proj-123/distillc:1\n",
@@ -232,3 +248,5 @@ student: {{model: qwen3-0.6b}}
             pytest.skip(f"spec does not validate here: {[(d.code, d.message) for d in gpu.diagnostics if d.is_error]}")
         assert bad is not None and bad.path == ("offline", "data_dir")
         assert ("DC406" in codes(tpu)) == (not gpu_only)
+        assert "cannot arrive intact in --command" in bad.message
+        assert bad.message.rstrip(")").endswith("on GPU device types (xpk 1.16") == gpu_only, bad.message

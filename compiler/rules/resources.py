@@ -18,7 +18,8 @@ def _devices(ctx) -> int:
 def _where(ctx) -> str:
     n = ctx.spec.resources.num_slices
     slices = f" x {n} slices" if n > 1 else ""
-    return f"{ctx.accelerator.name}{slices} ({_devices(ctx)} devices)"
+    n = _devices(ctx)
+    return f"{ctx.accelerator.name}{slices} ({n} device{'' if n == 1 else 's'})"
 
 
 def _mesh(ctx):
@@ -31,14 +32,17 @@ def _mesh(ctx):
     Severity.ERROR,
     "mesh does not match the device count",
     needs=("runtime", "resources", "accelerator"),
-    hint="Make data * fsdp * tensor equal chips * num_slices, or set data: -1 to take what the other axes leave. "
+    hint="Make data * fsdp * tensor equal chips * num_slices, or set one of data and fsdp to -1 to take what the "
+    "other axes leave (fsdp: -1 with data: 1 fits every accelerator). "
     "v5p-N and v4-N count TensorCores: v5p-128 is 64 chips.",
 )
 def mesh_devices(ctx) -> Iterator[Finding]:
     """Every device holds exactly one shard of the mesh, so the product of the axes must equal
     the number of devices: the accelerator's chips times num_slices (one JAX device per chip; a
     v5p-N or v4-N name counts TensorCores, two per chip). `data: -1` resolves to the devices
-    left over by fsdp * tensor, which must divide them. fsdp and tensor are at least 1.
+    left over by fsdp * tensor, which must divide them; `fsdp: -1` likewise takes what data * tensor
+    leave (`{data: 1, fsdp: -1}` shards over every device of whatever accelerator the run gets).
+    At most one of data and fsdp is -1; tensor, and any axis that is not -1, is at least 1.
 
     Fails::
 
@@ -53,27 +57,37 @@ def mesh_devices(ctx) -> Iterator[Finding]:
     m = ctx.spec.runtime.mesh
     devices = _devices(ctx)
     bad = False
-    for axis in ("fsdp", "tensor"):
-        if getattr(m, axis) < 1:
-            bad = True
-            yield finding(ctx, f"mesh axis {axis} is {getattr(m, axis)}; it must be at least 1", "runtime", "mesh", axis)
-    if m.data < 1 and m.data != -1:
+    if m.tensor < 1:
         bad = True
-        yield finding(ctx, f"mesh axis data is {m.data}; it must be at least 1, or -1 for the rest", "runtime", "mesh", "data")
+        yield finding(ctx, f"mesh axis tensor is {m.tensor}; it must be at least 1", "runtime", "mesh", "tensor")
+    for axis in ("data", "fsdp"):
+        value = getattr(m, axis)
+        if value < 1 and value != -1:
+            bad = True
+            yield finding(ctx, f"mesh axis {axis} is {value}; it must be at least 1, or -1 for the rest", "runtime", "mesh", axis)
+    if m.data == -1 and m.fsdp == -1:
+        bad = True
+        yield finding(ctx, "mesh axes data and fsdp are both -1; at most one axis may take the rest", "runtime", "mesh", "fsdp",
+                      hint="Set fsdp: -1 with data: 1 (shard the weights over every device), or data: -1 with a fixed fsdp.")
     if bad:
         return
-    if m.data == -1:
-        if devices % (m.fsdp * m.tensor):
+    rest = "data" if m.data == -1 else "fsdp" if m.fsdp == -1 else None
+    if rest is not None:
+        others = [(a, getattr(m, a)) for a in ("data", "fsdp", "tensor") if a != rest]
+        product = others[0][1] * others[1][1]
+        if devices % product:
             yield finding(
                 ctx,
-                f"fsdp {m.fsdp} x tensor {m.tensor} = {m.fsdp * m.tensor} does not divide the {devices} devices of {_where(ctx)}",
+                f"{others[0][0]} {others[0][1]} x {others[1][0]} {others[1][1]} = {product} does not divide the "
+                f"{devices} devices of {_where(ctx)} ({rest}: -1 takes the rest)",
                 "runtime",
                 "mesh",
             )
     elif m.data * m.fsdp * m.tensor != devices:
         yield finding(
             ctx,
-            f"mesh data {m.data} x fsdp {m.fsdp} x tensor {m.tensor} = {m.data * m.fsdp * m.tensor} devices, "
+            f"mesh data {m.data} x fsdp {m.fsdp} x tensor {m.tensor} = {m.data * m.fsdp * m.tensor} "
+            f"device{'' if m.data * m.fsdp * m.tensor == 1 else 's'}, "
             f"but {_where(ctx)} has {devices}",
             "runtime",
             "mesh",
@@ -222,8 +236,9 @@ def _memory_hint(ctx, stage: str) -> str:
     if spec.mode == "online":
         fixes.append("mode: offline (top-k: the teacher runs alone, once, and is not in memory while the student trains)")
     fixes.append("a larger accelerator or more slices (resources)")
-    if mesh.data != 1:
-        fixes.append(f"more fsdp (runtime.mesh.fsdp, now {mesh.fsdp}; data -1 takes the rest): weights shard over fsdp, not data")
+    if mesh.data != 1 and mesh.fsdp != -1:
+        fixes.append(f"more fsdp (runtime.mesh: data 1, fsdp -1 takes every device; fsdp now {mesh.fsdp}): "
+                     "weights shard over fsdp, not data")
     if (spec.student.overrides.remat or "full") != "full" and stage == "train":
         fixes.append("student.overrides.remat: full")
     if spec.teacher.overrides.weight_dtype == "float32":

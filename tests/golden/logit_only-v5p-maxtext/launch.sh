@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # golden-logit-only: 1 xpk command(s) for cluster 'v5p' (golden-project, us-east5-a).
 # Rendered by distillc 0.1.0 from logit_only.yaml (sha256 8d2dc7d90bf6e13dde3bf74c4a2ac0a907d9c32a936599183557667807b6ca41), target maxtext.
-# Regenerate instead of editing: distillc launch logit_only.yaml --cluster=v5p --target=maxtext
+# Regenerate instead of editing (from the directory distillc ran in): distillc launch logit_only.yaml --clusters=clusters.yaml --cluster=v5p --target=maxtext --out=build/logit_only-v5p-maxtext
 set -euo pipefail
 command -v xpk >/dev/null 2>&1 || { echo "launch.sh: xpk is not on PATH: pip install 'distillc[xpk]'" >&2; exit 127; }
 cd "$(dirname "$0")"

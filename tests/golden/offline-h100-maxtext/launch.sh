@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # golden-offline: 3 xpk command(s) for cluster 'h100' (golden-project, us-central1-a).
 # Rendered by distillc 0.1.0 from offline.yaml (sha256 9e9ef93f50d50938a54ccb7b8ec592ea205b2bd8850d6aac943d1d19bc23470a), target maxtext.
-# Regenerate instead of editing: distillc launch offline.yaml --cluster=h100 --target=maxtext
+# Regenerate instead of editing (from the directory distillc ran in): distillc launch offline.yaml --clusters=clusters.yaml --cluster=h100 --target=maxtext --out=build/offline-h100-maxtext
 set -euo pipefail
 command -v xpk >/dev/null 2>&1 || { echo "launch.sh: xpk is not on PATH: pip install 'distillc[xpk]'" >&2; exit 127; }
 # xpk layers this directory (the compiled configs) onto the base image as /app: run from here.

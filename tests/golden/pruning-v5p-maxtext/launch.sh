@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # golden-prune: 1 xpk command(s) for cluster 'v5p' (golden-project, us-east5-a).
 # Rendered by distillc 0.1.0 from pruning.yaml (sha256 518b60d599f6897941d1fc1ab9b0757935724e3485e885483b435513c2e0877b), target maxtext.
-# Regenerate instead of editing: distillc launch pruning.yaml --cluster=v5p --target=maxtext
+# Regenerate instead of editing (from the directory distillc ran in): distillc launch pruning.yaml --clusters=clusters.yaml --cluster=v5p --target=maxtext --out=build/pruning-v5p-maxtext
 set -euo pipefail
 command -v xpk >/dev/null 2>&1 || { echo "launch.sh: xpk is not on PATH: pip install 'distillc[xpk]'" >&2; exit 127; }
 cd "$(dirname "$0")"
