@@ -1,0 +1,152 @@
+"""Orbax checkpoints: the resumable training state, and plain parameter checkpoints.
+
+A training checkpoint (CheckpointManager, one directory per step, written to a temporary name and
+renamed when complete, so a killed job never leaves a half checkpoint that looks finished) holds
+  params     the student's nnx.Param state
+  opt_state  the optax state
+  data       the input iterator's state ({"next_index": batches returned}, equal on every process)
+  meta       {"step", "config_name", "tokens_seen", ...}: a JSON record
+The teacher is never in it: it is frozen and restored read-only from its own checkpoint.
+
+A parameter checkpoint (`save_params` / `restore_params`) is one PyTree directory holding a
+model's nnx.Param state: what a trained teacher is cached as. `restore_params` also accepts the
+root of a training run's checkpoint directory (it takes the latest step's `params`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing or does not fit the model; the message names the path."""
+
+
+def _abs(path: str | os.PathLike) -> epath.Path:
+    p = epath.Path(path)
+    return p if str(p).startswith(("gs://", "s3://")) or p.is_absolute() else epath.Path(os.path.abspath(p))
+
+
+def abstract(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) of a tree of arrays: a restore target."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+@dataclass(frozen=True)
+class Restored:
+    step: int
+    params: Any
+    opt_state: Any
+    data_state: dict
+    meta: dict
+
+
+class TrainCheckpoints:
+    """Save every `every` steps (and on demand), keep the newest `max_to_keep`, resume from the latest."""
+
+    def __init__(self, directory: str, *, every: int, max_to_keep: int, async_save: bool = True):
+        self.directory = _abs(directory)
+        self.every = every
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            save_interval_steps=1,  # the trainer decides when; see should_save
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self._mngr = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("params", "opt_state", "data", "meta")
+        )
+
+    def should_save(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def save(self, step: int, *, params, opt_state, data_state: dict, meta: dict) -> None:
+        """Starts the save (asynchronously by default); values are snapshotted before it returns."""
+        self._mngr.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                opt_state=ocp.args.StandardSave(opt_state),
+                data=ocp.args.JsonSave(dict(data_state)),
+                meta=ocp.args.JsonSave(dict(meta, step=step)),
+            ),
+            force=True,
+        )
+
+    def restore(self, step: int, *, params_like, opt_state_like) -> Restored:
+        """Restores onto the shardings and dtypes of the given (abstract or concrete) trees."""
+        out = self._mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract(params_like)),
+                opt_state=ocp.args.StandardRestore(abstract(opt_state_like)),
+                data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return Restored(step, out.params, out.opt_state, dict(out.data), dict(out.meta))
+
+    def wait(self) -> None:
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.wait_until_finished()
+        self._mngr.close()
+
+
+def save_params(path: str, params: Any) -> None:
+    """Writes a parameter checkpoint (atomically: a temporary directory renamed when complete)."""
+    target = _abs(path)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(target, params, force=True)
+    ckptr.wait_until_finished()
+    ckptr.close()
+
+
+def is_checkpoint(path: str) -> bool:
+    """A finished parameter checkpoint or a training-run checkpoint root with a finished step."""
+    p = _abs(path)
+    if not p.exists():
+        return False
+    if (p / "_CHECKPOINT_METADATA").exists():
+        return True
+    return _latest_step_dir(p) is not None
+
+
+def _latest_step_dir(root: epath.Path) -> epath.Path | None:
+    steps = []
+    for child in root.iterdir():
+        if child.name.isdigit() and (child / "params").exists():
+            steps.append(int(child.name))
+    return root / str(max(steps)) / "params" if steps else None
+
+
+def restore_params(path: str, params_like: Any) -> Any:
+    """Restores a parameter checkpoint (or a run's latest `params`) onto `params_like`'s shardings
+    and dtypes (a bfloat16 target casts float32 weights on load)."""
+    p = _abs(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    if (p / "params" / "_METADATA").exists():  # one step of a training run
+        p = p / "params"
+    elif not (p / "_CHECKPOINT_METADATA").exists():
+        step_dir = _latest_step_dir(p)
+        if step_dir is None:
+            raise CheckpointError(f"{path!r} is neither a parameter checkpoint nor a run with saved steps")
+        p = step_dir
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        return ckptr.restore(p, abstract(params_like))
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path!r} does not match the model: {e}") from e
+    finally:
+        ckptr.close()

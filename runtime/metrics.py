@@ -1,0 +1,186 @@
+"""Metrics: (sum, count) accumulation, and the sinks (metrics.jsonl, TensorBoard, the terminal).
+
+Every token-weighted metric travels as a (sum, count) pair. Inside the jitted step the sums run
+over the global batch (XLA reduces across devices and hosts), and here a logging window adds the
+pairs of its steps, so a window's value is sum(sums) / sum(counts): an unbiased token mean however
+many valid tokens each step had. Perplexities are exp of the reduced cross-entropies (never a mean
+of per-step perplexities). Schedule values (alpha, temperature, beta, learning rate) are the value
+at the window's last step.
+
+Only process 0 writes; other processes keep the same accumulators (cheap) and write nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+# name in the jsonl -> TensorBoard tag. The distill/* names follow the guide's monitoring table.
+TAGS = {
+    "soft_loss": "distill/soft_loss",
+    "hard_loss": "distill/hard_loss",
+    "teacher_ce": "distill/teacher_loss",
+    "student_perplexity": "distill/student_perplexity",
+    "teacher_perplexity": "distill/teacher_perplexity",
+    "kl_T": "distill/kl_div_T",
+    "kl_T1": "distill/kl_div_T1",
+    "feature_loss": "distill/out_proj_feature_loss",
+    "total_loss": "distill/total_loss",
+    "alpha": "distill/alpha",
+    "temperature": "distill/temperature",
+    "beta": "distill/beta",
+    "learning_rate": "train/learning_rate",
+    "grad_norm": "train/grad_norm",
+    "tokens_per_sec": "perf/tokens_per_sec",
+    "step_time_s": "perf/step_time_s",
+    "mfu": "perf/mfu",
+}
+
+# Derived metrics: name -> the cross-entropy whose exp it is.
+PERPLEXITY_OF = {"student_perplexity": "hard_loss", "teacher_perplexity": "teacher_ce"}
+
+
+class Window:
+    """Accumulates (sum, count) pairs and last-value scalars over a logging window."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self.steps = 0
+
+    def add(self, pairs: Mapping[str, tuple[Any, Any]], scalars: Mapping[str, Any] = {}) -> None:
+        for k, (s, c) in pairs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(s)
+            self.counts[k] = self.counts.get(k, 0.0) + float(c)
+        for k, v in scalars.items():
+            self.last[k] = float(v)
+        self.steps += 1
+
+    def reduce(self) -> dict[str, float]:
+        """sum(sums) / sum(counts) per metric, exp of the cross-entropies, then the scalars."""
+        out = {k: (self.sums[k] / self.counts[k] if self.counts[k] else float("nan")) for k in self.sums}
+        for ppl, ce in PERPLEXITY_OF.items():
+            if ce in out:
+                out[ppl] = _safe_exp(out[ce])
+        out.update(self.last)
+        return out
+
+
+def reduce_pairs(pairs_list) -> dict[str, float]:
+    """The reduction of a list of {name: (sum, count)} dicts (devices, hosts or steps alike)."""
+    w = Window()
+    for p in pairs_list:
+        w.add(p)
+    return w.reduce()
+
+
+def _safe_exp(x: float) -> float:
+    return math.exp(x) if x < 700 else float("inf")
+
+
+class MetricsWriter:
+    """metrics.jsonl (one JSON object per line, flushed per line) and TensorBoard event files."""
+
+    def __init__(self, metrics_file: str, tensorboard_dir: str, *, enabled: bool = True):
+        self.enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        if not enabled:
+            return
+        Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(metrics_file, "a", buffering=1)  # line-buffered: whole lines reach the file
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(logdir=tensorboard_dir, flush_secs=10)
+
+    def write(self, step: int, split: str, values: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "split": split, "time": round(time.time(), 3)}
+        record.update({k: _json_float(v) for k, v in values.items()})
+        self._jsonl.write(json.dumps(record) + "\n")
+        for k, v in values.items():
+            tag = TAGS.get(k, f"other/{k}")
+            if split != "train":
+                tag = f"{split}/{tag.split('/', 1)[1]}"
+            if math.isfinite(v):
+                self._tb.add_scalar(tag, v, global_step=int(step))
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _json_float(v: float):
+    v = float(v)
+    return v if math.isfinite(v) else str(v)  # "nan" / "inf": valid JSON, still visible
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl; a torn last line (a killed writer) is ignored."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+class Progress:
+    """A progress bar on a terminal (rich), one plain line per log event otherwise."""
+
+    def __init__(self, title: str, total: int, start: int = 0, *, enabled: bool = True):
+        self.enabled = enabled
+        self.total = total
+        self.title = title
+        self._bar = None
+        if enabled and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
+            from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._bar = RichProgress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                transient=False,
+            )
+            self._task = self._bar.add_task(title, total=total, completed=start, info="")
+            self._bar.start()
+
+    def update(self, step: int, values: Mapping[str, float] | None = None) -> None:
+        if not self.enabled:
+            return
+        info = _short(values) if values else None
+        if self._bar is not None:
+            if info is None:
+                self._bar.update(self._task, completed=step)
+            else:
+                self._bar.update(self._task, completed=step, info=info)
+        elif info is not None:
+            print(f"{self.title} step {step}/{self.total} {info}", flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def _short(v: Mapping[str, float]) -> str:
+    parts = []
+    for k, label in (("total_loss", "loss"), ("hard_loss", "ce"), ("kl_T1", "kl"),
+                     ("tokens_per_sec", "tok/s")):
+        if k in v and np.isfinite(v[k]):
+            parts.append(f"{label} {v[k]:.4g}" if k != "tokens_per_sec" else f"{label} {v[k]:,.0f}")
+    return "  ".join(parts)
