@@ -375,8 +375,10 @@ class Trainer:
         r = self.checkpoints.restore(step, params_like=self.state.params, opt_state_like=self.state.opt_state)
         if r.meta.get("config_name") != self.config.name:
             raise CheckpointError(f"checkpoint {self.checkpoints.directory}/{step} belongs to run "
-                               f"{r.meta.get('config_name')!r}, not {self.config.name!r}")
-        self.state = TrainState(jnp.asarray(step, jnp.int32), r.params, r.opt_state, jnp.zeros((), jnp.int32))
+                                  f"{r.meta.get('config_name')!r}, not {self.config.name!r}")
+        like = self.state  # keep every sharding the step was set up with
+        self.state = TrainState(jax.device_put(jnp.asarray(step, jnp.int32), like.step.sharding), r.params,
+                                r.opt_state, jax.device_put(jnp.zeros((), jnp.int32), like.halt.sharding))
         iterator.set_state(r.data_state)
         return step
 
