@@ -1,7 +1,13 @@
-"""Losses vs plain float64 numpy references: masks, T != 1, compare_vocab < V, gradients."""
+"""Losses vs plain float64 numpy references: masks, T != 1, compare_vocab < V, gradients.
+
+Cost notes: the functions run jitted (one XLA program per function and signature; run eagerly,
+every primitive would be compiled on its own) with tests/test_model.py's FAST_COMPILE options, and
+the chunked-vs-dense cases share one program (the module fixture `chunked_vs_dense`).
+"""
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import jax
@@ -11,8 +17,17 @@ import pytest
 
 from distillc.runtime import losses as L
 from distillc.runtime.model import ModelOutput
+from tests.test_model import FAST_COMPILE, arch, build, tokens
 
 B, T, V = 3, 5, 11
+
+# jitted entry points (temperature, alpha, beta are traced: one program serves every value)
+jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)  # see tests/test_model.py
+soft_kl = jit(L.soft_kl)
+cross_entropy = jit(L.cross_entropy)
+feature_loss = jit(L.feature_loss, static_argnums=2)
+masked_mean_parts = jit(L.masked_mean_parts)
+distill_loss = jit(L.distill_loss, static_argnames=("feature_kind", "compare_vocab"))
 
 
 # ----------------------------------------------------------------------------- float64 references
@@ -81,27 +96,27 @@ def f32(x):
 
 @pytest.mark.parametrize("temp", [1.0, 2.0, 0.5])
 def test_soft_kl_matches_float64(data, temp):
-    got = np.asarray(L.soft_kl(f32(data.s), f32(data.t), temp, where=data.w))
+    got = np.asarray(soft_kl(f32(data.s), f32(data.t), temp, where=data.w))
     want = np_kl(data.s, data.t, temp) * data.w
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert np.all(got[~data.w] == 0.0)
 
 
 def test_soft_kl_is_zero_for_equal_logits_and_direction(data):
-    np.testing.assert_allclose(np.asarray(L.soft_kl(f32(data.t), f32(data.t), 2.0)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(soft_kl(f32(data.t), f32(data.t), 2.0)), 0.0, atol=1e-6)
     # KL(p || q) is not symmetric: swapping the arguments changes the value.
-    a = np.asarray(L.soft_kl(f32(data.s), f32(data.t), 1.0))
-    b = np.asarray(L.soft_kl(f32(data.t), f32(data.s), 1.0))
+    a = np.asarray(soft_kl(f32(data.s), f32(data.t), 1.0))
+    b = np.asarray(soft_kl(f32(data.t), f32(data.s), 1.0))
     np.testing.assert_allclose(a, np_kl(data.s, data.t, 1.0), rtol=1e-5)
     assert np.abs(a - b).max() > 1e-2
 
 
 def test_soft_kl_stable_for_huge_logits_and_bf16(data):
     big_s, big_t = data.s * 1e3, data.t * 1e3  # naive softmax overflows float32
-    got = np.asarray(L.soft_kl(f32(big_s), f32(big_t), 2.0))
+    got = np.asarray(soft_kl(f32(big_s), f32(big_t), 2.0))
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, np_kl(big_s, big_t, 2.0), rtol=1e-4, atol=1e-3)
-    got16 = np.asarray(L.soft_kl(jnp.asarray(data.s, jnp.bfloat16), jnp.asarray(data.t, jnp.bfloat16), 2.0))
+    got16 = np.asarray(soft_kl(jnp.asarray(data.s, jnp.bfloat16), jnp.asarray(data.t, jnp.bfloat16), 2.0))
     assert got16.dtype == np.float32
     ref16 = np_kl(np.asarray(jnp.asarray(data.s, jnp.bfloat16), np.float64),
                   np.asarray(jnp.asarray(data.t, jnp.bfloat16), np.float64), 2.0)
@@ -111,7 +126,7 @@ def test_soft_kl_stable_for_huge_logits_and_bf16(data):
 def test_soft_kl_teacher_minus_inf_column(data):
     t = data.t.copy()
     t[..., 4] = -np.inf  # e.g. a teacher that masks a token: p = 0 there, no NaN
-    got = np.asarray(L.soft_kl(f32(data.s), f32(t), 1.0))
+    got = np.asarray(soft_kl(f32(data.s), f32(t), 1.0))
     assert np.all(np.isfinite(got))
     keep = [i for i in range(V) if i != 4]
     lp = np_log_softmax(t[..., keep])
@@ -120,15 +135,15 @@ def test_soft_kl_teacher_minus_inf_column(data):
 
 
 def test_cross_entropy_matches_float64(data):
-    got = np.asarray(L.cross_entropy(f32(data.s), jnp.asarray(data.labels), where=data.w))
+    got = np.asarray(cross_entropy(f32(data.s), jnp.asarray(data.labels), where=data.w))
     np.testing.assert_allclose(got, np_ce(data.s, data.labels) * data.w, rtol=1e-5, atol=1e-6)
-    got_all = np.asarray(L.cross_entropy(f32(data.s), jnp.asarray(data.labels)))
+    got_all = np.asarray(cross_entropy(f32(data.s), jnp.asarray(data.labels)))
     np.testing.assert_allclose(got_all, np_ce(data.s, data.labels), rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["cosine", "l2"])
 def test_feature_loss_matches_float64(data, kind):
-    got = np.asarray(L.feature_loss(f32(data.sf), f32(data.tf), kind, where=data.w))
+    got = np.asarray(feature_loss(f32(data.sf), f32(data.tf), kind, where=data.w))
     np.testing.assert_allclose(got, np_feature(data.sf, data.tf, kind) * data.w, rtol=1e-5, atol=1e-6)
 
 
@@ -138,14 +153,14 @@ def test_feature_loss_definitions():
     t = np.zeros((1, 1, 1, 4))
     t[..., 1] = 2.0
     # orthogonal: cosine distance 1; l2 = (9 + 4) / 4 (a mean over D, no 1/2)
-    assert float(L.feature_loss(f32(s), f32(t), "cosine")[0, 0]) == pytest.approx(1.0, abs=1e-6)
-    assert float(L.feature_loss(f32(s), f32(t), "l2")[0, 0]) == pytest.approx(13.0 / 4.0, rel=1e-6)
+    assert float(feature_loss(f32(s), f32(t), "cosine")[0, 0]) == pytest.approx(1.0, abs=1e-6)
+    assert float(feature_loss(f32(s), f32(t), "l2")[0, 0]) == pytest.approx(13.0 / 4.0, rel=1e-6)
     # opposite: 2; scaled copy: 0 for cosine only
-    assert float(L.feature_loss(f32(s), f32(-s), "cosine")[0, 0]) == pytest.approx(2.0, abs=1e-6)
-    assert float(L.feature_loss(f32(s), f32(5 * s), "cosine")[0, 0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(feature_loss(f32(s), f32(-s), "cosine")[0, 0]) == pytest.approx(2.0, abs=1e-6)
+    assert float(feature_loss(f32(s), f32(5 * s), "cosine")[0, 0]) == pytest.approx(0.0, abs=1e-6)
     # all-zero (padding) rows stay finite
     z = np.zeros((1, 1, 1, 4))
-    assert np.isfinite(float(L.feature_loss(f32(z), f32(z), "cosine")[0, 0]))
+    assert np.isfinite(float(feature_loss(f32(z), f32(z), "cosine")[0, 0]))
     with pytest.raises(ValueError):
         L.feature_loss(f32(s), f32(t), "l1")
     with pytest.raises(ValueError):
@@ -154,10 +169,10 @@ def test_feature_loss_definitions():
 
 def test_masked_mean_parts(data):
     x = np.random.default_rng(1).normal(size=(B, T))
-    s, c = L.masked_mean_parts(f32(x), jnp.asarray(data.w))
+    s, c = masked_mean_parts(f32(x), jnp.asarray(data.w))
     assert float(c) == data.w.sum()
     np.testing.assert_allclose(float(s), (x * data.w).sum(), rtol=1e-6)
-    s, c = L.masked_mean_parts(f32(x))
+    s, c = masked_mean_parts(f32(x))
     assert float(c) == B * T
 
 
@@ -178,8 +193,8 @@ def outputs(data, with_features=True, vocab_pad=0):
 @pytest.mark.parametrize("alpha,temp,beta", [(0.5, 1.0, 0.0), (0.9, 2.0, 1.0), (0.3, 4.0, 0.05)])
 def test_distill_loss_total_and_metrics(data, kind, alpha, temp, beta):
     so, to, s, t = outputs(data)
-    total, m = L.distill_loss(so, to, jnp.asarray(data.labels), jnp.asarray(data.w), alpha=alpha,
-                              temperature=temp, beta=beta, feature_kind=kind, compare_vocab=V)
+    total, m = distill_loss(so, to, jnp.asarray(data.labels), jnp.asarray(data.w), alpha=alpha,
+                            temperature=temp, beta=beta, feature_kind=kind, compare_vocab=V)
     w = data.w.astype(np.float64)
     want = np_total(s, t, data.labels, w, alpha, temp, beta, kind, V, data.sf, data.tf)
     assert float(total) == pytest.approx(want, rel=1e-5)
@@ -199,8 +214,8 @@ def test_distill_loss_total_and_metrics(data, kind, alpha, temp, beta):
 
 def test_distill_loss_compare_vocab_excludes_padded_rows(data):
     so, to, s, t = outputs(data, with_features=False, vocab_pad=5)
-    total, m = L.distill_loss(so, to, jnp.asarray(data.labels), jnp.asarray(data.w), alpha=0.7,
-                              temperature=2.0, beta=0.0, compare_vocab=V)
+    total, m = distill_loss(so, to, jnp.asarray(data.labels), jnp.asarray(data.w), alpha=0.7,
+                            temperature=2.0, beta=0.0, compare_vocab=V)
     w = data.w.astype(np.float64)
     # KL over the first V columns only; CE over the student's full (padded) vocabulary.
     assert float(m["kl_T"][0] / m["kl_T"][1]) == pytest.approx(np_masked_mean(np_kl(data.s, data.t, 2.0), w), rel=1e-5)
@@ -216,21 +231,21 @@ def test_distill_loss_compare_vocab_excludes_padded_rows(data):
 
 def test_distill_loss_no_features_and_empty_mask(data):
     so, to, s, t = outputs(data, with_features=False)
-    total, m = L.distill_loss(so, to, jnp.asarray(data.labels), None, alpha=0.5, temperature=1.0, beta=3.0,
-                              compare_vocab=V)
+    total, m = distill_loss(so, to, jnp.asarray(data.labels), None, alpha=0.5, temperature=1.0, beta=3.0,
+                            compare_vocab=V)
     assert float(m["feature_loss"][0]) == 0.0
     assert float(total) == pytest.approx(np_total(s, t, data.labels, np.ones((B, T)), 0.5, 1.0, 0, "cosine", V),
                                          rel=1e-5)
     empty = jnp.zeros((B, T), bool)
-    total, m = L.distill_loss(so, to, jnp.asarray(data.labels), empty, alpha=0.5, temperature=1.0, beta=0.0,
-                              compare_vocab=V)
+    total, m = distill_loss(so, to, jnp.asarray(data.labels), empty, alpha=0.5, temperature=1.0, beta=0.0,
+                            compare_vocab=V)
     assert float(total) == 0.0 and float(m["hard_loss"][1]) == 0.0
 
 
 def test_distill_loss_jit_with_traced_weights(data):
     so, to, s, t = outputs(data)
 
-    @jax.jit
+    @jit
     def f(so, to, labels, w, a, temp, b):
         return L.distill_loss(so, to, labels, w, alpha=a, temperature=temp, beta=b, feature_kind="cosine",
                               compare_vocab=V)[0]
@@ -254,10 +269,12 @@ def test_gradients_match_float64_autodiff_and_finite_differences(data):
         return L.distill_loss(so, to, labels, w, alpha=0.6, temperature=2.0, beta=0.5, feature_kind="cosine",
                               compare_vocab=V - 2)[0]
 
-    g32 = jax.jit(jax.grad(total, argnums=(0, 1, 2, 3)), static_argnums=4)(f32(data.s), f32(data.sf), f32(data.t),
-                                                                         f32(data.tf), jnp.float32)
-    assert float(jnp.abs(g32[2]).max()) == 0.0 and float(jnp.abs(g32[3]).max()) == 0.0  # teacher frozen
-    assert float(jnp.abs(g32[0][~data.w]).max()) == 0.0  # masked tokens get no gradient
+    g32 = jit(jax.grad(total, argnums=(0, 1, 2, 3)), static_argnums=4)(f32(data.s), f32(data.sf), f32(data.t),
+                                                                     f32(data.tf), jnp.float32)
+    assert g32[0].dtype == jnp.float32
+    g32 = [np.asarray(g) for g in g32]  # inspected with numpy (indexing a jax array compiles)
+    assert np.abs(g32[2]).max() == 0.0 and np.abs(g32[3]).max() == 0.0  # teacher frozen
+    assert np.abs(g32[0][~data.w]).max() == 0.0  # masked tokens get no gradient
 
     # float64 reference: the numpy objective differentiated by central differences
     def np_obj(s, sf):
@@ -280,17 +297,17 @@ def test_gradients_match_float64_autodiff_and_finite_differences(data):
         assert float(g32[1][fidx]) == pytest.approx(fd, rel=1e-3, abs=1e-6)
 
     with jax.enable_x64(True):
-        grad64 = jax.jit(jax.grad(total, argnums=(0, 1)), static_argnums=4)
+        grad64 = jit(jax.grad(total, argnums=(0, 1)), static_argnums=4)
         g64 = grad64(*(jnp.asarray(x) for x in (data.s, data.sf, data.t, data.tf)), jnp.float64)
-        assert g64[0].dtype == jnp.float64 and g32[0].dtype == jnp.float32
-        np.testing.assert_allclose(np.asarray(g32[0]), np.asarray(g64[0]), rtol=1e-4, atol=1e-7)
-        np.testing.assert_allclose(np.asarray(g32[1]), np.asarray(g64[1]), rtol=1e-4, atol=1e-7)
+        assert g64[0].dtype == jnp.float64 and g32[0].dtype == np.float32
+        np.testing.assert_allclose(g32[0], np.asarray(g64[0]), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(g32[1], np.asarray(g64[1]), rtol=1e-4, atol=1e-7)
 
 
 def test_soft_kl_gradient_closed_form(data):
     """d KL(p_T || q_T) / d s = (q_T - p_T) / T per token."""
     temp = 3.0
-    g = jax.grad(lambda s: jnp.sum(L.soft_kl(s, f32(data.t), temp)))(f32(data.s))
+    g = jit(jax.grad(lambda s, t: jnp.sum(L.soft_kl(s, t, temp))))(f32(data.s), f32(data.t))
     q = np.exp(np_log_softmax(data.s / temp))
     p = np.exp(np_log_softmax(data.t / temp))
     np.testing.assert_allclose(np.asarray(g), (q - p) / temp, rtol=1e-4, atol=1e-7)
@@ -308,30 +325,48 @@ def _hidden_case(seed=0, b=2, t=7, ds=5, dt=6, v=13):
         sf=rng.normal(size=(2, b, t, 4)), tf=rng.normal(size=(2, b, t, 4)))
 
 
-@pytest.mark.parametrize("chunk,vc,beta", [(3, 13, 0.0), (1, 10, 0.7), (7, 10, 0.0), (64, 13, 0.7)])
-def test_chunked_equals_dense_value_metrics_and_gradients(chunk, vc, beta):
+CHUNK_CASES = [(3, 13, 0.0), (1, 10, 0.7), (7, 10, 0.0), (64, 13, 0.7)]  # (chunk, compare_vocab, beta)
+
+
+@pytest.fixture(scope="module")
+def chunked_vs_dense():
+    """For every case: dense and chunked (value, metrics) and their gradients, all in one program."""
     c = _hidden_case()
-    kw = dict(alpha=0.6, temperature=2.0, beta=beta, feature_kind="l2", compare_vocab=vc)
     labels, w, ht, wt, tf = jnp.asarray(c.labels), jnp.asarray(c.w), f32(c.ht), f32(c.wt), f32(c.tf)
 
-    def dense(hs, ws, sf):
-        return L.distill_loss(ModelOutput(hs @ ws, sf), ModelOutput(ht @ wt, tf), labels, w, **kw)
+    def case(chunk, vc, beta, args):
+        kw = dict(alpha=0.6, temperature=2.0, beta=beta, feature_kind="l2", compare_vocab=vc)
 
-    def chunked(hs, ws, sf):
-        return L.chunked_distill_loss(ModelOutput(None, sf, hs), ModelOutput(None, tf, ht), labels, w,
-                                      student_head=ws, teacher_head=wt, chunk_size=chunk, **kw)
+        def dense(hs, ws, sf):
+            return L.distill_loss(ModelOutput(hs @ ws, sf), ModelOutput(ht @ wt, tf), labels, w, **kw)
 
-    args = (f32(c.hs), f32(c.ws), f32(c.sf))
-    (a, ma), (b, mb) = dense(*args), jax.jit(chunked)(*args)
+        def chunked(hs, ws, sf):
+            return L.chunked_distill_loss(ModelOutput(None, sf, hs), ModelOutput(None, tf, ht), labels, w,
+                                          student_head=ws, teacher_head=wt, chunk_size=chunk, **kw)
+
+        dense_out, ga = jax.value_and_grad(dense, argnums=(0, 1, 2), has_aux=True)(*args)
+        gb = jax.grad(lambda *x: chunked(*x)[0], argnums=(0, 1, 2))(*args)  # the custom VJP
+        return dense_out, chunked(*args), ga, gb  # chunked value and metrics: the primal (no-gradient) path
+
+    @jit
+    def run(*args):
+        return [case(*k, args) for k in CHUNK_CASES]
+
+    out = jax.tree.map(np.asarray, run(f32(c.hs), f32(c.ws), f32(c.sf)))
+    return c, dict(zip(CHUNK_CASES, out))
+
+
+@pytest.mark.parametrize("chunk,vc,beta", CHUNK_CASES)
+def test_chunked_equals_dense_value_metrics_and_gradients(chunked_vs_dense, chunk, vc, beta):
+    c, cases = chunked_vs_dense
+    (a, ma), (b, mb), ga, gb = cases[(chunk, vc, beta)]
     assert float(b) == pytest.approx(float(a), rel=1e-6)
     for k in ma:
         assert float(mb[k][0]) == pytest.approx(float(ma[k][0]), rel=1e-5, abs=1e-6), k
         assert float(mb[k][1]) == float(ma[k][1]), k
-    ga = jax.grad(lambda *x: dense(*x)[0], argnums=(0, 1, 2))(*args)
-    gb = jax.jit(jax.grad(lambda *x: chunked(*x)[0], argnums=(0, 1, 2)))(*args)
     for x, y in zip(ga, gb):
-        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)
-    assert float(jnp.abs(gb[0]).max()) > 0 and float(jnp.abs(gb[0][~c.w]).max()) == 0.0
+        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-7)
+    assert np.abs(gb[0]).max() > 0 and np.abs(gb[0][~c.w]).max() == 0.0
 
 
 def test_chunked_matches_float64_reference_and_teacher_is_frozen():
@@ -343,12 +378,14 @@ def test_chunked_matches_float64_reference_and_teacher_is_frozen():
                                           alpha=0.3, temperature=4.0, beta=0.0, compare_vocab=12, chunk_size=2)[0]
 
         args = tuple(jnp.asarray(x) for x in (c.hs, c.ws, c.ht, c.wt))
-        got = chunked(*args)
+        # the value (primal path) and the gradient (custom VJP), one program
+        got, g = jit(lambda *a: (chunked(*a), jax.grad(chunked, argnums=(0, 1, 2, 3))(*a)))(*args)
         assert got.dtype == jnp.float64
         want = np_total(c.hs @ c.ws, c.ht @ c.wt, c.labels, c.w.astype(float), 0.3, 4.0, 0.0, "cosine", 12)
         assert float(got) == pytest.approx(want, rel=1e-12)
-        g = jax.grad(chunked, argnums=(0, 1, 2, 3))(*args)
-        assert float(jnp.abs(g[2]).max()) == 0.0 and float(jnp.abs(g[3]).max()) == 0.0
+        g = [np.asarray(x) for x in g]
+        assert g[1].dtype == np.float64
+        assert np.abs(g[2]).max() == 0.0 and np.abs(g[3]).max() == 0.0
         eps, idx = 1e-6, (1, 2, 3)
         p, m = c.ws.copy(), c.ws.copy()
         p[idx[1:]] += eps
@@ -362,20 +399,17 @@ def test_chunked_through_a_model_tied_head():
     """return_hidden + head(): the chunked loss gives the dense loss's parameter gradients (tied embeddings)."""
     from flax import nnx
 
-    from distillc.runtime.config import ModelArch
-    from distillc.runtime.model import Transformer
-
-    a = ModelArch(name="t", family="t", tokenizer="byte", vocab_size=37, num_layers=1, emb_dim=24, num_heads=4,
-                  num_kv_heads=1, head_dim=6, mlp_dim=40, tie_embeddings=True)  # test_model's MQA layer shapes
-    student = Transformer(a, scan_layers=False, rngs=nnx.Rngs(0))
-    teacher = Transformer(a, scan_layers=False, rngs=nnx.Rngs(1))
-    toks = jax.random.randint(jax.random.key(0), (2, 6), 0, 37)
-    labels, w = jnp.roll(toks, -1, axis=1), jnp.ones((2, 6), bool).at[1, 4:].set(False)
+    a = arch(num_layers=1, num_kv_heads=1, tie_embeddings=True)  # test_model's MQA layer shapes
+    student = build(a, scan=False, seed=0)  # the model with numpy weights (no compile of random draws)
+    teacher = build(a, scan=False, seed=1)
+    toks = tokens(b=2, t=6)
+    labels, w = np.roll(toks, -1, axis=1), np.ones((2, 6), bool)
+    w[1, 4:] = False
     kw = dict(alpha=0.5, temperature=2.0, beta=0.5, feature_kind="cosine", compare_vocab=35)
     graphdef, params = nnx.split(student)
     t_graphdef, t_params = nnx.split(teacher)
 
-    @jax.jit
+    @jit
     def grads(params, t_params):
         teacher = nnx.merge(t_graphdef, t_params)
         t_dense = teacher(toks, feature_layers=(0,))
@@ -399,6 +433,7 @@ def test_chunked_through_a_model_tied_head():
 
     (la, ga), (lb, gb) = grads(params, t_params)
     assert float(lb) == pytest.approx(float(la), rel=1e-6)
+    assert len(jax.tree.leaves(ga)) == len(jax.tree.leaves(gb)) == 11  # embed (tied head), 1 layer x 9, final norm
     for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=2e-5, atol=1e-7)
 
@@ -406,9 +441,9 @@ def test_chunked_through_a_model_tied_head():
 def test_chunked_uses_less_memory():
     """XLA's temp buffers for value+grad: the dense path holds several [B, T, V] blocks, chunks do not."""
     b, t, d, v, chunk = 2, 256, 16, 4096, 16
-    hs, ht = jnp.zeros((b, t, d)), jnp.zeros((b, t, d))
-    ws, wt = jnp.zeros((d, v)), jnp.zeros((d, v))
-    labels, w = jnp.zeros((b, t), jnp.int32), jnp.ones((b, t), bool)
+    hs, ht = np.zeros((b, t, d), np.float32), np.zeros((b, t, d), np.float32)
+    ws, wt = np.zeros((d, v), np.float32), np.zeros((d, v), np.float32)
+    labels, w = np.zeros((b, t), np.int32), np.ones((b, t), bool)
     kw = dict(alpha=0.5, temperature=2.0, beta=0.0, compare_vocab=v)
 
     def dense(hs, ws, ht, wt, labels, w):
@@ -419,7 +454,9 @@ def test_chunked_uses_less_memory():
                                       student_head=ws, teacher_head=wt, chunk_size=chunk, **kw)[0]
 
     def temp_bytes(f):
-        lowered = jax.jit(jax.value_and_grad(f, argnums=(0, 1))).lower(hs, ws, ht, wt, labels, w)
+        # (buffer assignment is HLO-level: FAST_COMPILE changes only code generation, the temp sizes
+        # equal the default build's within 0.01%)
+        lowered = jit(jax.value_and_grad(f, argnums=(0, 1))).lower(hs, ws, ht, wt, labels, w)
         return lowered.compile().memory_analysis().temp_size_in_bytes
 
     logits_block = b * t * v * 4

@@ -1,6 +1,17 @@
-"""The NNX transformer: float64 numpy reference forward, scan == loop, causality, packing, features."""
+"""The NNX transformer: float64 numpy reference forward, scan == loop, causality, packing, features.
+
+Cost notes (the suite must stay cheap on a 2-core CPU): XLA compiles dominate, so
+  * models are built with the real constructor traced abstractly (`nnx.eval_shape`: same modules,
+    shapes, layouts and logical axes) and numpy weights -- no compile of a random draw per shape
+    (only `test_build_model_from_side` runs the real initializer, on a small arch);
+  * every forward the tests need is one jitted program (the module fixture `fwd_outs`), every
+    gradient another (`grad_outs`); the tests assert on their slices;
+  * the tests' own programs compile with FAST_COMPILE (below).
+"""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +24,26 @@ from distillc.runtime import model as M
 from distillc.runtime.config import ModelArch, SideConfig
 
 
+def _fast_compile_options() -> dict:
+    """Compiler options for the tests' own jitted programs (also used by test_losses and
+    test_reduction_devices): for these tiny programs XLA's CPU compile is nearly the whole cost, and
+    without LLVM's backend optimizations (and with the classic fusion emitters) it is 2-3x cheaper.
+    Only the code generation changes: the math, references and tolerances do not, and the runtime's
+    own jits keep the defaults. Options this XLA does not know are left out; {} = the defaults."""
+    wanted = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+    ok = {}
+    for k, v in wanted.items():
+        try:
+            jax.jit(lambda x: x + 1, compiler_options={k: v}).lower(1.0).compile()
+            ok[k] = v
+        except Exception:  # an option removed from (or not yet in) this XLA
+            pass
+    return ok
+
+
+FAST_COMPILE = _fast_compile_options()
+
+
 def arch(**kw) -> ModelArch:
     base = dict(name="t", family="t", tokenizer="byte", vocab_size=37, num_layers=3, emb_dim=24, num_heads=4,
                 num_kv_heads=2, head_dim=6, mlp_dim=40, rope_theta=10000.0, norm_eps=1e-5)
@@ -21,20 +52,28 @@ def arch(**kw) -> ModelArch:
 
 
 def tokens(b=2, t=9, v=37, seed=0):
-    return jax.random.randint(jax.random.key(seed), (b, t), 0, v, dtype=jnp.int32)
+    return np.random.default_rng(seed).integers(0, v, (b, t)).astype(np.int32)
 
 
-def fwd(model, toks, *, feature_layers=(), positions=None, segment_ids=None):
-    """Jitted forward, cached per (graph, feature_layers) (eager NNX dispatch is slow on a busy CPU)."""
-    graphdef, state = nnx.split(model)
-    key = (graphdef, tuple(feature_layers))
-    if key not in _FWD:
-        _FWD[key] = jax.jit(lambda st, t, pos, seg: nnx.merge(graphdef, st)(
-            t, positions=pos, segment_ids=seg, feature_layers=key[1]))
-    return _FWD[key](state, toks, positions, segment_ids)
+@functools.lru_cache(maxsize=None)
+def _abstract(a: ModelArch, scan: bool, remat: str):
+    return nnx.split(nnx.eval_shape(lambda: M.Transformer(a, scan_layers=scan, remat=remat, rngs=nnx.Rngs(0))))
 
 
-_FWD: dict = {}
+def build(a: ModelArch, *, scan: bool, remat="none", seed=0) -> M.Transformer:
+    """`M.Transformer(a, ...)` with numpy weights N(0, 1/fan_in) (as the initializer) and norm scales
+    1 + N(0, 0.1^2) (so that the reference also checks that the scales are applied)."""
+    graphdef, abstract = _abstract(a, scan, remat)
+    rng = np.random.default_rng(seed)
+    fan_in = {"o": a.num_heads * a.head_dim, "down": a.mlp_dim}
+
+    def fill(path, x):
+        name = [k.key for k in path if isinstance(getattr(k, "key", None), str)][-1]  # e.g. "q", "scale"
+        if name == "scale":
+            return (1.0 + 0.1 * rng.standard_normal(x.shape)).astype(x.dtype)
+        return (rng.standard_normal(x.shape) * fan_in.get(name, a.emb_dim) ** -0.5).astype(x.dtype)
+
+    return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, abstract))
 
 
 # ----------------------------------------------------------------------------- float64 reference
@@ -89,50 +128,98 @@ def np_forward(model: M.Transformer, toks, positions=None, segment_ids=None):
     return h @ w, np.stack(feats)
 
 
-@pytest.mark.parametrize("tie,kv,theta", [(False, 2, 10000.0), (True, 1, 500000.0), (False, 4, 10000.0)])
-def test_matches_float64_reference(tie, kv, theta):  # GQA, MQA + tied + llama3 theta, MHA
-    m = M.Transformer(arch(tie_embeddings=tie, num_kv_heads=kv, rope_theta=theta), scan_layers=False,
-                      rngs=nnx.Rngs(1))
-    toks = tokens()
-    pos = jnp.broadcast_to(jnp.arange(9) + 5, (2, 9))
-    out = fwd(m, toks, feature_layers=(2, 0), positions=pos)
-    ref_logits, ref_feats = np_forward(m, toks, positions=pos)
-    assert out.logits.dtype == jnp.float32 and out.logits.shape == (2, 9, 37)
-    np.testing.assert_allclose(np.asarray(out.logits), ref_logits, rtol=1e-4, atol=1e-5)
-    assert out.features.shape == (2, 2, 9, 24)
-    np.testing.assert_allclose(np.asarray(out.features), ref_feats[[2, 0]], rtol=1e-4, atol=1e-5)
+# ----------------------------------------------------------------------------- the models and one forward program
+
+# GQA untied; MQA + tied + llama3 theta; MHA
+ARCHS = {"gqa": arch(), "mqa_tied": arch(tie_embeddings=True, num_kv_heads=1, rope_theta=500000.0),
+         "mha": arch(num_kv_heads=4)}
+# rows 2, 3 repeat rows 0, 1 with token 6 changed (for test_causal); positions shifted by 5
+REF_TOKS = np.concatenate([tokens(), tokens()])
+REF_TOKS[2:, 6] = (REF_TOKS[2:, 6] + 1) % 37
+REF_POS = np.broadcast_to(np.arange(9) + 5, (4, 9)).astype(np.int32)
+REF_FEATURES = (2, 0)  # out of order on purpose
+PACK_TOKS = tokens(b=1, t=10)
+PACK_SEG = np.asarray([[1] * 4 + [2] * 6], np.int32)
+PACK_POS = np.asarray([list(range(4)) + list(range(6))], np.int32)
+
+
+def pair(a: ModelArch, remat="none", seed=0):
+    scan = build(a, scan=True, remat=remat, seed=seed)
+    loop = build(a, scan=False, remat=remat, seed=seed + 100)
+    M.copy_layers(scan, loop)
+    return scan, loop
+
+
+@pytest.fixture(scope="module")
+def models():
+    out = {}
+    for name, a in ARCHS.items():
+        if name == "mha":
+            out["loop_mha"] = build(a, scan=False, seed=1)
+        else:
+            out[f"scan_{name}"], out[f"loop_{name}"] = pair(a)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fwd_outs(models):
+    """Every forward the tests below look at, compiled as one program."""
+    split = {k: nnx.split(m) for k, m in models.items()}
+    graphdefs = {k: g for k, (g, _) in split.items()}
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def run(states):
+        m = {k: nnx.merge(graphdefs[k], s) for k, s in states.items()}
+        out = {k: mk(REF_TOKS, positions=REF_POS, feature_layers=REF_FEATURES) for k, mk in m.items()}
+        scan = m["scan_gqa"]
+        out["packed"] = scan(PACK_TOKS, positions=PACK_POS, segment_ids=PACK_SEG).logits
+        out["first"] = scan(PACK_TOKS[:, :4]).logits
+        out["second"] = scan(PACK_TOKS[:, 4:]).logits
+        return out
+
+    return jax.tree.map(np.asarray, run({k: s for k, (_, s) in split.items()}))
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_matches_float64_reference(models, fwd_outs, name):
+    m, out = models[f"loop_{name}"], fwd_outs[f"loop_{name}"]
+    a = ARCHS[name]
+    ref_logits, ref_feats = np_forward(m, REF_TOKS, positions=REF_POS)
+    assert out.logits.dtype == np.float32 and out.logits.shape == (4, 9, 37)
+    np.testing.assert_allclose(out.logits, ref_logits, rtol=1e-4, atol=1e-5)
+    assert out.features.shape == (2, 4, 9, 24)
+    np.testing.assert_allclose(out.features, ref_feats[list(REF_FEATURES)], rtol=1e-4, atol=1e-5)
     # RoPE is relative: shifting every position leaves the logits unchanged (up to rounding)
-    np.testing.assert_allclose(np_forward(m, toks)[0], ref_logits, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(np_forward(m, REF_TOKS)[0], ref_logits, rtol=1e-8, atol=1e-8)
+    assert (a.num_kv_heads, a.tie_embeddings) == {"gqa": (2, False), "mqa_tied": (1, True), "mha": (4, False)}[name]
 
 
 # ----------------------------------------------------------------------------- scan == loop
 
 
-def pair(a: ModelArch, remat="none", seed=0):
-    scan = M.Transformer(a, scan_layers=True, remat=remat, rngs=nnx.Rngs(seed))
-    loop = M.Transformer(a, scan_layers=False, remat=remat, rngs=nnx.Rngs(seed + 100))
-    M.copy_layers(scan, loop)
-    return scan, loop
-
-
-@pytest.mark.parametrize("tie", [False, True])
-def test_scan_equals_loop(tie):
-    scan, loop = pair(arch(tie_embeddings=tie))
+@pytest.mark.parametrize("name", ["gqa", "mqa_tied"])  # untied, tied
+def test_scan_equals_loop(models, fwd_outs, name):
+    scan, loop = models[f"scan_{name}"], models[f"loop_{name}"]
+    a = ARCHS[name]
     # the stacked parameters really have a leading layer axis
     assert scan.layers.attn.q[...].shape == (3, 24, 4, 6)
+    assert scan.layers.attn.k[...].shape == (3, 24, a.num_kv_heads, 6)
+    s, lo = fwd_outs[f"scan_{name}"], fwd_outs[f"loop_{name}"]
+    np.testing.assert_allclose(s.logits, lo.logits, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(s.features, lo.features, rtol=0, atol=2e-6)
     toks = tokens()
-    a, b = fwd(scan, toks, feature_layers=(1, 2)), fwd(loop, toks, feature_layers=(1, 2))
-    np.testing.assert_allclose(np.asarray(a.logits), np.asarray(b.logits), rtol=0, atol=2e-6)
-    np.testing.assert_allclose(np.asarray(a.features), np.asarray(b.features), rtol=0, atol=2e-6)
-    assert fwd(scan, toks).features is None and fwd(loop, toks).features is None
-    # the copy went somewhere: a loop model with its own init differs
-    other = M.Transformer(arch(tie_embeddings=tie), scan_layers=False, rngs=nnx.Rngs(7))
-    assert np.abs(np.asarray(fwd(other, toks).logits) - np.asarray(a.logits)).max() > 1e-3
+    for mod in (scan, loop):  # no feature layers: no features (a static property: no compile needed)
+        g, st = nnx.split(mod)
+        assert jax.eval_shape(lambda st, g=g: nnx.merge(g, st)(toks), st).features is None
+    # the copy went somewhere: a loop model with its own weights differs
+    other = build(a, scan=False, seed=7)
+    assert np.abs(np_forward(other, REF_TOKS, positions=REF_POS)[0] - s.logits).max() > 1e-3
 
 
 def test_copy_layers_round_trip():
-    scan, loop = pair(arch())
-    scan2 = M.Transformer(arch(), scan_layers=True, rngs=nnx.Rngs(55))
+    a = SMALL
+    scan, loop = pair(a)
+    scan2 = build(a, scan=True, seed=55)
     M.copy_layers(loop, scan2)
     for x, y in zip(jax.tree.leaves(nnx.state(scan)), jax.tree.leaves(nnx.state(scan2))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -143,33 +230,55 @@ def _loss(model):
     return jnp.mean(out.logits**2) + jnp.mean(out.features**2)
 
 
-_grad = nnx.jit(nnx.grad(_loss))
-
-
-def test_scan_and_loop_gradients_equal():
+@pytest.fixture(scope="module")
+def grad_outs():
+    """Gradients of one loss for the same weights as scan, loop, scan + minimal remat, scan + full remat."""
     scan, loop = pair(arch())
-    gs, gl = _grad(scan), _grad(loop)
+    ms = {"scan": scan, "loop": loop,
+          "minimal": build(arch(), scan=True, remat="minimal"), "full": build(arch(), scan=True, remat="full")}
+    split = {k: nnx.split(m) for k, m in ms.items()}
+    graphdefs = {k: g for k, (g, _) in split.items()}
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def grads(states):
+        return {k: jax.grad(lambda st, k=k: _loss(nnx.merge(graphdefs[k], st)))(st) for k, st in states.items()}
+
+    states = {k: s for k, (_, s) in split.items()}
+    for r in ("minimal", "full"):  # the remat models carry exactly the scan model's weights
+        for x, y in zip(jax.tree.leaves(states[r]), jax.tree.leaves(states["scan"])):
+            np.testing.assert_array_equal(x, y)
+    return jax.tree.map(np.asarray, grads(states))
+
+
+def test_scan_and_loop_gradients_equal(grad_outs):
+    gs, gl = grad_outs["scan"], grad_outs["loop"]
     for i in range(3):
-        np.testing.assert_allclose(np.asarray(gs["layers"]["attn"]["q"][...][i]),
-                                   np.asarray(gl["layers"][i]["attn"]["q"][...]), rtol=1e-4, atol=1e-7)
-        np.testing.assert_allclose(np.asarray(gs["layers"]["mlp"]["down"][...][i]),
-                                   np.asarray(gl["layers"][i]["mlp"]["down"][...]), rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(np.asarray(gs["embed"][...]), np.asarray(gl["embed"][...]), rtol=1e-4, atol=1e-7)
-    assert float(jnp.abs(gs["embed"][...]).max()) > 0
+        np.testing.assert_allclose(gs["layers"]["attn"]["q"][...][i], gl["layers"][i]["attn"]["q"][...],
+                                   rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(gs["layers"]["mlp"]["down"][...][i], gl["layers"][i]["mlp"]["down"][...],
+                                   rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(gs["embed"][...], gl["embed"][...], rtol=1e-4, atol=1e-7)
+    assert float(np.abs(gs["embed"][...]).max()) > 0
+    # and every other weight: layer i of the stack against the i-th listed layer
+    stacked = jax.tree.leaves(gs["layers"])
+    for i in range(3):
+        for x, y in zip(stacked, jax.tree.leaves(gl["layers"][i]), strict=True):
+            np.testing.assert_allclose(x[i], y, rtol=1e-4, atol=1e-7)
+    for k in ("final_norm", "lm_head"):
+        for x, y in zip(jax.tree.leaves(gs[k]), jax.tree.leaves(gl[k]), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("remat", ["minimal", "full"])
-def test_remat_changes_memory_not_gradients(remat):
-    ref = M.Transformer(arch(), scan_layers=True, rngs=nnx.Rngs(0))
-    rem = M.Transformer(arch(), scan_layers=True, remat=remat, rngs=nnx.Rngs(0))
-    for x, y in zip(jax.tree.leaves(_grad(rem)), jax.tree.leaves(_grad(ref))):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+def test_remat_changes_memory_not_gradients(grad_outs, remat):
+    for x, y in zip(jax.tree.leaves(grad_outs[remat]), jax.tree.leaves(grad_outs["scan"])):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
 
 
 def test_bad_remat_and_feature_layer_rejected():
     with pytest.raises(ValueError):
         M.Transformer(arch(), scan_layers=True, remat="some", rngs=nnx.Rngs(0))
-    m = M.Transformer(arch(), scan_layers=True, rngs=nnx.Rngs(0))
+    m = build(arch(), scan=True)
     with pytest.raises(ValueError):
         m(tokens(), feature_layers=(3,))
     with pytest.raises(ValueError):
@@ -191,7 +300,7 @@ def _scan_output_shapes(model, feature_layers):
 
 
 def test_features_collected_only_when_asked():
-    m = M.Transformer(arch(), scan_layers=True, rngs=nnx.Rngs(0))
+    m = build(arch(), scan=True)
     stacked = (3, 2, 9, 24)  # [L, B, T, D]
     assert stacked not in _scan_output_shapes(m, ())
     assert stacked in _scan_output_shapes(m, (1,))
@@ -200,28 +309,20 @@ def test_features_collected_only_when_asked():
 # ----------------------------------------------------------------------------- masking
 
 
-def test_causal():
-    m = M.Transformer(arch(), scan_layers=True, rngs=nnx.Rngs(3))
-    toks = tokens()
-    changed = toks.at[:, 6].set((toks[:, 6] + 1) % 37)
-    a, b = np.asarray(fwd(m, toks).logits), np.asarray(fwd(m, changed).logits)
+@pytest.mark.parametrize("name", ["scan_gqa", "loop_gqa", "scan_mqa_tied", "loop_mqa_tied", "loop_mha"])
+def test_causal(fwd_outs, name):
+    out = fwd_outs[name].logits  # rows 0, 1 and rows 2, 3: the same tokens except position 6
+    a, b = out[:2], out[2:]
     np.testing.assert_allclose(a[:, :6], b[:, :6], rtol=0, atol=1e-6)
     assert np.abs(a[:, 6:] - b[:, 6:]).max() > 1e-4
 
 
-def test_packed_segments_equal_separate_sequences():
-    m = M.Transformer(arch(), scan_layers=True, rngs=nnx.Rngs(4))
-    toks = tokens(b=1, t=10)
-    seg = jnp.asarray([[1] * 4 + [2] * 6])
-    pos = jnp.asarray([list(range(4)) + list(range(6))])
-    packed = np.asarray(fwd(m, toks, positions=pos, segment_ids=seg).logits)
-    first = np.asarray(fwd(m, toks[:, :4]).logits)
-    second = np.asarray(fwd(m, toks[:, 4:]).logits)
-    np.testing.assert_allclose(packed[:, :4], first, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(packed[:, 4:], second, rtol=1e-5, atol=1e-5)
-    loop = M.Transformer(arch(), scan_layers=False, rngs=nnx.Rngs(0))
-    M.copy_layers(m, loop)
-    np.testing.assert_allclose(packed, np_forward(loop, toks, pos, seg)[0], rtol=1e-4, atol=1e-5)
+def test_packed_segments_equal_separate_sequences(models, fwd_outs):
+    packed = fwd_outs["packed"]
+    np.testing.assert_allclose(packed[:, :4], fwd_outs["first"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(packed[:, 4:], fwd_outs["second"], rtol=1e-5, atol=1e-5)
+    loop = models["loop_gqa"]  # carries the scan model's weights (copy_layers)
+    np.testing.assert_allclose(packed, np_forward(loop, PACK_TOKS, PACK_POS, PACK_SEG)[0], rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- sizes, dtypes, sharding
@@ -231,7 +332,7 @@ def test_packed_segments_equal_separate_sequences():
 def test_count_params_matches_config_formula(tie):
     a = arch(tie_embeddings=tie)
     for scan in (True, False):
-        assert M.count_params(M.Transformer(a, scan_layers=scan, rngs=nnx.Rngs(0))) == a.param_count()
+        assert M.count_params(build(a, scan=scan)) == a.param_count()
 
 
 def test_flops_per_token():
@@ -243,34 +344,58 @@ def test_flops_per_token():
     assert M.flops_per_token(a, 128, training=False) == pytest.approx(2 * n_matmul + attn / 2)
 
 
+# The real initializer compiles one random draw per (shape, dtype, stacked or not): this arch has
+# few distinct weight shapes (D = H = hd = F = V; MHA), so `build_model` stays cheap to test.
+SMALL = arch(vocab_size=8, num_layers=2, emb_dim=8, num_heads=8, num_kv_heads=8, head_dim=8, mlp_dim=8)
+
+
 def side(**kw) -> SideConfig:
-    base = dict(role="student", arch=arch(), weight_dtype="float32", activation_dtype="float32", remat="none",
+    base = dict(role="student", arch=SMALL, weight_dtype="float32", activation_dtype="float32", remat="none",
                 init_seed=11)
     base.update(kw)
     return SideConfig(**base)
 
 
 def test_build_model_from_side():
-    a = M.build_model(side(), scan_layers=True)
-    b = M.build_model(side(), scan_layers=True)
-    c = M.build_model(side(), scan_layers=True, rngs_seed=12)
-    ea, eb, ec = (np.asarray(x.embed[...]) for x in (a, b, c))
-    np.testing.assert_array_equal(ea, eb)
-    assert np.abs(ea - ec).max() > 0
-    bf = M.build_model(side(weight_dtype="bfloat16", activation_dtype="bfloat16", remat="full"), scan_layers=True)
+    # The real initializer in bfloat16 with full remat and stacked layers (the draws under nnx.vmap),
+    # jitted as the trainer runs it (trainer.init_params): one program, not one per weight shape.
+    bf_side = side(weight_dtype="bfloat16", activation_dtype="bfloat16", remat="full")
+    graphdef = nnx.split(nnx.eval_shape(lambda: M.build_model(bf_side, scan_layers=True)))[0]
+    init = functools.partial(jax.jit, static_argnums=0, compiler_options=FAST_COMPILE)(
+        lambda seed: nnx.state(M.build_model(bf_side, scan_layers=True, rngs_seed=seed)))
+    bf = nnx.merge(graphdef, init(None))
     assert bf.embed[...].dtype == jnp.bfloat16 and bf.layers.mlp.up[...].dtype == jnp.bfloat16
     assert bf.remat == "full"
-    out = fwd(bf, tokens(), feature_layers=(0,))
-    assert out.logits.dtype == jnp.float32 and out.features.dtype == jnp.bfloat16
+    up = np.asarray(bf.layers.mlp.up[...], np.float32)  # [L, D, F]: every layer got its own draw
+    assert up.shape[0] == SMALL.num_layers and np.abs(up[0] - up[1]).max() > 0
+    # seeds: the side's init_seed, or rngs_seed
+    b, c = nnx.merge(graphdef, init(None)), nnx.merge(graphdef, init(12))
+    for x, y in zip(jax.tree.leaves(nnx.state(bf)), jax.tree.leaves(nnx.state(b)), strict=True):
+        np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32))
+    assert np.abs(np.asarray(bf.embed[...], np.float32) - np.asarray(c.embed[...], np.float32)).max() > 0
+    # the float32 side: the same builder traced abstractly (its draws would be other programs to compile)
+    f = nnx.eval_shape(lambda: M.build_model(side(), scan_layers=True))
+    assert f.embed.get_value().dtype == jnp.float32 and f.layers.mlp.up.get_value().dtype == jnp.float32
+    assert f.remat == "none"
+    assert f.dtype == jnp.float32 and bf.dtype == jnp.bfloat16
     # bf16 weights and activations stay close to the same weights in float32
-    f32 = M.build_model(side(), scan_layers=True)
-    nnx.update(f32, jax.tree.map(lambda x: x.astype(jnp.float32), nnx.state(bf)))
-    ref = np.asarray(fwd(f32, tokens()).logits)
+    f32 = build(SMALL, scan=True)
+    nnx.update(f32, jax.tree.map(lambda x: np.asarray(x, np.float32), nnx.state(bf)))
+    toks = tokens(v=SMALL.vocab_size)
+    (g16, s16), (g32, s32) = nnx.split(bf), nnx.split(f32)
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def run(s16, s32):
+        return (nnx.merge(g16, s16)(toks, feature_layers=(0,)), nnx.merge(g32, s32)(toks).logits)
+
+    out, ref = run(s16, s32)
+    assert out.logits.dtype == jnp.float32 and out.features.dtype == jnp.bfloat16
+    ref = np.asarray(ref)
     assert np.abs(np.asarray(out.logits) - ref).max() < 0.1 * np.abs(ref).max()
 
 
 def test_partition_specs():
-    m = M.Transformer(arch(), scan_layers=True, rngs=nnx.Rngs(0))
+    m = build(arch(), scan=True)
     specs = M.partition_specs(m)
     assert specs["layers"]["attn"]["q"].get_value() == P(None, "fsdp", "tensor", None)
     assert specs["embed"].get_value() == P("tensor", "fsdp")

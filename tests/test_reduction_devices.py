@@ -10,6 +10,7 @@ per-device means must not (the mask is ragged, so that shortcut is biased).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ import pytest
 from distillc.runtime import losses as L
 from distillc.runtime.model import ModelOutput
 from tests.test_losses import np_ce, np_feature, np_kl
+from tests.test_model import FAST_COMPILE
 
 ROOT = Path(__file__).resolve().parent.parent
 B, T, V, VC, K, D = 8, 6, 13, 11, 2, 5
@@ -47,13 +50,14 @@ exec(MAKE_DATA)  # defines make_data() here too: the same arrays in both process
 
 SHARDED = MAKE_DATA + textwrap.dedent(
     """
-    import json, sys
+    import functools, json, sys
     import jax, jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from distillc.runtime import losses as L
     from distillc.runtime.model import ModelOutput
 
     hp = json.loads(sys.argv[1])
+    jit = functools.partial(jax.jit, compiler_options=json.loads(sys.argv[2]))  # FAST_COMPILE
     assert jax.device_count() == 8, jax.devices()
     mesh = Mesh(jax.devices(), ("data",))
     s, t, labels, sf, tf, w = make_data()
@@ -67,7 +71,7 @@ SHARDED = MAKE_DATA + textwrap.dedent(
     def metrics(s, t, sf, tf, labels, w):
         return L.distill_loss(ModelOutput(s, sf), ModelOutput(t, tf), labels, w, **hp)
 
-    total, m = jax.jit(metrics)(s_, t_, sf_, tf_, l_, w_)
+    total, m = jit(metrics)(s_, t_, sf_, tf_, l_, w_)
 
     # the chunked (fused lm-head) path on the same sharded batch: logits = hidden @ head, with
     # head = [I; 0] so that they equal the logits above (hidden = logits, D = V)
@@ -75,9 +79,9 @@ SHARDED = MAKE_DATA + textwrap.dedent(
     def chunked(s, t, sf, tf, labels, w):
         return L.chunked_distill_loss(ModelOutput(None, sf, s), ModelOutput(None, tf, t), labels, w,
                                       student_head=eye, teacher_head=eye, chunk_size=4, **hp)
-    c_total, c_m = jax.jit(chunked)(s_, t_, sf_, tf_, l_, w_)
-    c_grad = jax.jit(jax.grad(lambda *a: chunked(*a)[0]))(s_, t_, sf_, tf_, l_, w_)
-    d_grad = jax.jit(jax.grad(lambda *a: metrics(*a)[0]))(s_, t_, sf_, tf_, l_, w_)
+    c_total, c_m = jit(chunked)(s_, t_, sf_, tf_, l_, w_)
+    c_grad = jit(jax.grad(lambda *a: chunked(*a)[0]))(s_, t_, sf_, tf_, l_, w_)
+    d_grad = jit(jax.grad(lambda *a: metrics(*a)[0]))(s_, t_, sf_, tf_, l_, w_)
     assert len(c_grad.sharding.device_set) == 8
 
     # per device: local (sum, count), combined with psum -- and the biased mean of local means
@@ -90,8 +94,8 @@ SHARDED = MAKE_DATA + textwrap.dedent(
         return out
 
     spec_b, spec_f = P("data"), P(None, "data")
-    local_m = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec_b, spec_b, spec_f, spec_f, spec_b, spec_b),
-                                    out_specs=P()))(s_, t_, sf_, tf_, l_, w_)
+    local_m = jit(jax.shard_map(local, mesh=mesh, in_specs=(spec_b, spec_b, spec_f, spec_f, spec_b, spec_b),
+                                out_specs=P()))(s_, t_, sf_, tf_, l_, w_)
     print(json.dumps({
         "devices": jax.device_count(),
         "total": float(total),
@@ -109,18 +113,27 @@ SHARDED = MAKE_DATA + textwrap.dedent(
 @pytest.fixture(scope="module")
 def eight_device_result():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SHARDED, json.dumps(HP)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", SHARDED, json.dumps(HP), json.dumps(FAST_COMPILE)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
 def one_device():
+    """On this (1-device) process, one program: the metrics of the whole batch, and of rows 0:2 and
+    2:8 as two logging steps (7 and 20 valid tokens)."""
     s, t, labels, sf, tf, w = make_data()
     f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    total, m = L.distill_loss(ModelOutput(f(s), f(sf)), ModelOutput(f(t), f(tf)), jnp.asarray(labels),
-                              jnp.asarray(w), **HP)
-    return float(total), {k: (float(a), float(c)) for k, (a, c) in m.items()}
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def run(s, t, labels, sf, tf, w):
+        return [L.distill_loss(ModelOutput(s[rows], sf[:, rows]), ModelOutput(t[rows], tf[:, rows]), labels[rows],
+                               w[rows], **HP) for rows in (slice(0, 8), slice(0, 2), slice(2, 8))]
+
+    out = run(f(s), f(t), jnp.asarray(labels), f(sf), f(tf), jnp.asarray(w))
+    out = [(float(total), {k: (float(a), float(c)) for k, (a, c) in m.items()}) for total, m in out]
+    return out[0], [m for _, m in out[1:]]
 
 
 def float64_reference():
@@ -140,10 +153,10 @@ def float64_reference():
     return n, ref
 
 
-def test_eight_devices_equal_one_device_and_float64(eight_device_result):
+def test_eight_devices_equal_one_device_and_float64(eight_device_result, one_device):
     r8 = eight_device_result
     assert r8["devices"] == 8
-    total1, m1 = one_device()
+    total1, m1 = one_device[0]
     n, ref = float64_reference()
     assert total1 == pytest.approx(ref["total_loss"], rel=1e-5)
     assert r8["total"] == pytest.approx(total1, rel=1e-5)
@@ -171,15 +184,10 @@ def test_mean_of_device_means_is_biased(eight_device_result):
         assert abs(biased - ref[k]) > 1e-3 * abs(ref[k]), k
 
 
-def test_logging_windows_reduce_as_sum_over_sum():
+def test_logging_windows_reduce_as_sum_over_sum(one_device):
     """Two steps with different valid-token counts: sum(sums)/sum(counts) equals the pooled value."""
-    s, t, labels, sf, tf, w = make_data()
-    f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    parts = []
-    for rows in (slice(0, 2), slice(2, 8)):  # step 1 has 7 valid tokens, step 2 has 20
-        _, m = L.distill_loss(ModelOutput(f(s[rows]), f(sf[:, rows])), ModelOutput(f(t[rows]), f(tf[:, rows])),
-                              jnp.asarray(labels[rows]), jnp.asarray(w[rows]), **HP)
-        parts.append({k: (float(a), float(c)) for k, (a, c) in m.items()})
+    parts = one_device[1]  # step 1 has 7 valid tokens, step 2 has 20
+    assert [p["tokens"][0] for p in parts] == [7, 20]
     _, ref = float64_reference()
     for k in ("hard_loss", "soft_loss", "feature_loss", "total_loss"):
         pooled = sum(p[k][0] for p in parts) / sum(p[k][1] for p in parts)

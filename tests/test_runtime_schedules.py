@@ -24,19 +24,37 @@ SCHEDULES = {
 }
 
 
+STEPS = np.arange(0, MAX + 11)
+SPOT = (0, 1, MAX // 2, MAX, MAX + 10)
+
+
+@pytest.fixture(scope="module")
+def traced():
+    """Every schedule with a traced step, in one jitted program: vmapped over every int step and every
+    float step k + 0.5, and as a scalar (lax.map: one unbatched trace) at the SPOT steps + 0.5."""
+    fns = {name: schedule_fn(s) for name, s in SCHEDULES.items()}
+
+    @jax.jit
+    def run(steps, spot):
+        half = steps.astype(jnp.float32) + 0.5
+        return {name: (jax.vmap(f)(steps), jax.vmap(f)(half), jax.lax.map(f, spot)) for name, f in fns.items()}
+
+    return jax.tree.map(np.asarray, run(jnp.asarray(STEPS, jnp.int32), jnp.asarray(SPOT, jnp.float32) + 0.5))
+
+
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
-def test_every_step_equals_python_definition(name):
+def test_every_step_equals_python_definition(traced, name):
     s = SCHEDULES[name]
-    f = jax.jit(schedule_fn(s))  # traced step
-    steps = np.arange(0, MAX + 11)
-    got = np.asarray(jax.vmap(f)(jnp.asarray(steps, jnp.int32)))
-    want = np.asarray([s.value(int(k)) for k in steps])
+    got, got_half, got_spot = traced[name]
+    want = np.asarray([s.value(int(k)) for k in STEPS])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     assert got.dtype == np.float32
-    # also eagerly, one python int at a time, and as a float step
-    for k in (0, 1, MAX // 2, MAX, MAX + 10):
+    # a float step, between the integers
+    np.testing.assert_allclose(got_half, [s.value(k + 0.5) for k in STEPS], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got_spot, [s.value(k + 0.5) for k in SPOT], rtol=0, atol=1e-6)
+    # also eagerly, one python int at a time
+    for k in SPOT:
         assert float(schedule_fn(s)(k)) == pytest.approx(s.value(k), abs=1e-6)
-        assert float(f(jnp.float32(k) + 0.5)) == pytest.approx(s.value(k + 0.5), abs=1e-6)
 
 
 def test_schedules_are_not_trivial():
