@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from flax import nnx
 from etils import epath
 
 
@@ -130,23 +131,76 @@ def _latest_step_dir(root: epath.Path) -> epath.Path | None:
     return root / str(max(steps)) / "params" if steps else None
 
 
-def restore_params(path: str, params_like: Any) -> Any:
-    """Restores a parameter checkpoint (or a run's latest `params`) onto `params_like`'s shardings
-    and dtypes (a bfloat16 target casts float32 weights on load)."""
+def _params_dir(path: str) -> epath.Path:
+    """The parameter checkpoint directory `path` names: itself, one run step, or a run's latest step."""
     p = _abs(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     if (p / "params" / "_METADATA").exists():  # one step of a training run
-        p = p / "params"
-    elif not (p / "_CHECKPOINT_METADATA").exists():
-        step_dir = _latest_step_dir(p)
-        if step_dir is None:
-            raise CheckpointError(f"{path!r} is neither a parameter checkpoint nor a run with saved steps")
-        p = step_dir
+        return p / "params"
+    if (p / "_CHECKPOINT_METADATA").exists():
+        return p
+    step_dir = _latest_step_dir(p)
+    if step_dir is None:
+        raise CheckpointError(f"{path!r} is neither a parameter checkpoint nor a run with saved steps")
+    return step_dir
+
+
+def stored_tree(path: str) -> dict:
+    """The nested-dict structure of a parameter checkpoint, read from its metadata (no arrays)."""
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        meta = ckptr.metadata(_params_dir(path))
+    except (ValueError, KeyError, OSError) as e:
+        raise CheckpointError(f"checkpoint {path!r} has unreadable metadata: {e}") from e
+    finally:
+        ckptr.close()
+    tree = getattr(getattr(meta, "item_metadata", meta), "tree", None)
+    if not isinstance(tree, dict):
+        raise CheckpointError(f"checkpoint {path!r} has no parameter tree in its metadata")
+    return tree
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted path -> leaf of a nested dict (checkpoint metadata or a pure-dict parameter tree)."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out
+    path = prefix.rstrip(".")
+    return {path.removesuffix(".value"): tree}  # an nnx Variable is stored as {"value": array}
+
+
+def _mismatch(stored: dict, params_like: Any) -> str:
+    """A short account of how a checkpoint's tree differs from the model's (not orbax's full dump)."""
+    want = _leaves(nnx.to_pure_dict(params_like) if isinstance(params_like, nnx.State) else params_like)
+    have = _leaves(stored)
+    missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+    shapes = [f"{k}: checkpoint {tuple(have[k].shape)}, model {tuple(want[k].shape)}" for k in sorted(want.keys() & have.keys())
+              if hasattr(have[k], "shape") and hasattr(want[k], "shape") and tuple(have[k].shape) != tuple(want[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} model parameter(s) not in the checkpoint, e.g. {', '.join(missing[:3])}")
+    if extra:
+        parts.append(f"{len(extra)} checkpoint entr(ies) the model lacks, e.g. {', '.join(extra[:3])}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape(s) differ, e.g. {'; '.join(shapes[:2])}")
+    return "; ".join(parts) or "the parameter dtypes or layouts differ"
+
+
+def restore_params(path: str, params_like: Any) -> Any:
+    """Restores a parameter checkpoint (or a run's latest `params`) onto `params_like`'s shardings
+    and dtypes (a bfloat16 target casts float32 weights on load)."""
+    p = _params_dir(path)
     ckptr = ocp.StandardCheckpointer()
     try:
         return ckptr.restore(p, abstract(params_like))
     except (ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path!r} does not match the model: {e}") from e
+        try:
+            why = _mismatch(stored_tree(path), params_like)
+        except CheckpointError:
+            why = str(e).splitlines()[0]
+        raise CheckpointError(f"checkpoint {path!r} does not match the model: {why}") from e
     finally:
         ckptr.close()

@@ -96,17 +96,22 @@ def run_train(config: RuntimeConfig, console: bool = True) -> None:
               f"held-out {ev}", flush=True)
 
 
-def run(config: RuntimeConfig, argv: list[str], *, console: bool = True) -> int:
-    """Runs one config's stage in this (already initialized) process; returns the exit code."""
+def user_errors() -> tuple[type[Exception], ...]:
+    """Mesh / data / tokenizer / checkpoint / top-k cache mismatches: the user's to fix, reported as
+    one message (exit 2), never a traceback."""
     from distillc.runtime.checkpoints import CheckpointError
     from distillc.runtime.corpus import CorpusError
     from distillc.runtime.data import DataError
     from distillc.runtime.distributed import MeshError
     from distillc.runtime.tokenizers import TokenizerError
     from distillc.runtime.topk_store import CacheError
-    from distillc.runtime.trainer import NonFiniteLoss, TeacherUnavailable, write_manifest
 
-    user_errors = (CacheError, CheckpointError, CorpusError, DataError, MeshError, TokenizerError)
+    return (CacheError, CheckpointError, CorpusError, DataError, MeshError, TokenizerError)
+
+
+def run(config: RuntimeConfig, argv: list[str], *, console: bool = True) -> int:
+    """Runs one config's stage in this (already initialized) process; returns the exit code."""
+    from distillc.runtime.trainer import NonFiniteLoss, TeacherUnavailable, write_manifest
 
     try:
         fn = stage_function(config)
@@ -121,8 +126,7 @@ def run(config: RuntimeConfig, argv: list[str], *, console: bool = True) -> int:
     except NonFiniteLoss as e:
         print(f"error: {config.name}: {e}", file=sys.stderr)
         return EXIT_NONFINITE
-    except user_errors as e:
-        # Mesh / data / tokenizer / checkpoint / top-k cache mismatches: user-facing, one message.
+    except user_errors() as e:
         print(f"error: {config.name}: {e}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK

@@ -373,6 +373,27 @@ def copy_layers(src: Transformer, dst: Transformer) -> None:
         nnx.update(dst.layers, jax.tree.map(lambda *xs: jnp.stack(xs), *per))
 
 
+def stored_scan_layers(tree: dict) -> Optional[bool]:
+    """How a parameter tree (a checkpoint's nested dict) holds its layers: stacked along a leading
+    axis (True, what `scan_layers` trains), one entry per layer (False), or unknown (None)."""
+    layers = tree.get("layers")
+    if not isinstance(layers, dict) or not layers:
+        return None
+    return not all(str(k).isdigit() for k in layers)
+
+
+def restack_layers(params: dict, num_layers: int, to_scan: bool) -> dict:
+    """A pure-dict parameter tree with its layers converted to the other layout: stacked along a
+    leading axis (`to_scan`) or one entry per layer (MaxText's scanned/unscanned conversion)."""
+    layers = params["layers"]
+    if to_scan:
+        per = [layers[i] if i in layers else layers[str(i)] for i in range(num_layers)]
+        new = jax.tree.map(lambda *xs: jnp.stack(xs), *per)
+    else:
+        new = {i: jax.tree.map(lambda a, i=i: a[i], layers) for i in range(num_layers)}
+    return {**params, "layers": new}
+
+
 def partition_specs(model: nnx.Module, rules: dict[str, Optional[str]] | None = None):
     """PartitionSpecs for the model's state from its logical axis names and `rules`.
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
@@ -34,10 +33,10 @@ import optax
 from flax import nnx
 
 from distillc.runtime import distributed, losses, metrics as metrics_lib, schedules
-from distillc.runtime.checkpoints import CheckpointError, TrainCheckpoints, restore_params
+from distillc.runtime.checkpoints import CheckpointError, TrainCheckpoints, restore_params, stored_tree
 from distillc.runtime.config import RuntimeConfig, SideConfig
 from distillc.runtime.data import DataError, DataPipeline, Shard
-from distillc.runtime.model import build_model, flops_per_token, partition_specs
+from distillc.runtime.model import build_model, flops_per_token, partition_specs, restack_layers, stored_scan_layers
 
 # Halt-code bits: term name -> the metric whose sum must be finite ("teacher": the teacher's own CE,
 # non-finite when its outputs are; "grad_norm": the student's gradient).
@@ -223,8 +222,21 @@ def load_teacher(side: SideConfig, scan_layers: bool, mesh):
     randomly initialized from its init seed when no checkpoint is given."""
     if side.checkpoint is None:
         return init_params(side, scan_layers, mesh)
-    graphdef, abs_params, _ = model_shardings(side, scan_layers, mesh)
-    return graphdef, restore_params(side.checkpoint, abs_params)
+    graphdef, abs_params, shardings = model_shardings(side, scan_layers, mesh)
+    stored = stored_scan_layers(stored_tree(side.checkpoint))
+    if stored is None or stored == scan_layers:
+        return graphdef, restore_params(side.checkpoint, abs_params)
+    # saved with the other layer layout (a scanned teacher for an unscanned run, or the reverse):
+    # restore it as saved, then restack onto this run's layout and shardings
+    _, stored_abs, _ = model_shardings(side, stored, mesh)
+    loaded = restore_params(side.checkpoint, stored_abs)
+
+    def restack(state):
+        target = jax.tree.map(lambda x: x, abs_params)
+        nnx.replace_by_pure_dict(target, restack_layers(nnx.to_pure_dict(state), side.arch.num_layers, scan_layers))
+        return target
+
+    return graphdef, jax.jit(restack, out_shardings=shardings)(loaded)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -372,7 +384,13 @@ class Trainer:
         step = self.checkpoints.latest_step()
         if step is None:
             return None
-        r = self.checkpoints.restore(step, params_like=self.state.params, opt_state_like=self.state.opt_state)
+        try:
+            r = self.checkpoints.restore(step, params_like=self.state.params, opt_state_like=self.state.opt_state)
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"{self.checkpoints.directory}/{step} holds a different model, optimizer or layer layout "
+                f"(scan_layers) than this config; resume with the config that wrote it, "
+                f"or delete the run directory (or set train.output_dir elsewhere) to train from scratch") from e
         if r.meta.get("config_name") != self.config.name:
             raise CheckpointError(f"checkpoint {self.checkpoints.directory}/{step} belongs to run "
                                   f"{r.meta.get('config_name')!r}, not {self.config.name!r}")
@@ -495,7 +513,7 @@ def write_manifest(config: RuntimeConfig, argv: list[str], extra: dict | None = 
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     manifest.update(extra or {})
-    path = run_dir / (f"manifest.json" if jax.process_index() == 0 else f"manifest.process{jax.process_index()}.json")
+    path = run_dir / ("manifest.json" if jax.process_index() == 0 else f"manifest.process{jax.process_index()}.json")
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(path)

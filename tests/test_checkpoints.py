@@ -95,3 +95,33 @@ def test_mismatched_or_missing_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="neither"):
         restore_params(str(tmp_path / "empty"), _params())
+
+
+def test_mismatch_message_names_the_differences(tmp_path):
+    save_params(str(tmp_path / "small"), _params())
+    bigger = arch("bigger", layers=2, d=64, heads=2, mlp=64)
+    with pytest.raises(CheckpointError, match=r"shape\(s\) differ, e\.g\. embed: checkpoint \(256, 32\), model \(256, 64\)"):
+        restore_params(str(tmp_path / "small"), _params(a=bigger))
+    deeper = arch("deeper", layers=3, d=32, heads=2, mlp=64)
+    with pytest.raises(CheckpointError, match="shape"):
+        restore_params(str(tmp_path / "small"), _params(a=deeper))
+
+
+@pytest.mark.parametrize("saved_scan", [True, False], ids=["scanned-to-loop", "loop-to-scanned"])
+def test_teacher_loads_from_either_layer_layout(tmp_path, saved_scan):
+    """A teacher saved with stacked layers loads into an unscanned run, and the reverse: same weights."""
+    from jax.sharding import Mesh
+
+    from distillc.runtime.checkpoints import stored_tree
+    from distillc.runtime.model import stored_scan_layers
+    from distillc.runtime.trainer import load_teacher
+
+    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    src = build_model(side("teacher", MICRO, seed=3), scan_layers=saved_scan)
+    save_params(str(tmp_path / "t"), nnx.split(src, nnx.Param)[1])
+    assert stored_scan_layers(stored_tree(str(tmp_path / "t"))) is saved_scan
+    graphdef, params = load_teacher(side("teacher", MICRO, checkpoint=str(tmp_path / "t")), not saved_scan, mesh)
+    dst = build_model(side("teacher", MICRO, seed=99), scan_layers=not saved_scan)
+    nnx.update(dst, params)
+    toks = jnp.arange(2 * 16, dtype=jnp.int32).reshape(2, 16) % MICRO.vocab_size
+    np.testing.assert_allclose(np.asarray(dst(toks).logits), np.asarray(src(toks).logits), rtol=1e-5, atol=1e-5)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from distillc.runtime.config import DataConfig
-from distillc.runtime.corpus import CorpusError, TokenStream, load_documents, tokenize
+from distillc.runtime.corpus import CorpusError, load_documents, tokenize
 from distillc.runtime.data import DataError, DataPipeline, Shard
 from distillc.runtime.tokenizers import ByteTokenizer, TokenizerError, load_tokenizer
 

@@ -10,7 +10,7 @@ Equality is to float32 reduction-order tolerance (the sums are split differently
 
 from __future__ import annotations
 
-import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +21,7 @@ import pytest
 from distillc.runtime.distributed import Coordinator, MeshError, coordinator_from_env
 from distillc.runtime.metrics import read_jsonl
 
+from tests.conftest import xla_env
 from tests.runtime_configs import make_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,14 +47,6 @@ def _cmd(path: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "distillc.runtime.main", "--config", str(path), "--no-progress", *extra]
 
 
-def _env(devices: int = 1) -> dict:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
-
-
 def _records(run_dir: Path) -> dict[tuple[str, int], dict]:
     return {(r["split"], r["step"]): r for r in read_jsonl(run_dir / "metrics.jsonl")}
 
@@ -69,7 +62,7 @@ def _assert_same(got: dict, want: dict) -> None:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("single")
-    p = subprocess.run(_cmd(_config(tmp, "one", (1, 1, 1))), cwd=ROOT, env=_env(), capture_output=True,
+    p = subprocess.run(_cmd(_config(tmp, "one", (1, 1, 1))), cwd=ROOT, env=xla_env(), capture_output=True,
                        text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     return _records(tmp / "one")
@@ -80,7 +73,7 @@ def test_two_processes_match_one(tmp_path, single):
     path = _config(tmp_path, "two", (2, 1, 1))
     port = _free_port()
     procs = [subprocess.Popen(_cmd(path, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                                   "--process-id", str(i)), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                                   "--process-id", str(i)), cwd=ROOT, env=xla_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
@@ -94,14 +87,21 @@ def test_two_processes_match_one(tmp_path, single):
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 2, 2)], ids=["data8", "data2-fsdp2-tensor2"])
 def test_eight_devices_match_one(tmp_path, single, mesh):
-    p = subprocess.run(_cmd(_config(tmp_path, "eight", mesh)), cwd=ROOT, env=_env(8), capture_output=True,
-                       text=True, timeout=600)
+    path = _config(tmp_path, "eight", mesh)
+    p = subprocess.run(_cmd(path), cwd=ROOT, env=xla_env(8), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     _assert_same(_records(tmp_path / "eight"), single)
+    if mesh == (2, 2, 2):
+        # resume onto sharded parameters: drop the final checkpoint, rerun from step 6
+        shutil.rmtree(tmp_path / "eight" / "checkpoints" / str(STEPS))
+        p = subprocess.run(_cmd(path), cwd=ROOT, env=xla_env(8), capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr
+        assert "resumed from step 6" in p.stdout
+        _assert_same(_records(tmp_path / "eight"), single)  # the rerun's records (steps 7..12) replace the first
 
 
 def test_mesh_that_does_not_fit_the_devices_is_a_clear_error(tmp_path):
-    p = subprocess.run(_cmd(_config(tmp_path, "bad", (4, 1, 1))), cwd=ROOT, env=_env(), capture_output=True,
+    p = subprocess.run(_cmd(_config(tmp_path, "bad", (4, 1, 1))), cwd=ROOT, env=xla_env(), capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 2 and "JAX sees 1" in p.stderr and "Traceback" not in p.stderr
 

@@ -1,13 +1,12 @@
 """Losses vs plain float64 numpy references: masks, T != 1, compare_vocab < V, gradients.
 
 Cost notes: the functions run jitted (one XLA program per function and signature; run eagerly,
-every primitive would be compiled on its own) with tests/test_model.py's FAST_COMPILE options, and
+every primitive would be compiled on its own) with the suite's fast-compile XLA flags (tests/conftest.py), and
 the chunked-vs-dense cases share one program (the module fixture `chunked_vs_dense`).
 """
 
 from __future__ import annotations
 
-import functools
 from types import SimpleNamespace
 
 import jax
@@ -17,12 +16,12 @@ import pytest
 
 from distillc.runtime import losses as L
 from distillc.runtime.model import ModelOutput
-from tests.test_model import FAST_COMPILE, arch, build, tokens
+from tests.test_model import arch, build, tokens
 
 B, T, V = 3, 5, 11
 
 # jitted entry points (temperature, alpha, beta are traced: one program serves every value)
-jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)  # see tests/test_model.py
+jit = jax.jit
 soft_kl = jit(L.soft_kl)
 cross_entropy = jit(L.cross_entropy)
 feature_loss = jit(L.feature_loss, static_argnums=2)
@@ -454,7 +453,7 @@ def test_chunked_uses_less_memory():
                                       student_head=ws, teacher_head=wt, chunk_size=chunk, **kw)[0]
 
     def temp_bytes(f):
-        # (buffer assignment is HLO-level: FAST_COMPILE changes only code generation, the temp sizes
+        # (buffer assignment is HLO-level: the fast-compile flags change only code generation, the temp sizes
         # equal the default build's within 0.01%)
         lowered = jit(jax.value_and_grad(f, argnums=(0, 1))).lower(hs, ws, ht, wt, labels, w)
         return lowered.compile().memory_analysis().temp_size_in_bytes

@@ -6,7 +6,7 @@ Cost notes (the suite must stay cheap on a 2-core CPU): XLA compiles dominate, s
     (only `test_build_model_from_side` runs the real initializer, on a small arch);
   * every forward the tests need is one jitted program (the module fixture `fwd_outs`), every
     gradient another (`grad_outs`); the tests assert on their slices;
-  * the tests' own programs compile with FAST_COMPILE (below).
+  * everything compiles with the suite's fast-compile XLA flags (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -24,24 +24,6 @@ from distillc.runtime import model as M
 from distillc.runtime.config import ModelArch, SideConfig
 
 
-def _fast_compile_options() -> dict:
-    """Compiler options for the tests' own jitted programs (also used by test_losses and
-    test_reduction_devices): for these tiny programs XLA's CPU compile is nearly the whole cost, and
-    without LLVM's backend optimizations (and with the classic fusion emitters) it is 2-3x cheaper.
-    Only the code generation changes: the math, references and tolerances do not, and the runtime's
-    own jits keep the defaults. Options this XLA does not know are left out; {} = the defaults."""
-    wanted = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-    ok = {}
-    for k, v in wanted.items():
-        try:
-            jax.jit(lambda x: x + 1, compiler_options={k: v}).lower(1.0).compile()
-            ok[k] = v
-        except Exception:  # an option removed from (or not yet in) this XLA
-            pass
-    return ok
-
-
-FAST_COMPILE = _fast_compile_options()
 
 
 def arch(**kw) -> ModelArch:
@@ -167,7 +149,7 @@ def fwd_outs(models):
     split = {k: nnx.split(m) for k, m in models.items()}
     graphdefs = {k: g for k, (g, _) in split.items()}
 
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    @jax.jit
     def run(states):
         m = {k: nnx.merge(graphdefs[k], s) for k, s in states.items()}
         out = {k: mk(REF_TOKS, positions=REF_POS, feature_layers=REF_FEATURES) for k, mk in m.items()}
@@ -239,7 +221,7 @@ def grad_outs():
     split = {k: nnx.split(m) for k, m in ms.items()}
     graphdefs = {k: g for k, (g, _) in split.items()}
 
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    @jax.jit
     def grads(states):
         return {k: jax.grad(lambda st, k=k: _loss(nnx.merge(graphdefs[k], st)))(st) for k, st in states.items()}
 
@@ -361,7 +343,7 @@ def test_build_model_from_side():
     # jitted as the trainer runs it (trainer.init_params): one program, not one per weight shape.
     bf_side = side(weight_dtype="bfloat16", activation_dtype="bfloat16", remat="full")
     graphdef = nnx.split(nnx.eval_shape(lambda: M.build_model(bf_side, scan_layers=True)))[0]
-    init = functools.partial(jax.jit, static_argnums=0, compiler_options=FAST_COMPILE)(
+    init = functools.partial(jax.jit, static_argnums=0)(
         lambda seed: nnx.state(M.build_model(bf_side, scan_layers=True, rngs_seed=seed)))
     bf = nnx.merge(graphdef, init(None))
     assert bf.embed[...].dtype == jnp.bfloat16 and bf.layers.mlp.up[...].dtype == jnp.bfloat16
@@ -384,7 +366,7 @@ def test_build_model_from_side():
     toks = tokens(v=SMALL.vocab_size)
     (g16, s16), (g32, s32) = nnx.split(bf), nnx.split(f32)
 
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    @jax.jit
     def run(s16, s32):
         return (nnx.merge(g16, s16)(toks, feature_layers=(0,)), nnx.merge(g32, s32)(toks).logits)
 

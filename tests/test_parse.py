@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import check_text, codes, find, spec_text
-
-
-def at(text: str, *needles: str) -> tuple[int, int]:
-    """(line, column) of the last needle, each searched after the previous one."""
-    pos = 0
-    for n in needles:
-        pos = text.index(n, pos)
-    return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
-
-
-def where(d) -> tuple[int, int]:
-    return d.span.line, d.span.column
+from tests.conftest import at, check_text, codes, find, spec_text, where
 
 
 def test_base_is_clean():

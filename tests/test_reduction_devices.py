@@ -10,9 +10,7 @@ per-device means must not (the mask is ragged, so that shortcut is biased).
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -25,8 +23,8 @@ import pytest
 
 from distillc.runtime import losses as L
 from distillc.runtime.model import ModelOutput
+from tests.conftest import xla_env
 from tests.test_losses import np_ce, np_feature, np_kl
-from tests.test_model import FAST_COMPILE
 
 ROOT = Path(__file__).resolve().parent.parent
 B, T, V, VC, K, D = 8, 6, 13, 11, 2, 5
@@ -50,14 +48,14 @@ exec(MAKE_DATA)  # defines make_data() here too: the same arrays in both process
 
 SHARDED = MAKE_DATA + textwrap.dedent(
     """
-    import functools, json, sys
+    import json, sys
     import jax, jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from distillc.runtime import losses as L
     from distillc.runtime.model import ModelOutput
 
     hp = json.loads(sys.argv[1])
-    jit = functools.partial(jax.jit, compiler_options=json.loads(sys.argv[2]))  # FAST_COMPILE
+    jit = jax.jit
     assert jax.device_count() == 8, jax.devices()
     mesh = Mesh(jax.devices(), ("data",))
     s, t, labels, sf, tf, w = make_data()
@@ -112,8 +110,8 @@ SHARDED = MAKE_DATA + textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def eight_device_result():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SHARDED, json.dumps(HP), json.dumps(FAST_COMPILE)], cwd=ROOT, env=env,
+    env = xla_env(8, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SHARDED, json.dumps(HP)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -126,7 +124,7 @@ def one_device():
     s, t, labels, sf, tf, w = make_data()
     f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
 
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    @jax.jit
     def run(s, t, labels, sf, tf, w):
         return [L.distill_loss(ModelOutput(s[rows], sf[:, rows]), ModelOutput(t[rows], tf[:, rows]), labels[rows],
                                w[rows], **HP) for rows in (slice(0, 8), slice(0, 2), slice(2, 8))]

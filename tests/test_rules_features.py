@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import check_text, codes, find, spec_text
+from tests.conftest import at, check_text, codes, find, spec_text, where
 
 # a clean feature-loss set-up on the tiny models: same hidden size, decaying alpha
 FEATURE = """
@@ -13,18 +13,6 @@ loss:
   layers: {strategy: first_n, count: 1}
 """
 LLAMA = "teacher: {model: llama3.1-8b}\nstudent: {model: llama3.1-8b}\ndata: {tokenizer: /data/tok.model}\n"
-
-
-def at(text: str, *needles: str) -> tuple[int, int]:
-    """(line, column) of the last needle, each searched after the previous one."""
-    pos = 0
-    for n in needles:
-        pos = text.index(n, pos)
-    return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
-
-
-def where(d) -> tuple[int, int]:
-    return d.span.line, d.span.column
 
 
 def feature(extra: str = "") -> str:

@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-from tests.conftest import check_text, codes, find, spec_text
+from tests.conftest import at, check_text, codes, find, spec_text, where
 
 OFFLINE = "mode: offline\noffline: {top_k: 64, data_dir: /tmp/topk}\n"
-
-
-def at(text: str, *needles: str) -> tuple[int, int]:
-    """(line, column) of the last needle, each searched after the previous one."""
-    pos = 0
-    for n in needles:
-        pos = text.index(n, pos)
-    return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
-
-
-def where(d) -> tuple[int, int]:
-    return d.span.line, d.span.column
 
 
 class TestDC110TeacherCheckpoint:
@@ -132,3 +120,20 @@ class TestDC118NumSamplesIgnored:
 
     def test_passes(self):
         assert "DC118" not in codes(check_text(spec_text(OFFLINE)))
+
+
+class TestDC119LossMatchesSampling:
+    def test_fails_sampled_on_top_k(self):
+        text = spec_text("mode: offline\noffline: {top_k: 64, data_dir: /tmp/topk, loss: sampled}")
+        d = find(check_text(text), "DC119")
+        assert where(d) == at(text, "\noffline:", "loss:", "sampled")
+
+    def test_fails_tail_bucket_on_random(self):
+        text = spec_text("mode: offline\noffline: {top_k: 64, data_dir: /tmp/topk, sampling: random, num_samples: 8}")
+        assert "DC119" in codes(check_text(text))
+
+    def test_passes(self):
+        text = spec_text("mode: offline\noffline: {top_k: 64, data_dir: /tmp/topk, loss: sampled, sampling: random,"
+                         " num_samples: 32}")
+        assert "DC119" not in codes(check_text(text))
+        assert "DC119" not in codes(check_text(spec_text(OFFLINE)))

@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-from tests.conftest import check_text, codes, find, spec_text
+from tests.conftest import at, check_text, codes, find, spec_text, where
 
 TINY_INLINE = "{num_layers: 2, emb_dim: 64, num_heads: 2, num_kv_heads: 2, head_dim: 32, mlp_dim: 256, vocab_size: %d, tokenizer: %s%s}"
-
-
-def at(text: str, *needles: str) -> tuple[int, int]:
-    """(line, column) of the last needle, each searched after the previous one."""
-    pos = 0
-    for n in needles:
-        pos = text.index(n, pos)
-    return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
-
-
-def where(d) -> tuple[int, int]:
-    return d.span.line, d.span.column
 
 
 LLAMA_TOK = "data:\n  tokenizer: /data/tok.model\n"

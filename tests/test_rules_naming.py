@@ -17,21 +17,9 @@ from distillc.compiler.naming import (
     stage_suffixes,
     workload_name,
 )
-from tests.conftest import check_text, codes, find, spec_text
+from tests.conftest import at, check_text, codes, find, spec_text, where
 
 XPK = re.compile(rf"\A{WORKLOAD_NAME_PATTERN}\Z")
-
-
-def at(text: str, *needles: str) -> tuple[int, int]:
-    """(line, column) of the last needle, each searched after the previous one."""
-    pos = 0
-    for n in needles:
-        pos = text.index(n, pos)
-    return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
-
-
-def where(d) -> tuple[int, int]:
-    return d.span.line, d.span.column
 
 
 class TestDC160NamePattern:

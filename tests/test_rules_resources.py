@@ -7,22 +7,10 @@ import re
 
 import pytest
 
-from tests.conftest import ROOT, check_text, codes, find, spec_text
+from tests.conftest import ROOT, at, check_text, codes, find, spec_text, where
 
 CLUSTER = "teacher: {checkpoint: gs://b/teacher/0/items}\ntrain: {output_dir: gs://b/runs}\n"
 LLAMA = "data: {tokenizer: gs://b/llama3/tokenizer.model, seq_len: 4096, global_batch_size: %d}\n"
-
-
-def at(text: str, *needles: str) -> tuple[int, int]:
-    """(line, column) of the last needle, each searched after the previous one."""
-    pos = 0
-    for n in needles:
-        pos = text.index(n, pos)
-    return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
-
-
-def where(d) -> tuple[int, int]:
-    return d.span.line, d.span.column
 
 
 def cluster(fragment: str) -> str:

@@ -265,3 +265,35 @@ def num_samples_ignored(ctx) -> Iterator[Finding]:
     off = ctx.spec.offline
     if ctx.spec.mode == "offline" and off.sampling == "top_k" and off.num_samples is not None:
         yield Finding("offline.num_samples is ignored with sampling: top_k", ("offline", "num_samples"), key=True)
+
+
+@rule(
+    "DC119",
+    Severity.ERROR,
+    "offline loss does not match the cache's sampling",
+    needs=("mode", "offline"),
+    hint="Use loss: sampled with sampling: random; tail_bucket or renormalized with sampling: top_k.",
+)
+def loss_matches_sampling(ctx) -> Iterator[Finding]:
+    """The offline loss reads what the capture stage stored. `sampled` is the importance-weighted
+    estimate over tokens drawn from the teacher's distribution (`sampling: random`); `tail_bucket`
+    and `renormalized` need the teacher's k most likely tokens and its log-normalizer
+    (`sampling: top_k`). Any other pairing is refused by the runtime when training starts, after
+    the capture stage has already spent the teacher's forward passes.
+
+    Fails::
+
+        mode: offline
+        offline: {top_k: 64, data_dir: /tmp/topk, loss: sampled}
+
+    Passes::
+
+        mode: offline
+        offline: {top_k: 64, data_dir: /tmp/topk, loss: sampled, sampling: random, num_samples: 32}
+    """
+    off = ctx.spec.offline
+    if ctx.spec.mode != "offline":
+        return
+    needs = "random" if off.loss == "sampled" else "top_k"
+    if off.sampling != needs:
+        yield Finding(f"offline.loss {off.loss} needs sampling: {needs}, not {off.sampling}", ("offline", "loss"))
