@@ -2,20 +2,26 @@
 
 Rules take these as inputs (axolotl passes GPU capabilities in as a typed object); validation never
 probes devices. The files live in catalogs/ beside this module and cite a source for every number.
+Parsing them is a tenth of `distillc validate`'s cold start, so each parsed file is cached as JSON
+under the user's cache directory, keyed by a digest of its text (an edited file is parsed afresh).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from distillc.runtime.config import ModelArch
+from distillc.runtime.arch import ModelArch
 
 try:
     from yaml import CSafeLoader as _Loader
@@ -54,9 +60,48 @@ class Catalog:
     accelerators: dict[str, Accelerator]
 
 
+CATALOG_DIR = Path(__file__).resolve().parent / "catalogs"  # package data (pyproject.toml: package-data)
+
+
+def cache_dir() -> Path:
+    """Where parsed catalogs are cached: $DISTILLC_CATALOG_CACHE, else $XDG_CACHE_HOME or ~/.cache."""
+    explicit = os.environ.get("DISTILLC_CATALOG_CACHE")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distillc" / "catalogs"
+
+
 def _read(name: str) -> object:
-    text = resources.files("distillc.compiler.catalogs").joinpath(name).read_text(encoding="utf-8")
-    return yaml.load(text, Loader=_Loader)
+    text = (CATALOG_DIR / name).read_text(encoding="utf-8")
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
+    cached = cache_dir() / f"{name}.{digest}.json"
+    try:
+        return json.loads(cached.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    doc = yaml.load(text, Loader=_Loader)
+    _write_cache(cached, doc)
+    return doc
+
+
+def _write_cache(path: Path, doc: object) -> None:
+    """Best effort and atomic (a temporary file renamed): a read-only home only costs the speed-up."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        stem = path.name.split(".", 2)
+        for old in path.parent.glob(f"{stem[0]}.{stem[1]}.*.json"):  # earlier versions of this file
+            if old != path:
+                old.unlink(missing_ok=True)
+    except (OSError, TypeError, ValueError):
+        pass
 
 
 def _tpu_size(topology: str, gen: dict) -> dict:

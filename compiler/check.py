@@ -15,7 +15,7 @@ from distillc.compiler.diagnostics import Diagnostic, sort_key
 from distillc.compiler.loader import Loaded, SourceMap
 from distillc.compiler.parse import PartialSpec, did_you_mean, parse
 from distillc.compiler.registry import CODES, load_rules, make
-from distillc.runtime.config import ModelArch
+from distillc.runtime.arch import ModelArch
 
 
 @dataclass(frozen=True)

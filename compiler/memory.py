@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     from distillc.compiler.catalog import Accelerator
-    from distillc.runtime.config import ModelArch
+    from distillc.runtime.arch import ModelArch
 
 GiB = float(1 << 30)
 DEFAULT_REMAT = "full"  # MaxText's default remat_policy; the resolver uses the same default

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from distillc.runtime.config import ModelArch
+from distillc.runtime.arch import ModelArch
 
 
 class _Model(BaseModel):

@@ -253,3 +253,36 @@ def test_matches_xpk_when_installed():
     assert {n for n, x in table.items() if x.supports_super_slicing and re.fullmatch(r"[a-z0-9]+-\d+", n)} <= {
         n for n, a in ACCS.items() if a.super_slicing
     }
+
+
+class TestParsedCache:
+    """The parsed catalogs are cached as JSON (cold-start speed): the cache must never change them."""
+
+    @pytest.fixture
+    def cache(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("DISTILLC_CATALOG_CACHE", str(tmp_path / "cache"))
+        load_catalog.cache_clear()
+        yield tmp_path / "cache"
+        load_catalog.cache_clear()
+
+    def test_cached_catalog_equals_the_parsed_one(self, cache):
+        parsed = load_catalog()
+        files = sorted(p.name.split(".")[0] for p in cache.glob("*.json"))
+        assert files == ["accelerators", "models"]
+        load_catalog.cache_clear()
+        assert load_catalog() == parsed
+
+    def test_corrupt_or_stale_cache_files_are_ignored(self, cache):
+        parsed = load_catalog()
+        for p in cache.glob("*.json"):
+            p.write_text("{not json")
+        (cache / "models.yaml.000000000000000000000000.json").write_text('{"models": []}')  # another digest
+        load_catalog.cache_clear()
+        assert load_catalog() == parsed
+        assert not (cache / "models.yaml.000000000000000000000000.json").exists()  # replaced by the current one
+
+    def test_unwritable_cache_still_loads(self, cache):
+        cache.parent.mkdir(exist_ok=True)
+        cache.write_text("a file where the directory should be")
+        load_catalog.cache_clear()
+        assert "llama3.1-8b" in load_catalog().models

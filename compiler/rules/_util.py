@@ -94,7 +94,7 @@ def base_arch(ctx: Any, role: str) -> Optional[Any]:
         return ctx.teacher_arch
     if isinstance(side.model, str):
         return ctx.catalog.models.get(side.model)
-    from distillc.runtime.config import ModelArch
+    from distillc.runtime.arch import ModelArch
 
     return ModelArch(**side.model.model_dump())
 

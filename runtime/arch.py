@@ -1,0 +1,57 @@
+"""A decoder-only transformer's shape: what the catalog lists, the spec may write inline, the
+compiler sizes and the runtime builds. Pure pydantic, no jax; its own module so that `distillc
+validate` imports it without the rest of the runtime contract (runtime/config.py re-exports it)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AttentionKind = Literal["global", "local_global", "mla"]
+
+
+class ModelArch(BaseModel):
+    """A decoder-only transformer's shape: what the catalog lists and the runtime builds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    name: str = Field(description="Catalog name (MaxText model_name where one exists).")
+    family: str = Field(description="Model family, e.g. llama3.1, gemma2, qwen2.5.")
+    tokenizer: str = Field(description="Tokenizer identity; equal strings mean the same token ids.")
+    vocab_size: int = Field(gt=0, description="Rows of the embedding / columns of the logits.")
+    real_vocab_size: Optional[int] = Field(
+        None, gt=0, description="Tokens the tokenizer can emit; rows past it are padding. Default vocab_size."
+    )
+    num_layers: int = Field(gt=0, description="Decoder layers.")
+    emb_dim: int = Field(gt=0, description="Hidden size (d_model).")
+    num_heads: int = Field(gt=0, description="Query heads.")
+    num_kv_heads: int = Field(gt=0, description="Key/value heads (grouped-query attention).")
+    head_dim: int = Field(gt=0)
+    mlp_dim: int = Field(gt=0, description="Hidden size of one (expert) MLP.")
+    num_experts: int = Field(1, gt=0, description="Routed experts per MoE layer (1 = dense).")
+    experts_per_token: int = Field(1, gt=0)
+    params: Optional[int] = Field(None, gt=0, description="Total parameters as published.")
+    attention: AttentionKind = Field("global", description="global | local_global (interleaved) | mla")
+    local_global_ratio: Optional[str] = Field(None, description="e.g. '1:1' (gemma2) or '5:1' (gemma3).")
+    sliding_window: Optional[int] = Field(None, gt=0)
+    tie_embeddings: bool = False
+    rope_theta: float = Field(10000.0, gt=0)
+    norm_eps: float = Field(1e-5, gt=0)
+    max_seq_len: Optional[int] = Field(None, gt=0)
+    source: str = Field("", description="Where the numbers come from.")
+
+    @property
+    def shared_vocab(self) -> int:
+        return self.real_vocab_size or self.vocab_size
+
+    def param_count(self) -> int:
+        """Published count when known, else computed from the shapes (embeddings included)."""
+        if self.params:
+            return self.params
+        d, h, kv, hd = self.emb_dim, self.num_heads, self.num_kv_heads, self.head_dim
+        attn = d * h * hd + 2 * d * kv * hd + h * hd * d
+        mlp = 3 * d * self.mlp_dim * self.num_experts + (d * self.num_experts if self.num_experts > 1 else 0)
+        layer = attn + mlp + 2 * d
+        emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return self.num_layers * layer + emb + d
