@@ -164,3 +164,20 @@ class TestMainConfigErrors:
         code = main.run(make_config(tmp_path), ["test"], console=False)
         assert code == main.EXIT_UNAVAILABLE
         assert "not available in this build" in capsys.readouterr().err
+
+
+def test_local_run_over_a_run_dir_of_another_model_is_one_clear_error(tmp_path, capsys):
+    """`distillc launch --local` on a run directory written by another model or layer layout: the
+    runtime's user errors end the local run with exit 2 and one message, never a traceback."""
+    from distillc.runtime import main
+    from distillc.runtime.local import run_local
+    from tests.runtime_configs import arch
+
+    first = make_config(tmp_path / "run", alpha=0.0, steps=2, checkpoint_every=2)
+    assert run_local([first], Path("spec.yaml")) == main.EXIT_OK
+    wider = arch("wider", layers=2, d=64, heads=2, mlp=64)
+    second = make_config(tmp_path / "run", student=wider, alpha=0.0, steps=2, checkpoint_every=2)
+    capsys.readouterr()
+    assert run_local([second], Path("spec.yaml")) == main.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "holds a different model, optimizer or layer layout" in err and "Traceback" not in err
