@@ -1,11 +1,13 @@
 """Parse loaded YAML into the typed Spec, section by section, turning pydantic errors into Diagnostics.
 
 Each top-level section is validated on its own, so a typo in `train:` does not hide a mistake in
-`loss:`; a section that fails is None in the PartialSpec, and rules needing it are skipped.
+`loss:`; a section that fails is None in the PartialSpec, and rules needing it are skipped. A
+section whose only fault is an unknown key is reported and still parsed without that key.
 """
 
 from __future__ import annotations
 
+import copy
 import typing
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -118,6 +120,31 @@ def error_loc(err: Any) -> tuple[Any, ...]:
 def parse_section(section: str, raw: Any) -> Any:
     """One section's typed value from its YAML data; raises pydantic.ValidationError."""
     return _adapter(section).validate_python(raw)
+
+
+def recover_section(section: str, raw: Any, exc: ValidationError) -> Any:
+    """The section parsed without its unknown keys, when unknown keys are all that is wrong with
+    it (else None). The typo is still reported (DC010), and the rest of the section reaches the
+    rules: one misspelled key must not hide a vocabulary mismatch or a teacher that does not fit."""
+    errors = exc.errors()
+    if not errors or any(e["type"] != "extra_forbidden" for e in errors):
+        return None
+    pruned = copy.deepcopy(raw)
+    for loc in dict.fromkeys(error_loc(e) for e in errors):  # union branches repeat a complaint
+        node = pruned
+        for part in loc[:-1]:
+            node = node[part] if isinstance(node, (dict, list)) and _has(node, part) else None
+        if not loc or not isinstance(node, dict) or loc[-1] not in node:
+            return None  # the key is not where the error says (a union branch label): do not guess
+        del node[loc[-1]]
+    try:
+        return parse_section(section, pruned)
+    except ValidationError:
+        return None
+
+
+def _has(node: Any, part: Any) -> bool:
+    return part in node if isinstance(node, dict) else isinstance(part, int) and -len(node) <= part < len(node)
 
 
 def section_diagnostics(section: str, exc: ValidationError, raw: Any, source: SourceMap) -> list[Diagnostic]:
@@ -258,8 +285,12 @@ def parse(loaded: Loaded) -> tuple[PartialSpec, tuple[Diagnostic, ...]]:
         try:
             values[section] = parse_section(section, data[section])
         except ValidationError as exc:
-            failed.add(section)
             diags += section_diagnostics(section, exc, data[section], source)
+            recovered = recover_section(section, data[section], exc)
+            if recovered is None:
+                failed.add(section)
+            else:
+                values[section] = recovered
     if "version" in values and values["version"] != 1:
         failed.add("version")
     return PartialSpec(**values, failed=frozenset(failed)), tuple(diags)

@@ -86,8 +86,22 @@ class TestOneMistakeOneError:
 
     def test_rules_needing_a_failed_section_are_skipped(self):
         # loss fails to parse: no schedule or feature rule runs on a half-parsed loss
+        text = spec_text("loss: {alpha: {start: high, schedule: cosine}}")
+        assert codes(check_text(text)) == ["DC011"]
+
+    def test_an_unknown_key_does_not_hide_the_sections_other_mistakes(self):
+        # the typo is reported, and the section without it still reaches the rules
         text = spec_text("loss: {alpha: {start: 0.9, schedule: cosine, bad: 1}}")
-        assert codes(check_text(text)) == ["DC010"]
+        assert sorted(codes(check_text(text))) == ["DC010", "DC135"]  # and: cosine needs an end
+        text = spec_text("student: {model: mistral-7b, chekpoint: gs://b/c}")
+        checked = check_text(text)
+        assert "DC010" in codes(checked) and "DC101" in codes(checked)  # the tokenizer mismatch still shows
+        assert not checked.ok  # a recovered section is still an error: nothing compiles from it
+
+    def test_a_section_with_an_unknown_key_and_a_bad_value_fails(self):
+        text = spec_text("train: {steps: abc, stepz: 3}")
+        checked = check_text(text)
+        assert sorted(codes(checked)) == ["DC010", "DC011"] and "train" in checked.spec.failed
 
     def test_unknown_model_skips_the_model_rules(self):
         text = spec_text("teacher: {model: llama3.1-8bb}")

@@ -32,7 +32,7 @@ from distillc.compiler.ablation.track import Recorder, TrackedContext, overlaps
 from distillc.compiler.check import Checked, Context, bind, run_codes
 from distillc.compiler.diagnostics import Diagnostic, KeyPath, Span, dotted, sort_key
 from distillc.compiler.loader import Loaded, SourceMap
-from distillc.compiler.parse import PartialSpec, parse_section, section_diagnostics
+from distillc.compiler.parse import PartialSpec, parse_section, recover_section, section_diagnostics
 from distillc.compiler.registry import CODES, load_rules, make
 from distillc.compiler.spec import SECTIONS
 
@@ -264,7 +264,7 @@ class Evaluator:
             try:
                 entry = _Section(token, parse_section(section, raw), (), raw, items)
             except ValidationError as exc:
-                entry = _Section(token, None, (), raw, items)
+                entry = _Section(token, recover_section(section, raw, exc), (), raw, items)
                 src = SourceMap(self.source.file, self.source.text, *self._merged({section: entry}))
                 entry.diags = tuple(section_diagnostics(section, exc, raw, src))
         self._sections[key] = entry
@@ -323,9 +323,9 @@ class Evaluator:
         entries = {section: self._section(section, tuple(items)) for section, items in by_section.items()}
         changed = {section: e.value for section, e in entries.items()}
         diags: list[Diagnostic] = []
-        failed = [section for section, e in entries.items() if e.diags]
-        for section in failed:
-            diags += entries[section].diags
+        failed = [section for section, e in entries.items() if e.diags and e.value is None]
+        for e in entries.values():
+            diags += e.diags
         spec = _with(self.base.spec, **changed, failed=frozenset(failed))
         source = _LazySource(self, entries)
         ctx = self._bind(spec, source, entries, diags)

@@ -1,0 +1,36 @@
+"""The README's validate tour shows what `distillc validate` really prints for the shipped examples."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _console_blocks() -> list[tuple[str, str]]:
+    """(command, output) of every ```console block that runs `distillc validate`."""
+    out = []
+    for block in re.findall(r"```console\n(.*?)```", README, re.S):
+        first, _, rest = block.partition("\n")
+        if first.startswith("$ distillc validate"):
+            out.append((first[2:].split("#")[0].strip(), rest.rstrip("\n")))
+    return out
+
+
+@pytest.mark.parametrize("command,shown", _console_blocks(), ids=lambda v: v if v.startswith("distillc") else "")
+def test_validate_output_in_the_readme_is_current(command, shown):
+    args = []
+    for a in command.split()[1:]:  # expand globs as the shell would
+        args += sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(a)) if "*" in a else [a]
+    argv = [sys.executable, "-m", "distillc.compiler.cli", *args]
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="200")
+    p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    got = (p.stdout + p.stderr).rstrip("\n")
+    assert got == shown, f"README.md shows another output for `{command}`:\n{got}"
