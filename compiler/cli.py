@@ -194,11 +194,12 @@ def rules(
 def models() -> None:
     """List the model catalog."""
     from distillc.compiler.catalog import load_catalog
+    from distillc.runtime.arch import human_count
 
     for m in load_catalog().models.values():
         typer.echo(
             f"{m.name:<22} {m.family:<10} layers={m.num_layers:<3} d={m.emb_dim:<5} "
-            f"vocab={m.vocab_size:<6} tokenizer={m.tokenizer} params={m.param_count() / 1e9:.2f}B"
+            f"vocab={m.vocab_size:<6} tokenizer={m.tokenizer} params={human_count(m.param_count())}"
         )
 
 

@@ -55,3 +55,11 @@ class ModelArch(BaseModel):
         layer = attn + mlp + 2 * d
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.num_layers * layer + emb + d
+
+
+def human_count(n: int) -> str:
+    """A parameter count as people write it: 590.46K, 8.03B."""
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{suffix}"
+    return str(n)

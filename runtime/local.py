@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distillc.runtime.arch import human_count
 from distillc.runtime.config import LossConfig, MeshConfig, RuntimeConfig, Schedule
 
 # A local teacher trains this many times the student's steps. Measured on the quickstart (held-out
@@ -283,7 +284,7 @@ def format_report(report: LocalReport, spec_path: Path) -> str:
     rows = [head]
     for r in report.rows:
         label = r.label + (f" [{r.note}]" if r.note else "")
-        rows.append((label, r.model, _human(r.params), "-" if r.steps is None else str(r.steps), f"{r.ce:.3f}", f"{_exp(r.ce):.2f}",
+        rows.append((label, r.model, human_count(r.params), "-" if r.steps is None else str(r.steps), f"{r.ce:.3f}", f"{_exp(r.ce):.2f}",
                      "-" if r.kl_t1 is None else f"{r.kl_t1:.3f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [f"{spec_path}: held-out split of {report.corpus}"]
@@ -302,13 +303,6 @@ def _exp(x: float) -> float:
     import math
 
     return math.exp(x) if x < 700 else float("inf")
-
-
-def _human(n: int) -> str:
-    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.2f}{suffix}"
-    return str(n)
 
 
 def _enable_compile_cache() -> None:
