@@ -223,7 +223,10 @@ def load_teacher(side: SideConfig, scan_layers: bool, mesh):
     if side.checkpoint is None:
         return init_params(side, scan_layers, mesh)
     graphdef, abs_params, shardings = model_shardings(side, scan_layers, mesh)
-    stored = stored_scan_layers(stored_tree(side.checkpoint))
+    try:
+        stored = stored_scan_layers(stored_tree(side.checkpoint))
+    except CheckpointError:  # no readable tree metadata: restore as is (restore_params explains a mismatch)
+        stored = None
     if stored is None or stored == scan_layers:
         return graphdef, restore_params(side.checkpoint, abs_params)
     # saved with the other layer layout (a scanned teacher for an unscanned run, or the reverse):
