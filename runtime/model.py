@@ -357,20 +357,12 @@ def copy_layers(src: Transformer, dst: Transformer) -> None:
     """Copy every weight of `src` into `dst`, converting between stacked and listed layers."""
     if src.arch != dst.arch:
         raise ValueError("copy_layers needs the same architecture on both sides")
-    dst.embed[...] = src.embed[...]
-    if not src.arch.tie_embeddings:
-        dst.lm_head[...] = src.lm_head[...]
-    nnx.update(dst.final_norm, nnx.state(src.final_norm))
-    n = src.arch.num_layers
-    if src.scan_layers == dst.scan_layers:
-        nnx.update(dst.layers, nnx.state(src.layers))
-    elif src.scan_layers:  # stacked -> list: slice the leading layer axis
-        stacked = nnx.state(src.layers)
-        for i in range(n):
-            nnx.update(dst.layers[i], jax.tree.map(lambda a: a[i], stacked))
-    else:  # list -> stacked
-        per = [nnx.state(src.layers[i]) for i in range(n)]
-        nnx.update(dst.layers, jax.tree.map(lambda *xs: jnp.stack(xs), *per))
+    params = nnx.to_pure_dict(nnx.state(src, nnx.Param))
+    if src.scan_layers != dst.scan_layers:
+        params = restack_layers(params, src.arch.num_layers, dst.scan_layers)
+    state = nnx.state(dst, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(dst, state)
 
 
 def stored_scan_layers(tree: dict) -> Optional[bool]:
