@@ -2,8 +2,9 @@
 
 Rules take these as inputs (axolotl passes GPU capabilities in as a typed object); validation never
 probes devices. The files live in catalogs/ beside this module and cite a source for every number.
-Parsing them is a tenth of `distillc validate`'s cold start, so each parsed file is cached as JSON
-under the user's cache directory, keyed by a digest of its text (an edited file is parsed afresh).
+Parsing them was a tenth of `distillc validate`'s cold start, so each file's entries are cached as
+JSON under the user's cache directory (an edited file is parsed afresh), and an entry becomes its
+typed model only when something looks it up.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,10 +56,43 @@ class Accelerator(BaseModel):
         return self.hbm_gib * self.usable_hbm_fraction * 2**30
 
 
+_T = TypeVar("_T", ModelArch, Accelerator)
+
+
+class Entries(Mapping[str, _T]):
+    """Catalog entries by name, each validated into its model on first lookup: a spec names two
+    models and one accelerator out of hundreds, and building every entry is most of a catalog's
+    load time. Iterating, comparing or `distillc models` builds them all.
+
+    `doc` is a catalog file as read: {"entries": {name: fields}, "shared": [fields, ...]}, where an
+    entry's "shared": i stands for the fields shared[i] (an accelerator generation's, once for all
+    its sizes)."""
+
+    def __init__(self, cls: type[_T], doc: dict) -> None:
+        self._cls, self._raw, self._shared, self._built = cls, doc["entries"], doc["shared"], {}
+
+    def __getitem__(self, name: str) -> _T:
+        if name not in self._built:
+            fields = dict(self._raw[name])  # KeyError for an unknown name
+            if "shared" in fields:
+                fields = {**self._shared[fields.pop("shared")], **fields}
+            self._built[name] = self._cls(**fields)
+        return self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._raw
+
+
 @dataclass(frozen=True)
 class Catalog:
-    models: dict[str, ModelArch]
-    accelerators: dict[str, Accelerator]
+    models: Entries[ModelArch]
+    accelerators: Entries[Accelerator]
 
 
 CATALOG_DIR = Path(__file__).resolve().parent / "catalogs"  # package data (pyproject.toml: package-data)
@@ -71,17 +106,25 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distillc" / "catalogs"
 
 
-def _read(name: str) -> object:
+def _read(name: str, entries: Callable[[dict], dict]) -> dict:
+    """The catalog file `name` as Entries reads it. The result is cached keyed by a digest of the
+    file and of this module (which turns the file into entries), so an edit to either is seen."""
     text = (CATALOG_DIR / name).read_text(encoding="utf-8")
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
-    cached = cache_dir() / f"{name}.{digest}.json"
+    key = hashlib.blake2b(text.encode("utf-8"), digest_size=12)
+    key.update(Path(__file__).read_bytes())
+    cached = cache_dir() / f"{name}.{key.hexdigest()}.json"
     try:
-        return json.loads(cached.read_text(encoding="utf-8"))
+        out = json.loads(cached.read_text(encoding="utf-8"))
+        if isinstance(out, dict) and isinstance(out.get("entries"), dict) and isinstance(out.get("shared"), list):
+            return out
     except (OSError, ValueError):
         pass
-    doc = yaml.load(text, Loader=_Loader)
-    _write_cache(cached, doc)
-    return doc
+    out = entries(yaml.load(text, Loader=_Loader))
+    _write_cache(cached, out)
+    return out
+
+
+KEEP_OTHER_VERSIONS = 2  # two installs side by side (a venv per project) keep their caches
 
 
 def _write_cache(path: Path, doc: object) -> None:
@@ -97,9 +140,10 @@ def _write_cache(path: Path, doc: object) -> None:
             os.unlink(tmp)
             raise
         stem = path.name.split(".", 2)
-        for old in path.parent.glob(f"{stem[0]}.{stem[1]}.*.json"):  # earlier versions of this file
-            if old != path:
-                old.unlink(missing_ok=True)
+        others = [p for p in path.parent.glob(f"{stem[0]}.{stem[1]}.*.json") if p != path]
+        others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in others[KEEP_OTHER_VERSIONS:]:  # earlier versions of this file or of distillc
+            old.unlink(missing_ok=True)
     except (OSError, TypeError, ValueError):
         pass
 
@@ -113,28 +157,38 @@ def _tpu_size(topology: str, gen: dict) -> dict:
     return {"topology": topology, "chips": chips, "hosts": hosts, "count": chips * gen.get("cores_per_chip", 1)}
 
 
-def _expand_accelerators(doc: dict) -> dict[str, Accelerator]:
-    """Entries are listed per xpk machine type: explicit `sizes`, or TPU `topologies` to derive."""
-    out: dict[str, Accelerator] = {}
+def _expand_accelerators(doc: dict) -> dict:
+    """Entries are listed per xpk machine type: explicit `sizes`, or TPU `topologies` to derive.
+    A generation's own fields are stored once (`shared`), not once per size."""
+    out: dict[str, dict] = {}
+    shared: list[dict] = []
     for gen in doc["generations"]:
         base = {k: v for k, v in gen.items() if k not in ("sizes", "topologies", "name_format")}
+        shared.append(base)
         sizes = gen.get("sizes") or [_tpu_size(t, gen) for t in gen["topologies"]]
         for size in sizes:
-            fields = {**base, **size}
-            fields["name"] = size.get("name") or gen["name_format"].format(**fields)
-            fields.pop("count", None)
-            if fields["name"] in out:
-                raise ValueError(f"accelerators.yaml: {fields['name']} is listed twice")
-            out[fields["name"]] = Accelerator(**fields)
-    return out
+            name = size.get("name") or gen["name_format"].format(**{**base, **size})
+            if name in out:
+                raise ValueError(f"accelerators.yaml: {name} is listed twice")
+            out[name] = {"shared": len(shared) - 1, **{k: v for k, v in size.items() if k != "count"}, "name": name}
+    return {"entries": out, "shared": shared}
+
+
+def _models(doc: dict) -> dict:
+    out: dict[str, dict] = {}
+    for m in doc["models"]:
+        if m["name"] in out:
+            raise ValueError(f"models.yaml: {m['name']} is listed twice")
+        out[m["name"]] = m
+    return {"entries": out, "shared": []}
 
 
 @lru_cache(maxsize=1)
 def load_catalog() -> Catalog:
-    models_doc = _read("models.yaml")
-    models = {m["name"]: ModelArch(**m) for m in models_doc["models"]}  # type: ignore[index]
-    accelerators = _expand_accelerators(_read("accelerators.yaml"))  # type: ignore[arg-type]
-    return Catalog(models=models, accelerators=accelerators)
+    return Catalog(
+        models=Entries(ModelArch, _read("models.yaml", _models)),
+        accelerators=Entries(Accelerator, _read("accelerators.yaml", _expand_accelerators)),
+    )
 
 
 def model(name: str) -> Optional[ModelArch]:

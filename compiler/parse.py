@@ -49,10 +49,14 @@ class PartialSpec:
 assert {f.name for f in fields(PartialSpec)} - {"failed"} == set(SECTIONS)
 
 
-@lru_cache(maxsize=None)
 def _adapter(section: str) -> TypeAdapter[Any]:
-    info = Spec.model_fields[section]
-    return TypeAdapter(info.annotation)
+    return _adapter_for(Spec.model_fields[section].annotation)
+
+
+@lru_cache(maxsize=None)
+def _adapter_for(annotation: Any) -> TypeAdapter[Any]:
+    """One validator per type, not per section: teacher and student share Side's."""
+    return TypeAdapter(annotation)
 
 
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:

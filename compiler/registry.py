@@ -34,9 +34,14 @@ class Code:
     severity: Severity
     title: str
     hint: str
-    doc: str
+    raw_doc: str  # as written (a rule's docstring); `doc` is the cleaned text, made on first use
     func: Callable[..., Iterable[Finding]] | None = None
     needs: tuple[str, ...] = ()
+
+    @cached_property
+    def doc(self) -> str:
+        """The long explanation (`distillc explain`): only explain and the docs need it."""
+        return inspect.cleandoc(self.raw_doc)
 
     @cached_property
     def examples(self) -> dict[str, str]:
@@ -58,7 +63,7 @@ def _examples(doc: str) -> dict[str, str]:
 def declare(code: str, severity: Severity, title: str, hint: str = "", doc: str = "") -> None:
     if code in CODES:
         raise ValueError(f"duplicate diagnostic code {code}")
-    CODES[code] = Code(code, severity, title, hint, textwrap.dedent(doc).strip())
+    CODES[code] = Code(code, severity, title, hint, doc)
 
 
 def rule(code: str, severity: Severity, title: str, *, needs: tuple[str, ...], hint: str = ""):
@@ -68,8 +73,7 @@ def rule(code: str, severity: Severity, title: str, *, needs: tuple[str, ...], h
     def wrap(func: Callable[..., Iterable[Finding]]) -> Callable[..., Iterable[Finding]]:
         if code in CODES:
             raise ValueError(f"duplicate diagnostic code {code}")
-        doc = inspect.cleandoc(func.__doc__ or "")
-        CODES[code] = Code(code, severity, title, hint, doc, func, needs)
+        CODES[code] = Code(code, severity, title, hint, func.__doc__ or "", func, needs)
         return func
 
     return wrap

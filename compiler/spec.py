@@ -17,7 +17,11 @@ from distillc.runtime.arch import ModelArch
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a validator is built on first use, and a nested model is built inside its
+    # section's, so `distillc validate` builds one per section instead of one per class as well.
+    # List and dict defaults are literals, which pydantic copies per instance: a builtin
+    # default_factory costs a signature parse at import.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 # ---------------------------------------------------------------- schedules (alpha, temperature, beta)
@@ -97,7 +101,7 @@ Schedule = Annotated[
 class InlineArch(ModelArch):
     """An architecture given in the spec instead of by catalog name."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     name: str = "inline"
     family: str = "inline"
 
@@ -122,7 +126,7 @@ class Overrides(_Model):
     remat: Optional[Literal["none", "minimal", "full"]] = Field(None, description="Rematerialization policy.")
     init_seed: Optional[int] = None
     maxtext: dict[str, Union[str, int, float, bool]] = Field(
-        default_factory=dict, description="Extra MaxText keys for this side (--target maxtext only)."
+        {}, description="Extra MaxText keys for this side (--target maxtext only)."
     )
 
 
@@ -130,7 +134,7 @@ class Side(_Model):
     model: ModelRef = Field(description="Catalog name (see `distillc models`) or an inline architecture.")
     checkpoint: Optional[str] = Field(None, description="Orbax checkpoint path (gs:// or local).")
     pruned_layers: list[int] = Field(
-        default_factory=list, description="Student only: teacher layers removed to make this student."
+        [], description="Student only: teacher layers removed to make this student."
     )
     overrides: Overrides = Field(default_factory=Overrides)
 
@@ -251,7 +255,7 @@ class Resources(_Model):
 
 class Ablation(_Model):
     strategy: Literal["grid", "staged", "random"] = "grid"
-    axes: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted key path -> values.")
+    axes: dict[str, list[Any]] = Field({}, description="Dotted key path -> values.")
     samples: Optional[int] = Field(None, gt=0, description="random: cells to draw.")
     seed: int = 0
     max_cells: int = Field(1000, gt=0)
@@ -266,9 +270,6 @@ class MaxTextTarget(_Model):
 
 class Spec(_Model):
     """A distillation experiment."""
-
-    # parse validates section by section; the whole-spec validator is built only when first used
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     version: Literal[1] = 1
     name: str = Field(description="Becomes workload names: [a-z]([-a-z0-9]*[a-z0-9])?, <= 40 characters.")

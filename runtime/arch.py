@@ -2,8 +2,8 @@
 compiler sizes and the runtime builds. Pure pydantic, no jax; its own module so that `distillc
 validate` imports it without the rest of the runtime contract (runtime/config.py re-exports it)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: real types spare pydantic evaluating each annotation
+# string when it builds the model (part of `distillc validate`'s start-up).
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field

@@ -8,6 +8,7 @@ vocabulary check.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections import defaultdict
 
@@ -231,7 +232,8 @@ class TestExpansion:
     def test_derives_from_topology(self):
         assert _tpu_size("4x4x8", self.GEN) == {"topology": "4x4x8", "chips": 128, "hosts": 32, "count": 256}
         accs = _expand_accelerators({"generations": [{**self.GEN, "topologies": ["2x2x1", "4x4x4"]}]})
-        assert sorted(accs) == ["v5p-128", "v5p-8"]
+        assert sorted(accs["entries"]) == ["v5p-128", "v5p-8"]
+        assert accs["entries"]["v5p-128"] == {"shared": 0, "topology": "4x4x4", "chips": 64, "hosts": 16, "name": "v5p-128"}
 
     def test_partial_host_is_an_error(self):
         with pytest.raises(ValueError, match="whole hosts"):
@@ -276,10 +278,24 @@ class TestParsedCache:
         parsed = load_catalog()
         for p in cache.glob("*.json"):
             p.write_text("{not json")
-        (cache / "models.yaml.000000000000000000000000.json").write_text('{"models": []}')  # another digest
+        stale = [cache / f"models.yaml.{i:024d}.json" for i in range(3)]  # other digests: other versions
+        for age, p in enumerate(stale):
+            p.write_text('{"entries": {"llama3.1-8b": {"name": "wrong"}}, "shared": []}')
+            os.utime(p, (1e9 - age, 1e9 - age))
         load_catalog.cache_clear()
         assert load_catalog() == parsed
-        assert not (cache / "models.yaml.000000000000000000000000.json").exists()  # replaced by the current one
+        # the two newest other versions stay (two installs side by side keep their caches), older go
+        assert [p.exists() for p in stale] == [True, True, False]
+
+    def test_entries_are_built_on_lookup(self, cache):
+        cat = load_catalog()
+        assert cat.models._built == {}  # noqa: SLF001 (nothing validated before a lookup)
+        assert cat.models["llama3.1-8b"] is cat.models["llama3.1-8b"]
+        assert list(cat.models._built) == ["llama3.1-8b"]  # noqa: SLF001
+        assert cat.models.get("no-such-model") is None and "no-such-model" not in cat.models
+        with pytest.raises(KeyError):
+            cat.accelerators["v5p-7"]
+        assert len(cat.accelerators) == len(list(cat.accelerators)) > 200
 
     def test_unwritable_cache_still_loads(self, cache):
         cache.parent.mkdir(exist_ok=True)

@@ -167,3 +167,13 @@ class TestUserWording:
             for d in check_text(spec_text(fragment)).diagnostics:
                 assert "Input should" not in d.message and "instance of" not in d.message
                 assert "after validation" not in d.message and "True" not in d.message
+
+
+def test_list_and_dict_defaults_are_not_shared():
+    """The spec's literal [] / {} defaults are copied per instance (pydantic), never shared."""
+    from distillc.compiler.spec import Ablation, Overrides, Side
+
+    a, b = Side(model="llama3.1-8b"), Side(model="llama3.2-1b")
+    assert a.pruned_layers == [] and a.pruned_layers is not b.pruned_layers
+    assert Overrides().maxtext == {} and Overrides().maxtext is not Overrides().maxtext
+    assert Ablation().axes is not Ablation().axes
