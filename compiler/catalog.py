@@ -91,6 +91,8 @@ class Entries(Mapping[str, _T]):
 
 @dataclass(frozen=True)
 class Catalog:
+    """The model and accelerator catalogs, by name."""
+
     models: Entries[ModelArch]
     accelerators: Entries[Accelerator]
 

@@ -20,6 +20,8 @@ from distillc.runtime.arch import ModelArch
 
 @dataclass(frozen=True)
 class Context:
+    """What every rule reads: the parsed spec, its source positions and the resolved catalog entries."""
+
     spec: PartialSpec
     source: SourceMap
     catalog: Catalog

@@ -8,9 +8,9 @@ here too, so every command prints them the same way.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, NamedTuple, Sequence, Union
 
 KeyPath = tuple[Union[str, int], ...]
 
@@ -21,8 +21,9 @@ class Severity(str, Enum):
     NOTE = "note"
 
 
-@dataclass(frozen=True)
-class Span:
+class Span(NamedTuple):
+    """A 1-based position in the source (start, and the end where known): a plain value."""
+
     line: int
     column: int
     end_line: int | None = None
@@ -42,13 +43,15 @@ def dotted(path: Sequence[str | int]) -> str:
 
 @dataclass(frozen=True)
 class Diagnostic:
+    """One finding at one place: a code with its severity, the message, the fix and the position."""
+
     code: str
     severity: Severity
     message: str
     hint: str = ""
     path: KeyPath = ()
     file: str = ""
-    span: Span = field(default_factory=lambda: Span(1, 1))
+    span: Span = Span(1, 1)
     notes: tuple[str, ...] = ()
 
     @property

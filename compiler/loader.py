@@ -65,6 +65,8 @@ class SourceMap:
 
 @dataclass(frozen=True)
 class Loaded:
+    """A YAML document as plain data, with the positions of its nodes and the problems found loading it."""
+
     data: Any
     source: SourceMap
     diagnostics: tuple[Diagnostic, ...] = ()

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     from distillc.compiler.catalog import Accelerator
@@ -64,8 +64,7 @@ def default_activation_dtype(cpu: bool) -> str:
     return "float32" if cpu else "bfloat16"
 
 
-@dataclass(frozen=True)
-class MeshShape:
+class MeshShape(NamedTuple):
     """Concrete mesh axis sizes (after `data: -1` is resolved)."""
 
     data: int

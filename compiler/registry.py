@@ -30,6 +30,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class Code:
+    """A diagnostic code: its severity, title, default fix and explanation; for a rule, its function."""
+
     code: str
     severity: Severity
     title: str
