@@ -172,8 +172,9 @@ def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {path.removesuffix(".value"): tree}  # an nnx Variable is stored as {"value": array}
 
 
-def _mismatch(stored: dict, params_like: Any) -> str:
-    """A short account of how a checkpoint's tree differs from the model's (not orbax's full dump)."""
+def _differences(stored: dict, params_like: Any) -> list[str]:
+    """A short account of how a checkpoint's tree differs from the model's (not orbax's full dump):
+    empty when the names and shapes agree."""
     want = _leaves(nnx.to_pure_dict(params_like) if isinstance(params_like, nnx.State) else params_like)
     have = _leaves(stored)
     missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
@@ -186,21 +187,31 @@ def _mismatch(stored: dict, params_like: Any) -> str:
         parts.append(f"{len(extra)} checkpoint entr(ies) the model lacks, e.g. {', '.join(extra[:3])}")
     if shapes:
         parts.append(f"{len(shapes)} shape(s) differ, e.g. {'; '.join(shapes[:2])}")
-    return "; ".join(parts) or "the parameter dtypes or layouts differ"
+    return parts
+
+
+def param_differences(path: str, params_like: Any) -> str:
+    """How the parameters stored at `path` differ from `params_like` in names and shapes, from the
+    checkpoint's metadata; "" when they agree or the metadata has no tree. Checked before a restore:
+    one that fails midway leaves orbax's reads pending."""
+    try:
+        return "; ".join(_differences(stored_tree(path), params_like))
+    except CheckpointError:
+        return ""
 
 
 def restore_params(path: str, params_like: Any) -> Any:
     """Restores a parameter checkpoint (or a run's latest `params`) onto `params_like`'s shardings
     and dtypes (a bfloat16 target casts float32 weights on load)."""
     p = _params_dir(path)
+    why = param_differences(path, params_like)
+    if why:
+        raise CheckpointError(f"checkpoint {path!r} does not match the model: {why}")
     ckptr = ocp.StandardCheckpointer()
     try:
         return ckptr.restore(p, abstract(params_like))
     except (ValueError, KeyError) as e:
-        try:
-            why = _mismatch(stored_tree(path), params_like)
-        except CheckpointError:
-            why = str(e).splitlines()[0]
+        why = str(e).splitlines()[0] if str(e) else "the parameter dtypes or layouts differ"
         raise CheckpointError(f"checkpoint {path!r} does not match the model: {why}") from e
     finally:
         ckptr.close()

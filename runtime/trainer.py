@@ -33,7 +33,7 @@ import optax
 from flax import nnx
 
 from distillc.runtime import distributed, losses, metrics as metrics_lib, schedules
-from distillc.runtime.checkpoints import CheckpointError, TrainCheckpoints, restore_params, stored_tree
+from distillc.runtime.checkpoints import CheckpointError, TrainCheckpoints, param_differences, restore_params, stored_tree
 from distillc.runtime.config import RuntimeConfig, SideConfig
 from distillc.runtime.data import DataError, DataPipeline, Shard
 from distillc.runtime.model import build_model, flops_per_token, partition_specs, restack_layers, stored_scan_layers
@@ -387,13 +387,18 @@ class Trainer:
         step = self.checkpoints.latest_step()
         if step is None:
             return None
+        where = f"{self.checkpoints.directory}/{step}"
+        fix = ("resume with the config that wrote it, or delete the run directory (or set train.output_dir "
+               "elsewhere) to train from scratch")
+        why = param_differences(where, self.state.params)
+        if why:
+            raise CheckpointError(f"{where} holds a different model or layer layout (scan_layers) than this config "
+                                  f"({why}); {fix}")
         try:
             r = self.checkpoints.restore(step, params_like=self.state.params, opt_state_like=self.state.opt_state)
         except (ValueError, KeyError) as e:
-            raise CheckpointError(
-                f"{self.checkpoints.directory}/{step} holds a different model, optimizer or layer layout "
-                f"(scan_layers) than this config; resume with the config that wrote it, "
-                f"or delete the run directory (or set train.output_dir elsewhere) to train from scratch") from e
+            raise CheckpointError(f"{where} holds a different model, optimizer or layer layout (scan_layers) "
+                                  f"than this config; {fix}") from e
         if r.meta.get("config_name") != self.config.name:
             raise CheckpointError(f"checkpoint {self.checkpoints.directory}/{step} belongs to run "
                                   f"{r.meta.get('config_name')!r}, not {self.config.name!r}")

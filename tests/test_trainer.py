@@ -180,4 +180,5 @@ def test_local_run_over_a_run_dir_of_another_model_is_one_clear_error(tmp_path, 
     capsys.readouterr()
     assert run_local([second], Path("spec.yaml")) == main.EXIT_USAGE
     err = capsys.readouterr().err
-    assert "holds a different model, optimizer or layer layout" in err and "Traceback" not in err
+    assert "holds a different model or layer layout" in err and "Traceback" not in err
+    assert "shape(s) differ, e.g. " in err and "resume with the config that wrote it" in err  # what and the fix
