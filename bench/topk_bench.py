@@ -239,6 +239,19 @@ def run_quality(steps: int | None, workdir: Path, ks=(8, 32, 128), fresh_runs: b
         done.write_text(json.dumps({"digest": digest, "result": {"eval": res.eval, "wall_s": res.wall_s}}))
         return res
 
+    def save_cache(cfg):
+        """A cache in the bench's own --workdir, saved again when the one there is for other settings
+        (another teacher, after the quickstart teacher was retrained): the runtime refuses to
+        overwrite a cache, and here that is the point of rerunning."""
+        from distillc.runtime.topk_store import CacheError
+
+        try:
+            return topk_save.save_topk(cfg, console=False, log=lambda *_: None)
+        except CacheError as e:
+            print(f"  {cfg.offline.data_dir}: stale ({str(e).splitlines()[-1].strip()[:80]}...); saving again", flush=True)
+            shutil.rmtree(cfg.offline.data_dir)
+            return topk_save.save_topk(cfg, console=False, log=lambda *_: None)
+
     def record(name, method, k, res, cache_bpt=None, extra=None):
         ev = res.eval
         kl = ev.get("kl_T1", ev.get("kl_T1_buckets", ev.get("kl_T1_sampled")))
@@ -264,7 +277,7 @@ def run_quality(steps: int | None, workdir: Path, ks=(8, 32, 128), fresh_runs: b
     topk_dir = workdir / f"cache-topk{kmax}"
     off = save_cfg.offline.model_copy(update={"top_k": kmax, "data_dir": str(topk_dir), "sampling": "top_k",
                                               "loss": "tail_bucket"})
-    saved = topk_save.save_topk(save_cfg.model_copy(update={"offline": off}), console=False, log=lambda *_: None)
+    saved = save_cache(save_cfg.model_copy(update={"offline": off}))
     results["caches"][f"top_k {kmax}"] = {"bytes_per_token": saved.bytes_per_token, "tokens_per_s": saved.tokens_per_sec,
                                           "skipped": saved.skipped}
     for k in ks:
@@ -275,7 +288,7 @@ def run_quality(steps: int | None, workdir: Path, ks=(8, 32, 128), fresh_runs: b
         rdir = workdir / f"cache-random{k}"
         ro = save_cfg.offline.model_copy(update={"top_k": k, "num_samples": k, "data_dir": str(rdir),
                                                  "sampling": "random", "loss": "sampled"})
-        rs = topk_save.save_topk(save_cfg.model_copy(update={"offline": ro}), console=False, log=lambda *_: None)
+        rs = save_cache(save_cfg.model_copy(update={"offline": ro}))
         results["caches"][f"random {k}"] = {"bytes_per_token": rs.bytes_per_token, "tokens_per_s": rs.tokens_per_sec,
                                             "skipped": rs.skipped}
         cfg = fresh(train_cfg.model_copy(update={"offline": ro}), f"sampled_n{k}")

@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover
 class Accelerator(BaseModel):
     """One xpk device type: a slice of `chips` chips on `hosts` hosts."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # built on the first lookup
 
     name: str = Field(description="xpk device name (--tpu-type / --device-type), e.g. v5p-128.")
     kind: Literal["tpu", "gpu", "cpu"]
@@ -62,21 +62,40 @@ _T = TypeVar("_T", ModelArch, Accelerator)
 class Entries(Mapping[str, _T]):
     """Catalog entries by name, each validated into its model on first lookup: a spec names two
     models and one accelerator out of hundreds, and building every entry is most of a catalog's
-    load time. Iterating, comparing or `distillc models` builds them all.
+    load time. Names and `in` need no model; values(), items(), == and `distillc models` build all.
 
-    `doc` is a catalog file as read: {"entries": {name: fields}, "shared": [fields, ...]}, where an
-    entry's "shared": i stands for the fields shared[i] (an accelerator generation's, once for all
-    its sizes)."""
+    `read(cached)` gives the catalog file as {"entries": {name: fields}, "shared": [fields, ...]},
+    where an entry's "_shared": i stands for the fields shared[i] (an accelerator generation's, once
+    for all its sizes). An entry that does not build from the cached copy is read again from the
+    YAML file (a damaged cache costs a re-parse, never a crash); one that does not build from the
+    file itself is a bug in the catalog, which tests/test_catalog.py builds entry by entry."""
 
-    def __init__(self, cls: type[_T], doc: dict) -> None:
-        self._cls, self._raw, self._shared, self._built = cls, doc["entries"], doc["shared"], {}
+    def __init__(self, cls: type[_T], read: Callable[[bool], dict]) -> None:
+        self._cls, self._read, self._built = cls, read, {}
+        self._from_cache = True
+        self._load(read(True))
+
+    def _load(self, doc: dict) -> None:
+        self._raw, self._shared = doc["entries"], doc["shared"]
+
+    def _build(self, name: str) -> _T:
+        fields = dict(self._raw[name])
+        if "_shared" in fields:
+            fields = {**self._shared[fields.pop("_shared")], **fields}
+        return self._cls(**fields)
 
     def __getitem__(self, name: str) -> _T:
         if name not in self._built:
-            fields = dict(self._raw[name])  # KeyError for an unknown name
-            if "shared" in fields:
-                fields = {**self._shared[fields.pop("shared")], **fields}
-            self._built[name] = self._cls(**fields)
+            if name not in self._raw:
+                raise KeyError(name)
+            try:
+                self._built[name] = self._build(name)
+            except (TypeError, ValueError, IndexError, KeyError):  # pydantic's ValidationError is a ValueError
+                if not self._from_cache:
+                    raise
+                self._from_cache = False
+                self._load(self._read(False))
+                return self[name]
         return self._built[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -108,7 +127,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distillc" / "catalogs"
 
 
-def _read(name: str, entries: Callable[[dict], dict]) -> dict:
+def _read(name: str, entries: Callable[[dict], dict], use_cache: bool = True) -> dict:
     """The catalog file `name` as Entries reads it. The result is cached keyed by a digest of the
     file and of this module (which turns the file into entries), so an edit to either is seen."""
     text = (CATALOG_DIR / name).read_text(encoding="utf-8")
@@ -116,17 +135,21 @@ def _read(name: str, entries: Callable[[dict], dict]) -> dict:
     key.update(Path(__file__).read_bytes())
     cached = cache_dir() / f"{name}.{key.hexdigest()}.json"
     try:
-        out = json.loads(cached.read_text(encoding="utf-8"))
-        if isinstance(out, dict) and isinstance(out.get("entries"), dict) and isinstance(out.get("shared"), list):
-            return out
+        out = json.loads(cached.read_text(encoding="utf-8")) if use_cache else None
     except (OSError, ValueError):
-        pass
+        out = None
+    if isinstance(out, dict) and isinstance(out.get("entries"), dict) and isinstance(out.get("shared"), list):
+        try:
+            os.utime(cached)  # recently used: the cleanup keeps the caches still in use
+        except OSError:
+            pass
+        return out
     out = entries(yaml.load(text, Loader=_Loader))
     _write_cache(cached, out)
     return out
 
 
-KEEP_OTHER_VERSIONS = 2  # two installs side by side (a venv per project) keep their caches
+KEEP_OTHER_VERSIONS = 2  # the most recently used caches of other versions (installs side by side) stay
 
 
 def _write_cache(path: Path, doc: object) -> None:
@@ -172,7 +195,7 @@ def _expand_accelerators(doc: dict) -> dict:
             name = size.get("name") or gen["name_format"].format(**{**base, **size})
             if name in out:
                 raise ValueError(f"accelerators.yaml: {name} is listed twice")
-            out[name] = {"shared": len(shared) - 1, **{k: v for k, v in size.items() if k != "count"}, "name": name}
+            out[name] = {"_shared": len(shared) - 1, **{k: v for k, v in size.items() if k != "count"}, "name": name}
     return {"entries": out, "shared": shared}
 
 
@@ -188,8 +211,8 @@ def _models(doc: dict) -> dict:
 @lru_cache(maxsize=1)
 def load_catalog() -> Catalog:
     return Catalog(
-        models=Entries(ModelArch, _read("models.yaml", _models)),
-        accelerators=Entries(Accelerator, _read("accelerators.yaml", _expand_accelerators)),
+        models=Entries(ModelArch, lambda cached: _read("models.yaml", _models, cached)),
+        accelerators=Entries(Accelerator, lambda cached: _read("accelerators.yaml", _expand_accelerators, cached)),
     )
 
 

@@ -399,11 +399,6 @@ def _root(
 
 def main() -> None:
     """Console entry point: usage errors exit 2; a broken pipe (`| head`) is not an error."""
-    # Third-party pydantic plugins (observability hooks found through package entry points) have no
-    # business in spec validation, and finding them reads every installed package's metadata: ~8 ms
-    # of `distillc validate` in an environment with the runtime installed. Typer disables them for
-    # its own validators the same way. A value the user set is kept.
-    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         app()
     except BrokenPipeError:

@@ -18,7 +18,8 @@ from distillc.runtime.arch import ModelArch
 
 class _Model(BaseModel):
     # defer_build: a validator is built on first use, and a nested model is built inside its
-    # section's, so `distillc validate` builds one per section instead of one per class as well.
+    # section's, so `distillc validate` builds one per section it reads (and one per model a
+    # default instantiates), not one per class besides.
     # List and dict defaults are literals, which pydantic copies per instance: a builtin
     # default_factory costs a signature parse at import.
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)

@@ -210,8 +210,9 @@ def restore_params(path: str, params_like: Any) -> Any:
     ckptr = ocp.StandardCheckpointer()
     try:
         return ckptr.restore(p, abstract(params_like))
-    except (ValueError, KeyError) as e:
-        why = str(e).splitlines()[0] if str(e) else "the parameter dtypes or layouts differ"
-        raise CheckpointError(f"checkpoint {path!r} does not match the model: {why}") from e
+    except (ValueError, KeyError) as e:  # names and shapes agreed: the tree's nesting or dtypes differ
+        raise CheckpointError(
+            f"checkpoint {path!r} does not match the model: its parameters are nested differently (e.g. plain "
+            f"arrays saved where the model has nnx Variables) or have other dtypes") from e
     finally:
         ckptr.close()

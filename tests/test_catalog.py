@@ -7,6 +7,7 @@ vocabulary check.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -233,7 +234,7 @@ class TestExpansion:
         assert _tpu_size("4x4x8", self.GEN) == {"topology": "4x4x8", "chips": 128, "hosts": 32, "count": 256}
         accs = _expand_accelerators({"generations": [{**self.GEN, "topologies": ["2x2x1", "4x4x4"]}]})
         assert sorted(accs["entries"]) == ["v5p-128", "v5p-8"]
-        assert accs["entries"]["v5p-128"] == {"shared": 0, "topology": "4x4x4", "chips": 64, "hosts": 16, "name": "v5p-128"}
+        assert accs["entries"]["v5p-128"] == {"_shared": 0, "topology": "4x4x4", "chips": 64, "hosts": 16, "name": "v5p-128"}
 
     def test_partial_host_is_an_error(self):
         with pytest.raises(ValueError, match="whole hosts"):
@@ -286,6 +287,25 @@ class TestParsedCache:
         assert load_catalog() == parsed
         # the two newest other versions stay (two installs side by side keep their caches), older go
         assert [p.exists() for p in stale] == [True, True, False]
+
+    def test_damaged_entries_in_the_cache_are_read_again_from_the_yaml(self, cache):
+        """Valid JSON with broken entries (a hand edit, a disk fault): lookups re-parse the YAML and
+        rewrite the cache, never raise."""
+        parsed = load_catalog()
+        want_model, want_acc = parsed.models["llama3.1-8b"], parsed.accelerators["v5p-128"]
+        for p in cache.glob("*.json"):
+            doc = json.loads(p.read_text())
+            doc["entries"] = {n: {"name": n} if i % 2 else ["junk"] for i, n in enumerate(doc["entries"])}
+            doc["shared"] = []
+            p.write_text(json.dumps(doc))
+        load_catalog.cache_clear()
+        again = load_catalog()
+        assert again.models["llama3.1-8b"] == want_model and again.accelerators["v5p-128"] == want_acc
+        assert again == parsed
+        load_catalog.cache_clear()  # the rewritten cache serves the next process
+        for p in cache.glob("*.json"):
+            assert all(isinstance(e, dict) and len(e) > 1 for e in json.loads(p.read_text())["entries"].values()), p.name
+        assert load_catalog() == parsed
 
     def test_entries_are_built_on_lookup(self, cache):
         cat = load_catalog()

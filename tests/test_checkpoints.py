@@ -107,6 +107,14 @@ def test_mismatch_message_names_the_differences(tmp_path):
         restore_params(str(tmp_path / "small"), _params(a=deeper))
 
 
+def test_same_names_and_shapes_nested_otherwise_is_a_clear_error(tmp_path):
+    """Plain arrays saved where the model has nnx Variables pass the names-and-shapes comparison;
+    orbax refuses the restore, and the message says what differs instead of orbax's tree dump."""
+    save_params(str(tmp_path / "plain"), nnx.to_pure_dict(_params()))
+    with pytest.raises(CheckpointError, match="nested differently"):
+        restore_params(str(tmp_path / "plain"), _params())
+
+
 @pytest.mark.parametrize("saved_scan", [True, False], ids=["scanned-to-loop", "loop-to-scanned"])
 def test_teacher_loads_from_either_layer_layout(tmp_path, saved_scan):
     """A teacher saved with stacked layers loads into an unscanned run, and the reverse: same weights."""
