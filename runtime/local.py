@@ -58,6 +58,7 @@ class LocalReport:
     comparisons: list[tuple[str, float]] = field(default_factory=list)  # (label, KD CE - baseline CE)
     unit: str = "nats/token"
     corpus: str = ""
+    teachers: dict[str, str] = field(default_factory=dict)  # checkpoint path -> how this run got it
 
 
 def _const(v: float, steps: int) -> Schedule:
@@ -172,8 +173,11 @@ def ensure_teacher(cfg: RuntimeConfig, report: LocalReport, console: bool,
         return "random init"
     if _is_remote(path):
         return "restored"
+    if path in report.teachers:  # an offline spec's second stage: said once, as stage one found it
+        return report.teachers[path]
     if is_checkpoint(path):
         print(f"teacher: using the cached checkpoint {path}", flush=True)
+        report.teachers[path] = "cached"
         return "cached"
     tcfg = teacher_config(cfg, steps_factor)
     print(f"teacher: no checkpoint at {path}; training {cfg.teacher.arch.name} on {cfg.data.source} with "
@@ -186,6 +190,7 @@ def ensure_teacher(cfg: RuntimeConfig, report: LocalReport, console: bool,
     record = {"config": json.loads(tcfg.model_dump_json()), "held_out": result.eval, "wall_s": result.wall_s}
     Path(tcfg.output.run_dir, "teacher.json").write_text(json.dumps(record, indent=2) + "\n")
     report.timings.append((f"teacher training ({tcfg.train.steps} steps)", result.wall_s))
+    report.teachers[path] = "trained now"
     return "trained now"
 
 

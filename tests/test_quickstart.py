@@ -72,3 +72,15 @@ def test_quickstart_kd_beats_ce_only(tmp_path, monkeypatch, capsys):
     assert delta == pytest.approx(kd["ce"] - ce["ce"])
     # the teacher was cached where the config says, and is loaded (not retrained) next time
     assert (tmp_path / "cache" / "quickstart-teacher" / "_CHECKPOINT_METADATA").exists()
+
+
+def test_a_cached_teacher_is_announced_once_per_run(tmp_path, monkeypatch, capsys):
+    """An offline spec's two stages both need the teacher: one line says where it came from."""
+    from distillc.runtime import checkpoints, local
+    from tests.runtime_configs import make_config
+
+    monkeypatch.setattr(checkpoints, "is_checkpoint", lambda path: True)
+    cfg = make_config(tmp_path / "run", teacher_checkpoint=str(tmp_path / "teacher"))
+    report = local.LocalReport()
+    assert [local.ensure_teacher(cfg, report, console=False) for _ in range(2)] == ["cached", "cached"]
+    assert capsys.readouterr().out.count("using the cached checkpoint") == 1
