@@ -127,12 +127,25 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distillc" / "catalogs"
 
 
+def _module_key() -> bytes:
+    """This module's source (it turns files into entries); its version where the source is absent."""
+    try:
+        return Path(__file__).read_bytes()
+    except OSError:  # installed without .py files
+        from distillc import __version__
+
+        return __version__.encode()
+
+
+_MODULE_KEY = _module_key()
+
+
 def _read(name: str, entries: Callable[[dict], dict], use_cache: bool = True) -> dict:
     """The catalog file `name` as Entries reads it. The result is cached keyed by a digest of the
     file and of this module (which turns the file into entries), so an edit to either is seen."""
     text = (CATALOG_DIR / name).read_text(encoding="utf-8")
     key = hashlib.blake2b(text.encode("utf-8"), digest_size=12)
-    key.update(Path(__file__).read_bytes())
+    key.update(_MODULE_KEY)
     cached = cache_dir() / f"{name}.{key.hexdigest()}.json"
     try:
         out = json.loads(cached.read_text(encoding="utf-8")) if use_cache else None
