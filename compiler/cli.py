@@ -131,7 +131,7 @@ def validate(
     all_diags, sources, io_errors, names = [], {}, [], []
     for path in specs:
         try:
-            loaded = load_stream(sys.stdin) if str(path) == "-" else load_file(path)
+            loaded = load_stream(getattr(sys.stdin, "buffer", sys.stdin)) if str(path) == "-" else load_file(path)
         except LoadError as exc:
             io_errors.append(str(exc))
             continue
@@ -398,14 +398,31 @@ def _root(
 
 
 def main() -> None:
-    """Console entry point: usage errors exit 2; a broken pipe (`| head`) is not an error."""
+    """Console entry point: usage errors exit 2; a broken pipe (`| head`) ends quietly (exit 1, as
+    click has it); output that cannot be written (a full disk) is one line and exit 2."""
     try:
-        app()
+        try:
+            app()
+        finally:
+            sys.stdout.flush()  # inside the try: a write error is reported here, not at exit
     except BrokenPipeError:
-        sys.stderr.close()
+        _drop_stdout()
         sys.exit(0)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:
+        _drop_stdout()
+        typer.echo(f"distillc: error: cannot write the output: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what could not be written
+    does not fail again at exit (the pattern Python's signal docs give for SIGPIPE)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

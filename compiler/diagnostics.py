@@ -86,11 +86,17 @@ _COLORS = {Severity.ERROR: "\x1b[1;31m", Severity.WARNING: "\x1b[1;33m", Severit
 _BOLD, _BLUE, _RESET = "\x1b[1m", "\x1b[1;34m", "\x1b[0m"
 
 
+def one_line(s: str) -> str:
+    """`s` with its control characters escaped (a newline as \\n): a value quoted from the spec
+    cannot start a line of its own, and so cannot pass for a diagnostic."""
+    return s if s.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
 def format_concise(d: Diagnostic) -> str:
     """`file:line:col: severity: CODE message [path]` (one line, like gcc and mypy)."""
     where = f"{d.file}:{d.span.line}:{d.span.column}" if d.file else f"{d.span.line}:{d.span.column}"
     path = f" [{dotted(d.path)}]" if d.path else ""
-    return f"{where}: {d.severity.value}: {d.code} {d.message}{path}"
+    return one_line(f"{where}: {d.severity.value}: {d.code} {d.message}{path}")
 
 
 WINDOW = 100  # characters of a long source line shown around the caret
@@ -144,7 +150,10 @@ def format_github(d: Diagnostic) -> str:
     def esc(s: str) -> str:
         return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
-    props = f"file={esc(d.file)},line={d.span.line},col={d.span.column},title={d.code}"
+    def esc_property(s: str) -> str:  # GitHub's escaping of property values: ':' and ',' end them
+        return esc(s).replace(":", "%3A").replace(",", "%2C")
+
+    props = f"file={esc_property(d.file)},line={d.span.line},col={d.span.column},title={d.code}"
     text = d.message + (f" (help: {d.hint})" if d.hint else "")
     return f"::{kind} {props}::{esc(text)}"
 

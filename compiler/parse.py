@@ -203,6 +203,24 @@ def _yaml_repr(value: Any) -> str:
     return repr(value)
 
 
+def _strict_type_message(kind: str, value: Any) -> str:
+    """The spec is strict (YAML's types are the spec's): say how to write the value instead."""
+    what = "an integer" if kind == "int_type" else "a number"
+    if isinstance(value, float) and kind == "int_type":
+        return f"expected an integer: write {int(value)}, not {value!r}" if value.is_integer() else "expected an integer, not a fraction"
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return ""
+        if number != number or number in (float("inf"), float("-inf")):
+            return f"expected a finite {'integer' if kind == 'int_type' else 'number'}"
+        return f"expected {what}, not a string: write {value.strip()} without quotes"
+    if isinstance(value, bool):
+        return f"expected {what}, not true/false"
+    return ""
+
+
 def _expected(section: str, loc: tuple[Any, ...], err: Any) -> str:
     """The message for one pydantic error that is not unknown/missing/bad-choice."""
     kind = err["type"]
@@ -214,6 +232,10 @@ def _expected(section: str, loc: tuple[Any, ...], err: Any) -> str:
         if loc and isinstance(loc[-1], int):
             return "expected a mapping"
         return _FIELD_MESSAGES.get(str(field), f"expected a mapping of keys under '{field}'")
+    if kind in ("int_type", "float_type"):
+        strict = _strict_type_message(kind, err.get("input"))
+        if strict:
+            return strict
     if kind in _TYPE_MESSAGES:
         return _TYPE_MESSAGES[kind]
     ctx = err.get("ctx") or {}

@@ -22,7 +22,9 @@ class _Model(BaseModel):
     # default instantiates), not one per class besides.
     # List and dict defaults are literals, which pydantic copies per instance: a builtin
     # default_factory costs a signature parse at import.
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    # strict: YAML's types are the spec's (`true` is not a batch size of 1, "400" is not a number of
+    # steps); only a [step, value] list becomes a tuple. No inf/nan anywhere.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, strict=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- schedules (alpha, temperature, beta)
@@ -62,7 +64,7 @@ class Piecewise(_Model):
     """A schedule table: linear between (step, value) points, the last value held after them."""
 
     schedule: Literal["piecewise"]
-    points: list[tuple[int, float]] = Field(min_length=1, description="[[step, value], ...]")
+    points: list[Annotated[tuple[int, float], Field(strict=False)]] = Field(min_length=1, description="[[step, value], ...]")
 
 
 def _schedule_tag(v: Any) -> str:
@@ -102,7 +104,7 @@ Schedule = Annotated[
 class InlineArch(ModelArch):
     """An architecture given in the spec instead of by catalog name."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, strict=True, allow_inf_nan=False)
     name: str = "inline"
     family: str = "inline"
 
@@ -148,7 +150,7 @@ class Explicit(_Model):
 
     strategy: Literal["explicit"]
     indices: Optional[list[int]] = None
-    pairs: Optional[list[tuple[int, int]]] = None
+    pairs: Optional[list[Annotated[tuple[int, int], Field(strict=False)]]] = None
 
 
 class FirstN(_Model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -225,6 +226,28 @@ class TestReviewFindings:
         r = CliRunner().invoke(app, ["validate", "-"], input=text)
         assert r.exit_code == 0, r.output
         assert "<stdin>: ok" in r.stderr
+
+    def test_stdin_bytes_that_are_not_utf8_are_one_error(self):
+        """Real stdin (a process, not CliRunner): Python's text stdin would smuggle the bad byte in
+        as a surrogate, which crashed the YAML reader; stdin is read as bytes and decoded strictly."""
+        import subprocess
+        import sys
+
+        r = subprocess.run([sys.executable, "-c", "from distillc.compiler.cli import main; main()", "validate", "-"],
+                           input=b"name: caf\xe9\n", capture_output=True, env={**os.environ, "LC_ALL": "C.UTF-8"})
+        assert r.returncode == 2 and b"Traceback" not in r.stderr
+        assert r.stderr.decode().strip() == "distillc: error: <stdin>: not UTF-8 text (byte 9); is this a binary file?"
+
+    @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+    @pytest.mark.parametrize("argv", [["rules"], ["validate", "specs/quickstart.yaml", "--format", "json"]])
+    def test_output_on_a_full_disk_is_one_error(self, argv):
+        import subprocess
+        import sys
+
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([sys.executable, "-c", "from distillc.compiler.cli import main; main()", *argv],
+                               stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        assert (r.returncode, r.stderr) == (2, "distillc: error: cannot write the output: No space left on device\n")
 
     def test_stdin_errors_are_named_stdin(self):
         r = CliRunner().invoke(app, ["validate", "-", "-f", "concise"], input="teacher: [\n")

@@ -160,3 +160,15 @@ class TestLongLines:
     def test_short_lines_are_unchanged(self):
         line = "x" * 105
         assert D.window(line, 3, 2) == (line, 3, 2)
+
+
+def test_hostile_values_stay_inside_their_diagnostic():
+    """A file name or a value with newlines, ':' or ',' cannot forge another line or annotation."""
+    from distillc.compiler.diagnostics import Diagnostic, Severity, format_concise, format_github
+
+    d = Diagnostic(code="DC011", severity=Severity.ERROR, message="bad\nx.yaml:1:1: error: DC000 fake",
+                   file="g,line=99::x.yaml", path=("a",))
+    gh = format_github(d)
+    assert "\n" not in gh and gh.startswith("::error file=g%2Cline=99%3A%3Ax.yaml,line=1,col=1,title=DC011::bad%0A")
+    concise = format_concise(d)
+    assert "\n" not in concise and concise.endswith("DC011 bad\\nx.yaml:1:1: error: DC000 fake [a]")
