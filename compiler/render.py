@@ -184,13 +184,23 @@ def _owned_by_us(out: Path) -> bool:
 def write_atomic(out: Path, artifacts: Iterable[Artifact]) -> list[Path]:
     """Write the artifacts as the whole content of `out`, atomically (rename of a complete
     sibling directory). Refuses to replace a directory distillc did not write."""
-    out = Path(out)
+    shown = out = Path(out)
+    try:
+        out = out.resolve()  # '.' has no name to rename; a symlink loop fails here, not midway
+    except (OSError, RuntimeError) as exc:
+        raise OutputDirError(f"{shown}: cannot be resolved ({_reason(exc)}); choose another --out") from None
     if out.exists() and not out.is_dir():
-        raise OutputDirError(f"{out} exists and is not a directory")
+        raise OutputDirError(f"{shown} exists and is not a directory")
     if out.is_dir() and not _owned_by_us(out):
-        raise OutputDirError(f"{out} exists and was not written by distillc (no {MANIFEST}); choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        raise OutputDirError(f"{shown} exists and was not written by distillc (no {MANIFEST}); choose another --out")
+    blocker = next((p for p in out.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise OutputDirError(f"cannot create {shown}: {blocker} is a file, not a directory; choose another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise OutputDirError(f"cannot create {shown}: {_reason(exc)}; choose another --out") from None
     try:
         os.chmod(tmp, 0o755)
         written = []
@@ -208,6 +218,16 @@ def write_atomic(out: Path, artifacts: Iterable[Artifact]) -> list[Path]:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return written
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputDirError(f"cannot write {shown}: {_reason(exc)}; choose another --out") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS error in words, without the temporary names it may carry ("Permission denied")."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return str(exc).lower() or type(exc).__name__

@@ -137,6 +137,21 @@ class TestAtomicWrite:
             render.write_atomic(out, [render.Artifact("a", b"")])
         assert (out / "precious.txt").read_text() == "keep me"
 
+    def test_unusable_out_is_one_clear_error(self, tmp_path, monkeypatch):
+        """--out under a file, in a symlink loop, or '.' (the previous build, rebuilt in place)."""
+        files = [render.Artifact("a.txt", b"x"), render.manifest([], {}, {})]
+        (tmp_path / "afile").write_text("")
+        with pytest.raises(render.OutputDirError, match=r"afile/sub: .*afile is a file, not a directory"):
+            render.write_atomic(tmp_path / "afile" / "sub", files)
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+        with pytest.raises(render.OutputDirError, match="cannot be resolved"):
+            render.write_atomic(tmp_path / "loop", files)
+        render.write_atomic(tmp_path / "b", files)
+        monkeypatch.chdir(tmp_path / "b")
+        render.write_atomic(Path("."), [render.Artifact("new.txt", b"y"), render.manifest([], {}, {})])
+        assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["manifest.json", "new.txt"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "b", "loop"]  # nothing left behind
+
     def test_modes(self, tmp_path):
         compiled = compile_case("pruning", "v5p", "distillc", tmp_path / "o")
         write(compiled.build)
