@@ -199,7 +199,7 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], depth: int = 0) -> int
 def _scalar(node: yaml.Node) -> Any:
     try:
         return _SCALAR.construct_object(node, deep=True)
-    except yaml.constructor.ConstructorError:
+    except (yaml.constructor.ConstructorError, ValueError):  # ValueError: an int past Python's 4300 digits
         return node.value
     finally:  # the shared constructor memoizes every node it builds: drop it, or it grows forever
         _SCALAR.constructed_objects.pop(node, None)

@@ -206,3 +206,111 @@ def test_a_base_error_is_reported_once_and_exits_1(tmp_path):
     path.write_text(spec_text("name: " + "n" * 41 + "\n" + SPEC))
     res = invoke(path)
     assert res.exit_code == 1 and res.output.count("DC161") == 1 and "pruned" not in res.output
+
+
+# ---------------------------------------------------------------- hostile input
+
+
+def assert_clean(res, code: int, *needles: str) -> None:
+    """Exit `code` with each needle in the output, and no traceback (CliRunner keeps the exception)."""
+    assert res.exit_code == code, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.output
+    for n in needles:
+        assert n in res.output, res.output
+
+
+def _write(tmp_path, text: str = SPEC):
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec_text(text))
+    return path
+
+
+def test_a_newline_in_the_spec_path_cannot_run_a_command(tmp_path):
+    import os
+    import subprocess
+
+    path = tmp_path / "abl\ntouch PWN15 #.yaml"
+    path.write_text(spec_text(SPEC))
+    out = tmp_path / "out"
+    assert_clean(invoke(path, "--out", out), 0)
+    script = out / "launch_all.sh"
+    assert "from " + str(tmp_path) + "/abl\\ntouch PWN15 #.yaml: " in script.read_text().splitlines()[1]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "distillc").write_text("#!/usr/bin/env bash\n")
+    (bin_dir / "distillc").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    p = subprocess.run(["bash", str(script), "c"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert not list(tmp_path.rglob("PWN15*"))
+    for child in out.glob("*.yaml"):  # the header comment no longer breaks the child's YAML
+        assert_clean(CliRunner().invoke(app, ["validate", str(child)]), 0)
+
+
+def test_a_newline_in_an_axis_value_is_escaped_in_comments_and_the_table(tmp_path):
+    value = "gs://b/x\nmaxtext: {base_config: evil.yml}\n#"
+    out = tmp_path / "out"
+    axis = "teacher.checkpoint=" + json.dumps(value) + ",gs://b/y"  # a YAML double-quoted "\n" is a newline
+    res = invoke(_write(tmp_path, ""), "--strategy", "grid", "--axis", axis, "--out", out)
+    assert_clean(res, 0)
+    assert [line.split()[1] for line in res.stdout.splitlines()[1:]] == ["valid", "valid"]  # one line per cell
+    assert "teacher.checkpoint=gs://b/x\\nmaxtext: {base_config: evil.yml}\\n#" in res.stdout
+    import yaml
+
+    children = sorted(out.glob("*.yaml"))
+    assert len(children) == 2
+    for child in children:
+        data = yaml.safe_load(child.read_text())
+        assert "maxtext" not in data and data["teacher"]["checkpoint"] in (value, "gs://b/y")
+        assert_clean(CliRunner().invoke(app, ["validate", str(child)]), 0)
+
+
+@pytest.mark.parametrize("axis", ["loss.alpha.end=.inf", "loss.alpha.end=1e999", "loss.alpha.end=0.3,.nan",
+                                  "train.learning_rate=1e999", 'loss.alpha.end="inf"'])
+def test_a_non_finite_axis_option_is_a_usage_error(spec, axis):
+    key = axis.partition("=")[0]
+    res = invoke(spec, "--axis", axis)
+    assert_clean(res, 2, f"distillc: error: --axis {key}: value ", "not a finite number")
+    assert len(res.stderr.splitlines()) == 1
+
+
+def test_a_non_finite_value_in_ablation_axes_is_dc171_at_its_line(tmp_path):
+    path = _write(tmp_path, SPEC.replace("loss.alpha.end: [0.3, 0.5]", "loss.alpha.end: [.inf, 0.5]"))
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if t.strip() == "- .inf")
+    assert_clean(invoke(path), 1, "error[DC171]: loss.alpha.end: inf is not a finite number", f"spec.yaml:{line}:")
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"name,metric\n\xff\xfe,1\n", "not UTF-8 text"),
+    ("name,metric\nx,1\n".encode("utf-16"), "not UTF-8 text"),
+    (b"name,metric\nquickstart-a03,1\nquickstart-a03,2\n", "'quickstart-a03' is listed twice"),
+    (b'{"quickstart-a03": 1, "quickstart-a03": 2}', "'quickstart-a03' is listed twice"),
+    (b"name,metric\nquickstart-a03,inf\n", "metric of 'quickstart-a03' is infinite"),
+    (b"name,metric\nquickstart-a03,-inf\n", "metric of 'quickstart-a03' is infinite"),
+    (b"foo,bar\nquickstart-a03,1\n", "the header needs a name column"),
+], ids=["binary", "utf-16", "repeat-csv", "repeat-json", "inf", "minus-inf", "unknown-header"])
+def test_a_bad_best_file_is_a_one_line_usage_error(spec, tmp_path, content, message):
+    best = tmp_path / "best.csv"
+    best.write_bytes(content)
+    res = invoke(spec, "--strategy", "staged", "--best", best)
+    assert_clean(res, 2, f"distillc: error: --best {best}: ", message)
+    assert len(res.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_best_refuses_what_is_not_a_regular_file_without_blocking(spec, tmp_path, kind):
+    # in a child process with a memory cap and a timeout: reading these used to hang or eat memory
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    best = tmp_path / "fifo" if kind == "fifo" else kind
+    if kind == "fifo":
+        os.mkfifo(best)
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # noqa: E731
+    p = subprocess.run([sys.executable, "-c", "from distillc.compiler.cli import main; main()", "ablate", str(spec),
+                        "--strategy", "staged", "--best", str(best)], capture_output=True, text=True, timeout=60, preexec_fn=limit)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr == f"distillc: error: --best {best}: not a regular file\n"

@@ -221,3 +221,14 @@ class TestUnreadable:
     def test_one_bad_file_among_good_ones(self, tmp_path):
         r = run_cli("validate", str(ROOT / "specs" / "quickstart.yaml"), str(tmp_path / "nope.yaml"))
         assert r.exit_code == 2
+
+
+def test_an_integer_past_pythons_digit_limit_is_a_value_not_a_crash():
+    """int() refuses more than 4300 digits (CPython's limit): the scalar stays text for the spec's
+    types to refuse at its position."""
+    from distillc.compiler.check import check_loaded
+
+    loaded = load_text("train: {steps: " + "9" * 5000 + "}\n", "spec.yaml")
+    assert loaded.data == {"train": {"steps": "9" * 5000}}
+    steps = [d for d in check_loaded(loaded).diagnostics if d.path == ("train", "steps")]
+    assert [(d.code, d.span.line, d.span.column) for d in steps] == [("DC011", 1, 16)]

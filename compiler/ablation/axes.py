@@ -8,6 +8,7 @@ source named `--axis` (line n = the n-th --axis option) for the command line.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -45,6 +46,11 @@ class Axis:
         return self.path[0]
 
 
+def one_line(text: str) -> str:
+    """`text` for a one-line message: repr-escaped when it holds a newline or another control character."""
+    return text if text.isprintable() else repr(text)
+
+
 def value_id(v: Any) -> str:
     """Equality for axis values: 1 and 1.0 are one value, True and 1 are not."""
     if isinstance(v, bool) or v is None:
@@ -74,7 +80,9 @@ def spec_axes(loaded: Loaded) -> list[Axis]:
 
 
 def cli_source(args: Sequence[str]) -> SourceMap:
-    return SourceMap(file=CLI_FILE, text="\n".join(args))
+    """One line per --axis option. A control character (a newline in a value) is shown as U+FFFD,
+    one character for one, so it neither splits a line nor moves a column the spans point at."""
+    return SourceMap(file=CLI_FILE, text="\n".join("".join(c if c.isprintable() else "\ufffd" for c in a) for a in args))
 
 
 def _split(text: str) -> list[tuple[int, str]]:
@@ -110,7 +118,7 @@ def cli_axes(args: Sequence[str]) -> tuple[list[Axis], list[Diagnostic]]:
     for line, arg in enumerate(args, 1):
         where = Span(line, 1, line, len(arg) + 1)
         if "=" not in arg:
-            diags.append(make("DC172", f"--axis '{arg}' has no '=': expected KEY=V1,V2,...", span=where, file=CLI_FILE))
+            diags.append(make("DC172", f"--axis {arg!r} has no '=': expected KEY=V1,V2,...", span=where, file=CLI_FILE))
             continue
         key, _, rest = arg.partition("=")
         lead = len(key) - len(key.lstrip())
@@ -121,13 +129,14 @@ def cli_axes(args: Sequence[str]) -> tuple[list[Axis], list[Diagnostic]]:
             col = offset + start + 1
             span = Span(line, col, line, col + len(piece))
             if not piece.strip():
-                diags.append(make("DC172", f"--axis {key.strip()}: empty value", path=(), span=span, file=CLI_FILE))
+                diags.append(make("DC172", f"--axis {one_line(key.strip())}: empty value", path=(), span=span, file=CLI_FILE))
                 continue
             try:
                 values.append(_scalar(piece))
-            except yaml.YAMLError as exc:
-                problem = getattr(exc, "problem", None) or "invalid YAML"
-                diags.append(make("DC172", f"--axis {key.strip()}: {piece!r} is not a YAML value ({problem})", span=span, file=CLI_FILE))
+            except (yaml.YAMLError, ValueError) as exc:  # ValueError: an int past Python's 4300 digits
+                problem = getattr(exc, "problem", None) or ("invalid YAML" if isinstance(exc, yaml.YAMLError) else str(exc))
+                msg = f"--axis {one_line(key.strip())}: {piece!r} is not a YAML value ({problem})"
+                diags.append(make("DC172", msg, span=span, file=CLI_FILE))
                 continue
             spans.append(span)
         if values:
@@ -144,7 +153,8 @@ def merge(spec: list[Axis], cli: list[Axis]) -> tuple[list[Axis], list[Diagnosti
     given: dict[str, Axis] = {}
     for a in cli:
         if a.key in given:
-            diags.append(make("DC172", f"--axis {a.key} is given twice; list all its values in one option", span=a.key_span, file=a.file))
+            msg = f"--axis {one_line(a.key)} is given twice; list all its values in one option"
+            diags.append(make("DC172", msg, span=a.key_span, file=a.file))
             continue
         given[a.key] = a
     in_spec = {a.key for a in spec}
@@ -161,8 +171,8 @@ def check_axis(axis: Axis) -> tuple[Optional[Axis], list[Diagnostic]]:
     def err(code: str, msg: str, span: Span, hint: Optional[str] = None, p=apath) -> None:
         diags.append(make(code, msg, path=p, span=span, file=axis.file, hint=hint))
 
-    if not _KEY.match(axis.key):
-        err("DC172", f"'{axis.key}' is not a dotted key path (like loss.alpha.end)", axis.key_span)
+    if not _KEY.fullmatch(axis.key):  # fullmatch: `$` alone would let a trailing newline through
+        err("DC172", f"{axis.key!r} is not a dotted key path (like loss.alpha.end)", axis.key_span)
         return None, diags
     if path[0] in ("ablation", "name"):
         what = "the ablation block cannot ablate itself" if path[0] == "ablation" else "every cell gets its own name"
@@ -185,6 +195,10 @@ def check_axis(axis: Axis) -> tuple[Optional[Axis], list[Diagnostic]]:
     for i, value in enumerate(axis.values):
         span = axis.value_spans[i] if i < len(axis.values) and i < len(axis.value_spans) else axis.key_span
         vpath = (*apath, i) if apath else ()
+        problem = not_finite(value, path)
+        if problem:
+            err("DC171", f"{axis.key}: {problem}", span, FINITE_HINT, p=vpath)
+            continue
         problem = _type_error(path, value)
         if problem:
             shown = value if not isinstance(value, (dict, list)) else json.dumps(value)
@@ -200,6 +214,48 @@ def check_axis(axis: Axis) -> tuple[Optional[Axis], list[Diagnostic]]:
     if any(d.is_error for d in diags):
         return None, diags
     return Axis(axis.key, tuple(kept), axis.file, axis.key_span, tuple(spans)), diags
+
+
+FINITE_HINT = "An axis value must be a finite number: .inf and .nan (or 1e999, which reads as inf) cannot name or order a cell."
+
+
+def not_finite(value: Any, path: Path = ()) -> str:
+    """'' when every number in `value` is finite, as written and as the key path's type reads it
+    (pydantic reads the string '1e999' as a float), else what is wrong. The spec language's floats
+    accept .inf and .nan, but a cell is named after its values and compared by them."""
+    bad = _bad_number(value)
+    if bad is None and path:
+        bad = _bad_number(_read_as(path, value))
+        if bad is not None:
+            return f"{value!r} reads as {_number_text(bad)}, which is not a finite number"
+    return "" if bad is None else f"{_number_text(bad)} is not a finite number"
+
+
+def _bad_number(value: Any) -> Any:
+    """The first number in `value` with no finite float: inf, nan, or an int past 1.8e308."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:
+            return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((b for b in map(_bad_number, items) if b is not None), None)
+
+
+def _number_text(n: Any) -> str:
+    return repr(n) if isinstance(n, float) else f"an integer of {n.bit_length()} bits"
+
+
+def _read_as(path: Path, value: Any) -> Any:
+    """`value` as the first type the key path allows reads it (plain data), or None."""
+    for adapter in adapters(path):
+        try:
+            return adapter.dump_python(adapter.validate_python(value))
+        except ValidationError:
+            continue
+    return None
 
 
 def _known_depth(path: Path) -> int:

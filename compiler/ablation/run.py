@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence
 
-from distillc.compiler.ablation.axes import Axis, check_axis, cli_axes, cli_source, merge, spec_axes, value_id
+from distillc.compiler.ablation.axes import Axis, check_axis, cli_axes, cli_source, merge, not_finite, one_line, spec_axes, value_id
 from distillc.compiler.ablation.evaluate import Draft, Evaluator
 from distillc.compiler.ablation.names import Namer, name_limit
 from distillc.compiler.ablation.patch import lookup
@@ -130,6 +130,7 @@ def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Opt
     block = base.spec.ablation
 
     from_cli, diags = cli_axes(axis_args)
+    _refuse_non_finite(from_cli, axis_args)
     if axis_args:
         sources["--axis"] = cli_source(axis_args)
     axes_in, merge_diags = merge(spec_axes(loaded), from_cli)
@@ -230,7 +231,7 @@ def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Opt
         prior, known = _earlier_cells(axes, stage, names_of, options.results or {})
         unknown = sorted(set(options.results or {}) - known - set(names_of(drafts)))
         if unknown:
-            shown_names = ", ".join(unknown[:8]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 8 else "")
+            shown_names = ", ".join(map(one_line, unknown[:8])) + (f", ... ({len(unknown)} in all)" if len(unknown) > 8 else "")
             notes.append(f"warning: --best names cells that are not cells of this ablation (ignored): {shown_names}")
     shown = diffs_of(drafts)
     diffs = [tuple((axes[a].key, axes[a].values[v]) for a, v in d) for d in shown]
@@ -251,6 +252,18 @@ def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Opt
     return replace(
         result, cells=tuple(cells), stage=stage, notes=tuple(notes), evaluator=evaluator, plans_resolved=resolved, rule_runs=rule_runs
     )
+
+
+def _refuse_non_finite(axes: Sequence[Axis], args: Sequence[str]) -> None:
+    """A non-finite --axis value (.inf, .nan, 1e999) is a usage error, like a bad option value: no
+    cell can be named or compared by it (in ablation.axes it is DC171, at the value's line)."""
+    for a in axes:
+        for value, span in zip(a.values, a.value_spans):
+            problem = not_finite(value, a.path)
+            if problem:
+                text = args[span.line - 1][span.column - 1 : span.end_column - 1].strip()
+                text = text if len(text) <= 40 else text[:37] + "..."
+                raise StrategyError(f"--axis {one_line(a.key)}: value {text!r}: {problem} (axis values must be finite)")
 
 
 def _earlier_cells(

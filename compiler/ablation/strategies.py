@@ -9,13 +9,16 @@ import io
 import itertools
 import json
 import math
+import os
 import random
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-from distillc.compiler.ablation.axes import Axis
+from distillc.compiler.ablation.axes import Axis, one_line
 from distillc.compiler.ablation.priority import Priority
+from distillc.compiler.loader import MAX_BYTES
 
 Draft = tuple[tuple[int, int], ...]
 
@@ -145,48 +148,94 @@ def stage_drafts(axes: Sequence[Axis], plan: StagePlan) -> list[Draft]:
 
 
 def read_results(path: str | Path) -> dict[str, float]:
-    """Cell name -> metric from a CSV (name and metric columns, a header optional) or a JSON file
-    ({name: metric}, or a list of {"name", "metric"} objects, or {"cells": [...]} of those)."""
+    """Cell name -> metric from a CSV (name and metric columns, a header optional) or a JSON file ({name: metric}, or a list of {"name", "metric"} objects, or
+    {"cells": [...]} of those). A name given twice, a metric that is not a finite number, or a file
+    that is not such a table is a StrategyError: a result silently dropped would pick a wrong winner."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise StrategyError(f"--best {p}: cannot read ({exc.strerror or exc})") from None
-    if p.suffix.lower() == ".json" or text.lstrip()[:1] in "{[":
+    where = f"--best {one_line(str(p))}"
+    text = _read_text(p, where)
+    if p.suffix.lower() == ".json" or text.lstrip()[:1] in ("{", "["):
         try:
-            doc = json.loads(text)
+            doc = json.loads(text, object_pairs_hook=lambda pairs: _no_repeats(pairs, where))
         except json.JSONDecodeError as exc:
-            raise StrategyError(f"--best {p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            raise StrategyError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except RecursionError:
+            raise StrategyError(f"{where}: the JSON nests too deeply") from None
         if isinstance(doc, dict) and isinstance(doc.get("cells"), list):
             doc = doc["cells"]
-        pairs = doc.items() if isinstance(doc, dict) else [(_get(r, "name", p), _get(r, "metric", p)) for r in doc]
+        if not isinstance(doc, (dict, list)):
+            raise StrategyError(f"{where}: expected {{name: metric}} or a list of {{\"name\", \"metric\"}} objects")
+        pairs = doc.items() if isinstance(doc, dict) else [(_get(r, "name", where), _get(r, "metric", where)) for r in doc]
     else:
-        rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
-        pairs = _csv_pairs(rows, p)
+        try:
+            rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+        except csv.Error as exc:
+            raise StrategyError(f"{where}: not a CSV table ({exc})") from None
+        pairs = _csv_pairs(rows, where)
     out: dict[str, float] = {}
     for name, metric in pairs:
+        name = str(name).strip()
         try:
-            value = float(metric)
+            value = float(metric) if not isinstance(metric, bool) else None  # JSON true is no metric
         except (TypeError, ValueError):
-            raise StrategyError(f"--best {p}: metric of '{name}' is not a number ({metric!r})") from None
-        if math.isnan(value):
-            raise StrategyError(f"--best {p}: metric of '{name}' is NaN")
-        out[str(name).strip()] = value
+            value = None
+        if value is None:
+            raise StrategyError(f"{where}: metric of {name!r} is not a number ({metric!r})")
+        if not math.isfinite(value):
+            raise StrategyError(f"{where}: metric of {name!r} is {'NaN' if math.isnan(value) else 'infinite'}")
+        if name in out:
+            raise StrategyError(f"{where}: {name!r} is listed twice (give each cell one result)")
+        out[name] = value
     return out
 
 
-def _get(row: Any, key: str, p: Path) -> Any:
+def _read_text(p: Path, where: str) -> str:
+    """The file as text, read as loader.load_file reads a spec: a regular file only (a FIFO would
+    block, /dev/zero never ends), at most MAX_BYTES, UTF-8 without NULs; else one StrategyError.
+    O_NONBLOCK: opening a FIFO does not wait for a writer before fstat can refuse it."""
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise StrategyError(f"{where}: not a regular file")
+            raw = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise StrategyError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    if len(raw) > MAX_BYTES:
+        raise StrategyError(f"{where}: too large for a results file (limit {MAX_BYTES // 1024} KiB)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise StrategyError(f"{where}: not UTF-8 text (byte {exc.start}); is this a binary file?") from None
+    if "\x00" in text:
+        raise StrategyError(f"{where}: looks like a binary file, not CSV or JSON")
+    return text
+
+
+def _no_repeats(pairs: list[tuple[str, Any]], where: str) -> dict[str, Any]:
+    """A JSON object, refusing a repeated key (json.loads would keep the last one silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise StrategyError(f"{where}: {key!r} is listed twice (give each cell one result)")
+        out[key] = value
+    return out
+
+
+def _get(row: Any, key: str, where: str) -> Any:
     if not isinstance(row, dict) or key not in row:
-        raise StrategyError(f"--best {p}: each entry needs '{key}' (got {row!r})")
+        raise StrategyError(f"{where}: each entry needs '{key}' (got {row!r})")
     return row[key]
 
 
-def _csv_pairs(rows: list[list[str]], p: Path) -> list[tuple[str, str]]:
+def _csv_pairs(rows: list[list[str]], where: str) -> list[tuple[str, str]]:
+    """(name, metric) per row: two columns without a header, or a header naming them (name, cell or
+    run; metric, value, loss or score). A header naming neither is refused, not guessed."""
     if not rows:
         return []
     head = [c.strip().lower() for c in rows[0]]
     if len(head) < 2:
-        raise StrategyError(f"--best {p}: expected two columns, name and metric (got {rows[0]!r})")
+        raise StrategyError(f"{where}: expected two columns, name and metric (got {one_line(','.join(rows[0]))!r})")
     try:
         float(rows[0][1])
         has_header = False
@@ -194,10 +243,10 @@ def _csv_pairs(rows: list[list[str]], p: Path) -> list[tuple[str, str]]:
         has_header = True
     if not has_header:
         return [(r[0], r[1] if len(r) > 1 else "") for r in rows]
-    name_col = next((head.index(k) for k in ("name", "cell") if k in head), 0)
+    name_col = next((head.index(k) for k in ("name", "cell", "run") if k in head), None)
     metric_col = next((head.index(k) for k in ("metric", "value", "loss", "score") if k in head), None)
-    if metric_col is None:
-        if len(head) != 2:
-            raise StrategyError(f"--best {p}: name the metric column 'metric' (columns: {', '.join(head)})")
-        metric_col = 1 - name_col
-    return [(r[name_col], r[metric_col] if len(r) > metric_col else "") for r in rows[1:]]
+    if name_col is None or metric_col is None:
+        got = one_line(",".join(rows[0]))
+        raise StrategyError(f"{where}: the header needs a name column (name, cell or run) and a metric column "
+                            f"(metric, value, loss or score), got `{got}`")
+    return [(r[name_col] if len(r) > name_col else "", r[metric_col] if len(r) > metric_col else "") for r in rows[1:]]
