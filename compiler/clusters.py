@@ -35,7 +35,7 @@ from distillc.compiler import naming
 from distillc.compiler.catalog import Accelerator, load_catalog
 from distillc.compiler.diagnostics import Diagnostic, KeyPath
 from distillc.compiler.loader import Loaded, SourceMap, load_file
-from distillc.compiler.parse import did_you_mean
+from distillc.compiler.parse import did_you_mean, expected_message, yaml_repr
 from distillc.compiler.registry import make
 
 FILE_NAME = "clusters.yaml"
@@ -159,9 +159,15 @@ def _schema_diags(exc: ValidationError, source: SourceMap, prefix: KeyPath = ())
             out.append(_diag("DC012", f"missing required key '{loc[-1]}'", loc, source, "Every cluster entry needs project, zone, cluster and accelerator."))
         else:
             value = err.get("input")
-            shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+            shown = "" if isinstance(value, (dict, list)) else f" (got {yaml_repr(value)})"
             hint = 'Environment values are strings: quote them ("0.92", "off").' if "env" in loc[:-1] else ""
-            out.append(_diag("DC011", f"{err['msg']}{shown}", loc, source, hint))
+            if not loc:
+                message, hint = "a clusters file is a mapping with the key 'clusters'", "Start from specs/clusters.yaml."
+            elif len(loc) == 2 and loc[0] == "clusters" and kind in ("model_type", "dict_type", "model_attributes_type"):
+                message = f"expected the mapping of cluster '{loc[1]}' (project, zone, cluster, accelerator, ...)"
+            else:
+                message = expected_message(str(loc[0]), loc[1:], err)
+            out.append(_diag("DC011", f"{message}{shown}", loc, source, hint))
     return out
 
 

@@ -165,7 +165,7 @@ def section_diagnostics(section: str, exc: ValidationError, raw: Any, source: So
 
 
 # pydantic's error types -> the message in the spec's own terms (pydantic wording never reaches
-# the user). Mapping-typed fields get a message naming what they take; see _expected.
+# the user). Mapping-typed fields get a message naming what they take; see expected_message.
 _MAPPING_TYPES = frozenset({"model_type", "dict_type", "model_attributes_type"})
 _TYPE_MESSAGES = {
     "list_type": "expected a list",
@@ -194,7 +194,7 @@ _FIELD_MESSAGES = {  # (field name, message) for mapping-typed fields given some
 _POINT = "a piecewise point is [step, value], e.g. [1000, 0.5]"
 
 
-def _yaml_repr(value: Any) -> str:
+def yaml_repr(value: Any) -> str:
     """A scalar as the user wrote it in YAML terms (true, null), not Python's (True, None)."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -221,8 +221,9 @@ def _strict_type_message(kind: str, value: Any) -> str:
     return ""
 
 
-def _expected(section: str, loc: tuple[Any, ...], err: Any) -> str:
-    """The message for one pydantic error that is not unknown/missing/bad-choice."""
+def expected_message(section: str, loc: tuple[Any, ...], err: Any) -> str:
+    """The message for one pydantic error that is not unknown/missing/bad-choice (the clusters
+    file's parser uses it too)."""
     kind = err["type"]
     keys = [p for p in loc if isinstance(p, str)]
     field = keys[-1] if keys else section
@@ -260,7 +261,7 @@ def _error_to_diag(section: str, err: Any, raw: Any, source: SourceMap) -> Diagn
         if isinstance(value, str) and value.strip() == "1":
             msg = f"version is the number 1, not the string {value!r}: write `version: 1` without quotes"
         else:
-            msg = f"unsupported spec version {_yaml_repr(value)}: this distillc reads version 1"
+            msg = f"unsupported spec version {yaml_repr(value)}: this distillc reads version 1"
         return make("DC015", msg, path=path, span=source.span(path), file=file)
     if kind == "extra_forbidden":
         key = loc[-1] if loc else section
@@ -281,8 +282,8 @@ def _error_to_diag(section: str, err: Any, raw: Any, source: SourceMap) -> Diagn
         hint = did_you_mean(str(value), options) or (f"expected one of: {', '.join(options)}" if options else "")
         return make("DC011", f"invalid value {value!r}: expected {expected}", path=path, span=source.span(path), file=file, hint=hint)
     value = err.get("input")
-    shown = "" if isinstance(value, (dict, list)) else f" (got {_yaml_repr(value)})"
-    return make("DC011", f"{_expected(section, loc, err)}{shown}", path=path, span=source.span(path), file=file)
+    shown = "" if isinstance(value, (dict, list)) else f" (got {yaml_repr(value)})"
+    return make("DC011", f"{expected_message(section, loc, err)}{shown}", path=path, span=source.span(path), file=file)
 
 
 def parse(loaded: Loaded) -> tuple[PartialSpec, tuple[Diagnostic, ...]]:

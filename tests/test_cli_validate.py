@@ -183,6 +183,20 @@ class TestReviewFindings:
         got = {(d["code"], d["path"]) for d in json.loads(r.stdout)}
         assert {("DC402", "clusters.v5p.zone"), ("DC014", "clusters.v5p.accelerator")} <= got
 
+    @pytest.mark.parametrize("text, path, message", [
+        ("clusters:\n  e:\n", "clusters.e", "expected the mapping of cluster 'e' (project, zone, cluster, accelerator, ...) (got null)"),
+        ("clusters:\n  e: {project: my-tpu-project, zone: us-central1-a, cluster: c1, accelerator: v5p-8, num_slices: true}\n",
+         "clusters.e.num_slices", "expected an integer, not true/false (got true)"),
+        ("clusters:\n  e: {project: my-tpu-project, zone: us-central1-a, cluster: c1, accelerator: v5p-8, env: {A: 1}}\n",
+         "clusters.e.env.A", "expected a string (got 1)"),
+    ], ids=["empty-entry", "bool-slices", "int-env"])
+    def test_clusters_file_messages_speak_yaml_not_pydantic(self, tmp_path, text, path, message):
+        p = tmp_path / "clusters.yaml"
+        p.write_text(text)
+        r = run("validate", str(p), "-f", "json")
+        assert r.exit_code == 1
+        assert [(d["path"], d["message"]) for d in json.loads(r.stdout)] == [(path, message)]
+
     def test_clusters_file_with_a_duplicate_key_is_still_a_clusters_file(self, tmp_path):
         p = tmp_path / "clusters.yaml"
         p.write_text("version: 1\nclusters:\n  a: {project: my-tpu-project}\n  a: {project: my-tpu-project}\n")
