@@ -102,6 +102,18 @@ def _check_clusters_file(loaded, select=(), ignore=()) -> list:
     return [d for d in diags if _wanted(d.code, select, ignore)]
 
 
+def _ablation_axes(loaded, select, ignore) -> list:
+    """The spec's ablation.axes checked as `distillc ablate` checks them (imported only when the
+    spec has that block, so validate's start-up does not pay for the ablation package)."""
+    data = loaded.data
+    if not (isinstance(data, dict) and isinstance(data.get("ablation"), dict) and data["ablation"].get("axes")):
+        return []
+    from distillc.compiler.ablation.axes import spec_axis_diagnostics
+    from distillc.compiler.check import _wanted
+
+    return [d for d in spec_axis_diagnostics(loaded) if _wanted(d.code, select, ignore)]
+
+
 def _check_selectors(sel, ign) -> None:
     from distillc.compiler.registry import unknown_selectors
 
@@ -140,7 +152,7 @@ def validate(
         if _is_clusters_file(loaded.data):
             all_diags += sorted(_check_clusters_file(loaded, sel, ign), key=sort_key)
         else:
-            all_diags += check_loaded(loaded, sel, ign).diagnostics
+            all_diags += sorted((*check_loaded(loaded, sel, ign).diagnostics, *_ablation_axes(loaded, sel, ign)), key=sort_key)
     if names:  # no JSON list at all when no file could be read
         emit_diagnostics(all_diags, format, sources)
     for message in io_errors:

@@ -197,6 +197,21 @@ class TestReviewFindings:
         assert r.exit_code == 1
         assert [(d["path"], d["message"]) for d in json.loads(r.stdout)] == [(path, message)]
 
+    def test_ablation_axes_are_checked_as_ablate_checks_them(self, tmp_path):
+        """A spec that validates clean also ablates: its own ablation.axes are checked here too."""
+        text = (ROOT / "specs" / "ablation-example.yaml").read_text()
+        bad = text.replace("loss.alpha.end: [0.3, 0.5, 0.7]", "loss.alpha.end: [0.3, .inf, 0.3]")
+        bad = bad.replace("loss.layers.count: [8]", "loss.layers.cnt: [8]")
+        assert bad.count("\n") == text.count("\n") and bad != text
+        p = tmp_path / "abl.yaml"
+        p.write_text(bad)
+        r = run("validate", str(p), "-f", "json")
+        assert r.exit_code == 1, r.output
+        got = [(d["code"], d["path"]) for d in json.loads(r.stdout)]
+        assert got == [("DC171", "ablation.axes.loss.alpha.end[1]"), ("DC174", "ablation.axes.loss.alpha.end[2]"),
+                       ("DC170", "ablation.axes.loss.layers.cnt")]
+        assert run("validate", str(p), "--ignore", "DC17").exit_code == 0
+
     def test_clusters_file_with_a_duplicate_key_is_still_a_clusters_file(self, tmp_path):
         p = tmp_path / "clusters.yaml"
         p.write_text("version: 1\nclusters:\n  a: {project: my-tpu-project}\n  a: {project: my-tpu-project}\n")

@@ -162,6 +162,15 @@ def merge(spec: list[Axis], cli: list[Axis]) -> tuple[list[Axis], list[Diagnosti
     return out, diags
 
 
+def spec_axis_diagnostics(loaded: Loaded) -> list[Diagnostic]:
+    """What `distillc ablate` would say about the spec's own `ablation.axes` (key paths, value
+    types, finiteness, repeats), for `distillc validate`: a spec that validates clean ablates."""
+    axes, diags = merge(spec_axes(loaded), [])
+    for axis in axes:
+        diags += check_axis(axis)[1]
+    return diags
+
+
 def check_axis(axis: Axis) -> tuple[Optional[Axis], list[Diagnostic]]:
     """Check the key path and every value; the axis with repeated values removed, or None."""
     diags: list[Diagnostic] = []
