@@ -88,7 +88,8 @@ _BOLD, _BLUE, _RESET = "\x1b[1m", "\x1b[1;34m", "\x1b[0m"
 
 def one_line(s: str) -> str:
     """`s` with its control characters escaped (a newline as \\n): a value quoted from the spec
-    cannot start a line of its own, and so cannot pass for a diagnostic."""
+    cannot start a line of its own, so it cannot pass for a diagnostic, and in a generated file it
+    cannot end a comment (render.comment_text)."""
     return s if s.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
 
 

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import jinja2
 
 from distillc import __version__
+from distillc.compiler.diagnostics import one_line
 from distillc.compiler.xpk import shell_word
 from distillc.runtime.config import RuntimeConfig
 
@@ -101,7 +102,7 @@ def yaml_key(key: str) -> str:
 def comment_text(value: Any) -> str:
     """Text safe inside a one-line comment (shell or YAML): control characters, line breaks
     included, shown as escapes, so a hostile name cannot end the comment and start a command."""
-    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in str(value))
+    return one_line(str(value))
 
 
 def _load_template(name: str) -> str:

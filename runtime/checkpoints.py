@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -190,21 +190,23 @@ def _differences(stored: dict, params_like: Any) -> list[str]:
     return parts
 
 
-def param_differences(path: str, params_like: Any) -> str:
+def param_differences(path: str, params_like: Any, stored: Optional[dict] = None) -> str:
     """How the parameters stored at `path` differ from `params_like` in names and shapes, from the
-    checkpoint's metadata; "" when they agree or the metadata has no tree. Checked before a restore:
-    one that fails midway leaves orbax's reads pending."""
+    checkpoint's metadata (`stored`, when the caller has read it already); "" when they agree or
+    the metadata has no tree. Checked before a restore: one that fails midway leaves orbax's reads
+    pending."""
     try:
-        return "; ".join(_differences(stored_tree(path), params_like))
+        return "; ".join(_differences(stored if stored is not None else stored_tree(path), params_like))
     except CheckpointError:
         return ""
 
 
-def restore_params(path: str, params_like: Any) -> Any:
+def restore_params(path: str, params_like: Any, stored: Optional[dict] = None) -> Any:
     """Restores a parameter checkpoint (or a run's latest `params`) onto `params_like`'s shardings
-    and dtypes (a bfloat16 target casts float32 weights on load)."""
+    and dtypes (a bfloat16 target casts float32 weights on load). `stored`: its tree metadata, when
+    the caller has read it already."""
     p = _params_dir(path)
-    why = param_differences(path, params_like)
+    why = param_differences(path, params_like, stored)
     if why:
         raise CheckpointError(f"checkpoint {path!r} does not match the model: {why}")
     ckptr = ocp.StandardCheckpointer()

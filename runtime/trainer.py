@@ -224,15 +224,16 @@ def load_teacher(side: SideConfig, scan_layers: bool, mesh):
         return init_params(side, scan_layers, mesh)
     graphdef, abs_params, shardings = model_shardings(side, scan_layers, mesh)
     try:
-        stored = stored_scan_layers(stored_tree(side.checkpoint))
+        tree = stored_tree(side.checkpoint)  # read once: the layout here, the comparison in restore_params
     except CheckpointError:  # no readable tree metadata: restore as is (restore_params explains a mismatch)
-        stored = None
+        tree = None
+    stored = stored_scan_layers(tree) if tree is not None else None
     if stored is None or stored == scan_layers:
-        return graphdef, restore_params(side.checkpoint, abs_params)
+        return graphdef, restore_params(side.checkpoint, abs_params, tree)
     # saved with the other layer layout (a scanned teacher for an unscanned run, or the reverse):
     # restore it as saved, then restack onto this run's layout and shardings
     _, stored_abs, _ = model_shardings(side, stored, mesh)
-    loaded = restore_params(side.checkpoint, stored_abs)
+    loaded = restore_params(side.checkpoint, stored_abs, tree)
 
     def restack(state):
         target = jax.tree.map(lambda x: x, abs_params)

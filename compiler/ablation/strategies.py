@@ -148,9 +148,10 @@ def stage_drafts(axes: Sequence[Axis], plan: StagePlan) -> list[Draft]:
 
 
 def read_results(path: str | Path) -> dict[str, float]:
-    """Cell name -> metric from a CSV (name and metric columns, a header optional) or a JSON file ({name: metric}, or a list of {"name", "metric"} objects, or
-    {"cells": [...]} of those). A name given twice, a metric that is not a finite number, or a file
-    that is not such a table is a StrategyError: a result silently dropped would pick a wrong winner."""
+    """Cell name -> metric from a CSV (name and metric columns, a header optional) or a JSON file
+    ({name: metric}, or a list of {"name", "metric"} objects, or {"cells": [...]} of those). A name
+    given twice, a metric that is not a finite number, or a file that is not such a table is a
+    StrategyError: a result silently dropped would pick a wrong winner."""
     p = Path(path)
     where = f"--best {one_line(str(p))}"
     text = _read_text(p, where)
