@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from distillc.runtime import losses  # noqa: E402
-from distillc.runtime.model import ModelOutput  # noqa: E402
+from distillc.runtime.train import losses  # noqa: E402
+from distillc.runtime.models.transformer import ModelOutput  # noqa: E402
 
 
 def main(argv=None) -> list[dict]:

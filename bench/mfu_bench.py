@@ -31,9 +31,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from distillc.runtime import losses  # noqa: E402
+from distillc.runtime.train import losses  # noqa: E402
 from distillc.runtime.config import ModelArch, SideConfig  # noqa: E402
-from distillc.runtime.model import build_model, count_params, flops_per_token  # noqa: E402
+from distillc.runtime.models.transformer import build_model, count_params, flops_per_token  # noqa: E402
 
 # Used when the catalog does not list the model (yet).
 FALLBACK = {

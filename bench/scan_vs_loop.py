@@ -32,7 +32,7 @@ def main() -> int:
     import jax
 
     from distillc.compiler.catalog import model as catalog_model
-    from distillc.runtime.trainer import train
+    from distillc.runtime.train.trainer import train
     from tests.runtime_configs import make_config
 
     arch = catalog_model(args.model)

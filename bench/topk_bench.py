@@ -42,7 +42,7 @@ LLAMA3_VOCAB = 128256
 
 
 def bytes_table(seq_len: int = 2048) -> list[dict]:
-    from distillc.runtime import topk_store as ts
+    from distillc.runtime.offline import store as ts
     from distillc.runtime.config import Schedule
 
     rows = []
@@ -66,7 +66,7 @@ def measured_save(k: int = 64, vocab: int = LLAMA3_VOCAB, seq_len: int = 512, ba
     import jax
     import jax.numpy as jnp
 
-    from distillc.runtime import topk_save, topk_store as ts
+    from distillc.runtime.offline import save as topk_save, store as ts
 
     spec = ts.RecordSpec("top_k", seq_len, k, 1, dtype)
     betas = np.array([1.0])
@@ -109,7 +109,7 @@ def measured_save(k: int = 64, vocab: int = LLAMA3_VOCAB, seq_len: int = 512, ba
 
 def run_bytes() -> dict:
     table = bytes_table()
-    print("(a) cache size per token, seq_len 2048, V = 128256 (Llama 3), record layout of runtime/topk_store.py")
+    print("(a) cache size per token, seq_len 2048, V = 128256 (Llama 3), record layout of runtime/offline/store.py")
     print(f"{'k':>4} {'values':>9} {'cached temperatures':>24} {'bytes/token':>12} {'full logits':>12} {'fraction':>10}")
     for r in table:
         print(f"{r['k']:>4} {r['dtype']:>9} {r['grid']:>24} {r['bytes_per_token']:>12.1f} "
@@ -132,11 +132,11 @@ def interpolation_error(k: int = 32, rows: int = 16) -> dict:
     import jax.numpy as jnp
     from flax import nnx
 
-    from distillc.runtime import distributed, topk_losses as tl, topk_store as ts
+    from distillc.runtime.train import distributed
+    from distillc.runtime.offline import losses as tl, store as ts
     from distillc.runtime.config import Schedule
-    from distillc.runtime.data import DataPipeline
-    from distillc.runtime.trainer import load_teacher
-
+    from distillc.runtime.data.pipeline import DataPipeline
+    from distillc.runtime.train.trainer import load_teacher
     from distillc.runtime import local
 
     cfg = compile_configs(ROOT / "specs" / "quickstart-offline.yaml")[0]
@@ -200,8 +200,9 @@ def _outputs(cfg, run_dir: Path):
 
 
 def run_quality(steps: int | None, workdir: Path, ks=(8, 32, 128), fresh_runs: bool = False) -> dict:
-    from distillc.runtime import local, topk_save
-    from distillc.runtime.trainer import train
+    from distillc.runtime import local
+    from distillc.runtime.offline import save as topk_save
+    from distillc.runtime.train.trainer import train
 
     online = compile_configs(ROOT / "specs" / "quickstart.yaml")[0]
     save_cfg, train_cfg = compile_configs(ROOT / "specs" / "quickstart-offline.yaml")
@@ -222,7 +223,7 @@ def run_quality(steps: int | None, workdir: Path, ks=(8, 32, 128), fresh_runs: b
     def trained(cfg):
         """The finished run's result when this exact config (and cache, and teacher) already ran
         here, else a fresh training run (its directory wiped first)."""
-        from distillc.runtime import topk_store
+        from distillc.runtime.offline import store as topk_store
 
         key = {"config": json.loads(cfg.model_dump_json()),
                "teacher": topk_store.checkpoint_fingerprint(cfg.teacher.checkpoint),
@@ -243,7 +244,7 @@ def run_quality(steps: int | None, workdir: Path, ks=(8, 32, 128), fresh_runs: b
         """A cache in the bench's own --workdir, saved again when the one there is for other settings
         (another teacher, after the quickstart teacher was retrained): the runtime refuses to
         overwrite a cache, and here that is the point of rerunning."""
-        from distillc.runtime.topk_store import CacheError
+        from distillc.runtime.offline.store import CacheError
 
         try:
             return topk_save.save_topk(cfg, console=False, log=lambda *_: None)
@@ -258,7 +259,7 @@ def run_quality(steps: int | None, workdir: Path, ks=(8, 32, 128), fresh_runs: b
         kl_kind = "dense" if "kl_T1" in ev else ("(k+1)-bucket" if "kl_T1_buckets" in ev else "sampled est." if kl is not None else "")
         record_bpt = None
         if k is not None:
-            from distillc.runtime import topk_store
+            from distillc.runtime.offline import store as topk_store
 
             kind = "random" if method == "sampled" else "top_k"
             record_bpt = topk_store.RecordSpec(kind, train_cfg.data.seq_len, k, 1, "float32").nbytes / train_cfg.data.seq_len

@@ -443,7 +443,7 @@ def execute(steps: Sequence[Step], echo: Callable[[str], None], tail_lines: int 
 
 @dataclass(frozen=True)
 class TopkStorage:
-    """What the offline cache holds on disk (runtime/topk_store.py's record layout, before zstd).
+    """What the offline cache holds on disk (runtime/offline/store.py's record layout, before zstd).
 
     One record per sequence of seq_len L, S slots (top_k, or num_samples for random sampling), G
     cached temperatures (the grid topk_store.temperature_grid builds from the temperature schedule):
@@ -498,7 +498,7 @@ def topk_storage(plan: Plan) -> Optional[TopkStorage]:
     cfg = plan.train
     if cfg.offline is None:
         return None
-    from distillc.runtime.topk_store import record_spec  # numpy only; no jax
+    from distillc.runtime.offline.store import record_spec  # numpy only; no jax
 
     rec = record_spec(cfg)
     slot = 4 + (2 if rec.value_dtype == "bfloat16" else 4) + (2 if rec.kind == "random" else 0)

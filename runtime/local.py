@@ -105,7 +105,7 @@ def fit_mesh(cfg: RuntimeConfig, n_devices: int) -> tuple[RuntimeConfig, str | N
     """The config with its mesh put on the local devices (all on the data axis) if it does not fit."""
     if cfg.mesh.size == n_devices:
         return cfg, None
-    from distillc.runtime.distributed import MeshError
+    from distillc.runtime.train.distributed import MeshError
 
     if cfg.data.global_batch_size % n_devices:
         raise MeshError(f"{cfg.name}: global batch {cfg.data.global_batch_size} does not split over the "
@@ -119,7 +119,7 @@ def fit_mesh(cfg: RuntimeConfig, n_devices: int) -> tuple[RuntimeConfig, str | N
 def memory_estimate(cfg: RuntimeConfig) -> int:
     """Bytes a training run needs, roughly: student weights + grads + Adam (fp32), the teacher's
     weights, and activations of both forward passes (kept for the student's backward)."""
-    from distillc.runtime.trainer import uses_teacher
+    from distillc.runtime.train.trainer import uses_teacher
 
     s, t = cfg.student.arch, cfg.teacher.arch
     b, n = cfg.data.global_batch_size, cfg.data.seq_len
@@ -165,8 +165,8 @@ def _is_remote(path: str) -> bool:
 def ensure_teacher(cfg: RuntimeConfig, report: LocalReport, console: bool,
                    steps_factor: float = TEACHER_STEPS_FACTOR) -> str:
     """Trains and caches the teacher when its local checkpoint path is empty; says which happened."""
-    from distillc.runtime.checkpoints import is_checkpoint, save_params
-    from distillc.runtime.trainer import train
+    from distillc.runtime.train.checkpoints import is_checkpoint, save_params
+    from distillc.runtime.train.trainer import train
 
     path = cfg.teacher.checkpoint
     if path is None:
@@ -182,7 +182,7 @@ def ensure_teacher(cfg: RuntimeConfig, report: LocalReport, console: bool,
     tcfg = teacher_config(cfg, steps_factor)
     print(f"teacher: no checkpoint at {path}; training {cfg.teacher.arch.name} on {cfg.data.source} with "
           f"cross-entropy for {tcfg.train.steps} steps, then caching it there", flush=True)
-    from distillc.runtime.trainer import write_manifest
+    from distillc.runtime.train.trainer import write_manifest
 
     write_manifest(tcfg, [*sys.argv], {"local": True, "teacher_of": cfg.name, "cached_at": path})
     result = train(tcfg, console=console)
@@ -201,9 +201,8 @@ def run_local(configs: list[RuntimeConfig], spec_path: Path, *,
     import jax
 
     from distillc.runtime import main as runtime_main
-    from distillc.runtime.trainer import NonFiniteLoss, train, uses_teacher, write_manifest
-
-    from distillc.runtime.distributed import tune_host_allocator
+    from distillc.runtime.train.trainer import NonFiniteLoss, train, uses_teacher, write_manifest
+    from distillc.runtime.train.distributed import tune_host_allocator
 
     tune_host_allocator()
     _enable_compile_cache()

@@ -33,7 +33,7 @@ EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_UNAVAILABLE = 0, 2, 3, 4
 STAGES: dict[tuple[str, str], str] = {
     ("online", "train"): "distillc.runtime.main:run_train",
     ("offline", "train"): "distillc.runtime.main:run_train",  # the trainer's objective dispatch picks top-k
-    ("offline", "save_topk"): "distillc.runtime.topk_save:run_stage",
+    ("offline", "save_topk"): "distillc.runtime.offline.save:run_stage",
 }
 
 
@@ -84,7 +84,7 @@ def stage_function(config: RuntimeConfig) -> Callable[[RuntimeConfig, bool], Non
 
 
 def run_train(config: RuntimeConfig, console: bool = True) -> None:
-    from distillc.runtime.trainer import train
+    from distillc.runtime.train.trainer import train
 
     result = train(config, console=console)
     import jax
@@ -99,19 +99,19 @@ def run_train(config: RuntimeConfig, console: bool = True) -> None:
 def user_errors() -> tuple[type[Exception], ...]:
     """Mesh / data / tokenizer / checkpoint / top-k cache mismatches: the user's to fix, reported as
     one message (exit 2), never a traceback."""
-    from distillc.runtime.checkpoints import CheckpointError
-    from distillc.runtime.corpus import CorpusError
-    from distillc.runtime.data import DataError
-    from distillc.runtime.distributed import MeshError
-    from distillc.runtime.tokenizers import TokenizerError
-    from distillc.runtime.topk_store import CacheError
+    from distillc.runtime.train.checkpoints import CheckpointError
+    from distillc.runtime.data.corpus import CorpusError
+    from distillc.runtime.data.pipeline import DataError
+    from distillc.runtime.train.distributed import MeshError
+    from distillc.runtime.data.tokenizers import TokenizerError
+    from distillc.runtime.offline.store import CacheError
 
     return (CacheError, CheckpointError, CorpusError, DataError, MeshError, TokenizerError)
 
 
 def run(config: RuntimeConfig, argv: list[str], *, console: bool = True) -> int:
     """Runs one config's stage in this (already initialized) process; returns the exit code."""
-    from distillc.runtime.trainer import NonFiniteLoss, TeacherUnavailable, write_manifest
+    from distillc.runtime.train.trainer import NonFiniteLoss, TeacherUnavailable, write_manifest
 
     try:
         fn = stage_function(config)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
-    from distillc.runtime import distributed
+    from distillc.runtime.train import distributed
 
     distributed.tune_host_allocator()
     coordinator = None

@@ -9,10 +9,10 @@ import optax
 import pytest
 from flax import nnx
 
-from distillc.runtime.checkpoints import (
+from distillc.runtime.train.checkpoints import (
     CheckpointError, TrainCheckpoints, is_checkpoint, restore_params, save_params,
 )
-from distillc.runtime.model import build_model
+from distillc.runtime.models.transformer import build_model
 
 from tests.runtime_configs import MICRO, arch, side
 
@@ -120,9 +120,9 @@ def test_teacher_loads_from_either_layer_layout(tmp_path, saved_scan):
     """A teacher saved with stacked layers loads into an unscanned run, and the reverse: same weights."""
     from jax.sharding import Mesh
 
-    from distillc.runtime.checkpoints import stored_tree
-    from distillc.runtime.model import stored_scan_layers
-    from distillc.runtime.trainer import load_teacher
+    from distillc.runtime.train.checkpoints import stored_tree
+    from distillc.runtime.convert.layout import stored_scan_layers
+    from distillc.runtime.train.trainer import load_teacher
 
     mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
     src = build_model(side("teacher", MICRO, seed=3), scan_layers=saved_scan)

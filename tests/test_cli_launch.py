@@ -48,7 +48,7 @@ class TestPlan:
         assert set(doc["memory"]) == {"save_topk", "train"}
 
     def test_offline_cache_storage(self, tmp_path):
-        # hand-computed from runtime/topk_store.py's record layout: 60-byte header; per token
+        # hand-computed from runtime/offline/store.py's record layout: 60-byte header; per token
         # 4 input + 4 label + 1 mask + 4 label logit, k x (4 id + value bytes), G x (4 lse + 4 slope)
         doc = json.loads(run("plan", GOLDEN_INPUTS / "offline.yaml", "--format", "json").stdout)["topk_storage"]
         assert doc["record_bytes"] == 60 + 2048 * (13 + 64 * (4 + 4) + 1 * 8)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from distillc.runtime.config import DataConfig
-from distillc.runtime.corpus import CorpusError, load_documents, tokenize
-from distillc.runtime.data import DataError, DataPipeline, Shard
-from distillc.runtime.tokenizers import ByteTokenizer, TokenizerError, load_tokenizer
+from distillc.runtime.data.corpus import CorpusError, load_documents, tokenize
+from distillc.runtime.data.pipeline import DataError, DataPipeline, Shard
+from distillc.runtime.data.tokenizers import ByteTokenizer, TokenizerError, load_tokenizer
 
 
 def cfg(**kw) -> DataConfig:

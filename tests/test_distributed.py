@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from distillc.runtime.distributed import Coordinator, MeshError, coordinator_from_env
-from distillc.runtime.metrics import read_jsonl
+from distillc.runtime.train.distributed import Coordinator, MeshError, coordinator_from_env
+from distillc.runtime.train.metrics import read_jsonl
 
 from tests.conftest import xla_env
 from tests.runtime_configs import make_config

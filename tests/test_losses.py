@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distillc.runtime import losses as L
-from distillc.runtime.model import ModelOutput
+from distillc.runtime.train import losses as L
+from distillc.runtime.models.transformer import ModelOutput
 from tests.test_model import arch, build, tokens
 
 B, T, V = 3, 5, 11

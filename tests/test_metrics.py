@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distillc.runtime.metrics import TAGS, MetricsWriter, Window, read_jsonl, reduce_pairs
+from distillc.runtime.train.metrics import TAGS, MetricsWriter, Window, read_jsonl, reduce_pairs
 
 
 def test_window_weights_by_count_not_by_step():

@@ -20,7 +20,9 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from distillc.runtime import model as M
+from distillc.runtime.models import transformer as M
+from distillc.runtime.convert.layout import copy_layers
+from distillc.runtime.models.sharding import partition_specs
 from distillc.runtime.config import ModelArch, SideConfig
 
 
@@ -128,7 +130,7 @@ PACK_POS = np.asarray([list(range(4)) + list(range(6))], np.int32)
 def pair(a: ModelArch, remat="none", seed=0):
     scan = build(a, scan=True, remat=remat, seed=seed)
     loop = build(a, scan=False, remat=remat, seed=seed + 100)
-    M.copy_layers(scan, loop)
+    copy_layers(scan, loop)
     return scan, loop
 
 
@@ -202,7 +204,7 @@ def test_copy_layers_round_trip():
     a = SMALL
     scan, loop = pair(a)
     scan2 = build(a, scan=True, seed=55)
-    M.copy_layers(loop, scan2)
+    copy_layers(loop, scan2)
     for x, y in zip(jax.tree.leaves(nnx.state(scan)), jax.tree.leaves(nnx.state(scan2))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -378,9 +380,9 @@ def test_build_model_from_side():
 
 def test_partition_specs():
     m = build(arch(), scan=True)
-    specs = M.partition_specs(m)
+    specs = partition_specs(m)
     assert specs["layers"]["attn"]["q"].get_value() == P(None, "fsdp", "tensor", None)
     assert specs["embed"].get_value() == P("tensor", "fsdp")
     assert specs["lm_head"].get_value() == P("fsdp", "tensor")
-    custom = M.partition_specs(m, {"embed": "data", "mlp": "data"})  # a mesh axis used once per array
+    custom = partition_specs(m, {"embed": "data", "mlp": "data"})  # a mesh axis used once per array
     assert custom["layers"]["mlp"]["gate"].get_value() == P(None, "data", None)

@@ -40,12 +40,16 @@ def test_data_files_are_packaged(wheel):
 
 
 def test_every_source_module_is_packaged(wheel):
+    """setup.py derives the packages from the tree: every module of compiler/, runtime/ and templates/
+    must reach the wheel, and every folder holding modules must be a package (find_packages skips
+    a folder without __init__.py, which would drop it silently)."""
     names = set(zipfile.ZipFile(wheel).namelist())
-    mapping = {"compiler": "distillc/compiler", "runtime": "distillc/runtime"}
-    for src, dst in mapping.items():
+    for src in ("compiler", "runtime", "templates"):
         for py in (ROOT / src).rglob("*.py"):
             rel = py.relative_to(ROOT / src).as_posix()
-            assert f"{dst}/{rel}" in names, f"{src}/{rel} missing from the wheel (add its package to pyproject)"
+            assert (py.parent / "__init__.py").exists(), f"{src}/{rel}: its folder has no __init__.py"
+            assert f"distillc/{src}/{rel}" in names, f"{src}/{rel} missing from the wheel"
+    assert "distillc/runtime/train/trainer.py" in names and "distillc/runtime/offline/store.py" in names
 
 
 def test_console_script_declared(wheel):

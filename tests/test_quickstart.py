@@ -76,7 +76,8 @@ def test_quickstart_kd_beats_ce_only(tmp_path, monkeypatch, capsys):
 
 def test_a_cached_teacher_is_announced_once_per_run(tmp_path, monkeypatch, capsys):
     """An offline spec's two stages both need the teacher: one line says where it came from."""
-    from distillc.runtime import checkpoints, local
+    from distillc.runtime.train import checkpoints
+    from distillc.runtime import local
     from tests.runtime_configs import make_config
 
     monkeypatch.setattr(checkpoints, "is_checkpoint", lambda path: True)

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distillc.runtime import losses as L
-from distillc.runtime.model import ModelOutput
+from distillc.runtime.train import losses as L
+from distillc.runtime.models.transformer import ModelOutput
 from tests.conftest import xla_env
 from tests.test_losses import np_ce, np_feature, np_kl
 
@@ -51,8 +51,8 @@ SHARDED = MAKE_DATA + textwrap.dedent(
     import json, sys
     import jax, jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from distillc.runtime import losses as L
-    from distillc.runtime.model import ModelOutput
+    from distillc.runtime.train import losses as L
+    from distillc.runtime.models.transformer import ModelOutput
 
     hp = json.loads(sys.argv[1])
     jit = jax.jit

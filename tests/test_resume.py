@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from distillc.runtime.metrics import read_jsonl
+from distillc.runtime.train.metrics import read_jsonl
 
 from tests.runtime_configs import make_config
 

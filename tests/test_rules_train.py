@@ -124,6 +124,6 @@ class TestDC145MalformedPath:
 
     def test_builtins_match_the_runtime(self):
         from distillc.compiler.rules.train import BUILTIN_SOURCES
-        from distillc.runtime.corpus import BUILTINS
+        from distillc.runtime.data.corpus import BUILTINS
 
         assert tuple(BUILTIN_SOURCES) == tuple(BUILTINS)

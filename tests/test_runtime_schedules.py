@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from distillc.runtime.config import LossConfig, OptimizerConfig, Schedule
-from distillc.runtime.schedules import learning_rate_schedule, loss_weights, schedule_fn
+from distillc.runtime.train.schedules import learning_rate_schedule, loss_weights, schedule_fn
 
 MAX = 37  # odd, so progress takes non-round values
 

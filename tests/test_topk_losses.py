@@ -8,7 +8,7 @@ import pytest
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
-from distillc.runtime import topk_losses as tl  # noqa: E402
+from distillc.runtime.offline import losses as tl  # noqa: E402
 
 # ---------------------------------------------------------------- float64 references
 

@@ -17,7 +17,7 @@ import pytest
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
-from distillc.runtime import topk_save, topk_store as ts, topk_train  # noqa: E402
+from distillc.runtime.offline import save as topk_save, store as ts, objective as topk_train  # noqa: E402
 from distillc.runtime.config import OfflineConfig, RuntimeConfig, Schedule  # noqa: E402
 
 from .runtime_configs import make_config  # noqa: E402
@@ -70,8 +70,8 @@ def shard_bytes(d) -> dict[str, bytes]:
 
 
 def teacher_logits(cfg, inputs):
-    from distillc.runtime import distributed
-    from distillc.runtime.trainer import load_teacher
+    from distillc.runtime.train import distributed
+    from distillc.runtime.train.trainer import load_teacher
     from flax import nnx
 
     graphdef, params = load_teacher(cfg.teacher, cfg.scan_layers, distributed.make_mesh(cfg.mesh))
@@ -227,7 +227,7 @@ def test_training_refuses_a_cache_paired_with_other_data(saved, tmp_path):
 
 @pytest.mark.slow
 def test_offline_training_resumes_at_the_checkpointed_record(saved, tmp_path):
-    from distillc.runtime import metrics as metrics_lib, trainer
+    from distillc.runtime.train import metrics as metrics_lib, trainer
 
     cfg = copy_of(saved, tmp_path)
     run = train_config(cfg, train=cfg.train.model_copy(update={"steps": 4, "checkpoint_every": 2}))
@@ -255,7 +255,7 @@ def test_offline_training_resumes_at_the_checkpointed_record(saved, tmp_path):
 def test_training_state_records_the_next_cache_record(saved, tmp_path):
     cfg = copy_of(saved, tmp_path)
     run = train_config(cfg)
-    from distillc.runtime.data import Shard
+    from distillc.runtime.data.pipeline import Shard
 
     data = topk_train.CachedData(topk_train.open_cache(run), run, Shard(0, 1))
     it = data.train_iterator()

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("array_record")
 
-from distillc.runtime import topk_store as ts  # noqa: E402
+from distillc.runtime.offline import store as ts  # noqa: E402
 from distillc.runtime.config import OfflineConfig, Schedule  # noqa: E402
 
 from .runtime_configs import make_config  # noqa: E402

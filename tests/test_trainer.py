@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distillc.runtime.checkpoints import save_params
-from distillc.runtime.metrics import read_jsonl
-from distillc.runtime.trainer import NonFiniteLoss, Trainer, init_params, train
+from distillc.runtime.train.checkpoints import save_params
+from distillc.runtime.train.metrics import read_jsonl
+from distillc.runtime.train.trainer import NonFiniteLoss, Trainer, init_params, train
 
 from tests.runtime_configs import make_config
 
@@ -84,7 +84,7 @@ def test_ce_only_config_loads_no_teacher(tmp_path):
 def _nan_teacher(tmp_path) -> str:
     """A teacher checkpoint whose final norm is NaN: its logits are NaN, the student's are not."""
     cfg = make_config(tmp_path / "t")
-    from distillc.runtime.distributed import make_mesh
+    from distillc.runtime.train.distributed import make_mesh
 
     _, params = init_params(cfg.teacher, cfg.scan_layers, make_mesh(cfg.mesh))
     params["final_norm"]["scale"].set_value(jnp.full_like(params["final_norm"]["scale"][...], jnp.nan))

@@ -195,7 +195,7 @@ def local_path_on_cluster(ctx) -> Iterator[Finding]:
             yield finding(ctx, f"{'.'.join(key)} {value!r} is a local path, not visible to {ctx.accelerator.name} hosts", *key)
 
 
-# What the runtime reads (runtime/corpus.py, runtime/tokenizers.py): kept in sync by test_rules_train.
+# What the runtime reads (runtime/data/corpus.py, runtime/data/tokenizers.py): kept in sync by test_rules_train.
 BUILTIN_SOURCES = ("pydoc_topics",)
 REMOTE_SCHEMES = ("gs", "s3")
 SOURCE_SUFFIXES = (".txt", ".jsonl")

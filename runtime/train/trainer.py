@@ -9,7 +9,7 @@ signal is an `Objective`, chosen by an explicit dispatch on `config.mode` (`buil
 
   online   the teacher model runs forward in the step; its params are a jit argument (`frozen`),
            never differentiated (the losses stop gradients) and never in the optimizer state;
-  offline  the cached top-k teacher (runtime/topk_*: its batches carry the teacher's signal);
+  offline  the cached top-k teacher (runtime/offline/: its batches carry the teacher's signal);
   CE-only  an online config whose alpha and beta are 0 at every step: no teacher is loaded.
 
 Non-finite values: the step computes a halt code (bits: soft, hard, feature, total, teacher, grad
@@ -32,11 +32,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from distillc.runtime import distributed, losses, metrics as metrics_lib, schedules
-from distillc.runtime.checkpoints import CheckpointError, TrainCheckpoints, param_differences, restore_params, stored_tree
+from distillc.runtime.train import distributed, losses, metrics as metrics_lib, schedules
+from distillc.runtime.train.checkpoints import CheckpointError, TrainCheckpoints, param_differences, restore_params, stored_tree
 from distillc.runtime.config import RuntimeConfig, SideConfig
-from distillc.runtime.data import DataError, DataPipeline, Shard
-from distillc.runtime.model import build_model, flops_per_token, partition_specs, restack_layers, stored_scan_layers
+from distillc.runtime.data.pipeline import DataError, DataPipeline, Shard
+from distillc.runtime.convert.layout import restack_layers, stored_scan_layers
+from distillc.runtime.models.sharding import partition_specs
+from distillc.runtime.models.transformer import build_model, flops_per_token
 
 # Halt-code bits: term name -> the metric whose sum must be finite ("teacher": the teacher's own CE,
 # non-finite when its outputs are; "grad_norm": the student's gradient).
@@ -66,7 +68,7 @@ class TeacherUnavailable(RuntimeError):
 
 
 class BatchSource(Protocol):
-    """Where batches come from (runtime/data.DataPipeline, or a cached-teacher pipeline)."""
+    """Where batches come from (runtime/data/pipeline.DataPipeline, or a cached-teacher pipeline)."""
 
     local_batch_size: int
 
@@ -171,10 +173,10 @@ def build_objective(config: RuntimeConfig, mesh, shard: Shard) -> Objective:
         return OnlineObjective(config, data, graphdef, frozen)
     if config.mode == "offline":
         try:
-            from distillc.runtime import topk_train
+            from distillc.runtime.offline import objective as offline_objective
         except ImportError as e:
             raise TeacherUnavailable("offline (cached top-k) training is not available in this build") from e
-        return topk_train.build_objective(config, mesh, shard)
+        return offline_objective.build_objective(config, mesh, shard)
     raise ValueError(f"unknown mode {config.mode!r}")
 
 

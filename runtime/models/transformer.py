@@ -6,7 +6,7 @@ and the catalog's real shapes.
 
 Layers are either stacked (`scan_layers=True`: created with `nnx.split_rngs` + `nnx.vmap`, run with
 `nnx.scan`, every parameter has a leading layer axis) or a plain Python list (a loop). Both compute
-the same function; `copy_layers` moves weights between the two layouts.
+the same function; `convert/layout.copy_layers` moves weights between the two layouts.
 
 Feature collection: `model(tokens, feature_layers=(3, 7))` also returns the attention
 out-projection output (what MaxText sows as `out_projection_activations`) of those layers,
@@ -14,7 +14,7 @@ stacked as `[len(feature_layers), B, T, D]`. With no feature layers nothing is c
 emits no per-layer output at all), so a logit-only run pays nothing.
 
 Parameters carry logical axis names (`out_sharding` metadata, not eagerly sharded) so the trainer
-can map them onto its mesh: see `LOGICAL_AXES` and `partition_specs`.
+can map them onto its mesh: see models/sharding.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import PartitionSpec
 
 from distillc.runtime.config import ModelArch, SideConfig
 
@@ -34,23 +33,6 @@ Array = jax.Array
 Remat = Literal["none", "minimal", "full"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-# Logical axis names used on parameters (the stacked layer axis is "layers").
-LOGICAL_AXES = ("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "norm", "layers")
-
-# A default logical -> mesh-axis mapping for a (data, fsdp, tensor) mesh: FSDP shards the model
-# dimension, tensor parallelism shards heads / MLP hidden / vocabulary. None = replicated.
-DEFAULT_SHARDING_RULES: dict[str, Optional[str]] = {
-    "vocab": "tensor",
-    "embed": "fsdp",
-    "heads": "tensor",
-    "kv_heads": "tensor",
-    "head_dim": None,
-    "mlp": "tensor",
-    "norm": None,
-    "layers": None,
-}
-
 
 class ModelOutput(NamedTuple):
     """What a forward pass returns (a NamedTuple, hence a pytree that jit can return)."""
@@ -351,62 +333,3 @@ def flops_per_token(arch: ModelArch, seq_len: int, *, training: bool = True, cau
         attn /= 2.0
     fwd = 2.0 * matmul_params(arch) + attn
     return 3.0 * fwd if training else fwd
-
-
-def copy_layers(src: Transformer, dst: Transformer) -> None:
-    """Copy every weight of `src` into `dst`, converting between stacked and listed layers."""
-    if src.arch != dst.arch:
-        raise ValueError("copy_layers needs the same architecture on both sides")
-    params = nnx.to_pure_dict(nnx.state(src, nnx.Param))
-    if src.scan_layers != dst.scan_layers:
-        params = restack_layers(params, src.arch.num_layers, dst.scan_layers)
-    state = nnx.state(dst, nnx.Param)
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(dst, state)
-
-
-def stored_scan_layers(tree: dict) -> Optional[bool]:
-    """How a parameter tree (a checkpoint's nested dict) holds its layers: stacked along a leading
-    axis (True, what `scan_layers` trains), one entry per layer (False), or unknown (None)."""
-    layers = tree.get("layers")
-    if not isinstance(layers, dict) or not layers:
-        return None
-    return not all(str(k).isdigit() for k in layers)
-
-
-def restack_layers(params: dict, num_layers: int, to_scan: bool) -> dict:
-    """A pure-dict parameter tree with its layers converted to the other layout: stacked along a
-    leading axis (`to_scan`) or one entry per layer (MaxText's scanned/unscanned conversion)."""
-    layers = params["layers"]
-    if to_scan:
-        per = [layers[i] if i in layers else layers[str(i)] for i in range(num_layers)]
-        new = jax.tree.map(lambda *xs: jnp.stack(xs), *per)
-    else:
-        new = {i: jax.tree.map(lambda a, i=i: a[i], layers) for i in range(num_layers)}
-    return {**params, "layers": new}
-
-
-def partition_specs(model: nnx.Module, rules: dict[str, Optional[str]] | None = None):
-    """PartitionSpecs for the model's state from its logical axis names and `rules`.
-
-    Returns a State of PartitionSpec with the model state's structure (for NamedSharding(mesh, spec)).
-    Logical names missing from `rules` are replicated; a mesh axis is used at most once per array.
-    """
-    rules = DEFAULT_SHARDING_RULES if rules is None else rules
-    logical = nnx.get_partition_spec(nnx.state(model))
-
-    def to_mesh(spec):
-        if not isinstance(spec, PartitionSpec):
-            return spec
-        used: set[str] = set()
-        out = []
-        for name in spec:
-            axis = rules.get(name) if name is not None else None
-            if axis is not None and axis in used:
-                axis = None
-            if axis is not None:
-                used.add(axis)
-            out.append(axis)
-        return PartitionSpec(*out)
-
-    return jax.tree.map(to_mesh, logical, is_leaf=lambda x: isinstance(x, PartitionSpec))

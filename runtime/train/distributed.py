@@ -6,7 +6,7 @@ explicit coordinator flags (local multi-process runs, tests), or the environment
 JAX_NUM_PROCESSES + JAX_PROCESS_ID). A single process needs nothing.
 
 Mesh: axes (data, fsdp, tensor) with the sizes of MeshConfig. The batch is split over data x fsdp;
-parameters follow the model's logical axis names (runtime/model.py: embed -> fsdp, heads / mlp /
+parameters follow the model's logical axis names (runtime/models/transformer.py: embed -> fsdp, heads / mlp /
 vocab -> tensor), with any axis that does not divide a dimension left replicated for that array.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from distillc.runtime.config import MeshConfig
-from distillc.runtime.data import Shard
+from distillc.runtime.data.pipeline import Shard
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distillc.runtime.tokenizers import Tokenizer
+from distillc.runtime.data.tokenizers import Tokenizer
 
 BUILTINS = ("pydoc_topics",)
 DOC_SEPARATOR = "\n\n"

@@ -56,10 +56,10 @@ MAGIC = b"DCTK"
 # One record per chunk (random access by Grain), zstd for the index/token bytes. Fixed here so the
 # same input always gives the same bytes; recorded in the manifest.
 WRITER_OPTIONS = "group_size:1,zstd:3"
-MAX_BETA_SPACING = 0.125  # inverse-temperature spacing of the cached grid (error bound in topk_losses)
+MAX_BETA_SPACING = 0.125  # inverse-temperature spacing of the cached grid (error bound in offline/losses.py)
 DEFAULT_SHARD_BYTES = 64 << 20
 SPLITS = ("train", "eval")
-SAMPLER = "inverse-cdf-v1"  # topk_save.sample_tokens; the bytes of a random cache depend on it
+SAMPLER = "inverse-cdf-v1"  # offline/save.sample_tokens; the bytes of a random cache depend on it
 
 _HEADER = struct.Struct("<4sHBBIIIQ32s")
 _KINDS = {"top_k": 0, "random": 1}

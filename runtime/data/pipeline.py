@@ -23,8 +23,8 @@ import grain
 import numpy as np
 
 from distillc.runtime.config import DataConfig
-from distillc.runtime.corpus import TokenStream, load_documents, tokenize
-from distillc.runtime.tokenizers import Tokenizer, load_tokenizer
+from distillc.runtime.data.corpus import TokenStream, load_documents, tokenize
+from distillc.runtime.data.tokenizers import Tokenizer, load_tokenizer
 
 Batch = dict[str, np.ndarray]  # inputs [B, T] int32, labels [B, T] int32, mask [B, T] bool
 

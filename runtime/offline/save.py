@@ -5,12 +5,12 @@ order) and every held-out batch, the teacher runs forward once and `capture` kee
 
   top_k   the k largest logits and their ids (`jax.lax.top_k` on the full logits), and the tail's
           log-normalizer f(beta) = log sum_{j outside top-k} exp(beta z_j) with its slope at every
-          temperature of the cached grid (topk_store.temperature_grid);
+          temperature of the cached grid (store.temperature_grid);
   random  num_samples ids drawn from softmax(z / capture_temperature) (as distinct ids + counts),
           their logits, and the full-vocabulary f(beta) with its slope on the grid;
 
 plus the label token's logit, all relative to the position's largest logit. Records go to
-ArrayRecord shards through `topk_store.SplitWriter` (one writer per process, shards renamed into
+ArrayRecord shards through `store.SplitWriter` (one writer per process, shards renamed into
 place when complete), and process 0 writes manifest.json when every process has finished.
 
 Interrupted, the job resumes: finished shards are kept (sha256-checked), the partial one is redone,
@@ -34,9 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from distillc.runtime import distributed, topk_store
+from distillc.runtime.train import distributed
+from distillc.runtime.offline import store
 from distillc.runtime.config import RuntimeConfig
-from distillc.runtime.data import DataPipeline
+from distillc.runtime.data.pipeline import DataPipeline
 
 Array = jax.Array
 
@@ -62,7 +63,7 @@ def unique_counts(draws: Array) -> tuple[Array, Array]:
 
 
 def sample_tokens(key: Array, z: Array, temperature: float, n: int) -> Array:
-    """n i.i.d. draws per row of softmax(z / temperature), z [L, V] -> ids [L, n] (topk_store.SAMPLER).
+    """n i.i.d. draws per row of softmax(z / temperature), z [L, V] -> ids [L, n] (store.SAMPLER).
 
     Inverse CDF: one softmax and one cumulative sum per position, then a binary search per draw,
     O(V + n log V) per position (categorical sampling with Gumbel noise would cost O(n V)). The
@@ -100,7 +101,7 @@ def capture(
     labels: Array,  # [B, L] int
     record_ids: Array,  # [B] int, global record index of each row
     *,
-    spec: topk_store.RecordSpec,
+    spec: store.RecordSpec,
     betas: np.ndarray,
     capture_temperature: float,
     seed: int,
@@ -151,17 +152,17 @@ def _local_rows(arr: jax.Array) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _complete_cache(config: RuntimeConfig) -> Optional[topk_store.TopKCache]:
+def _complete_cache(config: RuntimeConfig) -> Optional[store.TopKCache]:
     """The finished cache at data_dir when it is complete, matches and verifies; else None."""
     try:
-        cache = topk_store.TopKCache(config.offline.data_dir)
-    except topk_store.CacheError:
+        cache = store.TopKCache(config.offline.data_dir)
+    except store.CacheError:
         return None
     cache.check_compatible(config)  # a finished cache for other settings is an error, never overwritten
     try:
         for split in cache.manifest["splits"]:
             cache.verify(split)
-    except topk_store.CacheError as e:
+    except store.CacheError as e:
         print(f"topk cache: {e}; resuming the save to repair it")
         (cache.dir / "manifest.json").unlink()
         return None
@@ -172,7 +173,7 @@ def save_topk(
     config: RuntimeConfig,
     *,
     console: bool = True,
-    shard_bytes: int = topk_store.DEFAULT_SHARD_BYTES,
+    shard_bytes: int = store.DEFAULT_SHARD_BYTES,
     stop_after_batches: Optional[int] = None,
     log: Callable[[str], None] = print,
 ) -> SaveResult:
@@ -192,7 +193,7 @@ def save_topk(
         return SaveResult(data_dir, True, {}, {s: done.records(s) for s in done.manifest["splits"]}, float("nan"),
                           time.perf_counter() - t_start, _bytes_per_token(done))
 
-    from distillc.runtime.trainer import load_teacher
+    from distillc.runtime.train.trainer import load_teacher
 
     mesh = distributed.make_mesh(config.mesh)
     shard = distributed.data_shard(mesh, config.data.global_batch_size)
@@ -201,13 +202,13 @@ def save_topk(
         raise ValueError(f"tokenizer {config.data.tokenizer!r} has {pipeline.tokenizer.vocab_size} tokens, more than "
                          f"the compared vocabulary {config.loss.compare_vocab}")
     graphdef, params = load_teacher(config.teacher, config.scan_layers, mesh)
-    spec = topk_store.record_spec(config)
-    temperatures = topk_store.temperature_grid(config.loss.temperature, off.capture_temperature)
-    betas = topk_store.grid_betas(temperatures)
+    spec = store.record_spec(config)
+    temperatures = store.temperature_grid(config.loss.temperature, off.capture_temperature)
+    betas = store.grid_betas(temperatures)
     process, processes = jax.process_index(), jax.process_count()
     G, b = config.data.global_batch_size, pipeline.local_batch_size
-    layout = topk_store.Layout(G, processes, topk_store.choose_batches_per_shard(spec, b, shard_bytes))
-    prov = topk_store.provenance(config)
+    layout = store.Layout(G, processes, store.choose_batches_per_shard(spec, b, shard_bytes))
+    prov = store.provenance(config)
     vocab = config.loss.compare_vocab
 
     @jax.jit
@@ -220,7 +221,7 @@ def save_topk(
     splits = {"train": config.train.steps, "eval": pipeline.eval_batch_count()}
     resumed, tokens, t_work, budget = {}, 0, 0.0, stop_after_batches
     for split, n_batches in splits.items():
-        writer = topk_store.SplitWriter(data_dir, split, process=process, layout=layout, spec=spec,
+        writer = store.SplitWriter(data_dir, split, process=process, layout=layout, spec=spec,
                                         batches=n_batches, provenance=prov, log=log)
         start = writer.resume()
         resumed[split] = start
@@ -258,10 +259,10 @@ def save_topk(
 
         multihost_utils.sync_global_devices("distillc-topk-save-done")
     if process == 0:
-        topk_store.finalize(data_dir, splits, processes)
+        store.finalize(data_dir, splits, processes)
     if processes > 1:
         multihost_utils.sync_global_devices("distillc-topk-manifest")
-    cache = topk_store.TopKCache(data_dir)
+    cache = store.TopKCache(data_dir)
     result = SaveResult(data_dir, False, resumed, {s: cache.records(s) for s in splits},
                         tokens / t_work if t_work else float("nan"), time.perf_counter() - t_start,
                         _bytes_per_token(cache))
@@ -271,7 +272,7 @@ def save_topk(
     return result
 
 
-def _bytes_per_token(cache: topk_store.TopKCache) -> float:
+def _bytes_per_token(cache: store.TopKCache) -> float:
     info = cache.manifest["splits"]["train"]
     size = sum(e["bytes"] for e in info["shards"])
     return size / max(1, info["records"] * cache.spec.seq_len)

@@ -1,6 +1,6 @@
 """Stage two of offline distillation: the student trains from the cached teacher.
 
-`build_objective` is what runtime/trainer.py's mode dispatch calls for `mode: offline`. It opens
+`build_objective` is what runtime/train/trainer.py's mode dispatch calls for `mode: offline`. It opens
 the cache, checks it against the run config before anything else (`TopKCache.check_compatible`:
 tokenizer, vocabulary, teacher, k, sampling, temperatures, data; then the sequence hashes of the
 first training and held-out batches against the spec's own data pipeline), verifies the sha256 of
@@ -11,7 +11,7 @@ The loss is chosen by `offline.loss` (an explicit dispatch, never by what a batc
 
     total = alpha * T^2 * KL_cached(T) + (1 - alpha) * CE(student, labels)
 
-with KL_cached one of topk_losses.tail_bucket_kl / renormalized_kl / sampled_kl. Metrics, as
+with KL_cached one of offline.losses.tail_bucket_kl / renormalized_kl / sampled_kl. Metrics, as
 (sum, count) pairs like losses.distill_loss:
     soft_loss, hard_loss, total_loss, tokens, alpha, temperature, beta  as online;
     teacher_ce       exact: the cache keeps the label's logit and the T=1 log-normalizer;
@@ -36,9 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distillc.runtime import losses, topk_losses as tl, topk_store
+from distillc.runtime.train import losses
+from distillc.runtime.offline import losses as tl, store
 from distillc.runtime.config import RuntimeConfig
-from distillc.runtime.data import DataPipeline, Shard
+from distillc.runtime.data.pipeline import DataPipeline, Shard
 
 TEACHER_FIELDS = {  # record field -> batch key
     "indices": "teacher_indices",
@@ -59,7 +60,7 @@ def _batch_row(rec: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def _empty_row(spec: topk_store.RecordSpec) -> dict[str, np.ndarray]:
+def _empty_row(spec: store.RecordSpec) -> dict[str, np.ndarray]:
     """A padding row (mask all False) with the record's shapes."""
     rec = {name: np.zeros(shape, dt) for name, dt, shape in spec.fields()}
     rec["mask"] = rec["mask"].astype(np.bool_)
@@ -93,12 +94,12 @@ class CacheIterator:
 
     def set_state(self, state: dict[str, Any]) -> None:
         if state.get("cache") != self._cache_id:
-            raise topk_store.CacheError(
+            raise store.CacheError(
                 f"the checkpoint was written reading cache {state.get('cache')!r}; offline.data_dir now holds "
                 f"cache {self._cache_id!r}: resume with the same cache, or start the run in a new output_dir")
         record, g = int(state["next_record"]), int(state.get("records_per_step", self._g))
         if g != self._g or record % g:
-            raise topk_store.CacheError(
+            raise store.CacheError(
                 f"the checkpoint read {g} records per step (next record {record}); this run reads {self._g}: "
                 "keep data.global_batch_size when resuming")
         self._n = record // g
@@ -108,7 +109,7 @@ class CacheIterator:
 class CachedData:
     """A trainer BatchSource over the cache: training batches and held-out batches, this shard's rows."""
 
-    def __init__(self, cache: topk_store.TopKCache, config: RuntimeConfig, shard: Shard):
+    def __init__(self, cache: store.TopKCache, config: RuntimeConfig, shard: Shard):
         g = config.data.global_batch_size
         if g % shard.count:
             raise ValueError(f"data.global_batch_size {g} does not divide into {shard.count} data shards")
@@ -142,11 +143,11 @@ class CachedData:
                           for i in range(start, start + b)])
 
 
-def _grid_index(cache: topk_store.TopKCache, temperature: float) -> int:
+def _grid_index(cache: store.TopKCache, temperature: float) -> int:
     for i, t in enumerate(cache.temperatures):
         if abs(t - temperature) <= 1e-9 * max(1.0, temperature):
             return i
-    raise topk_store.CacheError(f"{cache.path}: temperature {temperature} is not on the cached grid "
+    raise store.CacheError(f"{cache.path}: temperature {temperature} is not on the cached grid "
                                 f"{list(cache.temperatures)}; re-run the save stage with this distillc")
 
 
@@ -244,18 +245,18 @@ def first_batch_hashes(pipeline: DataPipeline, split: str) -> list[tuple[int, by
         batch = next(iter(pipeline.eval_batches(1)), None)
         if batch is None:
             return []
-    return [(i, topk_store.sequence_sha256(batch["inputs"][i], batch["labels"][i], batch["mask"][i]))
+    return [(i, store.sequence_sha256(batch["inputs"][i], batch["labels"][i], batch["mask"][i]))
             for i in range(len(batch["inputs"]))]
 
 
-def open_cache(config: RuntimeConfig) -> topk_store.TopKCache:
+def open_cache(config: RuntimeConfig) -> store.TopKCache:
     """The cache of an offline config, checked against it (settings, then sequence hashes)."""
     if config.offline is None:
         raise ValueError(f"run {config.name!r} is offline but has no offline section")
     if config.loss.feature_enabled:
         raise ValueError("offline runs cache logits only: the feature loss needs the teacher's activations "
                          "(set loss.beta to 0, or use mode: online)")
-    cache = topk_store.TopKCache(config.offline.data_dir)
+    cache = store.TopKCache(config.offline.data_dir)
     cache.check_compatible(config)
     spec_data = DataPipeline(config.data, Shard(0, 1))
     for split in ("train", "eval"):

@@ -1,0 +1,1 @@
+"""Checkpoint layouts and formats: converting parameter trees between layouts and sources."""

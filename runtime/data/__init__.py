@@ -1,0 +1,1 @@
+"""Input data: sources (corpora), tokenizers and the Grain pipeline that batches them."""
