@@ -49,6 +49,8 @@ from distillc.runtime.config import (
     RuntimeConfig,
     SideConfig,
     TrainConfig,
+    choose_loss_impl,
+    objective_of,
 )
 
 Stage = Literal["save_topk", "train"]
@@ -219,6 +221,8 @@ def resolve(
     t = spec.train
     seed = t.seed
     optimizer, train = _train_configs(t)
+    mesh_config = mesh.config()
+    tokens_per_device = spec.data.global_batch_size * spec.data.seq_len // (mesh_config.data * mesh_config.fsdp)
     common = dict(
         name=spec.name,
         mode=spec.mode,
@@ -230,8 +234,10 @@ def resolve(
         data=_data_config(spec.data),
         optimizer=optimizer,
         train=train,
-        mesh=mesh.config(),
+        mesh=mesh_config,
         offline=offline,
+        objective=objective_of(spec.mode, loss),
+        loss_impl=choose_loss_impl(spec.runtime.loss_impl, tokens_per_device, max(teacher.vocab_size, student.vocab_size)),
     )
     run_dir = join_path(t.output_dir, spec.name)
     workloads = _workloads(spec.name, spec.mode, accelerator.super_slicing)

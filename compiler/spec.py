@@ -246,6 +246,9 @@ class RuntimeSettings(_Model):
     scan_layers: bool = True
     enable_nnx: bool = True
     mesh: Mesh = Field(default_factory=Mesh)
+    loss_impl: Literal["auto", "dense", "chunked"] = Field(
+        "auto", description="dense [B, T, V] logits, or chunked over positions; auto: chunked when one "
+        "device's logits per step reach 2^24 elements.")
 
 
 class Resources(_Model):

@@ -84,6 +84,7 @@ def teacher_config(cfg: RuntimeConfig, steps_factor: float = TEACHER_STEPS_FACTO
     return cfg.model_copy(update=dict(
         name=f"{cfg.name}-teacher",
         mode="online", stage="train", offline=None,  # the teacher trains on the corpus, whatever the spec's mode
+        objective="cross_entropy",
         student=student,
         loss=_ce_only_loss(cfg, steps),
         optimizer=cfg.optimizer.model_copy(update=dict(
@@ -97,7 +98,7 @@ def baseline_config(cfg: RuntimeConfig) -> RuntimeConfig:
     """The same student, data and optimizer with cross-entropy only."""
     return cfg.model_copy(update=dict(
         name=f"{cfg.name}-ce-baseline", loss=_ce_only_loss(cfg, cfg.loss.alpha.max_steps),
-        mode="online", stage="train", offline=None,  # labels only: no teacher, no top-k cache
+        mode="online", stage="train", offline=None, objective="cross_entropy",  # labels only: no teacher, no cache
         output=_outputs(cfg, f"{cfg.output.run_dir}-ce-baseline")))
 
 
@@ -119,7 +120,7 @@ def fit_mesh(cfg: RuntimeConfig, n_devices: int) -> tuple[RuntimeConfig, str | N
 def memory_estimate(cfg: RuntimeConfig) -> int:
     """Bytes a training run needs, roughly: student weights + grads + Adam (fp32), the teacher's
     weights, and activations of both forward passes (kept for the student's backward)."""
-    from distillc.runtime.train.trainer import uses_teacher
+    from distillc.runtime.train.objectives import uses_teacher
 
     s, t = cfg.student.arch, cfg.teacher.arch
     b, n = cfg.data.global_batch_size, cfg.data.seq_len
@@ -201,7 +202,8 @@ def run_local(configs: list[RuntimeConfig], spec_path: Path, *,
     import jax
 
     from distillc.runtime import main as runtime_main
-    from distillc.runtime.train.trainer import NonFiniteLoss, train, uses_teacher, write_manifest
+    from distillc.runtime.train.objectives import uses_teacher
+    from distillc.runtime.train.trainer import NonFiniteLoss, train, write_manifest
     from distillc.runtime.train.distributed import tune_host_allocator
 
     tune_host_allocator()

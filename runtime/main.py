@@ -111,7 +111,8 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 def run(config: RuntimeConfig, argv: list[str], *, console: bool = True) -> int:
     """Runs one config's stage in this (already initialized) process; returns the exit code."""
-    from distillc.runtime.train.trainer import NonFiniteLoss, TeacherUnavailable, write_manifest
+    from distillc.runtime.train.objectives import TeacherUnavailable
+    from distillc.runtime.train.trainer import NonFiniteLoss, write_manifest
 
     try:
         fn = stage_function(config)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from distillc.runtime.config import (
     DataConfig, LossConfig, MeshConfig, ModelArch, OptimizerConfig, OutputConfig, RuntimeConfig,
-    Schedule, SideConfig, TrainConfig,
+    Schedule, SideConfig, TrainConfig, objective_of,
 )
 
 
@@ -58,12 +58,14 @@ def make_config(
     packing: bool = True,
 ) -> RuntimeConfig:
     run_dir = Path(run_dir)
+    loss = LossConfig(alpha=const(alpha, steps), temperature=const(temperature, steps), beta=const(0.0, steps),
+                      feature_loss="cosine", compare_vocab=256)
     return RuntimeConfig(
         name=name, mode="online", stage="train", scan_layers=True, enable_nnx=True,
+        objective=objective_of("online", loss),  # as the compiler decides it
         teacher=side("teacher", teacher, checkpoint=teacher_checkpoint, seed=seed + 1),
         student=side("student", student, seed=seed),
-        loss=LossConfig(alpha=const(alpha, steps), temperature=const(temperature, steps), beta=const(0.0, steps),
-                        feature_loss="cosine", compare_vocab=256),
+        loss=loss,
         data=DataConfig(source="builtin:pydoc_topics", tokenizer="byte", seq_len=seq_len,
                         global_batch_size=batch, eval_fraction=0.1, packing=packing, shuffle_seed=shuffle_seed),
         optimizer=OptimizerConfig(name="adamw", learning_rate=lr, warmup_steps=warmup, decay="cosine",

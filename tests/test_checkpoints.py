@@ -122,7 +122,7 @@ def test_teacher_loads_from_either_layer_layout(tmp_path, saved_scan):
 
     from distillc.runtime.train.checkpoints import stored_tree
     from distillc.runtime.convert.layout import stored_scan_layers
-    from distillc.runtime.train.trainer import load_teacher
+    from distillc.runtime.train.params import load_teacher
 
     mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
     src = build_model(side("teacher", MICRO, seed=3), scan_layers=saved_scan)

@@ -26,8 +26,6 @@ from distillc.runtime.models.sharding import partition_specs
 from distillc.runtime.config import ModelArch, SideConfig
 
 
-
-
 def arch(**kw) -> ModelArch:
     base = dict(name="t", family="t", tokenizer="byte", vocab_size=37, num_layers=3, emb_dim=24, num_heads=4,
                 num_kv_heads=2, head_dim=6, mlp_dim=40, rope_theta=10000.0, norm_eps=1e-5)
@@ -287,7 +285,35 @@ def test_features_collected_only_when_asked():
     m = build(arch(), scan=True)
     stacked = (3, 2, 9, 24)  # [L, B, T, D]
     assert stacked not in _scan_output_shapes(m, ())
-    assert stacked in _scan_output_shapes(m, (1,))
+    assert stacked not in _scan_output_shapes(m, (1,))  # only the selected layer is kept
+    assert (1, 2, 9, 24) in _scan_output_shapes(m, (1,))
+
+
+def _train_temp_bytes(model, feature_layers, toks) -> int:
+    """XLA's temporary memory for the gradient of a loss over logits and the selected features."""
+    graphdef, state = nnx.split(model)
+
+    def loss(st):
+        out = nnx.merge(graphdef, st)(toks, feature_layers=feature_layers)
+        feats = jnp.sum(out.features**2) if feature_layers else 0.0
+        return jnp.sum(out.logits**2) + feats
+
+    return jax.jit(jax.grad(loss)).lower(state).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_feature_memory_grows_with_the_selected_layers_not_the_depth():
+    """Scanned: selecting 1 or 2 of 8 layers holds about 2 [B, T, D] activations per selected layer
+    (the kept buffer and its cotangent), not the 8 of a stacked [L, B, T, D] output, which selecting
+    every layer still costs. (The loop path keeps only the selected layers by construction.)"""
+    a = arch(num_layers=8, emb_dim=64, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=64)
+    m = build(a, scan=True)
+    toks = tokens(b=4, t=64)
+    none, one, two, every = (_train_temp_bytes(m, f, toks) for f in ((), (3,), (6, 1), tuple(range(8))))
+    per_layer = 4 * 64 * 64 * 4  # one [B, T, D] float32 activation
+    slack = 8192  # scalars and indices
+    assert every - none >= 8 * per_layer - slack  # the measure sees a stack of layers
+    assert one - none <= 2 * per_layer + slack, (none, one, every)
+    assert two - none <= 4 * per_layer + slack, (none, two, every)
 
 
 # ----------------------------------------------------------------------------- masking

@@ -71,7 +71,7 @@ def shard_bytes(d) -> dict[str, bytes]:
 
 def teacher_logits(cfg, inputs):
     from distillc.runtime.train import distributed
-    from distillc.runtime.train.trainer import load_teacher
+    from distillc.runtime.train.params import load_teacher
     from flax import nnx
 
     graphdef, params = load_teacher(cfg.teacher, cfg.scan_layers, distributed.make_mesh(cfg.mesh))
@@ -157,7 +157,7 @@ def test_save_killed_with_sigkill_resumes_with_no_lost_or_duplicated_record(save
     cfg = offline_config(tmp_path / "x", steps=steps, temperature=COSINE_T)
     cfg_file = tmp_path / "config.json"
     cfg_file.write_text(cfg.model_dump_json())
-    code = ("import sys; from distillc.runtime.config import RuntimeConfig; from distillc.runtime import topk_save; "
+    code = ("import sys; from distillc.runtime.config import RuntimeConfig; from distillc.runtime.offline import save as topk_save; "
             f"topk_save.save_topk(RuntimeConfig.model_validate_json(open(sys.argv[1]).read()), shard_bytes={SHARD_BYTES})")
     proc = subprocess.Popen([sys.executable, "-c", code, str(cfg_file)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)

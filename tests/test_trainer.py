@@ -15,7 +15,8 @@ import pytest
 
 from distillc.runtime.train.checkpoints import save_params
 from distillc.runtime.train.metrics import read_jsonl
-from distillc.runtime.train.trainer import NonFiniteLoss, Trainer, init_params, train
+from distillc.runtime.train.params import init_params
+from distillc.runtime.train.trainer import NonFiniteLoss, Trainer, train
 
 from tests.runtime_configs import make_config
 

@@ -10,8 +10,8 @@ the same function; `convert/layout.copy_layers` moves weights between the two la
 
 Feature collection: `model(tokens, feature_layers=(3, 7))` also returns the attention
 out-projection output (what MaxText sows as `out_projection_activations`) of those layers,
-stacked as `[len(feature_layers), B, T, D]`. With no feature layers nothing is collected (the scan
-emits no per-layer output at all), so a logit-only run pays nothing.
+stacked as `[len(feature_layers), B, T, D]`. When few layers are selected only theirs are held
+(never an [L, B, T, D] stack); with no feature layers nothing is collected, so a logit-only run pays nothing.
 
 Parameters carry logical axis names (`out_sharding` metadata, not eagerly sharded) so the trainer
 can map them onto its mesh: see models/sharding.py.
@@ -255,15 +255,37 @@ class Transformer(nnx.Module):
         x = self.embed[...][tokens].astype(self.dtype)  # [B, T, D]
         apply = _layer_apply(self.remat)
         collect = bool(feature_layers)
-        if self.scan_layers:
+        if self.scan_layers and 2 * len(set(feature_layers)) < n:
+            # Few layers selected: only theirs are kept. Each layer writes its output into its slot of
+            # a [U, B, T, D] buffer (U distinct selected layers; the others write out of range, which
+            # is dropped), never an [L, B, T, D] stack. The write is linear in both operands, so the
+            # backward pass keeps no copy of the buffer per layer; the buffer and its cotangent cost
+            # 2U activations (measured: tests/test_model.py), less than the L of a stacked output.
+            wanted = sorted(set(feature_layers))
+            slots = np.full((n,), len(wanted), np.int32)
+            slots[wanted] = np.arange(len(wanted), dtype=np.int32)
+
+            @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
+            def body_kept(carry, layer, slot):
+                x, kept = carry
+                x, attn_out = apply(layer, x, sin, cos, mask)
+                if kept is not None:
+                    kept = kept.at[slot].set(attn_out, mode="drop")
+                return x, kept
+
+            kept = jnp.zeros((len(wanted),) + x.shape, x.dtype) if collect else None
+            x, kept = body_kept((x, kept), self.layers, jnp.asarray(slots))  # kept: [U, B, T, D] or None
+            order = [wanted.index(i) for i in feature_layers]
+            features = None if kept is None else kept if order == list(range(len(wanted))) else kept[np.asarray(order)]
+        elif self.scan_layers:  # half the layers or more selected: the stacked scan output is cheaper
 
             @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
             def body(x, layer):
                 x, attn_out = apply(layer, x, sin, cos, mask)
-                return x, (attn_out if collect else None)
+                return x, attn_out
 
-            x, per_layer = body(x, self.layers)  # per_layer: [L, B, T, D] or None
-            features = per_layer[np.asarray(feature_layers)] if collect else None
+            x, per_layer = body(x, self.layers)  # [L, B, T, D]
+            features = per_layer[np.asarray(feature_layers)]
         else:
             wanted = set(feature_layers)
             kept: dict[int, Array] = {}

@@ -159,7 +159,6 @@ class OfflineObjective:
     data: CachedData
     name: str = "offline"
     frozen: Any = None
-    student_feature_layers: tuple[int, ...] = ()
     teacher_flops_per_token: float = 0.0
 
     def __post_init__(self):
@@ -205,20 +204,31 @@ class OfflineObjective:
         kl_1 = tl.sampled_kl(s_cmp, t_1, 1.0, self.capture_temperature, self.num_samples, where)
         return kl_t, kl_1, lse[..., self.t1]
 
-    def loss(self, student_out, signal, batch, weights):
+    def _terms(self, logits, f, temperature):
+        """Per-token (KL at T, student CE, KL metric at T=1, teacher CE) [B, L] from the student's
+        logits over these positions; 0 where masked."""
+        where = f["mask"]
+        kl_t, kl_1, log_z1 = self._kl(logits[..., : self.compare_vocab], f, temperature, where)  # [B, L] each
+        ce = losses.cross_entropy(logits, f["labels"], where)  # [B, L]
+        t_ce = tl.teacher_cross_entropy(f["teacher_label_logit"], log_z1, where)  # [B, L]
+        return tuple(jnp.where(where, x, 0.0) for x in (kl_t, ce, jax.lax.stop_gradient(kl_1), t_ce))
+
+    def loss(self, student, signal, batch, weights):
         alpha, temperature, beta = weights
         where = batch["mask"]
-        logits = student_out.logits  # [B, L, V]
-        s_cmp = logits[..., : self.compare_vocab]  # [B, L, Vc]
-        kl_t, kl_1, log_z1 = self._kl(s_cmp, batch, temperature, where)
-        kl_1 = jax.lax.stop_gradient(kl_1)
-        ce = losses.cross_entropy(logits, batch["labels"], where)  # [B, L]
-        t_ce = tl.teacher_cross_entropy(batch["teacher_label_logit"], log_z1, where)  # [B, L]
+        chunked = self.config.loss_path() == "chunked"
+        out = student(batch["inputs"], return_hidden=chunked)
+        fields = {k: v for k, v in batch.items() if k != "inputs"}
 
-        kl_sum, count = losses.masked_mean_parts(kl_t, where)
-        ce_sum, _ = losses.masked_mean_parts(ce, where)
-        kl1_sum, _ = losses.masked_mean_parts(kl_1, where)
-        tce_sum, _ = losses.masked_mean_parts(t_ce, where)
+        def terms(logits, f):
+            return self._terms(logits, f, temperature)
+
+        if chunked:
+            kl_sum, ce_sum, kl1_sum, tce_sum = losses.chunked_logit_sums(
+                terms, out.hidden, student.head(), fields, chunk_size=self.config.loss_chunk_size)
+        else:
+            kl_sum, ce_sum, kl1_sum, tce_sum = (jnp.sum(x) for x in terms(out.logits, fields))
+        count = jnp.sum(where.astype(jnp.float32))
         soft_sum = temperature * temperature * kl_sum
         total_sum = alpha * soft_sum + (1.0 - alpha) * ce_sum
         one = jnp.ones((), jnp.float32)

@@ -193,7 +193,7 @@ def save_topk(
         return SaveResult(data_dir, True, {}, {s: done.records(s) for s in done.manifest["splits"]}, float("nan"),
                           time.perf_counter() - t_start, _bytes_per_token(done))
 
-    from distillc.runtime.train.trainer import load_teacher
+    from distillc.runtime.train.params import load_teacher
 
     mesh = distributed.make_mesh(config.mesh)
     shard = distributed.data_shard(mesh, config.data.global_batch_size)

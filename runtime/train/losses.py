@@ -20,7 +20,7 @@ same function of the hidden states and output projections that never holds [B, T
 from __future__ import annotations
 
 import functools
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import jax
 import jax.numpy as jnp
@@ -379,3 +379,58 @@ def _fused_bwd(vc, res, cts):
 
 
 _fused_logit_sums.defvjp(_fused_fwd, _fused_bwd)
+
+
+def chunked_logit_sums(
+    terms: Callable[[Array, dict[str, Array]], tuple[Array, ...]],
+    hidden: Array,
+    head: Array,
+    fields: dict[str, Array],
+    *,
+    chunk_size: int,
+) -> tuple[Array, ...]:
+    """Sums over all positions of the per-token `terms(logits, fields)`, with logits = hidden @ head
+    formed one chunk of positions at a time, so [B, T, V] logits never exist at once.
+
+    The generic fused path (cross-entropy only, the offline objectives): each chunk's logits are
+    recomputed in the backward pass (`jax.checkpoint` around the chunk), so the memory held for
+    them is O(B * chunk_size * V) forward and backward; the cost is one extra logit matmul per
+    chunk. `chunked_distill_loss` is the hand-derived (custom VJP, no recompute) online version.
+
+    Args:
+      terms: (logits [B, c, V] float32, fields chunked to [B, c, ...]) -> per-token values [B, c],
+        each already 0 where `fields["mask"]` is False (padding positions added here have mask False
+        and repeat the last real position's values).
+      hidden: [B, T, D] final-normed hidden state; head: [D, V] output projection.
+      fields: per-position arrays [B, T, ...] the terms need, including "mask" (bool [B, T]).
+      chunk_size: positions per chunk (T is padded up to a multiple).
+
+    Returns:
+      One float32 scalar per term: its sum over every position of the batch.
+    """
+    b, t = hidden.shape[:2]
+    c = max(1, min(int(chunk_size), t))
+    nc = -(-t // c)
+    pad = nc * c - t
+
+    def chunks(x: Array, mode: str = "edge") -> Array:  # [B, T, ...] -> [nc, B, c, ...]
+        # padded positions repeat the last real one (finite inputs: no NaN can reach a gradient)
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), mode=mode)
+        return jnp.moveaxis(x.reshape((b, nc, c) + x.shape[2:]), 1, 0)
+
+    acc = jnp.promote_types(hidden.dtype, jnp.float32)
+
+    @jax.checkpoint
+    def one(h: Array, f: dict[str, Array]) -> tuple[Array, ...]:
+        z = jnp.einsum("bcd,dv->bcv", h, head.astype(h.dtype), preferred_element_type=acc)  # [B, c, V]
+        return tuple(jnp.sum(x) for x in terms(z, f))
+
+    xs = (chunks(hidden), {k: chunks(v, "constant" if k == "mask" else "edge") for k, v in fields.items()})
+    first = jax.eval_shape(one, xs[0][0], {k: v[0] for k, v in xs[1].items()})
+    init = tuple(jnp.zeros(s.shape, s.dtype) for s in first)
+
+    def body(carry, x):
+        return tuple(a + s for a, s in zip(carry, one(*x))), None
+
+    sums, _ = jax.lax.scan(body, init, xs)
+    return sums

@@ -4,13 +4,10 @@
     step_fn(state, batch, frozen) -> (state', metrics)      jitted, state donated
 
 The student is split with `nnx.split(model, nnx.Param, ...)`: its Param state is the only thing
-the optimizer sees and the step merges it back (`nnx.merge`) to run the forward pass. The teacher
-signal is an `Objective`, chosen by an explicit dispatch on `config.mode` (`build_objective`):
-
-  online   the teacher model runs forward in the step; its params are a jit argument (`frozen`),
-           never differentiated (the losses stop gradients) and never in the optimizer state;
-  offline  the cached top-k teacher (runtime/offline/: its batches carry the teacher's signal);
-  CE-only  an online config whose alpha and beta are 0 at every step: no teacher is loaded.
+the optimizer sees and the step merges it back (`nnx.merge`) for the objective's forward pass. The
+teacher signal and the loss are an `Objective` (objectives.py: CE only, online, offline), chosen by
+an explicit dispatch on the compiled config. Everything periodic (logging, checkpoints,
+evaluation) is a hook (hooks.py); the loop itself only steps and reads results back.
 
 Non-finite values: the step computes a halt code (bits: soft, hard, feature, total, teacher, grad
 norm); when it is not 0 the step returns the state unchanged (the update is never applied) and stays halted. The
@@ -24,7 +21,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,13 +29,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from distillc.runtime.train import distributed, losses, metrics as metrics_lib, schedules
-from distillc.runtime.train.checkpoints import CheckpointError, TrainCheckpoints, param_differences, restore_params, stored_tree
-from distillc.runtime.config import RuntimeConfig, SideConfig
-from distillc.runtime.data.pipeline import DataError, DataPipeline, Shard
-from distillc.runtime.convert.layout import restack_layers, stored_scan_layers
-from distillc.runtime.models.sharding import partition_specs
-from distillc.runtime.models.transformer import build_model, flops_per_token
+from distillc.runtime.config import RuntimeConfig
+from distillc.runtime.models.transformer import flops_per_token
+from distillc.runtime.train import distributed, metrics as metrics_lib, schedules
+from distillc.runtime.train.checkpoints import CheckpointError, TrainCheckpoints, param_differences
+from distillc.runtime.train.hooks import CheckpointHook, EvalHook, Hook, LoggingHook
+from distillc.runtime.train.objectives import Objective, build_objective
+from distillc.runtime.train.params import init_params
 
 # Halt-code bits: term name -> the metric whose sum must be finite ("teacher": the teacher's own CE,
 # non-finite when its outputs are; "grad_norm": the student's gradient).
@@ -62,187 +59,6 @@ _TERM_WORDS = {"teacher": "teacher outputs (teacher CE)", "grad_norm": "gradient
 
 class TeacherUnavailable(RuntimeError):
     """The configured mode's teacher signal is not available in this build."""
-
-
-# ----------------------------------------------------------------------------- objectives
-
-
-class BatchSource(Protocol):
-    """Where batches come from (runtime/data/pipeline.DataPipeline, or a cached-teacher pipeline)."""
-
-    local_batch_size: int
-
-    def train_iterator(self) -> Any: ...  # checkpointable: get_state() -> dict, set_state(dict)
-
-    def eval_batches(self, max_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]: ...
-
-    def eval_batch_count(self) -> int: ...
-
-
-class Objective(Protocol):
-    """How the teacher's signal reaches the loss. Both methods are traced inside the jitted step:
-    `teacher` outside the student's gradient, `loss` inside it."""
-
-    name: str
-    data: BatchSource
-    frozen: Any  # pytree of arrays passed to `loss` each step (teacher params), or None
-    student_feature_layers: tuple[int, ...]
-    teacher_flops_per_token: float  # forward FLOPs the objective adds per token (0 if none)
-
-    def teacher(self, frozen, batch) -> Any: ...  # the teacher signal for this batch (traced, no grad)
-
-    def loss(self, student_out, signal, batch, weights) -> tuple[jax.Array, dict]: ...
-
-
-@dataclasses.dataclass
-class OnlineObjective:
-    """The teacher runs forward every step on the same batch (guide: online distillation)."""
-
-    config: RuntimeConfig
-    data: BatchSource
-    teacher_graphdef: Any
-    frozen: Any
-    name: str = "online"
-
-    def __post_init__(self):
-        pairs = self.config.loss.layer_pairs if self.config.loss.feature_enabled else ()
-        self.student_feature_layers = tuple(p.student for p in pairs)
-        self.teacher_feature_layers = tuple(p.teacher for p in pairs)
-        self.teacher_flops_per_token = flops_per_token(self.config.teacher.arch, self.config.data.seq_len,
-                                                       training=False)
-
-    def teacher(self, frozen, batch):
-        teacher = nnx.merge(self.teacher_graphdef, frozen)
-        out = teacher(batch["inputs"], feature_layers=self.teacher_feature_layers)
-        return jax.tree.map(jax.lax.stop_gradient, out)
-
-    def loss(self, student_out, signal, batch, weights):
-        alpha, temperature, beta = weights
-        return losses.distill_loss(
-            student_out, signal, batch["labels"], batch["mask"],
-            alpha=alpha, temperature=temperature, beta=beta,
-            feature_kind=self.config.loss.feature_loss, compare_vocab=self.config.loss.compare_vocab,
-        )
-
-
-@dataclasses.dataclass
-class CrossEntropyObjective:
-    """Labels only (alpha and beta are 0 at every step): a CE baseline or a teacher's own training."""
-
-    config: RuntimeConfig
-    data: BatchSource
-    frozen: Any = None
-    name: str = "cross_entropy"
-    student_feature_layers: tuple[int, ...] = ()
-    teacher_flops_per_token: float = 0.0
-
-    def teacher(self, frozen, batch):
-        return None
-
-    def loss(self, student_out, signal, batch, weights):
-        alpha, temperature, beta = weights
-        where = batch["mask"]
-        ce_sum, count = losses.masked_mean_parts(
-            losses.cross_entropy(student_out.logits, batch["labels"], where), where)
-        one = jnp.ones((), jnp.float32)
-        total_sum = (1.0 - alpha) * ce_sum
-        metrics = {
-            "hard_loss": (ce_sum, count),
-            "total_loss": (total_sum, count),
-            "tokens": (count, one),
-            "alpha": (alpha, one),
-            "temperature": (temperature, one),
-            "beta": (beta, one),
-        }
-        return total_sum / jnp.maximum(count, 1.0), metrics
-
-
-def uses_teacher(config: RuntimeConfig) -> bool:
-    """Whether any step's loss depends on the teacher (alpha or the feature term ever > 0)."""
-    return config.loss.alpha.bounds()[1] > 0.0 or config.loss.feature_enabled
-
-
-def build_objective(config: RuntimeConfig, mesh, shard: Shard) -> Objective:
-    """The explicit mode dispatch: online teacher forward, offline cached teacher, or CE only."""
-    if config.mode == "online":
-        data = DataPipeline(config.data, shard)
-        _check_vocab(config, data.tokenizer.vocab_size)
-        if not uses_teacher(config):
-            return CrossEntropyObjective(config, data)
-        graphdef, frozen = load_teacher(config.teacher, config.scan_layers, mesh)
-        return OnlineObjective(config, data, graphdef, frozen)
-    if config.mode == "offline":
-        try:
-            from distillc.runtime.offline import objective as offline_objective
-        except ImportError as e:
-            raise TeacherUnavailable("offline (cached top-k) training is not available in this build") from e
-        return offline_objective.build_objective(config, mesh, shard)
-    raise ValueError(f"unknown mode {config.mode!r}")
-
-
-def _check_vocab(config: RuntimeConfig, tokenizer_vocab: int) -> None:
-    for side in (config.student, config.teacher):
-        if tokenizer_vocab > side.arch.vocab_size:
-            raise DataError(
-                f"tokenizer {config.data.tokenizer!r} has {tokenizer_vocab} tokens but the {side.role} "
-                f"{side.arch.name} has vocab_size {side.arch.vocab_size}"
-            )
-
-
-# ----------------------------------------------------------------------------- models on the mesh
-
-
-def _split(model: nnx.Module):
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, params, rest
-
-
-def model_shardings(side: SideConfig, scan_layers: bool, mesh):
-    """(graphdef, abstract params, param shardings) without allocating the weights."""
-    abs_model = nnx.eval_shape(lambda: build_model(side, scan_layers=scan_layers))
-    graphdef, abs_params, abs_rest = _split(abs_model)
-    if jax.tree.leaves(abs_rest):
-        raise ValueError(f"{side.arch.name}: the model has non-parameter state, which this trainer does not carry")
-    specs = partition_specs(abs_model)  # the whole state is Params (checked above)
-    shardings = distributed.state_shardings(abs_params, specs, mesh)
-    abs_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_params, shardings)
-    return graphdef, abs_params, shardings
-
-
-def init_params(side: SideConfig, scan_layers: bool, mesh):
-    """Random-initialized params, created directly with their shardings (jit out_shardings)."""
-    graphdef, abs_params, shardings = model_shardings(side, scan_layers, mesh)
-
-    def init():
-        return _split(build_model(side, scan_layers=scan_layers))[1]
-
-    return graphdef, jax.jit(init, out_shardings=shardings)()
-
-
-def load_teacher(side: SideConfig, scan_layers: bool, mesh):
-    """The frozen teacher: restored read-only from side.checkpoint (cast to its weight dtype), or
-    randomly initialized from its init seed when no checkpoint is given."""
-    if side.checkpoint is None:
-        return init_params(side, scan_layers, mesh)
-    graphdef, abs_params, shardings = model_shardings(side, scan_layers, mesh)
-    try:
-        tree = stored_tree(side.checkpoint)  # read once: the layout here, the comparison in restore_params
-    except CheckpointError:  # no readable tree metadata: restore as is (restore_params explains a mismatch)
-        tree = None
-    stored = stored_scan_layers(tree) if tree is not None else None
-    if stored is None or stored == scan_layers:
-        return graphdef, restore_params(side.checkpoint, abs_params, tree)
-    # saved with the other layer layout (a scanned teacher for an unscanned run, or the reverse):
-    # restore it as saved, then restack onto this run's layout and shardings
-    _, stored_abs, _ = model_shardings(side, stored, mesh)
-    loaded = restore_params(side.checkpoint, stored_abs, tree)
-
-    def restack(state):
-        target = jax.tree.map(lambda x: x, abs_params)
-        nnx.replace_by_pure_dict(target, restack_layers(nnx.to_pure_dict(state), side.arch.num_layers, scan_layers))
-        return target
-
-    return graphdef, jax.jit(restack, out_shardings=shardings)(loaded)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -289,9 +105,7 @@ def make_train_step(graphdef, objective: Objective, tx, lr_fn, weights_fn):
         signal = objective.teacher(frozen, batch)
 
         def loss_fn(params):
-            student = nnx.merge(graphdef, params)
-            out = student(batch["inputs"], feature_layers=objective.student_feature_layers)
-            return objective.loss(out, signal, batch, weights)
+            return objective.loss(nnx.merge(graphdef, params), signal, batch, weights)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grad_norm = optax.tree.norm(grads)
@@ -316,9 +130,8 @@ def make_train_step(graphdef, objective: Objective, tx, lr_fn, weights_fn):
 
 def make_eval_step(graphdef, objective: Objective, weights_fn):
     def eval_fn(params, batch, frozen, step):
-        student = nnx.merge(graphdef, params)
-        out = student(batch["inputs"], feature_layers=objective.student_feature_layers)
-        _, metrics = objective.loss(out, objective.teacher(frozen, batch), batch, weights_fn(step))
+        _, metrics = objective.loss(nnx.merge(graphdef, params), objective.teacher(frozen, batch), batch,
+                                    weights_fn(step))
         return metrics
 
     return eval_fn
@@ -418,6 +231,16 @@ class Trainer:
 
     # -- the loop
 
+    def _read(self, pending: list, hooks: list[Hook], last_checkpoint: int | None) -> None:
+        """Reads the oldest queued step back: stops at a non-finite one, else hands its metrics on."""
+        step, metrics, code = pending.pop(0)
+        code = int(code)
+        if code:
+            raise NonFiniteLoss(step - 1, halt_terms(code), last_checkpoint)
+        host = jax.device_get(metrics)
+        for hook in hooks:
+            hook.record(step, host)
+
     def run(self, *, eval_all_at_end: bool = False) -> TrainResult:
         cfg, tc = self.config, self.config.train
         out = cfg.output
@@ -426,20 +249,22 @@ class Trainer:
         t_start = time.perf_counter()
         resumed = self.restore_latest(iterator)
         start = resumed or 0
-        bar = metrics_lib.Progress(cfg.name, tc.steps, start, enabled=self.is_writer and self.console)
+        progress = metrics_lib.Progress(cfg.name, tc.steps, start, enabled=self.is_writer and self.console)
         tokens_per_step = cfg.data.global_batch_size * cfg.data.seq_len
-        train_log: list[dict] = []
-        compile_s, tok_s, last_ckpt = 0.0, float("nan"), resumed
+        logging = LoggingHook(tc.log_every, writer, progress, tokens_per_step=tokens_per_step,
+                              model_flops_per_token=self.flops_per_token, peak_flops=_peak_flops(self.mesh))
+        checkpoint = CheckpointHook(tc.checkpoint_every, lambda step: self._save(step, iterator), resumed)
+        hooks: list[Hook] = [checkpoint, logging,
+                             EvalHook(tc.eval_every, lambda: self.evaluate(tc.eval_batches), writer)]
+        compile_s, tok_s = 0.0, float("nan")
         try:
             if start < tc.steps:
                 t0 = time.perf_counter()
-                first = self._batch(next(iterator))
-                compiled = self._train_step.lower(self.state, first, self.objective.frozen).compile()
+                batch = self._batch(next(iterator))
+                compiled = self._train_step.lower(self.state, batch, self.objective.frozen).compile()
                 compile_s = time.perf_counter() - t0
-                window = metrics_lib.Window()
-                pending: list[tuple[int, Any, Any]] = []  # (step number after the update, metrics, code)
-                w_start, w_steps, t_loop = time.perf_counter(), 0, time.perf_counter()
-                batch = first
+                logging.start = t_loop = time.perf_counter()
+                pending: list[tuple[int, Any, Any]] = []  # (updates applied after the step, metrics, halt code)
                 for step in range(start, tc.steps):
                     if batch is None:
                         batch = self._batch(next(iterator))
@@ -447,45 +272,23 @@ class Trainer:
                     batch = None
                     done = step + 1
                     pending.append((done, m, code))
-                    # Read the previous step's result (the device already has this one queued).
-                    while len(pending) > 1 or (pending and (done % tc.log_every == 0 or done == tc.steps
-                                                            or self.checkpoints.should_save(done))):
-                        s, pm, pc = pending.pop(0)
-                        pc = int(pc)
-                        if pc:
-                            raise NonFiniteLoss(s - 1, halt_terms(pc), last_ckpt)
-                        window.add(jax.device_get(pm))
-                        w_steps += 1
-                    if self.checkpoints.should_save(done) or done == tc.steps:
-                        self._save(done, iterator)
-                        last_ckpt = done
-                    if done % tc.log_every == 0 or done == tc.steps:
-                        dt = time.perf_counter() - w_start
-                        values = window.reduce()
-                        values["step_time_s"] = dt / max(w_steps, 1)
-                        values["tokens_per_sec"] = tokens_per_step * w_steps / dt
-                        mfu = _mfu(self.flops_per_token * values["tokens_per_sec"], self.mesh)
-                        if mfu is not None:
-                            values["mfu"] = mfu
-                        writer.write(done, "train", values)
-                        train_log.append(dict(values, step=done))
-                        bar.update(done, values)
-                        window, w_start, w_steps = metrics_lib.Window(), time.perf_counter(), 0
-                    else:
-                        bar.update(done)
-                    if tc.eval_every and done % tc.eval_every == 0 and done != tc.steps:
-                        writer.write(done, "eval", self.evaluate(tc.eval_batches))
-                loop_s = time.perf_counter() - t_loop
-                tok_s = tokens_per_step * (tc.steps - start) / loop_s
+                    due = [h for h in hooks if h.due(done, tc.steps)]
+                    # The device keeps one step queued; a hook that needs every result drains the queue.
+                    keep = 0 if any(h.needs_all_results for h in due) else 1
+                    while len(pending) > keep:
+                        self._read(pending, hooks, checkpoint.last_saved)
+                    for hook in due:
+                        hook.run(done)
+                tok_s = tokens_per_step * (tc.steps - start) / (time.perf_counter() - t_loop)
             self.checkpoints.wait()
             final = self.evaluate(None if eval_all_at_end else tc.eval_batches)
             if final:
                 writer.write(int(self.state.step), "eval", final)
         finally:
-            bar.close()
+            progress.close()
             writer.close()
             self.checkpoints.close()
-        return TrainResult(cfg, int(self.state.step), resumed, train_log, final,
+        return TrainResult(cfg, int(self.state.step), resumed, logging.log, final,
                            time.perf_counter() - t_start, compile_s, tok_s, self.state.params)
 
 
@@ -505,10 +308,11 @@ def peak_flops(device) -> float | None:
     return None
 
 
-def _mfu(model_flops_per_sec: float, mesh) -> float | None:
+def _peak_flops(mesh) -> float | None:
+    """Peak FLOP/s of the whole mesh (None where unknown: MFU is then not reported)."""
     devices = mesh.devices.reshape(-1)
     peak = peak_flops(devices[0])
-    return None if peak is None else model_flops_per_sec / (peak * len(devices))
+    return None if peak is None else peak * len(devices)
 
 
 def write_manifest(config: RuntimeConfig, argv: list[str], extra: dict | None = None) -> Path:

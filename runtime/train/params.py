@@ -1,0 +1,74 @@
+"""The models' parameters on the mesh: abstract shapes and shardings, random init, the frozen teacher.
+
+Nothing here allocates a full model on one device: shapes come from `nnx.eval_shape`, shardings
+from the logical axis names (models/sharding.py), and weights are created (or restored) directly
+with their shardings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from flax import nnx
+
+from distillc.runtime.config import SideConfig
+from distillc.runtime.convert.layout import restack_layers, stored_scan_layers
+from distillc.runtime.models.sharding import partition_specs
+from distillc.runtime.models.transformer import build_model
+from distillc.runtime.train import distributed
+from distillc.runtime.train.checkpoints import CheckpointError, restore_params, stored_tree
+
+
+def split(model: nnx.Module) -> tuple[Any, Any, Any]:
+    """(graphdef, Param state, the rest): the optimizer sees only the Params."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, params, rest
+
+
+def model_shardings(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any, Any]:
+    """(graphdef, abstract params, param shardings) without allocating the weights."""
+    abs_model = nnx.eval_shape(lambda: build_model(side, scan_layers=scan_layers))
+    graphdef, abs_params, abs_rest = split(abs_model)
+    if jax.tree.leaves(abs_rest):
+        raise ValueError(f"{side.arch.name}: the model has non-parameter state, which this trainer does not carry")
+    specs = partition_specs(abs_model)  # the whole state is Params (checked above)
+    shardings = distributed.state_shardings(abs_params, specs, mesh)
+    abs_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_params, shardings)
+    return graphdef, abs_params, shardings
+
+
+def init_params(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
+    """Random-initialized params, created directly with their shardings (jit out_shardings)."""
+    graphdef, abs_params, shardings = model_shardings(side, scan_layers, mesh)
+
+    def init():
+        return split(build_model(side, scan_layers=scan_layers))[1]
+
+    return graphdef, jax.jit(init, out_shardings=shardings)()
+
+
+def load_teacher(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
+    """The frozen teacher: restored read-only from side.checkpoint (cast to its weight dtype), or
+    randomly initialized from its init seed when no checkpoint is given."""
+    if side.checkpoint is None:
+        return init_params(side, scan_layers, mesh)
+    graphdef, abs_params, shardings = model_shardings(side, scan_layers, mesh)
+    try:
+        tree = stored_tree(side.checkpoint)  # read once: the layout here, the comparison in restore_params
+    except CheckpointError:  # no readable tree metadata: restore as is (restore_params explains a mismatch)
+        tree = None
+    stored = stored_scan_layers(tree) if tree is not None else None
+    if stored is None or stored == scan_layers:
+        return graphdef, restore_params(side.checkpoint, abs_params, tree)
+    # saved with the other layer layout (a scanned teacher for an unscanned run, or the reverse):
+    # restore it as saved, then restack onto this run's layout and shardings
+    _, stored_abs, _ = model_shardings(side, stored, mesh)
+    loaded = restore_params(side.checkpoint, stored_abs, tree)
+
+    def restack(state):
+        target = jax.tree.map(lambda x: x, abs_params)
+        nnx.replace_by_pure_dict(target, restack_layers(nnx.to_pure_dict(state), side.arch.num_layers, scan_layers))
+        return target
+
+    return graphdef, jax.jit(restack, out_shardings=shardings)(loaded)
