@@ -136,7 +136,7 @@ def interpolation_error(k: int = 32, rows: int = 16) -> dict:
     from distillc.runtime.offline import losses as tl, store as ts
     from distillc.runtime.config import Schedule
     from distillc.runtime.data.pipeline import DataPipeline
-    from distillc.runtime.train.trainer import load_teacher
+    from distillc.runtime.train.params import load_teacher
     from distillc.runtime import local
 
     cfg = compile_configs(ROOT / "specs" / "quickstart-offline.yaml")[0]
