@@ -37,10 +37,9 @@ from distillc.compiler.check import Checked, check_loaded
 from distillc.compiler.diagnostics import Diagnostic, KeyPath, has_errors, sort_key
 from distillc.compiler.loader import LoadError, Loaded, SourceMap, load_file
 from distillc.compiler.parse import PartialSpec
-from distillc.compiler.registry import make
+from distillc.compiler.registry import Target, make
 from distillc.compiler.resolve import Plan, PlanError, Workload, resolve_checked
 
-Target = Literal["distillc", "maxtext"]
 RUNTIME_MODULE = "distillc.runtime.main"
 CONFIG_ENV = clusters_mod.CONFIG_ENV
 SCRIPT_DIR_IN_IMAGE = "/app"  # where xpk puts --script-dir (core/docker_image.py: arcname app/...)
@@ -123,8 +122,10 @@ def _with_slices(loaded: Loaded, num_slices: int) -> Loaded:
     return dataclasses.replace(loaded, data=patched)
 
 
-def front(spec_path: Path, cluster_name: Optional[str] = None, clusters_file: Optional[Path] = None) -> Front:
-    """Load and check the spec, for the cluster's accelerator and slices when one is named."""
+def front(
+    spec_path: Path, cluster_name: Optional[str] = None, clusters_file: Optional[Path] = None, target: Target = "distillc"
+) -> Front:
+    """Load and check the spec for `target`, for the cluster's accelerator and slices when one is named."""
     try:
         loaded = load_file(spec_path)
     except LoadError as exc:
@@ -144,7 +145,7 @@ def front(spec_path: Path, cluster_name: Optional[str] = None, clusters_file: Op
     spec_for_rules = loaded
     if cluster is not None:
         spec_for_rules = _with_slices(loaded, cluster.entry.num_slices)
-    checked = check_loaded(spec_for_rules, accelerator=cluster.accelerator.name if cluster else None)
+    checked = check_loaded(spec_for_rules, accelerator=cluster.accelerator.name if cluster else None, target=target)
     diags += checked.diagnostics
     if cluster is not None:
         diags += _cluster_notes(checked, cluster, loaded)
@@ -332,7 +333,7 @@ def compile_launch(
         raise UsageError("launch needs --cluster NAME (an entry of the clusters file), or --local")
     if cluster_name is not None and local:
         raise UsageError("--local trains on this machine; it takes no --cluster")
-    fr = front(spec_path, cluster_name, clusters_file)
+    fr = front(spec_path, cluster_name, clusters_file, target)
     diags = list(fr.diagnostics)
     if not fr.ok or fr.checked.context is None:
         return Compiled(fr, None, tuple(diags))

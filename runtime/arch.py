@@ -57,6 +57,17 @@ class ModelArch(BaseModel):
         return self.num_layers * layer + emb + d
 
 
+def unbuildable(arch: ModelArch) -> Optional[str]:
+    """Why the distillc runtime cannot build `arch`, or None when it can. Part of the contract: the
+    compiler's rule DC100 reports it at the spec's model (with `--target maxtext` as the way out)
+    and runtime/models asserts it, so a spec never reaches a cluster to fail there."""
+    if arch.attention != "global":
+        return f"attention {arch.attention!r} (this runtime builds global attention only)"
+    if arch.num_experts != 1:
+        return f"mixture of experts (num_experts {arch.num_experts}; this runtime builds dense MLPs only)"
+    return None
+
+
 def human_count(n: int) -> str:
     """A parameter count as people write it: 590.46K, 8.03B."""
     for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):

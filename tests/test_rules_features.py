@@ -161,12 +161,14 @@ class TestDC126HiddenSize:
 
 
 class TestDC127Structure:
+    """A MaxText-target rule: for --target distillc, DC100 refuses these models outright."""
+
     def test_fails_gemma2(self):
         text = spec_text(
             "teacher: {model: gemma2-27b}\nstudent: {model: gemma2-9b, }\ndata: {tokenizer: /t.model}\n"
             + "loss: {alpha: {start: 0.9, end: 0.5, schedule: cosine}, beta: 1.0, layers: {strategy: evenly_spaced, count: 4}}"
         )
-        hits = [d for d in check_text(text).diagnostics if d.code == "DC127"]
+        hits = [d for d in check_text(text, target="maxtext").diagnostics if d.code == "DC127"]
         assert [d.path for d in hits] == [("teacher", "model"), ("student", "model")]
         assert where(hits[0]) == at(text, "teacher:", "gemma2-27b")
 
@@ -175,17 +177,25 @@ class TestDC127Structure:
             "teacher: {model: deepseek3-671b}\nstudent: {model: deepseek3-671b, pruned_layers: [30]}\n"
             "data: {tokenizer: /t.model}\n" + PRUNED_LOSS % "{strategy: straddle_pruned}"
         )
-        assert "DC127" in codes(check_text(text))
+        assert "DC127" in codes(check_text(text, target="maxtext"))
 
     def test_passes_self_distillation_of_the_same_model(self):
         text = spec_text(
             "teacher: {model: gemma2-9b}\nstudent: {model: gemma2-9b}\ndata: {tokenizer: /t.model}\n"
             + PRUNED_LOSS % "{strategy: evenly_spaced, count: 4}"
         )
-        assert "DC127" not in codes(check_text(text))
+        assert "DC127" not in codes(check_text(text, target="maxtext"))
+
+    def test_distillc_target_reports_dc100_instead(self):
+        text = spec_text(
+            "teacher: {model: gemma2-27b}\nstudent: {model: gemma2-9b, }\ndata: {tokenizer: /t.model}\n"
+            + "loss: {alpha: {start: 0.9, end: 0.5, schedule: cosine}, beta: 1.0, layers: {strategy: evenly_spaced, count: 4}}"
+        )
+        found = codes(check_text(text))
+        assert "DC127" not in found and found.count("DC100") == 2
 
     def test_passes(self):
-        assert "DC127" not in codes(check_text(feature()))
+        assert "DC127" not in codes(check_text(feature(), target="maxtext"))
 
 
 class TestDC128BetaMagnitude:
