@@ -573,7 +573,7 @@ def plan_text(plan: Plan, spec: Any) -> str:
         lines.append(f"feature loss ({loss.feature_loss}, {strategy}): {len(loss.layer_pairs)} layer pair(s), teacher <-> student")
         lines.append("  " + ", ".join(f"{p.teacher}<->{p.student}" for p in loss.layer_pairs))
     else:
-        why = "offline mode" if plan.mode == "offline" else "beta = 0 at step 0: nothing is sown"
+        why = "offline mode" if plan.mode == "offline" else "beta is 0 at every step: nothing is sown"
         lines.append(f"feature loss: off ({why})")
     if cfg.offline is not None:
         o = cfg.offline

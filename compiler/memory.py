@@ -233,11 +233,11 @@ def estimate_memory(
 
 
 def feature_layer_count(loss: Any, pruned_layers: Any = ()) -> int:
-    """How many layers the feature loss aligns (0 when beta starts at 0: nothing is sown)."""
-    beta = loss.beta
-    start = beta.points[0][1] if beta.schedule == "piecewise" else beta.start
+    """How many layers the feature loss aligns (0 when beta is 0 throughout: nothing is sown)."""
+    from distillc.compiler.rules._util import feature_on
+
     layers = loss.layers
-    if not (start > 0) or layers is None:
+    if not feature_on(loss) or layers is None:
         return 0
     if layers.strategy == "explicit":
         return len(layers.pairs or layers.indices or [])

@@ -16,8 +16,8 @@ re-check. Defaults decided here, each visible in the plan:
   * optimizer: AdamW with b1 0.9, b2 0.95, eps 1e-8 (MaxText's defaults);
   * compare_vocab = min(teacher, student real vocabulary): logits are compared over the token ids
     both tokenizers emit; padding rows past it are ignored;
-  * feature layers: resolved only when the feature loss is on (online mode, beta > 0 at step 0),
-    else none (nothing is sown);
+  * feature layers: resolved only when the feature loss is on (online mode, beta positive at some
+    step: runtime/arch.feature_loss_on), else none (nothing is sown);
   * outputs under <train.output_dir>/<name>/.
 
 The resolver is a pure function, and an ablation calls it thousands of times on specs that share
@@ -38,6 +38,7 @@ from distillc.compiler import layer_strategies, memory, naming
 from distillc.compiler.catalog import Accelerator
 from distillc.compiler.mesh import MeshPlan, plan_mesh
 from distillc.compiler.plan_schedules import to_runtime
+from distillc.compiler.rules._util import feature_on
 from distillc.runtime.config import (
     DataConfig,
     LayerPair,
@@ -157,9 +158,8 @@ def _side_config(
 
 
 def _feature_on(spec: Any) -> bool:
-    beta = spec.loss.beta
-    start = beta.points[0][1] if beta.schedule == "piecewise" else beta.start
-    return spec.mode == "online" and start > 0
+    """Layer pairs are compiled iff the run has a teacher alongside (online) and beta is ever positive."""
+    return spec.mode == "online" and feature_on(spec.loss)
 
 
 @lru_cache(maxsize=256)

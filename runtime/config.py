@@ -16,7 +16,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distillc.runtime.arch import ModelArch  # noqa: F401  (part of the contract: SideConfig.arch)
+from distillc.runtime.arch import ModelArch, feature_loss_on  # noqa: F401  (part of the contract)
 
 CONFIG_VERSION = 1
 
@@ -120,8 +120,8 @@ class LossConfig(_Frozen):
 
     @property
     def feature_enabled(self) -> bool:
-        """The feature loss (and the sow) exists iff beta is ever positive."""
-        return self.beta.bounds()[1] > 0.0 and bool(self.layer_pairs)
+        """The feature loss (and the sow) exists iff beta is ever positive and layers were compiled."""
+        return feature_loss_on(self.beta.bounds()) and bool(self.layer_pairs)
 
 
 class OfflineConfig(_Frozen):
