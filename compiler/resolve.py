@@ -7,10 +7,8 @@ memory estimate.
 
 Resolution runs only on a spec the rules passed (no errors); it trusts them and does not
 re-check. Defaults decided here, each visible in the plan:
-  * weight dtype: teacher bfloat16 (frozen, forward only), student float32 (master weights);
-  * activation dtype and remat: float32 / none on the CPU accelerator (small local runs, where
-    bfloat16 is emulated and recomputation only costs time), bfloat16 / memory.DEFAULT_REMAT on
-    TPUs and GPUs; `<side>.overrides` win on each side separately;
+  * weight and activation dtypes and remat: side_defaults.py (the memory rules use the same),
+    `<side>.overrides` winning on each side separately;
   * init seeds: student train.seed, teacher train.seed + 1 (so an uncheckpointed teacher and
     student of the same shape do not start identical);
   * optimizer: AdamW with b1 0.9, b2 0.95, eps 1e-8 (MaxText's defaults);
@@ -35,6 +33,7 @@ from functools import lru_cache, wraps
 from typing import Any, Callable, Literal, Optional, TypeVar
 
 from distillc.compiler import layer_strategies, memory, naming
+from distillc.compiler.side_defaults import side_settings
 from distillc.compiler.catalog import Accelerator
 from distillc.compiler.mesh import MeshPlan, plan_mesh
 from distillc.compiler.plan_schedules import to_runtime
@@ -143,14 +142,14 @@ def _side_config(
     seed: int,
     pruned: tuple[int, ...],
 ) -> SideConfig:
-    default_weight = "bfloat16" if role == "teacher" else "float32"
+    settings = side_settings(role, weight_dtype, activation_dtype, remat, cpu)
     return SideConfig(
         role=role,
         arch=arch,
         checkpoint=checkpoint,
-        weight_dtype=weight_dtype or default_weight,
-        activation_dtype=activation_dtype or memory.default_activation_dtype(cpu),
-        remat=remat or memory.default_remat(cpu),
+        weight_dtype=settings.weight_dtype,
+        activation_dtype=settings.activation_dtype,
+        remat=settings.remat,
         init_seed=init_seed if init_seed is not None else seed,
         pruned_layers=pruned,
         extra={k: v for k, v, _, _ in extra},
@@ -244,7 +243,7 @@ def resolve(
         mesh=mesh,
         configs=tuple(configs),
         workloads=workloads,
-        memory=_estimate(configs, accelerator, mesh, offline),
+        memory=_estimate(configs, accelerator, mesh),
         vocab_note=vocab_note(teacher, student, compare_vocab),
     )
 
@@ -345,32 +344,9 @@ def _workloads(name: str, mode: str, super_slicing: bool) -> tuple[Workload, ...
 _estimate_memory = lru_cache(maxsize=1024)(memory.estimate_memory)
 
 
-def _estimate(configs: list[RuntimeConfig], acc: Accelerator, mesh: MeshPlan, offline: Optional[OfflineConfig]) -> dict[str, memory.MemoryEstimate]:
-    """memory.estimate_memory for each stage, with the plan's resolved dtypes and remat."""
-    out = {}
-    for cfg in configs:
-        t, s = cfg.teacher, cfg.student
-        common = dict(accelerator=acc, mesh=mesh.shape(), seq_len=cfg.data.seq_len, global_batch_size=cfg.data.global_batch_size)
-        if cfg.stage == "save_topk":
-            est = _estimate_memory(t.arch, None, teacher_dtype=t.weight_dtype, activation_dtype=t.activation_dtype, remat=t.remat, **common)
-        elif offline is not None:
-            est = _estimate_memory(
-                None, s.arch, student_dtype=s.weight_dtype, activation_dtype=s.activation_dtype, remat=s.remat, top_k=offline.top_k, **common
-            )
-        else:
-            act = "float32" if "float32" in (t.activation_dtype, s.activation_dtype) else "bfloat16"
-            est = _estimate_memory(
-                t.arch,
-                s.arch,
-                teacher_dtype=t.weight_dtype,
-                student_dtype=s.weight_dtype,
-                activation_dtype=act,
-                remat=s.remat,
-                feature_layers=len(cfg.loss.layer_pairs),
-                **common,
-            )
-        out[cfg.stage] = est
-    return out
+def _estimate(configs: list[RuntimeConfig], acc: Accelerator, mesh: MeshPlan) -> dict[str, memory.MemoryEstimate]:
+    """memory.estimate_config for each stage, with the plan's resolved dtypes and remat."""
+    return {cfg.stage: memory.estimate_config(cfg, acc, mesh.shape(), estimate=_estimate_memory) for cfg in configs}
 
 
 def resolve_checked(checked: Any, num_slices: Optional[int] = None) -> Plan:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distillc.compiler import memory
+from distillc.compiler import memory, side_defaults
 from distillc.compiler.resolve import Plan, join_path, resolve_checked
 from distillc.runtime.config import RuntimeConfig
 from tests.conftest import ROOT, check_text, codes, spec_text
@@ -108,7 +108,7 @@ student: {overrides: {activation_dtype: bfloat16}}
     def test_accelerator_defaults(self):
         cfg = plan_of(CLUSTER_SPEC).train
         assert cfg.teacher.activation_dtype == cfg.student.activation_dtype == "bfloat16"
-        assert cfg.teacher.remat == cfg.student.remat == memory.DEFAULT_REMAT
+        assert cfg.teacher.remat == cfg.student.remat == side_defaults.DEFAULT_REMAT
 
     def test_different_vocabularies_compare_the_shared_real_tokens(self):
         plan = plan_of("""

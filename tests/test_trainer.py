@@ -198,3 +198,15 @@ def test_beta_ramping_from_zero_gives_a_feature_loss_after_step_0(tmp_path):
     rising = [r for r in log if r["beta"] > 0]
     assert rising and all(r["feature_loss"] > 0 for r in rising)
     assert all(r["feature_loss"] == 0 for r in log if r["beta"] == 0)
+
+
+def test_local_memory_check_uses_the_compilers_estimate():
+    """`launch --local` refuses by compiler/memory.py's model (the plan's figure), not a third one."""
+    from distillc.compiler.resolve import resolve_checked
+    from distillc.runtime.local import baseline_config, memory_estimate
+    from tests.conftest import check_text, spec_text
+
+    plan = resolve_checked(check_text(spec_text()))
+    cfg = plan.train
+    assert memory_estimate(cfg) == int(plan.memory["train"].total * cfg.mesh.size)
+    assert memory_estimate(baseline_config(cfg)) < memory_estimate(cfg)  # a CE-only run loads no teacher
