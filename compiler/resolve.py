@@ -231,6 +231,7 @@ def resolve(
         train=train,
         mesh=mesh.config(),
         offline=offline,
+        peak_flops=_peak_flops(accelerator),
     )
     run_dir = join_path(t.output_dir, spec.name)
     workloads = _workloads(spec.name, spec.mode, accelerator.super_slicing)
@@ -246,6 +247,12 @@ def resolve(
         memory=_estimate(configs, accelerator, mesh),
         vocab_note=vocab_note(teacher, student, compare_vocab),
     )
+
+
+def _peak_flops(accelerator: Accelerator) -> Optional[float]:
+    """The catalog's dense bf16 peak per chip, which the runtime's MFU divides by. None on the CPU:
+    its catalog figure is nominal, and MFU is not reported for local runs."""
+    return None if accelerator.kind == "cpu" else accelerator.peak_bf16_tflops * 1e12
 
 
 def _loss(loss: Any, steps: int, pairs: tuple[tuple[int, int], ...], compare_vocab: int) -> LossConfig:

@@ -206,6 +206,9 @@ class RuntimeConfig(_Frozen):
     mesh: MeshConfig
     output: OutputConfig
     offline: Optional[OfflineConfig] = None
+    peak_flops: Optional[float] = Field(
+        None, gt=0, description="Dense bf16 peak FLOP/s per device, from the accelerator catalog, for MFU; "
+        "None where MFU is not reported (CPU runs).")
 
     @model_validator(mode="after")
     def _sides(self) -> "RuntimeConfig":

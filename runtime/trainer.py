@@ -462,7 +462,7 @@ class Trainer:
                         values = window.reduce()
                         values["step_time_s"] = dt / max(w_steps, 1)
                         values["tokens_per_sec"] = tokens_per_step * w_steps / dt
-                        mfu = _mfu(self.flops_per_token * values["tokens_per_sec"], self.mesh)
+                        mfu = _mfu(self.flops_per_token * values["tokens_per_sec"], self.mesh, cfg.peak_flops)
                         if mfu is not None:
                             values["mfu"] = mfu
                         writer.write(done, "train", values)
@@ -487,26 +487,12 @@ class Trainer:
                            time.perf_counter() - t_start, compile_s, tok_s, self.state.params)
 
 
-# Peak dense bf16 FLOP/s per device, for MFU (none for CPUs: MFU is not reported there).
-PEAK_FLOPS = {
-    "NVIDIA H100": 989.4e12, "NVIDIA H200": 989.4e12, "NVIDIA A100": 312e12,
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
-}
-
-
-def peak_flops(device) -> float | None:
-    kind = getattr(device, "device_kind", "")
-    for name, flops in PEAK_FLOPS.items():
-        if kind.startswith(name):
-            return flops
-    return None
-
-
-def _mfu(model_flops_per_sec: float, mesh) -> float | None:
-    devices = mesh.devices.reshape(-1)
-    peak = peak_flops(devices[0])
-    return None if peak is None else model_flops_per_sec / (peak * len(devices))
+def _mfu(model_flops_per_sec: float, mesh, peak_flops: float | None) -> float | None:
+    """Model FLOP/s over the devices' peak; `peak_flops` per device is the plan's (the accelerator
+    catalog's figure), None where MFU is not reported."""
+    if peak_flops is None:
+        return None
+    return model_flops_per_sec / (peak_flops * mesh.devices.size)
 
 
 def write_manifest(config: RuntimeConfig, argv: list[str], extra: dict | None = None) -> Path:

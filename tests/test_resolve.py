@@ -110,6 +110,12 @@ student: {overrides: {activation_dtype: bfloat16}}
         assert cfg.teacher.activation_dtype == cfg.student.activation_dtype == "bfloat16"
         assert cfg.teacher.remat == cfg.student.remat == side_defaults.DEFAULT_REMAT
 
+    def test_peak_flops_come_from_the_accelerator_catalog(self):
+        """The runtime's MFU divides by the plan's figure (no table of its own); none on the CPU."""
+        checked = check_text(spec_text(CLUSTER_SPEC))
+        assert resolve_checked(checked).train.peak_flops == checked.context.accelerator.peak_bf16_tflops * 1e12
+        assert plan_of().train.peak_flops is None
+
     def test_different_vocabularies_compare_the_shared_real_tokens(self):
         plan = plan_of("""
 teacher: {model: qwen2.5-7b, checkpoint: gs://b/q7/0/items}
