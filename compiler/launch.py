@@ -453,7 +453,8 @@ class TopkStorage:
                + L * S * (4 index + value bytes (4 float32, 2 bfloat16) [+ 2 count, random only])
                + L * G * (4 lse + 4 lse slope)
 
-    Training tokens = steps * global_batch_size * seq_len. The held-out split adds whole global
+    Every byte count is read from topk_store.RecordSpec, the layout the runtime writes, so the plan
+    cannot drift from it. Training tokens = steps * global_batch_size * seq_len. The held-out split adds whole global
     batches covering data.eval_fraction of the corpus, which is not known before it is read, so
     it is given per batch."""
 
@@ -465,10 +466,9 @@ class TopkStorage:
     global_batch_size: int
     eval_fraction: float
     slot_bytes: int  # 4 id + value bytes (+ 2 count for random sampling)
-
-    @property
-    def header_bytes(self) -> int:
-        return self.record_bytes - self.seq_len * (13 + self.slots * self.slot_bytes + 8 * self.grid)
+    header_bytes: int
+    token_bytes: int  # input, label, mask, label logit
+    grid_bytes: int  # tail lse + slope per cached temperature
 
     @property
     def bytes_per_token(self) -> float:
@@ -502,9 +502,9 @@ def topk_storage(plan: Plan) -> Optional[TopkStorage]:
     from distillc.runtime.topk_store import record_spec  # numpy only; no jax
 
     rec = record_spec(cfg)
-    slot = 4 + (2 if rec.value_dtype == "bfloat16" else 4) + (2 if rec.kind == "random" else 0)
     return TopkStorage(rec.nbytes, rec.seq_len, rec.slots, rec.grid, cfg.train.steps * cfg.data.global_batch_size,
-                       cfg.data.global_batch_size, cfg.data.eval_fraction, slot)
+                       cfg.data.global_batch_size, cfg.data.eval_fraction, rec.slot_bytes, rec.header_bytes,
+                       rec.token_bytes, rec.grid_bytes)
 
 
 def _bytes(n: float) -> str:
@@ -585,8 +585,8 @@ def plan_text(plan: Plan, spec: Any) -> str:
         lines.append(f"  cache  {st.train_tokens:,} training tokens ({cfg.train.steps} steps x {cfg.data.global_batch_size} x "
                      f"{st.seq_len}) x {st.bytes_per_token:.1f} B/token = {_bytes(st.train_bytes)} before compression")
         temps = "temperature" if st.grid == 1 else "temperatures"
-        lines.append(f"         per token: {st.slots} slots x (4 id + {value} value{count}) + {st.grid} {temps} x 8 "
-                     f"(tail lse + slope) + 13 (input, label, mask, label logit) + {st.header_bytes}/{st.seq_len} header")
+        lines.append(f"         per token: {st.slots} slots x (4 id + {value} value{count}) + {st.grid} {temps} x {st.grid_bytes} "
+                     f"(tail lse + slope) + {st.token_bytes} (input, label, mask, label logit) + {st.header_bytes}/{st.seq_len} header")
         if cfg.data.eval_fraction > 0:
             lines.append(f"         + held-out split: {_bytes(st.eval_batch_bytes)} per global batch of eval windows "
                          f"(data.eval_fraction {cfg.data.eval_fraction:g} of the corpus)")

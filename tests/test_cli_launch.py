@@ -52,6 +52,7 @@ class TestPlan:
         # 4 input + 4 label + 1 mask + 4 label logit, k x (4 id + value bytes), G x (4 lse + 4 slope)
         doc = json.loads(run("plan", GOLDEN_INPUTS / "offline.yaml", "--format", "json").stdout)["topk_storage"]
         assert doc["record_bytes"] == 60 + 2048 * (13 + 64 * (4 + 4) + 1 * 8)
+        assert (doc["header_bytes"], doc["slot_bytes"]) == (60, 8)  # read from the record spec, not re-derived
         assert doc["train_tokens"] == 5000 * 256 * 2048 and doc["train_bytes"] == 5000 * 256 * doc["record_bytes"]
         assert doc["eval_bytes_per_batch"] == 0  # eval_fraction 0
         spec = tmp_path / "s.yaml"
