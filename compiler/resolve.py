@@ -30,10 +30,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache, wraps
-from typing import Any, Callable, Literal, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar
 
 from distillc.compiler import layer_strategies, memory, naming
 from distillc.compiler.side_defaults import side_settings
+from distillc.compiler.spec import Data, Loss, Offline, Side, Spec, Train
+from distillc.compiler.spec import Schedule as SpecSchedule
 from distillc.compiler.catalog import Accelerator
 from distillc.compiler.mesh import MeshPlan, plan_mesh
 from distillc.compiler.plan_schedules import to_runtime
@@ -50,6 +52,9 @@ from distillc.runtime.config import (
     SideConfig,
     TrainConfig,
 )
+
+if TYPE_CHECKING:  # pragma: no cover  (check imports the catalogs and rules; resolve runs after it)
+    from distillc.compiler.check import Checked
 
 Stage = Literal["save_topk", "train"]
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.95, 1e-8
@@ -121,7 +126,7 @@ def _per_section(build: Callable[[Any], T]) -> Callable[[Any], T]:
     return call
 
 
-def _side(role: str, side: Any, arch: ModelArch, cpu: bool, seed: int, pruned: tuple[int, ...] = ()) -> SideConfig:
+def _side(role: str, side: Side, arch: ModelArch, cpu: bool, seed: int, pruned: tuple[int, ...] = ()) -> SideConfig:
     o = side.overrides
     # the extra keys as a cache key: their type and the sign of a zero float tell apart values == merges
     extra = tuple((k, v, type(v), type(v) is float and math.copysign(1.0, v) < 0) for k, v in sorted(o.maxtext.items()))
@@ -156,7 +161,7 @@ def _side_config(
     )
 
 
-def _feature_on(spec: Any) -> bool:
+def _feature_on(spec: Spec) -> bool:
     """Layer pairs are compiled iff the run has a teacher alongside (online) and beta is ever positive."""
     return spec.mode == "online" and feature_on(spec.loss)
 
@@ -183,7 +188,7 @@ def vocab_note(teacher: ModelArch, student: ModelArch, compare_vocab: int) -> st
 
 
 def resolve(
-    spec: Any,
+    spec: Spec,
     teacher: ModelArch,
     student: ModelArch,
     accelerator: Accelerator,
@@ -255,7 +260,7 @@ def _peak_flops(accelerator: Accelerator) -> Optional[float]:
     return None if accelerator.kind == "cpu" else accelerator.peak_bf16_tflops * 1e12
 
 
-def _loss(loss: Any, steps: int, pairs: tuple[tuple[int, int], ...], compare_vocab: int) -> LossConfig:
+def _loss(loss: Loss, steps: int, pairs: tuple[tuple[int, int], ...], compare_vocab: int) -> LossConfig:
     alpha, temperature, beta = loss.alpha, loss.temperature, loss.beta
     schedules = (alpha, temperature, beta)
     if any(s.schedule == "piecewise" for s in schedules):  # a table (a list inside): not hashable
@@ -264,7 +269,7 @@ def _loss(loss: Any, steps: int, pairs: tuple[tuple[int, int], ...], compare_voc
     return _ramp_loss_config(alpha, temperature, beta, signs, steps, loss.feature_loss, pairs, compare_vocab)
 
 
-def _loss_config(alpha: Any, temperature: Any, beta: Any, steps: int, feature_loss: str, pairs: tuple[tuple[int, int], ...], compare_vocab: int) -> LossConfig:
+def _loss_config(alpha: SpecSchedule, temperature: SpecSchedule, beta: SpecSchedule, steps: int, feature_loss: str, pairs: tuple[tuple[int, int], ...], compare_vocab: int) -> LossConfig:
     return LossConfig(
         alpha=to_runtime(alpha, steps),
         temperature=to_runtime(temperature, steps),
@@ -277,14 +282,14 @@ def _loss_config(alpha: Any, temperature: Any, beta: Any, steps: int, feature_lo
 
 @lru_cache(maxsize=4096)
 def _ramp_loss_config(
-    alpha: Any, temperature: Any, beta: Any, signs: tuple, steps: int, feature_loss: str, pairs: tuple[tuple[int, int], ...], compare_vocab: int
+    alpha: SpecSchedule, temperature: SpecSchedule, beta: SpecSchedule, signs: tuple, steps: int, feature_loss: str, pairs: tuple[tuple[int, int], ...], compare_vocab: int
 ) -> LossConfig:
     """_loss_config for schedules without tables, cached (`signs` only keys the cache)."""
     return _loss_config(alpha, temperature, beta, steps, feature_loss, pairs, compare_vocab)
 
 
 @_per_section
-def _offline_config(o: Any) -> OfflineConfig:
+def _offline_config(o: Offline) -> OfflineConfig:
     return OfflineConfig(
         top_k=o.top_k,
         data_dir=o.data_dir,
@@ -297,7 +302,7 @@ def _offline_config(o: Any) -> OfflineConfig:
 
 
 @_per_section
-def _data_config(d: Any) -> DataConfig:
+def _data_config(d: Data) -> DataConfig:
     return DataConfig(
         source=d.source,
         tokenizer=d.tokenizer,
@@ -310,7 +315,7 @@ def _data_config(d: Any) -> DataConfig:
 
 
 @_per_section
-def _train_configs(t: Any) -> tuple[OptimizerConfig, TrainConfig]:
+def _train_configs(t: Train) -> tuple[OptimizerConfig, TrainConfig]:
     optimizer = OptimizerConfig(
         name="adamw",
         learning_rate=t.learning_rate,
@@ -356,7 +361,7 @@ def _estimate(configs: list[RuntimeConfig], acc: Accelerator, mesh: MeshPlan) ->
     return {cfg.stage: memory.estimate_config(cfg, acc, mesh.shape(), estimate=_estimate_memory) for cfg in configs}
 
 
-def resolve_checked(checked: Any, num_slices: Optional[int] = None) -> Plan:
+def resolve_checked(checked: Checked, num_slices: Optional[int] = None) -> Plan:
     """The plan for a `check.Checked` without errors (its context binds models and accelerator)."""
     spec = checked.spec.full()
     ctx = checked.context
