@@ -16,7 +16,7 @@ from distillc.compiler.catalog import Accelerator, Catalog, load_catalog
 from distillc.compiler.diagnostics import Diagnostic, sort_key
 from distillc.compiler.loader import Loaded, SourceMap
 from distillc.compiler.parse import PartialSpec, did_you_mean, parse
-from distillc.compiler.registry import CODES, load_rules, make
+from distillc.compiler.registry import CODES, Target, load_rules, make
 from distillc.runtime.arch import ModelArch
 
 
@@ -31,6 +31,7 @@ class Context:
     student_arch: Optional[ModelArch] = None  # after student.pruned_layers are removed
     accelerator: Optional[Accelerator] = None
     cluster_note: str = ""  # set when a cluster entry replaced the spec's accelerator
+    target: Target = "distillc"  # what the spec compiles for: rules state their target's limits
 
     def get(self, name: str) -> Any:
         if name in ("teacher_arch", "student_arch", "accelerator"):
@@ -65,7 +66,9 @@ def _pruned(arch: Optional[ModelArch], pruned: list[int]) -> Optional[ModelArch]
     return arch.model_copy(update={"num_layers": depth, "params": None})
 
 
-def bind(spec: PartialSpec, source: SourceMap, accelerator: Optional[str] = None) -> tuple[Context, list[Diagnostic]]:
+def bind(
+    spec: PartialSpec, source: SourceMap, accelerator: Optional[str] = None, target: Target = "distillc"
+) -> tuple[Context, list[Diagnostic]]:
     catalog = load_catalog()
     diags: list[Diagnostic] = []
     teacher = _bind_model(spec.teacher, "teacher", catalog, source, diags)
@@ -80,7 +83,7 @@ def bind(spec: PartialSpec, source: SourceMap, accelerator: Optional[str] = None
             path = ("resources", "accelerator")
             hint = did_you_mean(name, catalog.accelerators) or "run `distillc accelerators` for the catalog"
             diags.append(make("DC014", f"unknown accelerator '{name}'", path=path, span=source.span(path), file=source.file, hint=hint))
-    ctx = Context(spec, source, catalog, teacher, student, acc)
+    ctx = Context(spec, source, catalog, teacher, student, acc, target=target)
     return ctx, diags
 
 
@@ -94,13 +97,14 @@ def run_rules(ctx: Context, select: Iterable[str] = (), ignore: Iterable[str] = 
 def run_codes(ctx: Context, codes: Iterable[str], view: Any = None) -> Iterator[Diagnostic]:
     """The Diagnostics of the rules `codes` (registered rule codes) over `ctx`, in that order.
 
-    A rule is skipped when something it `needs` is None on the context; a rule that raises gives
+    A rule is skipped when something it `needs` is None on the context, or when it states another
+    target's limit than `ctx.target`; a rule that raises gives
     DC900 (a bug in one rule must not hide the others' diagnostics). `view` is what the rules
     read instead of `ctx` (the ablation passes a proxy recording what they read); spans and the
     file always come from `ctx.source`."""
     for code in codes:
         info = CODES[code]
-        if any(ctx.get(n) is None for n in info.needs):
+        if ctx.target not in info.targets or any(ctx.get(n) is None for n in info.needs):
             continue
         try:
             findings = list(info.func(ctx if view is None else view))  # type: ignore[misc]
@@ -146,10 +150,11 @@ def check_loaded(
     select: Iterable[str] = (),
     ignore: Iterable[str] = (),
     accelerator: Optional[str] = None,
+    target: Target = "distillc",
 ) -> Checked:
-    """load -> parse -> bind -> rules. Structural problems stop before the rules run."""
+    """load -> parse -> bind -> rules (those of `target`). Structural problems stop before the rules run."""
     with _no_pydantic_plugins():
-        return _check(loaded, tuple(select), tuple(ignore), accelerator)
+        return _check(loaded, tuple(select), tuple(ignore), accelerator, target)
 
 
 @contextmanager
@@ -168,12 +173,14 @@ def _no_pydantic_plugins() -> Iterator[None]:
         os.environ.pop("PYDANTIC_DISABLE_PLUGINS", None)
 
 
-def _check(loaded: Loaded, select: tuple[str, ...], ignore: tuple[str, ...], accelerator: Optional[str]) -> Checked:
+def _check(
+    loaded: Loaded, select: tuple[str, ...], ignore: tuple[str, ...], accelerator: Optional[str], target: Target
+) -> Checked:
     diags = [d for d in loaded.diagnostics if _wanted(d.code, select, ignore)]
     if loaded.data is None or any(d.code in ("DC000", "DC004") for d in loaded.diagnostics):
         return Checked(PartialSpec(), None, tuple(sorted(diags, key=sort_key)))
     spec, parse_diags = parse(loaded)
-    ctx, bind_diags = bind(spec, loaded.source, accelerator)
+    ctx, bind_diags = bind(spec, loaded.source, accelerator, target)
     refused = loaded.refused  # a value refused for its YAML tag (DC001) is not also "invalid"
     diags += [
         d for d in (*parse_diags, *bind_diags)

@@ -123,6 +123,14 @@ def _check_selectors(sel, ign) -> None:
             raise fail(f"{option}: {', '.join(bad)} matches no diagnostic code; `distillc rules` lists them")
 
 
+class LaunchTarget(str, Enum):
+    distillc = "distillc"
+    maxtext = "maxtext"
+
+
+TARGET_HELP = "distillc (our runtime) | maxtext (MaxText's train_distill): the rules of its limits."
+
+
 @app.command()
 def validate(
     specs: List[Path] = typer.Argument(..., help="Spec files to check ('-' reads stdin); clusters files too.", show_default=False),
@@ -130,6 +138,7 @@ def validate(
     select: Optional[List[str]] = typer.Option(None, "--select", help="Only these codes (prefixes, comma-separated)."),
     ignore: Optional[List[str]] = typer.Option(None, "--ignore", help="Skip these codes (prefixes, comma-separated)."),
     strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors."),
+    target: LaunchTarget = typer.Option(LaunchTarget.distillc, "--target", help=TARGET_HELP),
 ) -> None:
     """Check specs against every rule; print compiler-style diagnostics.
 
@@ -152,7 +161,8 @@ def validate(
         if _is_clusters_file(loaded.data):
             all_diags += sorted(_check_clusters_file(loaded, sel, ign), key=sort_key)
         else:
-            all_diags += sorted((*check_loaded(loaded, sel, ign).diagnostics, *_ablation_axes(loaded, sel, ign)), key=sort_key)
+            checked = check_loaded(loaded, sel, ign, target=target.value)
+            all_diags += sorted((*checked.diagnostics, *_ablation_axes(loaded, sel, ign)), key=sort_key)
     if names:  # no JSON list at all when no file could be read
         emit_diagnostics(all_diags, format, sources)
     for message in io_errors:
@@ -251,6 +261,7 @@ def ablate(
     out: Optional[Path] = typer.Option(None, "--out", help="Write one child spec per valid cell, index.json and launch_all.sh here."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="Validate cells for this clusters-file entry; launch_all.sh launches on it."),
     clusters: Optional[Path] = typer.Option(None, "--clusters", help="The clusters file (default ./clusters.yaml, then the user config dir)."),
+    target: LaunchTarget = typer.Option(LaunchTarget.distillc, "--target", help=TARGET_HELP),
 ) -> None:
     """Expand an ablation into cells: validated, deduplicated by resolved plan, and named."""
     from distillc.compiler import clusters as clusters_mod
@@ -276,6 +287,7 @@ def ablate(
             stage=stage,
             results=results,
             maximize=maximize,
+            target=target.value,
         )
         result = run_ablation(loaded, axis or (), opts)
     except (LoadError, StrategyError, clusters_mod.ClustersNotFound, clusters_mod.UnknownCluster) as exc:
@@ -301,11 +313,6 @@ def ablate(
         typer.echo(output.table(result), nl=False)
     typer.echo(output.summary(result) + (f"; wrote {out}/" if out is not None else ""), err=True)
     raise typer.Exit(EXIT_OK if result.count("valid") else EXIT_ERRORS)
-
-
-class LaunchTarget(str, Enum):
-    distillc = "distillc"
-    maxtext = "maxtext"
 
 
 class DataFormat(str, Enum):
@@ -336,12 +343,13 @@ def plan(
     cluster: Optional[str] = typer.Option(None, "--cluster", help="Plan for this clusters-file entry's accelerator and slices."),
     clusters: Optional[Path] = typer.Option(None, "--clusters", help="The clusters file (default ./clusters.yaml, then the user config dir)."),
     format: DataFormat = typer.Option(DataFormat.text, "--format", "-f", help="text | json"),
+    target: LaunchTarget = typer.Option(LaunchTarget.distillc, "--target", help=TARGET_HELP),
 ) -> None:
     """Print the resolved plan: schedules, layer pairs, mesh, memory per chip, workloads."""
     from distillc.compiler import launch
 
     try:
-        fr = launch.front(spec, cluster, clusters)
+        fr = launch.front(spec, cluster, clusters, target.value)
         diags = list(fr.diagnostics)
         _diagnostics_or_exit(fr, diags, format, {"workloads": []})
         resolved = launch.plan_for(fr)
@@ -358,7 +366,7 @@ def launch(
     spec: Path = typer.Argument(..., help="The spec to compile and launch.", show_default=False),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="The clusters-file entry to launch on."),
     clusters: Optional[Path] = typer.Option(None, "--clusters", help="The clusters file (default ./clusters.yaml, then the user config dir)."),
-    target: LaunchTarget = typer.Option(LaunchTarget.distillc, "--target", help="distillc (our runtime) | maxtext (MaxText's train_distill)."),
+    target: LaunchTarget = typer.Option(LaunchTarget.distillc, "--target", help=TARGET_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Build directory (default build/<name>)."),
     execute: bool = typer.Option(False, "--execute", help="Run the xpk commands (default: dry run, print them)."),
     format: DataFormat = typer.Option(DataFormat.text, "--format", "-f", help="text | json"),

@@ -37,10 +37,9 @@ from distillc.compiler.check import Checked, check_loaded
 from distillc.compiler.diagnostics import Diagnostic, KeyPath, has_errors, sort_key
 from distillc.compiler.loader import LoadError, Loaded, SourceMap, load_file
 from distillc.compiler.parse import PartialSpec
-from distillc.compiler.registry import make
+from distillc.compiler.registry import Target, make
 from distillc.compiler.resolve import Plan, PlanError, Workload, resolve_checked
 
-Target = Literal["distillc", "maxtext"]
 RUNTIME_MODULE = "distillc.runtime.main"
 CONFIG_ENV = clusters_mod.CONFIG_ENV
 SCRIPT_DIR_IN_IMAGE = "/app"  # where xpk puts --script-dir (core/docker_image.py: arcname app/...)
@@ -123,8 +122,10 @@ def _with_slices(loaded: Loaded, num_slices: int) -> Loaded:
     return dataclasses.replace(loaded, data=patched)
 
 
-def front(spec_path: Path, cluster_name: Optional[str] = None, clusters_file: Optional[Path] = None) -> Front:
-    """Load and check the spec, for the cluster's accelerator and slices when one is named."""
+def front(
+    spec_path: Path, cluster_name: Optional[str] = None, clusters_file: Optional[Path] = None, target: Target = "distillc"
+) -> Front:
+    """Load and check the spec for `target`, for the cluster's accelerator and slices when one is named."""
     try:
         loaded = load_file(spec_path)
     except LoadError as exc:
@@ -144,7 +145,7 @@ def front(spec_path: Path, cluster_name: Optional[str] = None, clusters_file: Op
     spec_for_rules = loaded
     if cluster is not None:
         spec_for_rules = _with_slices(loaded, cluster.entry.num_slices)
-    checked = check_loaded(spec_for_rules, accelerator=cluster.accelerator.name if cluster else None)
+    checked = check_loaded(spec_for_rules, accelerator=cluster.accelerator.name if cluster else None, target=target)
     diags += checked.diagnostics
     if cluster is not None:
         diags += _cluster_notes(checked, cluster, loaded)
@@ -332,7 +333,7 @@ def compile_launch(
         raise UsageError("launch needs --cluster NAME (an entry of the clusters file), or --local")
     if cluster_name is not None and local:
         raise UsageError("--local trains on this machine; it takes no --cluster")
-    fr = front(spec_path, cluster_name, clusters_file)
+    fr = front(spec_path, cluster_name, clusters_file, target)
     diags = list(fr.diagnostics)
     if not fr.ok or fr.checked.context is None:
         return Compiled(fr, None, tuple(diags))
@@ -452,7 +453,8 @@ class TopkStorage:
                + L * S * (4 index + value bytes (4 float32, 2 bfloat16) [+ 2 count, random only])
                + L * G * (4 lse + 4 lse slope)
 
-    Training tokens = steps * global_batch_size * seq_len. The held-out split adds whole global
+    Every byte count is read from topk_store.RecordSpec, the layout the runtime writes, so the plan
+    cannot drift from it. Training tokens = steps * global_batch_size * seq_len. The held-out split adds whole global
     batches covering data.eval_fraction of the corpus, which is not known before it is read, so
     it is given per batch."""
 
@@ -464,10 +466,9 @@ class TopkStorage:
     global_batch_size: int
     eval_fraction: float
     slot_bytes: int  # 4 id + value bytes (+ 2 count for random sampling)
-
-    @property
-    def header_bytes(self) -> int:
-        return self.record_bytes - self.seq_len * (13 + self.slots * self.slot_bytes + 8 * self.grid)
+    header_bytes: int
+    token_bytes: int  # input, label, mask, label logit
+    grid_bytes: int  # tail lse + slope per cached temperature
 
     @property
     def bytes_per_token(self) -> float:
@@ -501,9 +502,9 @@ def topk_storage(plan: Plan) -> Optional[TopkStorage]:
     from distillc.runtime.offline.store import record_spec  # numpy only; no jax
 
     rec = record_spec(cfg)
-    slot = 4 + (2 if rec.value_dtype == "bfloat16" else 4) + (2 if rec.kind == "random" else 0)
     return TopkStorage(rec.nbytes, rec.seq_len, rec.slots, rec.grid, cfg.train.steps * cfg.data.global_batch_size,
-                       cfg.data.global_batch_size, cfg.data.eval_fraction, slot)
+                       cfg.data.global_batch_size, cfg.data.eval_fraction, rec.slot_bytes, rec.header_bytes,
+                       rec.token_bytes, rec.grid_bytes)
 
 
 def _bytes(n: float) -> str:
@@ -572,7 +573,7 @@ def plan_text(plan: Plan, spec: Any) -> str:
         lines.append(f"feature loss ({loss.feature_loss}, {strategy}): {len(loss.layer_pairs)} layer pair(s), teacher <-> student")
         lines.append("  " + ", ".join(f"{p.teacher}<->{p.student}" for p in loss.layer_pairs))
     else:
-        why = "offline mode" if plan.mode == "offline" else "beta = 0 at step 0: nothing is sown"
+        why = "offline mode" if plan.mode == "offline" else "beta is 0 at every step: nothing is sown"
         lines.append(f"feature loss: off ({why})")
     if cfg.offline is not None:
         o = cfg.offline
@@ -584,8 +585,8 @@ def plan_text(plan: Plan, spec: Any) -> str:
         lines.append(f"  cache  {st.train_tokens:,} training tokens ({cfg.train.steps} steps x {cfg.data.global_batch_size} x "
                      f"{st.seq_len}) x {st.bytes_per_token:.1f} B/token = {_bytes(st.train_bytes)} before compression")
         temps = "temperature" if st.grid == 1 else "temperatures"
-        lines.append(f"         per token: {st.slots} slots x (4 id + {value} value{count}) + {st.grid} {temps} x 8 "
-                     f"(tail lse + slope) + 13 (input, label, mask, label logit) + {st.header_bytes}/{st.seq_len} header")
+        lines.append(f"         per token: {st.slots} slots x (4 id + {value} value{count}) + {st.grid} {temps} x {st.grid_bytes} "
+                     f"(tail lse + slope) + {st.token_bytes} (input, label, mask, label logit) + {st.header_bytes}/{st.seq_len} header")
         if cfg.data.eval_fraction > 0:
             lines.append(f"         + held-out split: {_bytes(st.eval_batch_bytes)} per global batch of eval windows "
                          f"(data.eval_fraction {cfg.data.eval_fraction:g} of the corpus)")

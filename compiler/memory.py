@@ -44,24 +44,16 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Optional
 
+from distillc.compiler.side_defaults import DEFAULT_REMAT, settings_of
+
 if TYPE_CHECKING:  # pragma: no cover
     from distillc.compiler.catalog import Accelerator
     from distillc.runtime.arch import ModelArch
+    from distillc.runtime.config import RuntimeConfig
 
 GiB = float(1 << 30)
-DEFAULT_REMAT = "full"  # MaxText's default remat_policy; the resolver uses the same default
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 Remat = Literal["none", "minimal", "full"]
-
-
-def default_remat(cpu: bool) -> str:
-    """The remat policy when the spec sets none: none on the CPU (recomputing only costs time there)."""
-    return "none" if cpu else DEFAULT_REMAT
-
-
-def default_activation_dtype(cpu: bool) -> str:
-    """The activation dtype when the spec sets none: float32 on the CPU (bfloat16 is emulated there)."""
-    return "float32" if cpu else "bfloat16"
 
 
 class MeshShape(NamedTuple):
@@ -229,15 +221,43 @@ def estimate_memory(
     )
 
 
+# ---------------------------------------------------------------- from a compiled config
+
+
+def estimate_config(
+    cfg: "RuntimeConfig",
+    accelerator: "Accelerator",
+    mesh: MeshShape,
+    *,
+    teacher_runs: bool = True,
+    estimate: Any = estimate_memory,
+) -> MemoryEstimate:
+    """estimate_memory for one compiled stage, with its resolved dtypes and remat: what the plan
+    shows and what `launch --local` checks against the devices it finds. `teacher_runs` False for
+    an online config that loads no teacher (a CE-only baseline); `estimate` is estimate_memory or
+    a cached copy of it (the resolver's)."""
+    t, s = cfg.teacher, cfg.student
+    common = dict(accelerator=accelerator, mesh=mesh, seq_len=cfg.data.seq_len, global_batch_size=cfg.data.global_batch_size)
+    if cfg.stage == "save_topk":
+        return estimate(t.arch, None, teacher_dtype=t.weight_dtype, activation_dtype=t.activation_dtype, remat=t.remat, **common)
+    if cfg.offline is not None or not teacher_runs:
+        top_k = cfg.offline.top_k if cfg.offline is not None else None
+        return estimate(None, s.arch, student_dtype=s.weight_dtype, activation_dtype=s.activation_dtype, remat=s.remat,
+                        top_k=top_k, **common)
+    act = "float32" if "float32" in (t.activation_dtype, s.activation_dtype) else "bfloat16"
+    return estimate(t.arch, s.arch, teacher_dtype=t.weight_dtype, student_dtype=s.weight_dtype, activation_dtype=act,
+                    remat=s.remat, feature_layers=len(cfg.loss.layer_pairs), **common)
+
+
 # ---------------------------------------------------------------- from a spec
 
 
 def feature_layer_count(loss: Any, pruned_layers: Any = ()) -> int:
-    """How many layers the feature loss aligns (0 when beta starts at 0: nothing is sown)."""
-    beta = loss.beta
-    start = beta.points[0][1] if beta.schedule == "piecewise" else beta.start
+    """How many layers the feature loss aligns (0 when beta is 0 throughout: nothing is sown)."""
+    from distillc.compiler.rules._util import feature_on
+
     layers = loss.layers
-    if not (start > 0) or layers is None:
+    if not feature_on(loss) or layers is None:
         return 0
     if layers.strategy == "explicit":
         return len(layers.pairs or layers.indices or [])
@@ -258,8 +278,8 @@ def estimate_spec(
     accelerator: "Accelerator",
 ) -> Optional[dict[str, MemoryEstimate]]:
     """The estimate of every stage a spec runs, keyed 'train' (online), or 'save_topk' and 'train'
-    (offline), with the resolver's defaults for what the spec leaves open (`default_remat`,
-    `default_activation_dtype`; weights: teacher bfloat16, student float32). `spec` is a Spec (or
+    (offline), with the resolver's defaults for what the spec leaves open (side_defaults.py).
+    `spec` is a Spec (or
     anything with its sections); `student` is the student's own architecture (pruned layers
     removed). None when the mesh does not resolve for the devices."""
     mesh_cfg = spec.runtime.mesh
@@ -267,31 +287,30 @@ def estimate_spec(
     mesh = resolve_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, devices)
     if mesh is None:
         return None
-    t_over, s_over = spec.teacher.overrides, spec.student.overrides
     cpu = accelerator.kind == "cpu"
-    t_act = t_over.activation_dtype or default_activation_dtype(cpu)
-    s_act = s_over.activation_dtype or default_activation_dtype(cpu)
+    t = settings_of("teacher", spec.teacher.overrides, cpu)
+    s = settings_of("student", spec.student.overrides, cpu)
     common = dict(
         accelerator=accelerator,
         mesh=mesh,
         seq_len=spec.data.seq_len,
         global_batch_size=spec.data.global_batch_size,
-        teacher_dtype=t_over.weight_dtype or "bfloat16",
-        student_dtype=s_over.weight_dtype or "float32",
+        teacher_dtype=t.weight_dtype,
+        student_dtype=s.weight_dtype,
     )
     if spec.mode == "offline":
         top_k = spec.offline.top_k if spec.offline is not None else None
         return {
             "save_topk": estimate_memory(
-                teacher, None, activation_dtype=t_act, remat=t_over.remat or default_remat(cpu), **common
+                teacher, None, activation_dtype=t.activation_dtype, remat=t.remat, **common
             ),
             "train": estimate_memory(
-                None, student, activation_dtype=s_act, remat=s_over.remat or default_remat(cpu), top_k=top_k, **common
+                None, student, activation_dtype=s.activation_dtype, remat=s.remat, top_k=top_k, **common
             ),
         }
     features = feature_layer_count(spec.loss, spec.student.pruned_layers)
-    act = "float32" if "float32" in (t_act, s_act) else "bfloat16"
-    common["remat"] = s_over.remat or default_remat(cpu)
+    act = "float32" if "float32" in (t.activation_dtype, s.activation_dtype) else "bfloat16"
+    common["remat"] = s.remat
     return {
         "train": estimate_memory(teacher, student, activation_dtype=act, feature_layers=features, **common)
     }

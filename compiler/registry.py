@@ -12,9 +12,12 @@ import re
 import textwrap
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from distillc.compiler.diagnostics import Diagnostic, KeyPath, Severity, Span
+
+Target = Literal["distillc", "maxtext"]
+TARGETS: tuple[Target, ...] = ("distillc", "maxtext")  # the first is the default of every command
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,14 @@ class Code:
     raw_doc: str  # as written (a rule's docstring); `doc` is the cleaned text, made on first use
     func: Callable[..., Iterable[Finding]] | None = None
     needs: tuple[str, ...] = ()
+    targets: tuple[Target, ...] = TARGETS  # the targets whose limit the rule states
+
+    @property
+    def target_note(self) -> str:
+        """'' for a rule of every target, else the sentence the docs and `explain` show."""
+        if self.targets == TARGETS:
+            return ""
+        return "Applies to " + " and ".join(f"`--target {t}`" for t in self.targets) + " only."
 
     @cached_property
     def doc(self) -> str:
@@ -68,14 +79,24 @@ def declare(code: str, severity: Severity, title: str, hint: str = "", doc: str 
     CODES[code] = Code(code, severity, title, hint, doc)
 
 
-def rule(code: str, severity: Severity, title: str, *, needs: tuple[str, ...], hint: str = ""):
+def rule(
+    code: str,
+    severity: Severity,
+    title: str,
+    *,
+    needs: tuple[str, ...],
+    hint: str = "",
+    targets: tuple[Target, ...] = TARGETS,
+):
     """Register a rule: a function (ctx) -> Iterable[Finding]. It runs only when every attribute
-    named in `needs` parsed (is not None) on the context, so one mistake gives one error."""
+    named in `needs` parsed (is not None) on the context, so one mistake gives one error, and only
+    for the `targets` whose limit it states (a MaxText limit is not our runtime's). Its docstring
+    examples are checked for its first target."""
 
     def wrap(func: Callable[..., Iterable[Finding]]) -> Callable[..., Iterable[Finding]]:
         if code in CODES:
             raise ValueError(f"duplicate diagnostic code {code}")
-        CODES[code] = Code(code, severity, title, hint, func.__doc__ or "", func, needs)
+        CODES[code] = Code(code, severity, title, hint, func.__doc__ or "", func, needs, targets)
         return func
 
     return wrap
@@ -118,6 +139,8 @@ def explain(code: str) -> str | None:
         return None
     head = f"{info.code} ({info.severity.value}): {info.title}"
     body = info.doc or "(no further explanation)"
+    if info.target_note:
+        body = f"{info.target_note}\n\n{body}"
     hint = f"\n\nFix: {info.hint}" if info.hint else ""
     return f"{head}\n\n{body}{hint}\n"
 

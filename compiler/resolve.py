@@ -7,17 +7,15 @@ memory estimate.
 
 Resolution runs only on a spec the rules passed (no errors); it trusts them and does not
 re-check. Defaults decided here, each visible in the plan:
-  * weight dtype: teacher bfloat16 (frozen, forward only), student float32 (master weights);
-  * activation dtype and remat: float32 / none on the CPU accelerator (small local runs, where
-    bfloat16 is emulated and recomputation only costs time), bfloat16 / memory.DEFAULT_REMAT on
-    TPUs and GPUs; `<side>.overrides` win on each side separately;
+  * weight and activation dtypes and remat: side_defaults.py (the memory rules use the same),
+    `<side>.overrides` winning on each side separately;
   * init seeds: student train.seed, teacher train.seed + 1 (so an uncheckpointed teacher and
     student of the same shape do not start identical);
   * optimizer: AdamW with b1 0.9, b2 0.95, eps 1e-8 (MaxText's defaults);
   * compare_vocab = min(teacher, student real vocabulary): logits are compared over the token ids
     both tokenizers emit; padding rows past it are ignored;
-  * feature layers: resolved only when the feature loss is on (online mode, beta > 0 at step 0),
-    else none (nothing is sown);
+  * feature layers: resolved only when the feature loss is on (online mode, beta positive at some
+    step: runtime/arch.feature_loss_on), else none (nothing is sown);
   * outputs under <train.output_dir>/<name>/.
 
 The resolver is a pure function, and an ablation calls it thousands of times on specs that share
@@ -32,12 +30,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache, wraps
-from typing import Any, Callable, Literal, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar
 
 from distillc.compiler import layer_strategies, memory, naming
+from distillc.compiler.side_defaults import side_settings
+from distillc.compiler.spec import Data, Loss, Offline, Side, Spec, Train
+from distillc.compiler.spec import Schedule as SpecSchedule
 from distillc.compiler.catalog import Accelerator
 from distillc.compiler.mesh import MeshPlan, plan_mesh
 from distillc.compiler.plan_schedules import to_runtime
+from distillc.compiler.rules._util import feature_on
 from distillc.runtime.config import (
     DataConfig,
     LayerPair,
@@ -52,6 +54,9 @@ from distillc.runtime.config import (
     choose_loss_impl,
     objective_of,
 )
+
+if TYPE_CHECKING:  # pragma: no cover  (check imports the catalogs and rules; resolve runs after it)
+    from distillc.compiler.check import Checked
 
 Stage = Literal["save_topk", "train"]
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.95, 1e-8
@@ -123,7 +128,7 @@ def _per_section(build: Callable[[Any], T]) -> Callable[[Any], T]:
     return call
 
 
-def _side(role: str, side: Any, arch: ModelArch, cpu: bool, seed: int, pruned: tuple[int, ...] = ()) -> SideConfig:
+def _side(role: str, side: Side, arch: ModelArch, cpu: bool, seed: int, pruned: tuple[int, ...] = ()) -> SideConfig:
     o = side.overrides
     # the extra keys as a cache key: their type and the sign of a zero float tell apart values == merges
     extra = tuple((k, v, type(v), type(v) is float and math.copysign(1.0, v) < 0) for k, v in sorted(o.maxtext.items()))
@@ -144,24 +149,23 @@ def _side_config(
     seed: int,
     pruned: tuple[int, ...],
 ) -> SideConfig:
-    default_weight = "bfloat16" if role == "teacher" else "float32"
+    settings = side_settings(role, weight_dtype, activation_dtype, remat, cpu)
     return SideConfig(
         role=role,
         arch=arch,
         checkpoint=checkpoint,
-        weight_dtype=weight_dtype or default_weight,
-        activation_dtype=activation_dtype or memory.default_activation_dtype(cpu),
-        remat=remat or memory.default_remat(cpu),
+        weight_dtype=settings.weight_dtype,
+        activation_dtype=settings.activation_dtype,
+        remat=settings.remat,
         init_seed=init_seed if init_seed is not None else seed,
         pruned_layers=pruned,
         extra={k: v for k, v, _, _ in extra},
     )
 
 
-def _feature_on(spec: Any) -> bool:
-    beta = spec.loss.beta
-    start = beta.points[0][1] if beta.schedule == "piecewise" else beta.start
-    return spec.mode == "online" and start > 0
+def _feature_on(spec: Spec) -> bool:
+    """Layer pairs are compiled iff the run has a teacher alongside (online) and beta is ever positive."""
+    return spec.mode == "online" and feature_on(spec.loss)
 
 
 @lru_cache(maxsize=256)
@@ -186,7 +190,7 @@ def vocab_note(teacher: ModelArch, student: ModelArch, compare_vocab: int) -> st
 
 
 def resolve(
-    spec: Any,
+    spec: Spec,
     teacher: ModelArch,
     student: ModelArch,
     accelerator: Accelerator,
@@ -238,6 +242,7 @@ def resolve(
         offline=offline,
         objective=objective_of(spec.mode, loss),
         loss_impl=choose_loss_impl(spec.runtime.loss_impl, tokens_per_device, max(teacher.vocab_size, student.vocab_size)),
+        peak_flops=_peak_flops(accelerator),
     )
     run_dir = join_path(t.output_dir, spec.name)
     workloads = _workloads(spec.name, spec.mode, accelerator.super_slicing)
@@ -250,12 +255,18 @@ def resolve(
         mesh=mesh,
         configs=tuple(configs),
         workloads=workloads,
-        memory=_estimate(configs, accelerator, mesh, offline),
+        memory=_estimate(configs, accelerator, mesh),
         vocab_note=vocab_note(teacher, student, compare_vocab),
     )
 
 
-def _loss(loss: Any, steps: int, pairs: tuple[tuple[int, int], ...], compare_vocab: int) -> LossConfig:
+def _peak_flops(accelerator: Accelerator) -> Optional[float]:
+    """The catalog's dense bf16 peak per chip, which the runtime's MFU divides by. None on the CPU:
+    its catalog figure is nominal, and MFU is not reported for local runs."""
+    return None if accelerator.kind == "cpu" else accelerator.peak_bf16_tflops * 1e12
+
+
+def _loss(loss: Loss, steps: int, pairs: tuple[tuple[int, int], ...], compare_vocab: int) -> LossConfig:
     alpha, temperature, beta = loss.alpha, loss.temperature, loss.beta
     schedules = (alpha, temperature, beta)
     if any(s.schedule == "piecewise" for s in schedules):  # a table (a list inside): not hashable
@@ -264,7 +275,7 @@ def _loss(loss: Any, steps: int, pairs: tuple[tuple[int, int], ...], compare_voc
     return _ramp_loss_config(alpha, temperature, beta, signs, steps, loss.feature_loss, pairs, compare_vocab)
 
 
-def _loss_config(alpha: Any, temperature: Any, beta: Any, steps: int, feature_loss: str, pairs: tuple[tuple[int, int], ...], compare_vocab: int) -> LossConfig:
+def _loss_config(alpha: SpecSchedule, temperature: SpecSchedule, beta: SpecSchedule, steps: int, feature_loss: str, pairs: tuple[tuple[int, int], ...], compare_vocab: int) -> LossConfig:
     return LossConfig(
         alpha=to_runtime(alpha, steps),
         temperature=to_runtime(temperature, steps),
@@ -277,14 +288,14 @@ def _loss_config(alpha: Any, temperature: Any, beta: Any, steps: int, feature_lo
 
 @lru_cache(maxsize=4096)
 def _ramp_loss_config(
-    alpha: Any, temperature: Any, beta: Any, signs: tuple, steps: int, feature_loss: str, pairs: tuple[tuple[int, int], ...], compare_vocab: int
+    alpha: SpecSchedule, temperature: SpecSchedule, beta: SpecSchedule, signs: tuple, steps: int, feature_loss: str, pairs: tuple[tuple[int, int], ...], compare_vocab: int
 ) -> LossConfig:
     """_loss_config for schedules without tables, cached (`signs` only keys the cache)."""
     return _loss_config(alpha, temperature, beta, steps, feature_loss, pairs, compare_vocab)
 
 
 @_per_section
-def _offline_config(o: Any) -> OfflineConfig:
+def _offline_config(o: Offline) -> OfflineConfig:
     return OfflineConfig(
         top_k=o.top_k,
         data_dir=o.data_dir,
@@ -297,7 +308,7 @@ def _offline_config(o: Any) -> OfflineConfig:
 
 
 @_per_section
-def _data_config(d: Any) -> DataConfig:
+def _data_config(d: Data) -> DataConfig:
     return DataConfig(
         source=d.source,
         tokenizer=d.tokenizer,
@@ -310,7 +321,7 @@ def _data_config(d: Any) -> DataConfig:
 
 
 @_per_section
-def _train_configs(t: Any) -> tuple[OptimizerConfig, TrainConfig]:
+def _train_configs(t: Train) -> tuple[OptimizerConfig, TrainConfig]:
     optimizer = OptimizerConfig(
         name="adamw",
         learning_rate=t.learning_rate,
@@ -351,35 +362,12 @@ def _workloads(name: str, mode: str, super_slicing: bool) -> tuple[Workload, ...
 _estimate_memory = lru_cache(maxsize=1024)(memory.estimate_memory)
 
 
-def _estimate(configs: list[RuntimeConfig], acc: Accelerator, mesh: MeshPlan, offline: Optional[OfflineConfig]) -> dict[str, memory.MemoryEstimate]:
-    """memory.estimate_memory for each stage, with the plan's resolved dtypes and remat."""
-    out = {}
-    for cfg in configs:
-        t, s = cfg.teacher, cfg.student
-        common = dict(accelerator=acc, mesh=mesh.shape(), seq_len=cfg.data.seq_len, global_batch_size=cfg.data.global_batch_size)
-        if cfg.stage == "save_topk":
-            est = _estimate_memory(t.arch, None, teacher_dtype=t.weight_dtype, activation_dtype=t.activation_dtype, remat=t.remat, **common)
-        elif offline is not None:
-            est = _estimate_memory(
-                None, s.arch, student_dtype=s.weight_dtype, activation_dtype=s.activation_dtype, remat=s.remat, top_k=offline.top_k, **common
-            )
-        else:
-            act = "float32" if "float32" in (t.activation_dtype, s.activation_dtype) else "bfloat16"
-            est = _estimate_memory(
-                t.arch,
-                s.arch,
-                teacher_dtype=t.weight_dtype,
-                student_dtype=s.weight_dtype,
-                activation_dtype=act,
-                remat=s.remat,
-                feature_layers=len(cfg.loss.layer_pairs),
-                **common,
-            )
-        out[cfg.stage] = est
-    return out
+def _estimate(configs: list[RuntimeConfig], acc: Accelerator, mesh: MeshPlan) -> dict[str, memory.MemoryEstimate]:
+    """memory.estimate_config for each stage, with the plan's resolved dtypes and remat."""
+    return {cfg.stage: memory.estimate_config(cfg, acc, mesh.shape(), estimate=_estimate_memory) for cfg in configs}
 
 
-def resolve_checked(checked: Any, num_slices: Optional[int] = None) -> Plan:
+def resolve_checked(checked: Checked, num_slices: Optional[int] = None) -> Plan:
     """The plan for a `check.Checked` without errors (its context binds models and accelerator)."""
     spec = checked.spec.full()
     ctx = checked.context

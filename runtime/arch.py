@@ -1,10 +1,13 @@
 """A decoder-only transformer's shape: what the catalog lists, the spec may write inline, the
 compiler sizes and the runtime builds. Pure pydantic, no jax; its own module so that `distillc
-validate` imports it without the rest of the runtime contract (runtime/config.py re-exports it)."""
+validate` imports it without the rest of the runtime contract (runtime/config.py re-exports it).
+The contract's two predicates that the rules need at validate time live here for the same reason:
+which architectures the runtime builds, and when the feature loss is on."""
 
 # No `from __future__ import annotations`: real types spare pydantic evaluating each annotation
 # string when it builds the model (part of `distillc validate`'s start-up).
-from typing import Literal, Optional
+import math
+from typing import Iterable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,6 +58,25 @@ class ModelArch(BaseModel):
         layer = attn + mlp + 2 * d
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.num_layers * layer + emb + d
+
+
+def unbuildable(arch: ModelArch) -> Optional[str]:
+    """Why the distillc runtime cannot build `arch`, or None when it can. Part of the contract: the
+    compiler's rule DC100 reports it at the spec's model (with `--target maxtext` as the way out)
+    and runtime/models asserts it, so a spec never reaches a cluster to fail there."""
+    if arch.attention != "global":
+        return f"attention {arch.attention!r} (this runtime builds global attention only)"
+    if arch.num_experts != 1:
+        return f"mixture of experts (num_experts {arch.num_experts}; this runtime builds dense MLPs only)"
+    return None
+
+
+def feature_loss_on(beta_values: Iterable[float]) -> bool:
+    """The one definition of "the feature loss is on": beta is positive at some step (a ramp from 0
+    included). The compiler resolves layer pairs (and counts their memory) iff this holds in online
+    mode, and the runtime sows exactly the compiled pairs, so nothing is decided from beta at step 0.
+    `beta_values`: every value the schedule names (ramps are monotone between them)."""
+    return any(v > 0 and math.isfinite(v) for v in beta_values)
 
 
 def human_count(n: int) -> str:

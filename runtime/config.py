@@ -16,7 +16,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distillc.runtime.arch import ModelArch  # noqa: F401  (part of the contract: SideConfig.arch)
+from distillc.runtime.arch import ModelArch, feature_loss_on  # noqa: F401  (part of the contract)
 
 CONFIG_VERSION = 1
 
@@ -120,8 +120,8 @@ class LossConfig(_Frozen):
 
     @property
     def feature_enabled(self) -> bool:
-        """The feature loss (and the sow) exists iff beta is ever positive."""
-        return self.beta.bounds()[1] > 0.0 and bool(self.layer_pairs)
+        """The feature loss (and the sow) exists iff beta is ever positive and layers were compiled."""
+        return feature_loss_on(self.beta.bounds()) and bool(self.layer_pairs)
 
 
 class OfflineConfig(_Frozen):
@@ -236,6 +236,10 @@ class RuntimeConfig(_Frozen):
     objective: Objective = Field("distill", description="distill (a teacher signal) or cross_entropy (labels only).")
     loss_impl: LossImpl = Field("auto", description="dense logits, or chunked over positions (never [B, T, V]).")
     loss_chunk_size: int = Field(256, gt=0, description="Sequence positions per chunk of the chunked loss.")
+
+    peak_flops: Optional[float] = Field(
+        None, gt=0, description="Dense bf16 peak FLOP/s per device, from the accelerator catalog, for MFU; "
+        "None where MFU is not reported (CPU runs).")
 
     def loss_path(self) -> Literal["dense", "chunked"]:
         """The loss path this run takes (loss_impl, with auto decided per device)."""

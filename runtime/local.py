@@ -118,22 +118,16 @@ def fit_mesh(cfg: RuntimeConfig, n_devices: int) -> tuple[RuntimeConfig, str | N
 
 
 def memory_estimate(cfg: RuntimeConfig) -> int:
-    """Bytes a training run needs, roughly: student weights + grads + Adam (fp32), the teacher's
-    weights, and activations of both forward passes (kept for the student's backward)."""
+    """Bytes the stage needs over all its devices: the compiler's estimate (compiler/memory.py, the
+    model the plan and rules DC152/DC153 use) per device, times the devices of its mesh."""
+    from distillc.compiler.catalog import load_catalog
+    from distillc.compiler.memory import MeshShape, estimate_config
     from distillc.runtime.train.objectives import uses_teacher
 
-    s, t = cfg.student.arch, cfg.teacher.arch
-    b, n = cfg.data.global_batch_size, cfg.data.seq_len
-    total = 16 * s.param_count()
-    if uses_teacher(cfg):
-        total += (2 if cfg.teacher.weight_dtype == "bfloat16" else 4) * t.param_count()
-
-    def acts(a, layers_kept):
-        per_layer = b * n * (12 * a.emb_dim + 3 * a.mlp_dim) * 4 + b * a.num_heads * n * n * 4
-        return layers_kept * per_layer + 3 * b * n * a.vocab_size * 4
-
-    total += acts(s, s.num_layers) + (acts(t, 1) if uses_teacher(cfg) else 0)
-    return total
+    m = cfg.mesh
+    cpu = load_catalog().accelerators["cpu"]  # only the bytes are read, not the catalog's capacity
+    est = estimate_config(cfg, cpu, MeshShape(m.data, m.fsdp, m.tensor), teacher_runs=uses_teacher(cfg))
+    return int(est.total * m.size)
 
 
 def available_memory() -> tuple[int, str]:

@@ -232,8 +232,8 @@ class TestDedupe:
 
 
 class TestPruning:
-    def test_beta_ramping_up_from_zero_is_dc120(self):
-        r, _ = run(SCHEDULED, "loss.beta.start=0.0,1.0")
+    def test_beta_ramping_up_from_zero_is_dc120_for_maxtext(self):
+        r, _ = run(SCHEDULED, "loss.beta.start=0.0,1.0", target="maxtext")
         assert table(r) == [("quickstart-bs0", "pruned"), ("quickstart-base", "valid")]
         assert r.cells[0].code == "DC120"
         assert r.cells[0].reason.startswith("DC120 beta starts at 0")
@@ -244,14 +244,19 @@ class TestPruning:
         assert r.cells[1].code == "DC012" and "points" in r.cells[1].reason
 
     def test_all_pruned_still_lists_every_cell(self):
-        r, _ = run(SCHEDULED, "loss.beta.start=0.0")
+        r, _ = run(SCHEDULED, "loss.beta.start=0.0", target="maxtext")
         assert table(r) == [("quickstart-bs0", "pruned")]
+
+    def test_beta_ramping_up_from_zero_is_valid_for_distillc(self):
+        r, _ = run(SCHEDULED, "loss.beta.start=0.0,1.0")
+        assert table(r) == [("quickstart-bs0", "valid"), ("quickstart-base", "valid")]
 
 
 # ---------------------------------------------------------------- the fast path agrees with check_loaded
 
 
-def test_every_cell_agrees_with_check_loaded_on_its_own_yaml():
+@pytest.mark.parametrize("target", ["distillc", "maxtext"])
+def test_every_cell_agrees_with_check_loaded_on_its_own_yaml(target):
     frag = SCHEDULED.replace("count: 1", "count: 2")
     axes = (
         "loss.beta.start=0.0,1.0",
@@ -261,12 +266,12 @@ def test_every_cell_agrees_with_check_loaded_on_its_own_yaml():
         "student.model=tiny-student,tiny-teacher,nope",
         "train.warmup_steps=10,1000",
     )
-    r, _ = run(frag, *axes)
+    r, _ = run(frag, *axes, target=target)
     assert len(r.cells) == 2 * 2 * 3 * 2 * 3 * 2
     statuses = set()
     for cell in r.cells:
         data = r.evaluator.cell_data(cell.draft, name="quickstart")
-        full = check_loaded(load_text(yaml.safe_dump(data, sort_keys=False), "spec.yaml"))
+        full = check_loaded(load_text(yaml.safe_dump(data, sort_keys=False), "spec.yaml"), target=target)
         fast = r.evaluator.evaluate(cell.draft).checked
         got = sorted((d.code, d.message, dotted(d.path)) for d in fast.diagnostics)
         want = sorted((d.code, d.message, dotted(d.path)) for d in full.diagnostics)
@@ -440,7 +445,7 @@ def test_colliding_readable_names_are_told_apart():
 
 def test_out_writes_child_specs_index_and_launch_script(tmp_path):
     frag = SCHEDULED + "ablation: {axes: {loss.alpha.end: [0.3, 0.5], loss.beta.start: [0.0, 1.0]}}"
-    r, _ = run(frag, file=str(tmp_path / "base.yaml"))
+    r, _ = run(frag, file=str(tmp_path / "base.yaml"), target="maxtext")
     out = tmp_path / "cells"
     r = write_out(r, out, cluster="my cluster")
     valid = [c for c in r.cells if c.status == "valid"]
@@ -448,7 +453,7 @@ def test_out_writes_child_specs_index_and_launch_script(tmp_path):
     assert sorted(p.name for p in out.glob("*.yaml")) == ["quickstart-a03.yaml", "quickstart-base.yaml"]
     for c in valid:
         loaded = load_file(out / f"{c.name}.yaml")
-        checked = check_loaded(loaded)
+        checked = check_loaded(loaded, target="maxtext")
         assert checked.ok, checked.diagnostics
         assert loaded.data["name"] == c.name and "ablation" not in loaded.data
         assert loaded.data["loss"]["alpha"]["end"] == c.values["loss.alpha.end"]
@@ -495,8 +500,8 @@ def test_example_spec_ablates_and_validates():
 def test_forked_workers_give_the_sequential_answer():
     axes = ("loss.alpha.end=0.3,0.5,0.7", "loss.beta.end=0.0,0.5", "loss.beta.start=0.0,1.0",
             "loss.layers.strategy=evenly_spaced,first_n,top_heavy", "train.learning_rate=1.0e-3,3.0e-3")
-    one, _ = run(SCHEDULED, *axes, parallel=False)
-    many, _ = run(SCHEDULED, *axes, parallel=True)
+    one, _ = run(SCHEDULED, *axes, parallel=False, target="maxtext")  # DC120 prunes for MaxText
+    many, _ = run(SCHEDULED, *axes, parallel=True, target="maxtext")
     assert [c.to_json() for c in many.cells] == [c.to_json() for c in one.cells]
     assert {c.status for c in one.cells} == {"valid", "pruned", "duplicate"}
 

@@ -36,7 +36,7 @@ def invoke(*args: str):
 
 
 def test_json_is_the_public_shape(spec):
-    res = invoke(spec, "--format", "json", "--axis", "loss.temperature.start=1,2")
+    res = invoke(spec, "--format", "json", "--axis", "loss.temperature.start=1,2", "--target", "maxtext")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     for cell in doc["cells"]:
@@ -69,7 +69,7 @@ def test_valid_and_duplicate_cells_in_json(tmp_path):
 def test_all_pruned_exits_1_and_table_lists_reasons(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(spec_text(SPEC.replace("[0.0, 1.0]", "[0.0]")))
-    res = invoke(path)
+    res = invoke(path, "--target", "maxtext")
     assert res.exit_code == 1
     assert "DC120" in res.stdout and "pruned" in res.stdout
     assert "0 valid" in res.stderr

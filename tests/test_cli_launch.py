@@ -52,6 +52,7 @@ class TestPlan:
         # 4 input + 4 label + 1 mask + 4 label logit, k x (4 id + value bytes), G x (4 lse + 4 slope)
         doc = json.loads(run("plan", GOLDEN_INPUTS / "offline.yaml", "--format", "json").stdout)["topk_storage"]
         assert doc["record_bytes"] == 60 + 2048 * (13 + 64 * (4 + 4) + 1 * 8)
+        assert (doc["header_bytes"], doc["slot_bytes"]) == (60, 8)  # read from the record spec, not re-derived
         assert doc["train_tokens"] == 5000 * 256 * 2048 and doc["train_bytes"] == 5000 * 256 * doc["record_bytes"]
         assert doc["eval_bytes_per_batch"] == 0  # eval_fraction 0
         spec = tmp_path / "s.yaml"
@@ -158,8 +159,8 @@ class TestLaunchDryRun:
     def test_validation_errors_are_the_validate_diagnostics(self, in_tmp):
         spec = in_tmp / "bad.yaml"
         spec.write_text((GOLDEN_INPUTS / "pruning.yaml").read_text().replace("start: 1.0, end: 0.1", "start: 0.0, end: 0.1"))
-        launched = run("launch", spec, "--cluster", "v5p", "--clusters", CLUSTERS, "--format", "json")
-        validated = run("validate", spec, "--format", "json")
+        launched = run("launch", spec, "--cluster", "v5p", "--clusters", CLUSTERS, "--format", "json", "--target", "maxtext")
+        validated = run("validate", spec, "--format", "json", "--target", "maxtext")  # DC120: a MaxText limit
         assert launched.exit_code == validated.exit_code == 1
         doc = json.loads(launched.stdout)
         assert set(doc) == {"workloads", "artifacts", "diagnostics"}
@@ -171,7 +172,7 @@ class TestLaunchDryRun:
     def test_plan_json_errors_keep_the_shape(self, in_tmp):
         spec = in_tmp / "bad.yaml"
         spec.write_text((GOLDEN_INPUTS / "pruning.yaml").read_text().replace("start: 1.0, end: 0.1", "start: 0.0, end: 0.1"))
-        r = run("plan", spec, "--format", "json")
+        r = run("plan", spec, "--format", "json", "--target", "maxtext")  # DC120: a MaxText limit
         assert r.exit_code == 1
         doc = json.loads(r.stdout)
         assert doc["workloads"] == [] and doc["diagnostics"] and all("code" in d for d in doc["diagnostics"])

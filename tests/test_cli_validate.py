@@ -286,3 +286,20 @@ class TestReviewFindings:
     def test_few_files_are_listed(self, write):
         r = run("validate", QUICKSTART, QUICKSTART)
         assert r.stderr.strip().splitlines()[-1] == f"{QUICKSTART}, {QUICKSTART}: ok: no problems found"
+
+
+class TestTarget:
+    """validate checks a spec for the target it will compile for (default distillc), as launch does."""
+
+    MOE = "teacher: {model: {num_layers: 2, emb_dim: 128, num_heads: 4, num_kv_heads: 4, head_dim: 32, mlp_dim: 512, vocab_size: 256, tokenizer: byte, num_experts: 4, experts_per_token: 2}}"
+
+    def test_distillc_by_default(self, write):
+        r = run("validate", write(self.MOE), "-f", "json")
+        assert r.exit_code == 1 and "DC100" in [d["code"] for d in json.loads(r.stdout)]
+
+    def test_maxtext_target_runs_the_maxtext_rules_instead(self, write):
+        r = run("validate", write(self.MOE), "-f", "json", "--target", "maxtext")
+        assert "DC100" not in [d["code"] for d in json.loads(r.stdout)]
+
+    def test_unknown_target_is_a_usage_error(self):
+        assert run("validate", QUICKSTART, "--target", "other").exit_code == 2

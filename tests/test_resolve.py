@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from distillc.compiler import memory
+from distillc.compiler import memory, side_defaults
 from distillc.compiler.resolve import Plan, join_path, resolve_checked
 from distillc.runtime.config import RuntimeConfig
-from tests.conftest import ROOT, check_text, spec_text
+from tests.conftest import ROOT, check_text, codes, spec_text
 
 CLUSTER_SPEC = """
 teacher: {model: llama3.1-8b, checkpoint: gs://b/llama3.1-8b/0/items}
@@ -108,7 +108,13 @@ student: {overrides: {activation_dtype: bfloat16}}
     def test_accelerator_defaults(self):
         cfg = plan_of(CLUSTER_SPEC).train
         assert cfg.teacher.activation_dtype == cfg.student.activation_dtype == "bfloat16"
-        assert cfg.teacher.remat == cfg.student.remat == memory.DEFAULT_REMAT
+        assert cfg.teacher.remat == cfg.student.remat == side_defaults.DEFAULT_REMAT
+
+    def test_peak_flops_come_from_the_accelerator_catalog(self):
+        """The runtime's MFU divides by the plan's figure (no table of its own); none on the CPU."""
+        checked = check_text(spec_text(CLUSTER_SPEC))
+        assert resolve_checked(checked).train.peak_flops == checked.context.accelerator.peak_bf16_tflops * 1e12
+        assert plan_of().train.peak_flops is None
 
     def test_different_vocabularies_compare_the_shared_real_tokens(self):
         plan = plan_of("""
@@ -118,6 +124,26 @@ data: {tokenizer: gs://b/qwen/tokenizer.json}
 """)
         assert plan.train.loss.compare_vocab == 151665
         assert "151665 shared real tokens" in plan.vocab_note
+
+
+class TestFeatureLossOn:
+    """One definition (runtime/arch.feature_loss_on): beta positive at some step, a ramp from 0 included."""
+
+    RAMP = "student: {model: tiny-teacher}\nloss: {alpha: {start: 0.9, end: 0.5, schedule: cosine}, beta: %s, layers: {strategy: first_n, count: 2}}"
+
+    @pytest.mark.parametrize("beta", ["{start: 0.0, end: 0.5, schedule: linear}", "{schedule: piecewise, points: [[0, 0.0], [100, 1.0]]}"])
+    def test_a_ramp_from_zero_compiles_the_feature_path_for_distillc(self, beta):
+        plan = plan_of(self.RAMP % beta)
+        loss = plan.train.loss
+        assert [(p.teacher, p.student) for p in loss.layer_pairs] == [(0, 0), (1, 1)] and loss.feature_enabled
+        assert plan.memory["train"] == plan_of(self.RAMP % "0.5").memory["train"]  # the sown layers are counted
+
+    def test_a_ramp_from_zero_is_refused_for_maxtext(self):
+        text = spec_text(self.RAMP % "{start: 0.0, end: 0.5, schedule: linear}")
+        assert "DC120" in codes(check_text(text, target="maxtext"))
+
+    def test_beta_zero_throughout_compiles_no_pairs(self):
+        assert plan_of().train.loss.layer_pairs == ()
 
 
 class TestMeshAndMemory:

@@ -25,37 +25,48 @@ def test_feature_setup_is_clean():
 
 
 class TestDC120BetaCannotRamp:
+    """MaxText's limit (its trainer decides the sow from distill_beta at step 0), not our runtime's."""
+
     def test_fails(self):
         text = feature("loss: {beta: {start: 0.0, end: 0.5, schedule: cosine}}")
-        d = find(check_text(text), "DC120")
+        d = find(check_text(text, target="maxtext"), "DC120")
         assert where(d) == at(text, "beta:", "start:", "0.0")
 
     def test_fails_piecewise(self):
         text = feature("loss: {beta: {schedule: piecewise, points: [[0, 0.0], [100, 1.0]]}}")
-        d = find(check_text(text), "DC120")
+        d = find(check_text(text, target="maxtext"), "DC120")
         assert d.path == ("loss", "beta", "points", 0)
 
+    def test_passes_for_the_distillc_target(self):
+        for beta in ("{start: 0.0, end: 0.5, schedule: cosine}", "{schedule: piecewise, points: [[0, 0.0], [100, 1.0]]}"):
+            assert codes(check_text(feature("loss: {beta: %s}" % beta))) == []
+
     def test_passes_tiny_start(self):
-        assert "DC120" not in codes(check_text(feature("loss: {beta: {start: 1.0e-6, end: 0.5, schedule: cosine}}")))
+        assert "DC120" not in codes(check_text(feature("loss: {beta: {start: 1.0e-6, end: 0.5, schedule: cosine}}"), target="maxtext"))
 
 
 class TestDC121ScanNnx:
+    """MaxText's limit: the distillc runtime collects the selected layers' features unscanned too."""
+
+    def test_passes_unscanned_for_the_distillc_target(self):
+        assert codes(check_text(feature("runtime: {scan_layers: false, enable_nnx: false}"))) == []
+
     def test_fails_scan(self):
         text = feature("runtime: {scan_layers: false}")
-        d = find(check_text(text), "DC121")
+        d = find(check_text(text, target="maxtext"), "DC121")
         assert where(d) == at(text, "scan_layers:", "false")
 
     def test_fails_both(self):
         text = feature("runtime: {scan_layers: false, enable_nnx: false}")
-        hits = [d for d in check_text(text).diagnostics if d.code == "DC121"]
+        hits = [d for d in check_text(text, target="maxtext").diagnostics if d.code == "DC121"]
         assert [d.path for d in hits] == [("runtime", "scan_layers"), ("runtime", "enable_nnx")]
         assert where(hits[1]) == at(text, "enable_nnx:", "false")
 
     def test_passes_logit_only(self):
-        assert "DC121" not in codes(check_text(spec_text("runtime: {scan_layers: false, enable_nnx: false}")))
+        assert "DC121" not in codes(check_text(spec_text("runtime: {scan_layers: false, enable_nnx: false}"), target="maxtext"))
 
     def test_passes(self):
-        assert "DC121" not in codes(check_text(feature("runtime: {scan_layers: true, enable_nnx: true}")))
+        assert "DC121" not in codes(check_text(feature("runtime: {scan_layers: true, enable_nnx: true}"), target="maxtext"))
 
 
 class TestDC122FeatureNeedsLayers:
@@ -161,12 +172,14 @@ class TestDC126HiddenSize:
 
 
 class TestDC127Structure:
+    """A MaxText-target rule: for --target distillc, DC100 refuses these models outright."""
+
     def test_fails_gemma2(self):
         text = spec_text(
             "teacher: {model: gemma2-27b}\nstudent: {model: gemma2-9b, }\ndata: {tokenizer: /t.model}\n"
             + "loss: {alpha: {start: 0.9, end: 0.5, schedule: cosine}, beta: 1.0, layers: {strategy: evenly_spaced, count: 4}}"
         )
-        hits = [d for d in check_text(text).diagnostics if d.code == "DC127"]
+        hits = [d for d in check_text(text, target="maxtext").diagnostics if d.code == "DC127"]
         assert [d.path for d in hits] == [("teacher", "model"), ("student", "model")]
         assert where(hits[0]) == at(text, "teacher:", "gemma2-27b")
 
@@ -175,17 +188,25 @@ class TestDC127Structure:
             "teacher: {model: deepseek3-671b}\nstudent: {model: deepseek3-671b, pruned_layers: [30]}\n"
             "data: {tokenizer: /t.model}\n" + PRUNED_LOSS % "{strategy: straddle_pruned}"
         )
-        assert "DC127" in codes(check_text(text))
+        assert "DC127" in codes(check_text(text, target="maxtext"))
 
     def test_passes_self_distillation_of_the_same_model(self):
         text = spec_text(
             "teacher: {model: gemma2-9b}\nstudent: {model: gemma2-9b}\ndata: {tokenizer: /t.model}\n"
             + PRUNED_LOSS % "{strategy: evenly_spaced, count: 4}"
         )
-        assert "DC127" not in codes(check_text(text))
+        assert "DC127" not in codes(check_text(text, target="maxtext"))
+
+    def test_distillc_target_reports_dc100_instead(self):
+        text = spec_text(
+            "teacher: {model: gemma2-27b}\nstudent: {model: gemma2-9b, }\ndata: {tokenizer: /t.model}\n"
+            + "loss: {alpha: {start: 0.9, end: 0.5, schedule: cosine}, beta: 1.0, layers: {strategy: evenly_spaced, count: 4}}"
+        )
+        found = codes(check_text(text))
+        assert "DC127" not in found and found.count("DC100") == 2
 
     def test_passes(self):
-        assert "DC127" not in codes(check_text(feature()))
+        assert "DC127" not in codes(check_text(feature(), target="maxtext"))
 
 
 class TestDC128BetaMagnitude:

@@ -10,6 +10,27 @@ TINY_INLINE = "{num_layers: 2, emb_dim: 64, num_heads: 2, num_kv_heads: 2, head_
 LLAMA_TOK = "data:\n  tokenizer: /data/tok.model\n"
 
 
+class TestDC100RuntimeCannotBuild:
+    def test_fails_moe_teacher_at_its_model(self):
+        text = spec_text("teacher: {model: mixtral-8x7b}\nstudent: {model: mistral-7b}\n" + LLAMA_TOK)
+        d = find(check_text(text), "DC100")
+        assert where(d) == at(text, "teacher:", "mixtral-8x7b")
+        assert d.path == ("teacher", "model") and d.is_error
+        assert "--target maxtext" in d.hint
+
+    def test_fails_interleaved_attention_student(self):
+        text = spec_text("teacher: {model: gemma2-27b}\nstudent: {model: gemma2-9b}\n" + LLAMA_TOK)
+        hits = [d for d in check_text(text).diagnostics if d.code == "DC100"]
+        assert [d.path for d in hits] == [("teacher", "model"), ("student", "model")]
+
+    def test_passes_for_the_maxtext_target(self):
+        text = spec_text("teacher: {model: mixtral-8x7b}\nstudent: {model: mistral-7b}\n" + LLAMA_TOK)
+        assert "DC100" not in codes(check_text(text, target="maxtext"))
+
+    def test_passes_dense_global_models(self):
+        assert "DC100" not in codes(check_text(spec_text()))
+
+
 class TestDC101TokenizerMismatch:
     def test_fails_on_equal_vocab_size_different_tokenizer(self):
         # llama2-7b and mistral-7b both have 32000 tokens and different tokenizers

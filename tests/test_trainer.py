@@ -183,3 +183,31 @@ def test_local_run_over_a_run_dir_of_another_model_is_one_clear_error(tmp_path, 
     err = capsys.readouterr().err
     assert "holds a different model or layer layout" in err and "Traceback" not in err
     assert "shape(s) differ, e.g. " in err and "resume with the config that wrote it" in err  # what and the fix
+
+
+def test_beta_ramping_from_zero_gives_a_feature_loss_after_step_0(tmp_path):
+    """The runtime sows the compiled layer pairs whatever beta is at step 0 (runtime/arch.feature_loss_on):
+    a ramp from 0 turns the feature loss on as beta rises, unscanned layers included."""
+    from distillc.runtime.config import LayerPair, Schedule
+
+    cfg = make_config(tmp_path, steps=4, log_every=1, checkpoint_every=4)
+    ramp = Schedule(kind="linear", start=0.0, end=1.0, max_steps=4)
+    cfg = cfg.model_copy(update=dict(scan_layers=False, loss=cfg.loss.model_copy(update=dict(
+        beta=ramp, layer_pairs=(LayerPair(teacher=0, student=0), LayerPair(teacher=1, student=1))))))
+    assert cfg.loss.feature_enabled and ramp.value(0) == 0.0
+    log = train(cfg, console=False).train_log
+    rising = [r for r in log if r["beta"] > 0]
+    assert rising and all(r["feature_loss"] > 0 for r in rising)
+    assert all(r["feature_loss"] == 0 for r in log if r["beta"] == 0)
+
+
+def test_local_memory_check_uses_the_compilers_estimate():
+    """`launch --local` refuses by compiler/memory.py's model (the plan's figure), not a third one."""
+    from distillc.compiler.resolve import resolve_checked
+    from distillc.runtime.local import baseline_config, memory_estimate
+    from tests.conftest import check_text, spec_text
+
+    plan = resolve_checked(check_text(spec_text()))
+    cfg = plan.train
+    assert memory_estimate(cfg) == int(plan.memory["train"].total * cfg.mesh.size)
+    assert memory_estimate(baseline_config(cfg)) < memory_estimate(cfg)  # a CE-only run loads no teacher

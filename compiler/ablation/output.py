@@ -241,7 +241,7 @@ def write_out(ab: Ablation, out_dir: str | Path, cluster: Optional[str] = None, 
             continue
         file = f"{cell.name}.yaml"
         text = child_text(ab, cell)
-        checked = check_loaded(load_text(text, str(out / file)))
+        checked = check_loaded(load_text(text, str(out / file)), target=ab.target)
         err = next((d for d in checked.diagnostics if d.is_error), None)
         if err is not None:
             cells.append(replace(cell, status="pruned", reason=f"{err.code} {err.message}", code=err.code))

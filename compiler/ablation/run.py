@@ -32,7 +32,7 @@ from distillc.compiler.ablation.strategies import (
 from distillc.compiler.check import Checked, check_loaded
 from distillc.compiler.diagnostics import Diagnostic, sort_key
 from distillc.compiler.loader import Loaded, SourceMap
-from distillc.compiler.registry import CODES, make
+from distillc.compiler.registry import CODES, Target, make
 
 STRATEGIES = ("grid", "staged", "random")
 DEFAULT_MAX_CELLS = 1000
@@ -48,6 +48,7 @@ class Options:
     results: Optional[Mapping[str, float]] = None  # --best: cell name -> metric
     maximize: bool = False
     parallel: Optional[bool] = None  # None: forked workers for large ablations; False: never
+    target: Target = "distillc"  # the rules of this target's limits check every cell
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Ablation:
     evaluator: Optional[Evaluator] = None
     plans_resolved: int = 0
     rule_runs: int = 0
+    target: Target = "distillc"  # the child specs of --out are checked for it too
 
     @property
     def ok(self) -> bool:
@@ -123,7 +125,7 @@ def _structural(d: Diagnostic) -> bool:
 def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Options()) -> Ablation:
     """Expand, validate, resolve and dedupe the cells of `loaded`'s ablation (plus `axis_args`)."""
     sources = {loaded.source.file: loaded.source}
-    base = check_loaded(loaded)
+    base = check_loaded(loaded, target=options.target)
     stop = [d for d in base.diagnostics if _structural(d)]
     if stop or base.context is None:
         return Ablation(loaded, diagnostics=tuple(stop or base.diagnostics), sources=sources)
@@ -150,7 +152,7 @@ def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Opt
         strategy = "random"
     if strategy not in STRATEGIES:
         raise StrategyError(f"unknown strategy '{strategy}' (choose {', '.join(STRATEGIES)})")
-    result = Ablation(loaded, strategy, tuple(axes), (), tuple(sorted(diags, key=sort_key)), sources)
+    result = Ablation(loaded, strategy, tuple(axes), (), tuple(sorted(diags, key=sort_key)), sources, target=options.target)
     if not result.ok:
         return result
 

@@ -45,6 +45,8 @@ def _body(doc: str) -> tuple[str, list[tuple[str, str]]]:
 
 def _section(c: Code) -> list[str]:
     out = [f"### {c.code}: {c.title}", "", f"Severity: **{c.severity.value}**", ""]
+    if c.target_note:
+        out += [c.target_note, ""]
     prose, examples = _body(c.doc)
     if prose:
         out += [prose, ""]

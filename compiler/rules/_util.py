@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterator, Optional
 
 from distillc.compiler.diagnostics import KeyPath
@@ -31,21 +30,25 @@ def written(ctx: Any, *path: Any) -> bool:
     return tuple(path) in ctx.source.spans
 
 
-def schedule_values(ctx: Any, name: str) -> Iterator[tuple[KeyPath, float]]:
-    """Every value a schedule names, with the key path of the node that holds it.
+def named_values(sched: Any) -> Iterator[tuple[KeyPath, float]]:
+    """Every value a spec schedule names, with its key path below the schedule.
 
     constant: start; linear/cosine: start and end; piecewise: each point's value. The schedule
     takes no value outside these (linear and cosine move monotonically between their ends).
     """
-    sched = getattr(ctx.spec.loss, name)
-    base = ("loss", name)
     if sched.schedule == "piecewise":
         for i, (_, value) in enumerate(sched.points):
-            yield node(ctx, *base, "points", i, 1), value
+            yield ("points", i, 1), value
         return
-    yield node(ctx, *base, "start"), sched.start
+    yield ("start",), sched.start
     if sched.schedule != "constant" and sched.end is not None:
-        yield node(ctx, *base, "end"), sched.end
+        yield ("end",), sched.end
+
+
+def schedule_values(ctx: Any, name: str) -> Iterator[tuple[KeyPath, float]]:
+    """named_values of a loss schedule, each with the key path of the node written in the file."""
+    for sub, value in named_values(getattr(ctx.spec.loss, name)):
+        yield node(ctx, "loss", name, *sub), value
 
 
 def start_value(sched: Any) -> float:
@@ -63,10 +66,11 @@ def end_value(sched: Any) -> float:
 
 
 def feature_on(loss: Any) -> bool:
-    """The feature loss runs iff beta is positive at step 0 (the sow is decided when the step is
-    compiled; a schedule starting at 0 never turns it on, which DC120 reports)."""
-    v = start_value(loss.beta)
-    return isinstance(v, (int, float)) and v > 0 and math.isfinite(v)
+    """The spec asks for the feature loss: runtime/arch.feature_loss_on over beta's values (the
+    runtime contract's one definition; a ramp from 0 counts)."""
+    from distillc.runtime.arch import feature_loss_on
+
+    return feature_loss_on(v for _, v in named_values(loss.beta))
 
 
 def beta_zero(loss: Any) -> bool:

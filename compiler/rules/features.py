@@ -14,14 +14,16 @@ from distillc.compiler.rules._util import beta_zero, feature_on, model_label, no
     Severity.ERROR,
     "beta starts at 0 and can never ramp up",
     needs=("loss",),
-    hint="Start beta at a tiny positive value (e.g. start: 1.0e-6) and set end to your target. (The sow is "
-    "compiled in or out once, from the start value: a property of this runtime and of MaxText's trainer.)",
+    hint="Start beta at a tiny positive value (e.g. start: 1.0e-6) and set end to your target. (MaxText's "
+    "trainer compiles the sow in or out once, from distill_beta's start value.)",
+    targets=("maxtext",),
 )
 def beta_cannot_ramp(ctx) -> Iterator[Finding]:
-    """beta = 0 at the start switches feature extraction off entirely (the per-layer activations
-    are never sown, so there is nothing to align), and it is decided when the step is compiled:
-    a schedule that starts at 0 and rises never turns the feature loss on. This mirrors MaxText's
-    trainer, which skips the sow when distill_beta is 0.
+    """MaxText's trainer skips the sow when distill_beta (the start value) is 0, and that is decided
+    when the step is compiled: a schedule that starts at 0 and rises never turns the feature loss
+    on there (the per-layer activations are never sown, so there is nothing to align). The distillc
+    runtime compiles the feature path whenever beta is positive at some step, so a ramp from 0
+    works with `--target distillc`.
 
     Fails::
 
@@ -49,17 +51,18 @@ def beta_cannot_ramp(ctx) -> Iterator[Finding]:
     Severity.ERROR,
     "feature loss needs scanned layers and NNX",
     needs=("loss", "runtime"),
-    hint="Set runtime.scan_layers: true and runtime.enable_nnx: true: the runtime collects the per-layer "
-    "activations with sow(nnx.Intermediate) inside nnx.scan and picks layers along the scan axis. A MaxText "
-    "implementation constraint too: its trainer asserts both when distill_beta > 0.",
+    hint="Set runtime.scan_layers: true and runtime.enable_nnx: true: MaxText's trainer asserts both when "
+    "distill_beta > 0.",
+    targets=("maxtext",),
 )
 def feature_needs_scan_nnx(ctx) -> Iterator[Finding]:
-    """With beta > 0 the runtime collects each layer's attention out-projection activations with
-    `sow(nnx.Intermediate, ...)` inside an `nnx.scan` over the stacked layers, and the loss takes
-    the selected layers along the scan axis (`jnp.take(features, layer_indices, axis=0)`). Unscanned
-    layers have no such axis, and `sow` into `nnx.Intermediate` exists only in NNX. This is how
-    MaxText's trainer works too: it asserts `scan_layers` and `enable_nnx` at config time (the
-    guide's first troubleshooting row). Logit-only runs (beta = 0) have no such constraint.
+    """With beta > 0 MaxText's trainer collects each layer's attention out-projection activations
+    with `sow(nnx.Intermediate, ...)` inside a scan over the stacked layers, and the loss takes the
+    selected layers along the scan axis (`jnp.take(features, layer_indices, axis=0)`). Unscanned
+    layers have no such axis, and `sow` into `nnx.Intermediate` exists only in NNX: the trainer
+    asserts `scan_layers` and `enable_nnx` at config time (the guide's first troubleshooting row).
+    Logit-only runs (beta = 0) have no such constraint, and neither has the distillc runtime, which
+    collects the selected layers' features scanned or unscanned (`--target distillc`).
 
     Fails::
 
@@ -352,6 +355,7 @@ def feature_hidden_size(ctx) -> Iterator[Finding]:
     needs=("loss", "teacher", "student", "teacher_arch", "student_arch"),
     hint="Prefer logit-only distillation (beta: 0) for these models, or align only layers of the same kind "
     "with explicit pairs.",
+    targets=("maxtext",),
 )
 def feature_structure(ctx) -> Iterator[Finding]:
     """Layer-for-layer alignment assumes layer i does the same kind of computation on both sides.
@@ -361,7 +365,8 @@ def feature_structure(ctx) -> Iterator[Finding]:
     lines up. DeepSeek's MLA attends through a compressed latent KV and mixes dense and MoE
     layers, so an index does not name a comparable computation either; and not every attention
     implementation sows the out-projection activations the loss reads (the guide's "model
-    architecture doesn't sow" row). Self-distillation of the very same model is exempt.
+    architecture doesn't sow" row). Self-distillation of the very same model is exempt. For
+    `--target distillc` the runtime does not build these models at all (DC100, an error).
 
     Fails::
 

@@ -7,6 +7,40 @@ from typing import Iterator
 from distillc.compiler.diagnostics import Severity
 from distillc.compiler.registry import Finding, rule
 from distillc.compiler.rules._util import model_label, same_model
+from distillc.runtime.arch import unbuildable
+
+
+@rule(
+    "DC100",
+    Severity.ERROR,
+    "a model the distillc runtime cannot build",
+    needs=(),
+    targets=("distillc",),
+    hint="Compile for MaxText instead (`distillc launch SPEC --target maxtext`), or pick a dense model "
+    "with global attention (`distillc models`).",
+)
+def runtime_cannot_build(ctx) -> Iterator[Finding]:
+    """The distillc runtime builds dense decoders with global grouped-query attention. Mixture-of-
+    experts MLPs and the other attention kinds of the catalog (interleaved local/global as in
+    gemma2/gemma3, multi-head latent attention as in DeepSeek) are listed so that memory and
+    MaxText configs can be computed for them, but our runtime refuses them when it builds the model:
+    without this rule such a spec validates and fails on the cluster after the queue. MaxText's
+    trainer builds them, so `--target maxtext` is the way out.
+
+    Fails::
+
+        student:
+          model: {num_layers: 2, emb_dim: 64, num_heads: 2, num_kv_heads: 2, head_dim: 32, mlp_dim: 256, vocab_size: 256, tokenizer: byte, num_experts: 4, experts_per_token: 2}
+
+    Passes::
+
+        student:
+          model: {num_layers: 2, emb_dim: 64, num_heads: 2, num_kv_heads: 2, head_dim: 32, mlp_dim: 256, vocab_size: 256, tokenizer: byte}
+    """
+    for role, arch in (("teacher", ctx.teacher_arch), ("student", ctx.student_arch)):
+        why = unbuildable(arch) if arch is not None else None
+        if why is not None:
+            yield Finding(f"{role} {model_label(arch)}: the distillc runtime cannot build {why}", (role, "model"))
 
 
 @rule(

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from distillc.runtime.arch import unbuildable
 from distillc.runtime.config import ModelArch, SideConfig
 
 Array = jax.Array
@@ -199,10 +200,8 @@ class Transformer(nnx.Module):
         attention_impl: Literal["xla", "cudnn"] = "xla",
         rngs: nnx.Rngs,
     ):
-        if arch.attention != "global":
-            raise ValueError(f"{arch.name}: attention={arch.attention!r} is not built by this runtime (global only)")
-        if arch.num_experts != 1:
-            raise ValueError(f"{arch.name}: mixture-of-experts (num_experts={arch.num_experts}) is not built here")
+        if (why := unbuildable(arch)) is not None:  # the contract: rule DC100 refuses such specs
+            raise ValueError(f"{arch.name}: {why}")
         self.arch = arch
         self.scan_layers = scan_layers
         self.dtype = dtype

@@ -119,7 +119,30 @@ class RecordSpec:
 
     @property
     def nbytes(self) -> int:
-        return _HEADER.size + sum(dt.itemsize * math.prod(shape) for _, dt, shape in self.fields())
+        return self.header_bytes + sum(dt.itemsize * math.prod(shape) for _, dt, shape in self.fields())
+
+    @property
+    def header_bytes(self) -> int:
+        return _HEADER.size
+
+    @property
+    def slot_bytes(self) -> int:
+        """Bytes of one (token, slot) entry: id, value (and count for random sampling)."""
+        return self._itemsizes("indices", "values", "counts")
+
+    @property
+    def token_bytes(self) -> int:
+        """Bytes per token outside the slots and the grid: input, label, mask, label logit."""
+        return self._itemsizes("inputs", "labels", "mask", "label_logit")
+
+    @property
+    def grid_bytes(self) -> int:
+        """Bytes per (token, cached temperature): the tail log-normalizer and its slope."""
+        return self._itemsizes("lse", "lse_slope")
+
+    def _itemsizes(self, *names: str) -> int:
+        """The summed item sizes of the named fields (the compiler's storage figures derive from these)."""
+        return sum(dt.itemsize for name, dt, _ in self.fields() if name in names)
 
     def encode(self, index: int, rec: Mapping[str, np.ndarray]) -> bytes:
         digest = sequence_sha256(rec["inputs"], rec["labels"], rec["mask"])

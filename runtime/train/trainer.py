@@ -252,7 +252,7 @@ class Trainer:
         progress = metrics_lib.Progress(cfg.name, tc.steps, start, enabled=self.is_writer and self.console)
         tokens_per_step = cfg.data.global_batch_size * cfg.data.seq_len
         logging = LoggingHook(tc.log_every, writer, progress, tokens_per_step=tokens_per_step,
-                              model_flops_per_token=self.flops_per_token, peak_flops=_peak_flops(self.mesh))
+                              model_flops_per_token=self.flops_per_token, peak_flops=_peak_flops(self.mesh, cfg.peak_flops))
         checkpoint = CheckpointHook(tc.checkpoint_every, lambda step: self._save(step, iterator), resumed)
         hooks: list[Hook] = [checkpoint, logging,
                              EvalHook(tc.eval_every, lambda: self.evaluate(tc.eval_batches), writer)]
@@ -292,27 +292,10 @@ class Trainer:
                            time.perf_counter() - t_start, compile_s, tok_s, self.state.params)
 
 
-# Peak dense bf16 FLOP/s per device, for MFU (none for CPUs: MFU is not reported there).
-PEAK_FLOPS = {
-    "NVIDIA H100": 989.4e12, "NVIDIA H200": 989.4e12, "NVIDIA A100": 312e12,
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
-}
-
-
-def peak_flops(device) -> float | None:
-    kind = getattr(device, "device_kind", "")
-    for name, flops in PEAK_FLOPS.items():
-        if kind.startswith(name):
-            return flops
-    return None
-
-
-def _peak_flops(mesh) -> float | None:
-    """Peak FLOP/s of the whole mesh (None where unknown: MFU is then not reported)."""
-    devices = mesh.devices.reshape(-1)
-    peak = peak_flops(devices[0])
-    return None if peak is None else peak * len(devices)
+def _peak_flops(mesh, per_device: float | None) -> float | None:
+    """Peak FLOP/s of the whole mesh from the plan's per-device figure (the accelerator catalog's);
+    None where MFU is not reported (CPU runs)."""
+    return None if per_device is None else per_device * mesh.devices.size
 
 
 def write_manifest(config: RuntimeConfig, argv: list[str], extra: dict | None = None) -> Path:
