@@ -16,7 +16,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from distillc.compiler.diagnostics import Diagnostic, KeyPath
-from distillc.compiler.loader import Loaded, SourceMap
+from distillc.compiler.loader import Loaded, SourceMap, plain_value
 from distillc.compiler.registry import make
 from distillc.compiler.spec import SECTIONS, Spec
 
@@ -215,7 +215,11 @@ def _strict_type_message(kind: str, value: Any) -> str:
             return ""
         if number != number or number in (float("inf"), float("-inf")):
             return f"expected a finite {'integer' if kind == 'int_type' else 'number'}"
-        return f"expected {what}, not a string: write {value.strip()} without quotes"
+        text = value.strip()
+        if isinstance(plain_value(text), (int, float)) and not isinstance(plain_value(text), bool):
+            return f"expected {what}, not a string: write {text} without quotes"
+        shown = int(number) if kind == "int_type" and number.is_integer() else number  # Python reads 1_000; YAML 1.2 does not
+        return f"expected {what}: write {shown} ({text!r} is text in YAML 1.2)"
     if isinstance(value, bool):
         return f"expected {what}, not true/false"
     return ""
