@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from distillc.compiler.ablation import codes  # noqa: F401  (declares DC170-DC176)
 from distillc.compiler.ablation.patch import Path, adapters, field_types
-from distillc.compiler.diagnostics import Diagnostic, Span
+from distillc.compiler.diagnostics import Diagnostic, Span, one_line
 from distillc.compiler.loader import Loaded, SourceMap, load_text
 from distillc.compiler.parse import did_you_mean, error_loc
 from distillc.compiler.registry import make
@@ -42,11 +42,6 @@ class Axis:
     @cached_property
     def section(self) -> str:
         return self.path[0]
-
-
-def one_line(text: str) -> str:
-    """`text` for a one-line message: repr-escaped when it holds a newline or another control character."""
-    return text if text.isprintable() else repr(text)
 
 
 def value_id(v: Any) -> str:
