@@ -174,6 +174,10 @@ def validate(
     raise typer.Exit(EXIT_USAGE if io_errors else EXIT_ERRORS if bad else EXIT_OK)
 
 
+YAML_1_2 = ("Plain YAML values follow YAML 1.2's core schema (as YAML language servers read them): "
+            "1e-5 is a number; yes, no, on, off and 1_000 are strings.")
+
+
 @app.command()
 def schema() -> None:
     """Print the spec's JSON Schema (point your YAML editor at it for completion)."""
@@ -182,6 +186,7 @@ def schema() -> None:
     doc = Spec.model_json_schema()
     doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     doc["$id"] = f"https://distillc.dev/schema/spec-v1-{__version__}.json"
+    doc["description"] = f"{doc.get('description', '')} {YAML_1_2}".strip()
     typer.echo(json.dumps(doc, indent=2))
 
 

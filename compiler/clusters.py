@@ -160,7 +160,7 @@ def _schema_diags(exc: ValidationError, source: SourceMap, prefix: KeyPath = ())
         else:
             value = err.get("input")
             shown = "" if isinstance(value, (dict, list)) else f" (got {yaml_repr(value)})"
-            hint = 'Environment values are strings: quote them ("0.92", "off").' if "env" in loc[:-1] else ""
+            hint = 'Environment values are strings: quote them ("0.92", "true").' if "env" in loc[:-1] else ""
             if not loc:
                 message, hint = "a clusters file is a mapping with the key 'clusters'", "Start from specs/clusters.yaml."
             elif len(loc) == 2 and loc[0] == "clusters" and kind in ("model_type", "dict_type", "model_attributes_type"):

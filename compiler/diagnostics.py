@@ -89,8 +89,11 @@ _BOLD, _BLUE, _RESET = "\x1b[1m", "\x1b[1;34m", "\x1b[0m"
 def one_line(s: str) -> str:
     """`s` with its control characters escaped (a newline as \\n): a value quoted from the spec
     cannot start a line of its own, so it cannot pass for a diagnostic, and in a generated file it
-    cannot end a comment (render.comment_text)."""
-    return s if s.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+    cannot end a comment (render.comment_text). When anything is escaped, backslashes are too, as
+    repr does, so an escape shown is never the user's own backslash text."""
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in s)
 
 
 def format_concise(d: Diagnostic) -> str:

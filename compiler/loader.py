@@ -4,10 +4,16 @@ Why not `yaml.safe_load`: diagnostics must point at file:line:col of the offendi
 spec is untrusted input. We compose the node graph ourselves (safe tags only), keep every node's
 mark, reject duplicate keys (PyYAML silently keeps the last one) and bound the work: file size,
 alias expansion (a "billion laughs" bomb) and nesting depth are capped before they cost memory.
+
+Plain scalars resolve by YAML 1.2's core schema, not PyYAML's YAML 1.1: `1e-5` and `.5` are floats,
+`yes`/`on`/`1_000`/`0b1`/dates are strings, `0o17` and `0x1F` are ints. This module is the one reader
+of specs, clusters files and `--axis` values, so all three read a value the same way.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +21,9 @@ from typing import Any
 import yaml
 
 try:  # the C composer is ~10x faster; fall back to pure Python where libyaml is absent
-    from yaml import CSafeLoader as _Loader
+    from yaml import CSafeDumper as _SafeDumper, CSafeLoader as _SafeLoader
 except ImportError:  # pragma: no cover - depends on the PyYAML build
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+    from yaml import SafeDumper as _SafeDumper, SafeLoader as _SafeLoader  # type: ignore[assignment]
 
 from distillc.compiler.diagnostics import Diagnostic, KeyPath, Span
 
@@ -139,12 +145,69 @@ class _TooBig(Exception):
         self.node, self.path = node, path
 
 
-# the tags the safe resolvers give plain YAML (and an explicit `!!str` etc.); anything else is refused
-_SAFE_TAGS = frozenset(
-    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
+_TAG = "tag:yaml.org,2002:"
+_STR, _SEQ, _MAP = _TAG + "str", _TAG + "seq", _TAG + "map"
+# the tags plain YAML 1.2 resolves to (and an explicit `!!str` etc. may name); anything else is refused
+_SAFE_TAGS = frozenset(_TAG + t for t in ("str", "int", "float", "bool", "null", "map", "seq"))
+
+# YAML 1.2.2 core schema (https://yaml.org/spec/1.2.2/#1023-core-schema), one alternative per tag,
+# tried in order under fullmatch. [0-9], not \d: \d also matches other scripts' digits.
+_CORE = re.compile(
+    r"(?P<null>~|null|Null|NULL|)"
+    r"|(?P<bool>true|True|TRUE|false|False|FALSE)"
+    r"|(?P<int>[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)"
+    r"|(?P<float>[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))"
 )
 
-_SCALAR = _Loader("")  # a constructor with the safe resolvers, reused for scalars only
+
+def _int(text: str) -> int:
+    """A core-schema int; ValueError past Python's 4300-digit limit (the text is then kept)."""
+    if text[:2] in ("0x", "0o"):
+        return int(text[2:], 16 if text[1] == "x" else 8)
+    return int(text)
+
+
+def _float(text: str) -> float:
+    """A core-schema float: Python's float() reads all but YAML's .inf / .nan spellings."""
+    if text[-1] in "fFnN":  # .inf, -.Inf, .NAN ...
+        return math.nan if text[-1] in "nN" else -math.inf if text[0] == "-" else math.inf
+    return float(text)
+
+
+_CONSTRUCT = {"null": lambda _: None, "bool": lambda t: t[0] in "tT", "int": _int, "float": _float}
+_TAGS = {kind: _TAG + kind for kind in _CONSTRUCT}
+
+
+class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]
+    """PyYAML's safe composer with YAML 1.2 core-schema tags for plain scalars (PyYAML's own
+    resolvers are YAML 1.1's, where `3e-3` is a string and `no` is false). One regex per scalar."""
+
+    def resolve(self, kind: type, value: str, implicit: tuple[bool, bool]) -> str:
+        if kind is yaml.ScalarNode:
+            found = _CORE.fullmatch(value) if implicit[0] else None  # quoted and block scalars are strings
+            return _TAGS[found.lastgroup] if found else _STR  # type: ignore[index]
+        return _SEQ if kind is yaml.SequenceNode else _MAP
+
+
+class _Dumper(_SafeDumper):  # type: ignore[misc,valid-type]
+    """PyYAML's safe emitter, quoting a string that a YAML 1.1 *or* 1.2 reader takes for another
+    type (`yes` for 1.1, `1e5` and `0o17` for 1.2), so its output reads back the same in both."""
+
+    def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
+        tag = super().resolve(kind, value, implicit)
+        if tag == _STR and kind is yaml.ScalarNode and implicit[0]:
+            return _Loader.resolve(self, kind, value, implicit)  # type: ignore[arg-type]
+        return tag
+
+
+def dump(data: Any) -> str:
+    """`data` as block-style YAML (keys in order, unicode kept) that load_text reads back as `data`."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+_DEEP = f"the document nests more than {MAX_DEPTH} levels deep"
+# libyaml's wording when its own nesting cap (1000 levels; newer builds) stops the scan ahead of ours
+_NESTING = "exceeded maximum nesting depth"
 
 _OPEN = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
 _CLOSE = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
@@ -161,7 +224,7 @@ def _too_big(text: str) -> tuple[yaml.Node, str] | None:
             depth += 1
             if depth > MAX_DEPTH:
                 where = yaml.ScalarNode("tag:yaml.org,2002:str", "", event.start_mark, event.end_mark)
-                return where, f"the document nests more than {MAX_DEPTH} levels deep"
+                return where, _DEEP
         elif isinstance(event, _CLOSE):
             depth -= 1
             continue
@@ -197,12 +260,29 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], depth: int = 0) -> int
 
 
 def _scalar(node: yaml.Node) -> Any:
+    """A scalar node's value by the core schema. Text that does not fit an explicit tag (`!!int 1.5`,
+    `!!bool yes`) stays text, so the type checks refuse it with the spec's own wording."""
+    tag, text = node.tag, node.value
+    if tag == _STR:
+        return text
+    found = _CORE.fullmatch(text)
+    kind = found.lastgroup if found else None
+    if kind == "int" and tag == _TAGS["float"]:  # `!!float 1` is 1.0
+        kind = "float"
+    return _construct(kind, text) if kind is not None and _TAGS[kind] == tag else text
+
+
+def _construct(kind: str, text: str) -> Any:
     try:
-        return _SCALAR.construct_object(node, deep=True)
-    except (yaml.constructor.ConstructorError, ValueError):  # ValueError: an int past Python's 4300 digits
-        return node.value
-    finally:  # the shared constructor memoizes every node it builds: drop it, or it grows forever
-        _SCALAR.constructed_objects.pop(node, None)
+        return _CONSTRUCT[kind](text)
+    except ValueError:  # an int past Python's 4300 digits, or `!!float 0x1F`
+        return text
+
+
+def plain_value(text: str) -> Any:
+    """What `text` reads as written unquoted in a spec (for messages that say how to write a value)."""
+    found = _CORE.fullmatch(text)
+    return _construct(found.lastgroup, text) if found and found.lastgroup else text
 
 
 def load_text(text: str, file: str = "<string>") -> Loaded:
@@ -218,6 +298,8 @@ def load_text(text: str, file: str = "<string>") -> Loaded:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         span = Span(mark.line + 1, mark.column + 1) if mark else Span(1, 1)
+        if _NESTING in (exc.problem or ""):  # libyaml's own cap (PyYAML >= 6.0.3) noticed first: same code
+            return Loaded(None, source, (make("DC004", _DEEP, path=(), span=span, file=file),))
         msg = " ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"
         return Loaded(None, source, (make("DC000", f"YAML syntax error: {msg}", path=(), span=span, file=file),))
     except yaml.YAMLError as exc:

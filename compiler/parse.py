@@ -16,7 +16,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from distillc.compiler.diagnostics import Diagnostic, KeyPath
-from distillc.compiler.loader import Loaded, SourceMap
+from distillc.compiler.loader import Loaded, SourceMap, plain_value
 from distillc.compiler.registry import make
 from distillc.compiler.spec import SECTIONS, Spec
 
@@ -66,32 +66,33 @@ def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     return f"did you mean '{close[0]}'?" if close else ""
 
 
-def _strip_generic(tp: Any) -> list[Any]:
-    """The concrete classes inside Annotated/Optional/Union."""
+def concrete_types(tp: Any) -> list[Any]:
+    """The concrete types inside Annotated / Optional / Union: what a key-path walk over the spec's
+    models (allowed keys here, ablation's field types) steps into."""
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
-        return _strip_generic(typing.get_args(tp)[0])
+        return concrete_types(typing.get_args(tp)[0])
     if origin is typing.Union:
         out: list[Any] = []
         for a in typing.get_args(tp):
-            out += _strip_generic(a)
+            out += concrete_types(a)
         return out
     return [tp]
 
 
 def allowed_keys(section: str, loc: tuple[Any, ...]) -> list[str]:
     """The field names of the model found at `loc` inside `section` (for 'did you mean')."""
-    candidates = _strip_generic(Spec.model_fields[section].annotation)
+    candidates = concrete_types(Spec.model_fields[section].annotation)
     for part in loc:
         nxt: list[Any] = []
         for tp in candidates:
             if isinstance(tp, type) and issubclass(tp, BaseModel):
                 if part in tp.model_fields:
-                    nxt += _strip_generic(tp.model_fields[part].annotation)
+                    nxt += concrete_types(tp.model_fields[part].annotation)
                 continue
             origin = typing.get_origin(tp)
             if origin in (dict, list, tuple) and typing.get_args(tp):
-                nxt += _strip_generic(typing.get_args(tp)[-1])
+                nxt += concrete_types(typing.get_args(tp)[-1])
         # tags of tagged unions appear in pydantic's loc ('cosine', 'function-before[...]'): skip them
         if nxt:
             candidates = nxt
@@ -215,7 +216,11 @@ def _strict_type_message(kind: str, value: Any) -> str:
             return ""
         if number != number or number in (float("inf"), float("-inf")):
             return f"expected a finite {'integer' if kind == 'int_type' else 'number'}"
-        return f"expected {what}, not a string: write {value.strip()} without quotes"
+        text = value.strip()
+        if isinstance(plain_value(text), (int, float)) and not isinstance(plain_value(text), bool):
+            return f"expected {what}, not a string: write {text} without quotes"
+        shown = int(number) if kind == "int_type" and number.is_integer() else number  # Python reads 1_000; YAML 1.2 does not
+        return f"expected {what}: write {shown} ({text!r} is text in YAML 1.2)"
     if isinstance(value, bool):
         return f"expected {what}, not true/false"
     return ""

@@ -69,9 +69,11 @@ def deep_merge(base: dict, patch: dict) -> dict:
 
 
 def spec_text(fragment: str = "", base: str = BASE_TEXT) -> str:
-    """The base spec with `fragment` merged in, dumped back to YAML (block style, stable order)."""
-    data = deep_merge(yaml.safe_load(base), yaml.safe_load(fragment) or {})
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    """The base spec with `fragment` merged in, dumped back to YAML (block style, stable order).
+    Read and written as the spec loader reads (YAML 1.2: `1e-5` a float, `yes` a string)."""
+    from distillc.compiler.loader import dump, load_text
+
+    return dump(deep_merge(load_text(base).data, load_text(fragment).data or {}))
 
 
 def check_text(text: str, file: str = "spec.yaml", **kw):

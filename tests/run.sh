@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# Pinned by the lock (tests/constraints.txt, written by tests/lock.sh): a fresh machine gets the
+# versions the suite last passed with, not whatever PyPI resolves today.
+.venv/bin/python -m pip install -q --disable-pip-version-check -c tests/constraints.txt -e '.[test]'
 # xpk pins ~68 packages, so it gets a venv of its own: tests/test_xpk_parser.py runs xpk's argument
 # parser and its offline dry run there (the compiler never imports xpk). Created once (~2 minutes,
 # needs PyPI), then reused; DISTILLC_SKIP_XPK=1 skips it (those tests then skip).

@@ -209,7 +209,9 @@ class TestDedupe:
     def test_switching_strategy_drops_keys_the_variant_has_no_use_for(self):
         # a 4-layer teacher; the student is the teacher with layer 1 pruned: 3 layers deep
         arch = "{num_layers: 4, emb_dim: 64, num_heads: 2, num_kv_heads: 2, head_dim: 32, mlp_dim: 256, vocab_size: 256, tokenizer: byte}"
-        frag = SCHEDULED + f"  model: {arch}\n  pruned_layers: [1]\nteacher:\n  model: {arch}\n"
+        student = "  model: tiny-teacher   # same hidden size: the feature loss is possible (DC126)\n"
+        assert student in SCHEDULED  # replaced, not written twice (a duplicate key is DC002)
+        frag = SCHEDULED.replace(student, f"  model: {arch}\n  pruned_layers: [1]\nteacher:\n  model: {arch}\n")
         r, _ = run(frag, "loss.layers.strategy=straddle_pruned,first_n", "loss.layers.count=1,4")
         assert table(r) == [
             ("quickstart-lstrad", "valid"),  # teacher layers 0 and 2 around the pruned 1

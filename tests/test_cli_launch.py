@@ -285,7 +285,16 @@ def test_local_takes_no_cluster(in_tmp):
 
 
 def test_unquoted_env_value_is_pointed_at(in_tmp):
-    text = CLUSTERS.read_text().replace('JAX_TRACEBACK_FILTERING: "off"', "JAX_TRACEBACK_FILTERING: off")
+    text = CLUSTERS.read_text().replace('JAX_TRACEBACK_FILTERING: "off"', "JAX_TRACEBACK_FILTERING: true")
     (in_tmp / "clusters.yaml").write_text(text)
     r = run("launch", GOLDEN_INPUTS / "pruning.yaml", "--cluster", "v5p")
     assert r.exit_code == 1 and "DC011" in r.stderr and "quote them" in r.stderr
+
+
+def test_unquoted_off_is_the_text_off(in_tmp):
+    """YAML 1.2, as in specs: `off` is a string (YAML 1.1 would read false), so it needs no quotes."""
+    text = CLUSTERS.read_text().replace('JAX_TRACEBACK_FILTERING: "off"', "JAX_TRACEBACK_FILTERING: off")
+    (in_tmp / "clusters.yaml").write_text(text)
+    r = run("launch", GOLDEN_INPUTS / "pruning.yaml", "--cluster", "v5p", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    assert "JAX_TRACEBACK_FILTERING=off" in r.stdout

@@ -172,3 +172,11 @@ def test_hostile_values_stay_inside_their_diagnostic():
     assert "\n" not in gh and gh.startswith("::error file=g%2Cline=99%3A%3Ax.yaml,line=1,col=1,title=DC011::bad%0A")
     concise = format_concise(d)
     assert "\n" not in concise and concise.endswith("DC011 bad\\nx.yaml:1:1: error: DC000 fake [a]")
+
+
+def test_one_line_escapes_control_characters_unambiguously():
+    from distillc.compiler.diagnostics import one_line
+
+    assert one_line("gs://b/x") == "gs://b/x" and one_line("C:\\runs") == "C:\\runs"  # nothing to escape
+    assert one_line("a\nb") == "a\\nb" and "\n" not in one_line("a\r\n\x1b[2J\u2028b")
+    assert one_line("a\\nb\n") != one_line("a\nb\n")  # the user's backslash-n is not a newline shown

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distillc.compiler.cli import app
-from distillc.compiler.loader import MAX_BYTES, MAX_NODES, LoadError, load_file, load_text
+from distillc.compiler.loader import MAX_BYTES, MAX_DEPTH, MAX_NODES, LoadError, dump, load_file, load_text, plain_value
 from tests.conftest import ROOT
 
 BOMB = "\n".join(
@@ -164,8 +166,17 @@ class TestBounded:
             timeout=60,
             cwd=ROOT,
         )
+        # one located error, whichever reader noticed first (libyaml caps nesting itself since PyYAML
+        # 6.0.3; the loader reports that as its own DC004 too, but the contract is the located error)
         assert proc.returncode == 1, proc.stderr[-500:]
-        assert "DC004" in proc.stderr and "Traceback" not in proc.stderr
+        assert "Traceback" not in proc.stderr
+        (line,) = proc.stderr.splitlines()
+        assert re.fullmatch(rf"{re.escape(str(p))}:\d+:\d+: error: DC00[04] .*", line), line
+
+    @pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 999, 1001, 300_000])  # ours, libyaml's cap (1000) either side
+    def test_deep_nesting_is_dc004_at_any_depth(self, depth):
+        (d,) = load_text("[" * depth + "]" * depth).diagnostics
+        assert d.code == "DC004" and d.span.line == 1 and d.span.column > 1
 
     def test_block_nesting(self):
         assert codes(load_text("- " * 1000 + "x\n")) == ["DC004"]
@@ -180,6 +191,56 @@ class TestBounded:
         t0 = time.perf_counter()
         assert codes(load_text("[" + "1," * (MAX_NODES - 10) + "1]")) == []
         assert time.perf_counter() - t0 < 5
+
+
+class TestYaml12:
+    """Plain scalars resolve by YAML 1.2's core schema (PyYAML alone is YAML 1.1)."""
+
+    @pytest.mark.parametrize("text,value", [
+        ("1e-5", 1e-5), ("3E-3", 3e-3), (".5", 0.5), ("+1.5e3", 1500.0), ("-2.", -2.0), ("1.0e-5", 1e-5),
+        ("1e999", math.inf), (".inf", math.inf), ("-.Inf", -math.inf), ("+.INF", math.inf),
+        ("0", 0), ("-17", -17), ("+3", 3), ("017", 17), ("0o17", 15), ("0x1F", 31), ("0x1f", 31),
+        ("true", True), ("True", True), ("TRUE", True), ("false", False), ("FALSE", False),
+        ("null", None), ("~", None), ("Null", None), ("", None),
+        # strings in YAML 1.2 (numbers or booleans in 1.1, or in neither)
+        ("1_000", "1_000"), ("0b101", "0b101"), ("1:30", "1:30"), ("0X1F", "0X1F"), ("-0x1", "-0x1"), ("0o8", "0o8"),
+        ("yes", "yes"), ("no", "no"), ("on", "on"), ("off", "off"), ("y", "y"), ("tRUE", "tRUE"), ("NO", "NO"),
+        ("2024-01-01", "2024-01-01"), ("=", "="), ("1e", "1e"), ("e5", "e5"), ("1.2.3", "1.2.3"), ("inf", "inf"),
+        ("\u0661\u0662", "\u0661\u0662"),  # Arabic-Indic digits: not [0-9]
+    ])
+    def test_plain_scalar(self, text, value):
+        got = load_text(f"a: {text}\n").data["a"]
+        assert type(got) is type(value) and (got == value or got != got), (text, got)
+        assert plain_value(text) == value or text == ""
+
+    def test_nan(self):
+        assert all(math.isnan(load_text(f"a: {t}").data["a"]) for t in (".nan", ".NaN", ".NAN"))
+
+    @pytest.mark.parametrize("text", ["'1e-5'", '"3e-3"', "'true'", '"0x1F"', "|\n  1e-5\n", "!!str 1e-5"])
+    def test_quoted_block_and_str_tagged_scalars_stay_strings(self, text):
+        assert isinstance(load_text(f"a: {text}\n").data["a"], str)
+
+    @pytest.mark.parametrize("text,value", [("!!float 1", 1.0), ("!!int 0x10", 16), ("!!bool true", True), ("!!null null", None),
+                                            ("!!int 1.5", "1.5"), ("!!bool yes", "yes"), ("!!float abc", "abc")])
+    def test_explicit_tags_read_their_own_forms_only(self, text, value):
+        got = load_text(f"a: {text}\n").data["a"]
+        assert type(got) is type(value) and got == value
+
+    def test_keys_resolve_too(self):
+        assert load_text("1e3: a\nyes: b\n").data == {1000.0: "a", "yes": "b"}
+
+    def test_timestamps_are_not_a_spec_type(self):
+        assert codes(load_text("a: !!timestamp 2024-01-01\n")) == ["DC001"]
+
+    def test_a_huge_integer_stays_text(self):
+        assert load_text("a: " + "9" * 5000).data["a"] == "9" * 5000  # past Python's int-string limit
+
+    def test_dump_reads_back_the_same_in_yaml_1_1_and_1_2(self):
+        import yaml
+
+        data = {"s": ["1e5", "yes", "0o17", "1_000", "", "null", ".5", "2024-01-01"], "f": [1e-5, 3.0, math.inf], "1e3": True}
+        text = dump(data)
+        assert load_text(text).data == data and yaml.safe_load(text) == data
 
 
 class TestUnreadable:

@@ -25,6 +25,8 @@ from distillc.runtime.convert.layout import copy_layers
 from distillc.runtime.models.sharding import partition_specs
 from distillc.runtime.config import ModelArch, SideConfig
 
+from .tolerances import f32_atol, forward_terms
+
 
 def arch(**kw) -> ModelArch:
     base = dict(name="t", family="t", tokenizer="byte", vocab_size=37, num_layers=3, emb_dim=24, num_heads=4,
@@ -187,8 +189,11 @@ def test_scan_equals_loop(models, fwd_outs, name):
     assert scan.layers.attn.q[...].shape == (3, 24, 4, 6)
     assert scan.layers.attn.k[...].shape == (3, 24, a.num_kv_heads, 6)
     s, lo = fwd_outs[f"scan_{name}"], fwd_outs[f"loop_{name}"]
-    np.testing.assert_allclose(s.logits, lo.logits, rtol=0, atol=2e-6)
-    np.testing.assert_allclose(s.features, lo.features, rtol=0, atol=2e-6)
+    # scan and loop are two float32 programs for one forward: equal up to rounding over its summed
+    # terms (tests/tolerances.py; the whole forward bounds the chain up to any feature layer)
+    terms = forward_terms(a, tokens().shape[-1])
+    np.testing.assert_allclose(s.logits, lo.logits, rtol=0, atol=f32_atol(terms, float(np.abs(lo.logits).max())))
+    np.testing.assert_allclose(s.features, lo.features, rtol=0, atol=f32_atol(terms, float(np.abs(lo.features).max())))
     toks = tokens()
     for mod in (scan, loop):  # no feature layers: no features (a static property: no compile needed)
         g, st = nnx.split(mod)

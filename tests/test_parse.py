@@ -142,7 +142,9 @@ class TestUserWording:
     """pydantic's wording ("Input should be a valid dictionary or instance of Side") never leaks."""
 
     CASES = [
-        ("loss: {alpha: yes}", "DC011", ("loss", "alpha"), "expected a number or a mapping {start, end, schedule} (got true)"),
+        ("loss: {alpha: true}", "DC011", ("loss", "alpha"), "expected a number or a mapping {start, end, schedule} (got true)"),
+        # YAML 1.2: yes is a string, not true; refused all the same
+        ("loss: {alpha: yes}", "DC011", ("loss", "alpha"), "expected a number or a mapping {start, end, schedule} (got 'yes')"),
         ("teacher: llama", "DC011", ("teacher",), "expected a mapping with key 'model' (teacher: {model: llama3.1-8b}) (got 'llama')"),
         ("loss: {alpha: {schedule: piecewise, points: [[0, 1.0, 2]]}}", "DC011", ("loss", "alpha", "points", 0), "a piecewise point is [step, value], e.g. [1000, 0.5]"),
         ("loss: {alpha: {schedule: piecewise, points: [5]}}", "DC011", ("loss", "alpha", "points", 0), "a piecewise point is [step, value], e.g. [1000, 0.5] (got 5)"),
@@ -156,6 +158,10 @@ class TestUserWording:
         ("data: {global_batch_size: true}", "DC011", ("data", "global_batch_size"), "expected an integer, not true/false (got true)"),
         ("train: {steps: '400'}", "DC011", ("train", "steps"), "expected an integer, not a string: write 400 without quotes (got '400')"),
         ("train: {learning_rate: '3e-4'}", "DC011", ("train", "learning_rate"), "expected a number, not a string: write 3e-4 without quotes (got '3e-4')"),
+        # YAML 1.2 (the loader's rules): 1_000 is text, so "without quotes" would not fix it
+        ("train: {steps: 1_000}", "DC011", ("train", "steps"), "expected an integer: write 1000 ('1_000' is text in YAML 1.2) (got '1_000')"),
+        ("train: {learning_rate: 1_0.5}", "DC011", ("train", "learning_rate"), "expected a number: write 10.5 ('1_0.5' is text in YAML 1.2) (got '1_0.5')"),
+        ("runtime: {scan_layers: yes}", "DC011", ("runtime", "scan_layers"), "expected true or false (got 'yes')"),
         ("train: {learning_rate: .inf}", "DC011", ("train", "learning_rate"), "expected a finite number (got inf)"),
         ("train: {learning_rate: 'nan'}", "DC011", ("train", "learning_rate"), "expected a finite number (got 'nan')"),
         ("runtime: {scan_layers: 1}", "DC011", ("runtime", "scan_layers"), "expected true or false (got 1)"),

@@ -11,6 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from distillc.compiler.cli import app
+from distillc.compiler.loader import load_file, load_text
+from tests.test_specs import _e_notation
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted(p for p in (ROOT / "specs").glob("*.yaml") if p.name != "clusters.yaml")
@@ -46,6 +48,12 @@ def test_schedule_default_is_a_number(schema, field):
 def test_shipped_specs_validate(schema, path):
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+    jsonschema.validate(load_file(path).data, schema)  # as distillc (and a YAML 1.2 editor) reads it
+    jsonschema.validate(load_text(_e_notation(path.read_text(), dotted=False)[0]).data, schema)  # 3e-4 is a number
+
+
+def test_schema_says_numbers_follow_yaml_1_2(schema):
+    assert "YAML 1.2" in schema["description"] and "1e-5 is a number" in schema["description"]
 
 
 def test_defaults_validate_against_their_own_schema(schema):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
+
 import pytest
 
 from distillc.compiler.check import check_loaded
-from distillc.compiler.loader import load_file
+from distillc.compiler.loader import load_file, load_text
 from tests.conftest import ROOT
 
 SPECS = sorted(p for p in (ROOT / "specs").glob("*.yaml") if p.name != "clusters.yaml")
@@ -46,3 +49,32 @@ def test_scenarios_use_the_guides_schedules():
     assert (off.alpha.start, off.alpha.end) == (0.7, 0.3)
     reasoning = loss("qwen25-7b-to-1p5b-reasoning.yaml")
     assert (reasoning.alpha.start, reasoning.alpha.end) == (0.8, 0.2)
+
+
+# ---------------------------------------------------------------- numbers follow YAML 1.2
+
+_DECIMAL = re.compile(r"(?<![\w.\-+/:])(-?\d+\.\d+(?:[eE][-+]?\d+)?)(?![\w.])")  # a plain float: 0.0003, 2.0, 1.0e-5
+
+
+def _e_notation(text: str, dotted: bool) -> tuple[str, int]:
+    """Every decimal float literal of `text` rewritten in e-notation (0.0003 -> 3e-4, or 3.0E-4
+    when `dotted`): the forms YAML 1.1 reads as strings and YAML 1.2 as floats."""
+
+    def rewrite(m: re.Match) -> str:
+        sign, digits, exp = Decimal(m.group(1)).normalize().as_tuple()
+        mantissa = "-" * sign + "".join(map(str, digits))
+        return f"{mantissa}.0E{exp}" if dotted else f"{mantissa}e{exp}"
+
+    return _DECIMAL.subn(rewrite, text)
+
+
+@pytest.mark.parametrize("dotted", [False, True], ids=["3e-4", "3.0E-4"])
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_e_notation_reads_as_the_same_numbers(path, dotted):
+    text = path.read_text()
+    rewritten, n = _e_notation(text, dotted)
+    assert n > 0, "every shipped spec has a float to rewrite"
+    original = check_loaded(load_file(path))
+    again = check_loaded(load_text(rewritten, str(path)))
+    assert [(d.code, d.message) for d in again.diagnostics] == []
+    assert again.spec.full().model_dump() == original.spec.full().model_dump()

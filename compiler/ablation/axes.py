@@ -14,19 +14,17 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Optional, Sequence
 
-import yaml
 from pydantic import ValidationError
 
 from distillc.compiler.ablation import codes  # noqa: F401  (declares DC170-DC176)
 from distillc.compiler.ablation.patch import Path, adapters, field_types
-from distillc.compiler.diagnostics import Diagnostic, Span
-from distillc.compiler.loader import Loaded, SourceMap
+from distillc.compiler.diagnostics import Diagnostic, Span, one_line
+from distillc.compiler.loader import Loaded, SourceMap, load_text
 from distillc.compiler.parse import did_you_mean, error_loc
 from distillc.compiler.registry import make
 
 CLI_FILE = "--axis"
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")  # 1e-6: a float in YAML 1.2, a string in 1.1
 
 
 @dataclass(frozen=True)
@@ -44,11 +42,6 @@ class Axis:
     @cached_property
     def section(self) -> str:
         return self.path[0]
-
-
-def one_line(text: str) -> str:
-    """`text` for a one-line message: repr-escaped when it holds a newline or another control character."""
-    return text if text.isprintable() else repr(text)
 
 
 def value_id(v: Any) -> str:
@@ -104,11 +97,12 @@ def _split(text: str) -> list[tuple[int, str]]:
     return out
 
 
-def _scalar(text: str) -> Any:
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and _FLOAT.match(value.strip()):
-        return float(value)
-    return value
+def _value(text: str) -> tuple[Any, str]:
+    """An --axis value read as the spec reader reads it (YAML 1.2, safe tags, bounded): (value,
+    '') or (None, what is wrong)."""
+    loaded = load_text(text, CLI_FILE)
+    problem = next((d.message for d in loaded.diagnostics if d.is_error), "")
+    return (None, problem) if problem else (loaded.data, "")
 
 
 def cli_axes(args: Sequence[str]) -> tuple[list[Axis], list[Diagnostic]]:
@@ -131,13 +125,12 @@ def cli_axes(args: Sequence[str]) -> tuple[list[Axis], list[Diagnostic]]:
             if not piece.strip():
                 diags.append(make("DC172", f"--axis {one_line(key.strip())}: empty value", path=(), span=span, file=CLI_FILE))
                 continue
-            try:
-                values.append(_scalar(piece))
-            except (yaml.YAMLError, ValueError) as exc:  # ValueError: an int past Python's 4300 digits
-                problem = getattr(exc, "problem", None) or ("invalid YAML" if isinstance(exc, yaml.YAMLError) else str(exc))
+            value, problem = _value(piece)
+            if problem:
                 msg = f"--axis {one_line(key.strip())}: {piece!r} is not a YAML value ({problem})"
                 diags.append(make("DC172", msg, span=span, file=CLI_FILE))
                 continue
+            values.append(value)
             spans.append(span)
         if values:
             axes.append(Axis(key.strip(), tuple(values), CLI_FILE, key_span, tuple(spans)))

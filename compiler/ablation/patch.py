@@ -19,6 +19,7 @@ from typing import Any, Annotated, Iterable, Optional, Sequence
 
 from pydantic import BaseModel, TypeAdapter
 
+from distillc.compiler.parse import concrete_types
 from distillc.compiler.spec import Constant, Spec
 
 Path = tuple[str, ...]
@@ -30,19 +31,6 @@ class CannotApply(Exception):
     def __init__(self, path: Path, value: Any) -> None:
         super().__init__(path, value)
         self.path, self.value = path, value
-
-
-def _strip(tp: Any) -> list[Any]:
-    """The concrete types inside Annotated / Optional / Union."""
-    origin = typing.get_origin(tp)
-    if origin is Annotated:
-        return _strip(typing.get_args(tp)[0])
-    if origin is typing.Union:
-        out: list[Any] = []
-        for a in typing.get_args(tp):
-            out += _strip(a)
-        return out
-    return [tp]
 
 
 def _field_type(info: Any) -> Any:
@@ -61,7 +49,7 @@ def field_types(path: Path) -> tuple[tuple[Any, ...], tuple[str, ...]]:
         found: list[Any] = []
         known: list[str] = []
         for tp in current:
-            for t in _strip(tp):
+            for t in concrete_types(tp):
                 if isinstance(t, type) and issubclass(t, BaseModel):
                     known += [k for k in t.model_fields if k not in known]
                     if part in t.model_fields:
@@ -80,7 +68,7 @@ def models_at(path: Path) -> list[type[BaseModel]]:
     types, _ = field_types(path)
     out: list[type[BaseModel]] = []
     for tp in types:
-        out += [t for t in _strip(tp) if isinstance(t, type) and issubclass(t, BaseModel) and t not in out]
+        out += [t for t in concrete_types(tp) if isinstance(t, type) and issubclass(t, BaseModel) and t not in out]
     return out
 
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence
 
-from distillc.compiler.ablation.axes import Axis, check_axis, cli_axes, cli_source, merge, not_finite, one_line, spec_axes, value_id
+from distillc.compiler.ablation.axes import Axis, check_axis, cli_axes, cli_source, merge, not_finite, spec_axes, value_id
 from distillc.compiler.ablation.evaluate import Draft, Evaluator
 from distillc.compiler.ablation.names import Namer, name_limit
 from distillc.compiler.ablation.patch import lookup
@@ -30,7 +30,7 @@ from distillc.compiler.ablation.strategies import (
     stage_groups,
 )
 from distillc.compiler.check import Checked, check_loaded
-from distillc.compiler.diagnostics import Diagnostic, sort_key
+from distillc.compiler.diagnostics import Diagnostic, one_line, sort_key
 from distillc.compiler.loader import Loaded, SourceMap
 from distillc.compiler.registry import CODES, Target, make
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-from distillc.compiler.ablation.axes import Axis, one_line
+from distillc.compiler.ablation.axes import Axis
+from distillc.compiler.diagnostics import one_line
 from distillc.compiler.ablation.priority import Priority
 from distillc.compiler.loader import MAX_BYTES
 
