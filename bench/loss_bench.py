@@ -2,7 +2,7 @@
 
 The shapes and math of ../shared/bench/anchor_bench_gpu.py (alpha*KL(t_T || s_T)*T^2 +
 (1-alpha)*CE, gradients w.r.t. the student hidden state and head), through
-`runtime.losses.distill_loss` on materialized logits and `runtime.losses.chunked_distill_loss`.
+`runtime/train/losses.distill_loss` on materialized logits and `chunked_distill_loss`.
 Prints one row per implementation: median / min ms, XLA temp memory, loss.
 
     python bench/loss_bench.py                 # anchor shapes N=8192 D=4096 V=128256, bf16 (GPU)

@@ -133,3 +133,17 @@ def test_untied_head_and_different_vocab_sides(tmp_path):
     """The student's own head (untied) gets the same gradient on both paths."""
     student = arch("micro-untied", layers=2, d=32, heads=2, mlp=64).model_copy(update={"tie_embeddings": False})
     _compare_paths(make_config(tmp_path, alpha=0.5, student=student, teacher=MICRO))
+
+
+@pytest.mark.parametrize("sampling,loss", [("top_k", "tail_bucket"), ("top_k", "renormalized"), ("random", "sampled")])
+def test_offline_paths_agree(tmp_path, sampling, loss):
+    """The cached-teacher objectives: the teacher's signal rides in the batch, chunked with it."""
+    from tests.test_topk_save import offline_config, quiet
+
+    from distillc.runtime.offline import save as topk_save
+
+    cfg = offline_config(tmp_path, sampling=sampling, loss=loss, steps=2)
+    topk_save.save_topk(cfg, log=quiet)
+    train = cfg.model_copy(update={"stage": "train", "data": cfg.data.model_copy(update={"seq_len": 16})})
+    metrics = _compare_paths(train)
+    assert float(metrics["kl_T_cached"][0]) != 0
