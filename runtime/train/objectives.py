@@ -132,7 +132,7 @@ class CrossEntropyObjective:
             (ce_sum,) = losses.chunked_logit_sums(terms, out.hidden, student.head(), fields,
                                                   chunk_size=self.config.loss_chunk_size)
         else:
-            (ce_sum,) = (jnp.sum(t) for t in terms(out.logits, fields))
+            (ce_sum,) = (losses.masked_mean_parts(t, where)[0] for t in terms(out.logits, fields))
         count = jnp.sum(where.astype(jnp.float32))
         total_sum = (1.0 - alpha) * ce_sum
         metrics = {"hard_loss": (ce_sum, count), "total_loss": (total_sum, count),
