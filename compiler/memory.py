@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Iterable, Literal, NamedTuple, Optional
 
 from distillc.compiler.side_defaults import DEFAULT_REMAT, settings_of
@@ -297,7 +298,8 @@ def estimate_spec(
     cpu = accelerator.kind == "cpu"
     t = settings_of("teacher", teacher_side.overrides, cpu)
     s = settings_of("student", student_side.overrides, cpu)
-    common = dict(
+    stage = partial(
+        estimate_memory,
         accelerator=accelerator,
         mesh=mesh,
         seq_len=data.seq_len,
@@ -308,16 +310,9 @@ def estimate_spec(
     if spec.mode == "offline":
         top_k = spec.offline.top_k if spec.offline is not None else None
         return {
-            "save_topk": estimate_memory(
-                teacher, None, activation_dtype=t.activation_dtype, remat=t.remat, **common
-            ),
-            "train": estimate_memory(
-                None, student, activation_dtype=s.activation_dtype, remat=s.remat, top_k=top_k, **common
-            ),
+            "save_topk": stage(teacher, None, activation_dtype=t.activation_dtype, remat=t.remat),
+            "train": stage(None, student, activation_dtype=s.activation_dtype, remat=s.remat, top_k=top_k),
         }
     features = feature_layer_count(loss, student_side.pruned_layers)
     act = "float32" if "float32" in (t.activation_dtype, s.activation_dtype) else "bfloat16"
-    common["remat"] = s.remat
-    return {
-        "train": estimate_memory(teacher, student, activation_dtype=act, feature_layers=features, **common)
-    }
+    return {"train": stage(teacher, student, activation_dtype=act, remat=s.remat, feature_layers=features)}

@@ -62,7 +62,8 @@ assert {f.name for f in fields(PartialSpec)} - {"failed"} == set(SECTIONS)
 
 
 def _adapter(section: str) -> TypeAdapter[Any]:
-    return _adapter_for(Spec.model_fields[section].annotation)
+    annotation = Spec.model_fields[section].annotation
+    return _adapter_for(typing.cast(typing.Hashable, annotation))  # a type: hashable
 
 
 @lru_cache(maxsize=None)
