@@ -71,7 +71,9 @@ class Entries(Mapping[str, _T]):
     file itself is a bug in the catalog, which tests/test_catalog.py builds entry by entry."""
 
     def __init__(self, cls: type[_T], read: Callable[[bool], dict]) -> None:
-        self._cls, self._read, self._built = cls, read, {}
+        self._cls: type[_T] = cls
+        self._read = read
+        self._built: dict[str, _T] = {}
         self._from_cache = True
         self._load(read(True))
 

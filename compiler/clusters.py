@@ -229,12 +229,13 @@ def load_clusters(loaded: Loaded) -> tuple[dict[str, Optional[ClusterEntry]], li
     entries: dict[str, Optional[ClusterEntry]] = {}
     for name, raw in doc.clusters.items():
         try:
-            entries[name] = ClusterEntry.model_validate(raw)
+            entry = ClusterEntry.model_validate(raw)
         except ValidationError as exc:
             entries[name] = None
             diags += _schema_diags(exc, loaded.source, prefix=("clusters", name))
             continue
-        diags += check_entry(name, entries[name], loaded.source)
+        entries[name] = entry
+        diags += check_entry(name, entry, loaded.source)
     return entries, diags
 
 

@@ -178,7 +178,7 @@ _CONSTRUCT = {"null": lambda _: None, "bool": lambda t: t[0] in "tT", "int": _in
 _TAGS = {kind: _TAG + kind for kind in _CONSTRUCT}
 
 
-class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]
+class _Loader(_SafeLoader):
     """PyYAML's safe composer with YAML 1.2 core-schema tags for plain scalars (PyYAML's own
     resolvers are YAML 1.1's, where `3e-3` is a string and `no` is false). One regex per scalar."""
 
@@ -189,7 +189,7 @@ class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]
         return _SEQ if kind is yaml.SequenceNode else _MAP
 
 
-class _Dumper(_SafeDumper):  # type: ignore[misc,valid-type]
+class _Dumper(_SafeDumper):
     """PyYAML's safe emitter, quoting a string that a YAML 1.1 *or* 1.2 reader takes for another
     type (`yes` for 1.1, `1e5` and `0o17` for 1.2), so its output reads back the same in both."""
 
@@ -223,7 +223,8 @@ def _too_big(text: str) -> tuple[yaml.Node, str] | None:
         if isinstance(event, _OPEN):
             depth += 1
             if depth > MAX_DEPTH:
-                where = yaml.ScalarNode("tag:yaml.org,2002:str", "", event.start_mark, event.end_mark)
+                # the stubs type libyaml's Mark apart from PyYAML's; a node takes either
+                where = yaml.ScalarNode("tag:yaml.org,2002:str", "", event.start_mark, event.end_mark)  # type: ignore[arg-type]
                 return where, _DEEP
         elif isinstance(event, _CLOSE):
             depth -= 1
@@ -232,7 +233,7 @@ def _too_big(text: str) -> tuple[yaml.Node, str] | None:
             continue
         nodes += 1
         if nodes > MAX_NODES:
-            where = yaml.ScalarNode("tag:yaml.org,2002:str", "", event.start_mark, event.end_mark)
+            where = yaml.ScalarNode("tag:yaml.org,2002:str", "", event.start_mark, event.end_mark)  # type: ignore[arg-type]
             return where, f"the document has more than {MAX_NODES} nodes, far more than any spec needs"
     return None
 
@@ -312,12 +313,12 @@ def load_text(text: str, file: str = "<string>") -> Loaded:
     try:
         _expanded_size(root, {})
         data = builder.build(root, ())
-    except _TooBig as big:
+    except _TooBig as bomb:
         msg = (
             f"the document expands past {MAX_NODES} nodes or {MAX_DEPTH} levels "
             "(a YAML alias bomb, or a table far larger than any spec needs)"
         )
-        return Loaded(None, source, (make("DC004", msg, path=big.path, span=_span(big.node), file=file),))
+        return Loaded(None, source, (make("DC004", msg, path=bomb.path, span=_span(bomb.node), file=file),))
     except RecursionError:
         return Loaded(None, source, (make("DC004", "the document nests too deeply", path=(), span=Span(1, 1), file=file),))
     return Loaded(data, source, tuple(builder.diagnostics), tuple(builder.tagged))

@@ -42,12 +42,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Optional
+from functools import partial
+from typing import TYPE_CHECKING, Any, Iterable, Literal, NamedTuple, Optional
 
 from distillc.compiler.side_defaults import DEFAULT_REMAT, settings_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from distillc.compiler.catalog import Accelerator
+    from distillc.compiler.parse import PartialSpec
+    from distillc.compiler.spec import Loss, Spec
     from distillc.runtime.arch import ModelArch
     from distillc.runtime.config import RuntimeConfig
 
@@ -252,7 +255,7 @@ def estimate_config(
 # ---------------------------------------------------------------- from a spec
 
 
-def feature_layer_count(loss: Any, pruned_layers: Any = ()) -> int:
+def feature_layer_count(loss: Loss, pruned_layers: Iterable[int] = ()) -> int:
     """How many layers the feature loss aligns (0 when beta is 0 throughout: nothing is sown)."""
     from distillc.compiler.rules._util import feature_on
 
@@ -272,45 +275,44 @@ def feature_layer_count(loss: Any, pruned_layers: Any = ()) -> int:
 
 
 def estimate_spec(
-    spec: Any,
+    spec: Spec | PartialSpec,
     teacher: "ModelArch",
     student: "ModelArch",
     accelerator: "Accelerator",
 ) -> Optional[dict[str, MemoryEstimate]]:
     """The estimate of every stage a spec runs, keyed 'train' (online), or 'save_topk' and 'train'
     (offline), with the resolver's defaults for what the spec leaves open (side_defaults.py).
-    `spec` is a Spec (or
-    anything with its sections); `student` is the student's own architecture (pruned layers
-    removed). None when the mesh does not resolve for the devices."""
-    mesh_cfg = spec.runtime.mesh
-    devices = accelerator.chips * spec.resources.num_slices
+    `spec` is a Spec, or a PartialSpec whose sections read here parsed (DC152's needs); `student` is
+    the student's own architecture (pruned layers removed). None when the mesh does not resolve for
+    the devices."""
+    runtime, resources, data, loss = spec.runtime, spec.resources, spec.data, spec.loss
+    teacher_side, student_side = spec.teacher, spec.student
+    parsed = (runtime, resources, data, loss, teacher_side, student_side)
+    assert runtime is not None and resources is not None and data is not None and loss is not None, parsed
+    assert teacher_side is not None and student_side is not None, parsed  # parsed (see above)
+    mesh_cfg = runtime.mesh
+    devices = accelerator.chips * resources.num_slices
     mesh = resolve_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, devices)
     if mesh is None:
         return None
     cpu = accelerator.kind == "cpu"
-    t = settings_of("teacher", spec.teacher.overrides, cpu)
-    s = settings_of("student", spec.student.overrides, cpu)
-    common = dict(
+    t = settings_of("teacher", teacher_side.overrides, cpu)
+    s = settings_of("student", student_side.overrides, cpu)
+    stage = partial(
+        estimate_memory,
         accelerator=accelerator,
         mesh=mesh,
-        seq_len=spec.data.seq_len,
-        global_batch_size=spec.data.global_batch_size,
+        seq_len=data.seq_len,
+        global_batch_size=data.global_batch_size,
         teacher_dtype=t.weight_dtype,
         student_dtype=s.weight_dtype,
     )
     if spec.mode == "offline":
         top_k = spec.offline.top_k if spec.offline is not None else None
         return {
-            "save_topk": estimate_memory(
-                teacher, None, activation_dtype=t.activation_dtype, remat=t.remat, **common
-            ),
-            "train": estimate_memory(
-                None, student, activation_dtype=s.activation_dtype, remat=s.remat, top_k=top_k, **common
-            ),
+            "save_topk": stage(teacher, None, activation_dtype=t.activation_dtype, remat=t.remat),
+            "train": stage(None, student, activation_dtype=s.activation_dtype, remat=s.remat, top_k=top_k),
         }
-    features = feature_layer_count(spec.loss, spec.student.pruned_layers)
+    features = feature_layer_count(loss, student_side.pruned_layers)
     act = "float32" if "float32" in (t.activation_dtype, s.activation_dtype) else "bfloat16"
-    common["remat"] = s.remat
-    return {
-        "train": estimate_memory(teacher, student, activation_dtype=act, feature_layers=features, **common)
-    }
+    return {"train": stage(teacher, student, activation_dtype=act, remat=s.remat, feature_layers=features)}

@@ -11,33 +11,45 @@ import copy
 import typing
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from distillc.compiler.diagnostics import Diagnostic, KeyPath
 from distillc.compiler.loader import Loaded, SourceMap, plain_value
 from distillc.compiler.registry import make
-from distillc.compiler.spec import SECTIONS, Spec
+from distillc.compiler.spec import (
+    SECTIONS,
+    Ablation,
+    Data,
+    Loss,
+    MaxTextTarget,
+    Offline,
+    Resources,
+    RuntimeSettings,
+    Side,
+    Spec,
+    Train,
+)
 
 
 @dataclass(frozen=True)
 class PartialSpec:
     """The Spec's sections; a section is None when it was absent-and-required or failed to parse."""
 
-    version: Any = None
-    name: Any = None
-    mode: Any = None
-    teacher: Any = None
-    student: Any = None
-    loss: Any = None
-    offline: Any = None
-    data: Any = None
-    train: Any = None
-    runtime: Any = None
-    resources: Any = None
-    ablation: Any = None
-    maxtext: Any = None
+    version: Optional[Literal[1]] = None
+    name: Optional[str] = None
+    mode: Optional[Literal["online", "offline"]] = None
+    teacher: Optional[Side] = None
+    student: Optional[Side] = None
+    loss: Optional[Loss] = None
+    offline: Optional[Offline] = None  # also None when the spec has no offline section
+    data: Optional[Data] = None
+    train: Optional[Train] = None
+    runtime: Optional[RuntimeSettings] = None
+    resources: Optional[Resources] = None
+    ablation: Optional[Ablation] = None  # also None when the spec has no ablation section
+    maxtext: Optional[MaxTextTarget] = None
     failed: frozenset[str] = frozenset()
 
     def full(self) -> Optional[Spec]:
@@ -50,7 +62,8 @@ assert {f.name for f in fields(PartialSpec)} - {"failed"} == set(SECTIONS)
 
 
 def _adapter(section: str) -> TypeAdapter[Any]:
-    return _adapter_for(Spec.model_fields[section].annotation)
+    annotation = Spec.model_fields[section].annotation
+    return _adapter_for(typing.cast(typing.Hashable, annotation))  # a type: hashable
 
 
 @lru_cache(maxsize=None)

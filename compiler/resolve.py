@@ -371,6 +371,6 @@ def resolve_checked(checked: Checked, num_slices: Optional[int] = None) -> Plan:
     """The plan for a `check.Checked` without errors (its context binds models and accelerator)."""
     spec = checked.spec.full()
     ctx = checked.context
-    if spec is None or ctx is None or None in (ctx.teacher_arch, ctx.student_arch, ctx.accelerator):
+    if spec is None or ctx is None or ctx.teacher_arch is None or ctx.student_arch is None or ctx.accelerator is None:
         raise PlanError("the spec did not parse and bind completely; validate it first")
     return resolve(spec, ctx.teacher_arch, ctx.student_arch, ctx.accelerator, num_slices)

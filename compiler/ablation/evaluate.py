@@ -416,7 +416,8 @@ class _LazySource:
     __slots__ = ("_ev", "_overlays", "_real")
 
     def __init__(self, ev: Evaluator, overlays: dict[str, _Section]) -> None:
-        self._ev, self._overlays, self._real = ev, overlays, None
+        self._ev, self._overlays = ev, overlays
+        self._real: Optional[SourceMap] = None
 
     @property
     def file(self) -> str:

@@ -35,7 +35,10 @@ class CannotApply(Exception):
 
 def _field_type(info: Any) -> Any:
     """A field's annotation with its constraints (gt=0, min_length, ...) attached."""
-    return Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    if not info.metadata:
+        return info.annotation
+    params = (info.annotation, *info.metadata)
+    return Annotated[params]  # Annotated[T, m1, m2], built at run time
 
 
 @lru_cache(maxsize=None)

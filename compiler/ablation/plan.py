@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import operator
 from itertools import repeat
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union, cast
 
 from pydantic import BaseModel
 
@@ -26,7 +26,7 @@ from distillc.compiler.ablation.evaluate import DepMemo, Relevance, _with
 from distillc.compiler.ablation.track import FieldReads, Recorder
 from distillc.compiler.check import Checked
 from distillc.compiler.resolve import PlanError, resolve, resolve_checked
-from distillc.compiler.spec import SECTIONS
+from distillc.compiler.spec import SECTIONS, Spec
 from distillc.runtime.config import LossConfig, RuntimeConfig
 
 
@@ -130,11 +130,14 @@ class PlanKeys:
         # sound, and free); loss is tracked field by field, where the conditional axes live.
         rec.paths.update(_NOT_LOSS)
         ctx = checked.context
+        # Only cells that check clean are resolved: every section parsed and bound.
+        assert ctx is not None and checked.spec.loss is not None
+        assert ctx.teacher_arch is not None and ctx.student_arch is not None and ctx.accelerator is not None
         # The resolver reads the spec's sections as attributes; the PartialSpec has them all (a
         # valid cell has none missing), so it stands in for Spec.model_construct at a tenth the cost.
         spec = _with(checked.spec, loss=FieldReads(checked.spec.loss, ("loss",), rec))
         try:
-            plan = resolve(spec, ctx.teacher_arch, ctx.student_arch, ctx.accelerator)
+            plan = resolve(cast(Spec, spec), ctx.teacher_arch, ctx.student_arch, ctx.accelerator)
         except PlanError as exc:
             key: Union[bytes, Unresolvable] = Unresolvable(str(exc))
         else:

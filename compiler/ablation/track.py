@@ -35,10 +35,10 @@ class Recorder:
         self.everything = False
 
 
-_FIELDS: dict[type, frozenset[str]] = {}
+_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
 
 
-def _fields(cls: type) -> frozenset[str]:
+def _fields(cls: type[BaseModel]) -> frozenset[str]:
     names = _FIELDS.get(cls)
     if names is None:
         names = _FIELDS[cls] = frozenset(cls.model_fields)
@@ -75,8 +75,8 @@ class TrackedModel:
         self._r.paths.add(self._p)
         return self._o
 
-    @property
-    def __class__(self):  # isinstance(node, Cosine) sees the real class (and depends on the node)
+    @property  # type: ignore[misc]  # read-only on purpose: a proxy reports its target's class
+    def __class__(self) -> type:  # isinstance(node, Cosine) sees the real class (and depends on the node)
         return type(self._whole())
 
     def __eq__(self, other: Any) -> bool:
@@ -114,8 +114,8 @@ class FieldReads:
         self._r.paths.add((*self._p, name) if name in self._f else self._p)
         return getattr(self._o, name)
 
-    @property
-    def __class__(self):
+    @property  # type: ignore[misc]  # read-only on purpose: a proxy reports its target's class
+    def __class__(self) -> type:
         self._r.paths.add(self._p)
         return type(self._o)
 

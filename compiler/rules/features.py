@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional
 
 from distillc.compiler.diagnostics import Severity
 from distillc.compiler.registry import Finding, rule
 from distillc.compiler.rules._util import beta_zero, feature_on, model_label, node, same_model, schedule_values, written
+
+if TYPE_CHECKING:
+    from distillc.compiler.check import Context
+    from distillc.compiler.spec import Layers
 
 
 @rule(
@@ -18,7 +22,7 @@ from distillc.compiler.rules._util import beta_zero, feature_on, model_label, no
     "trainer compiles the sow in or out once, from distill_beta's start value.)",
     targets=("maxtext",),
 )
-def beta_cannot_ramp(ctx) -> Iterator[Finding]:
+def beta_cannot_ramp(ctx: Context) -> Iterator[Finding]:
     """MaxText's trainer skips the sow when distill_beta (the start value) is 0, and that is decided
     when the step is compiled: a schedule that starts at 0 and rises never turns the feature loss
     on there (the per-layer activations are never sown, so there is nothing to align). The distillc
@@ -39,6 +43,7 @@ def beta_cannot_ramp(ctx) -> Iterator[Finding]:
           beta: {start: 1.0e-6, end: 0.5, schedule: cosine}
           layers: {strategy: first_n, count: 1}
     """
+    assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     beta = ctx.spec.loss.beta
     if beta.schedule in ("linear", "cosine") and beta.start == 0 and (beta.end or 0) > 0:
         yield Finding(f"beta starts at 0 and rises to {beta.end}: the feature loss is never enabled", ("loss", "beta", "start"))
@@ -55,7 +60,7 @@ def beta_cannot_ramp(ctx) -> Iterator[Finding]:
     "distill_beta > 0.",
     targets=("maxtext",),
 )
-def feature_needs_scan_nnx(ctx) -> Iterator[Finding]:
+def feature_needs_scan_nnx(ctx: Context) -> Iterator[Finding]:
     """With beta > 0 MaxText's trainer collects each layer's attention out-projection activations
     with `sow(nnx.Intermediate, ...)` inside a scan over the stacked layers, and the loss takes the
     selected layers along the scan axis (`jnp.take(features, layer_indices, axis=0)`). Unscanned
@@ -87,6 +92,7 @@ def feature_needs_scan_nnx(ctx) -> Iterator[Finding]:
           scan_layers: true
           enable_nnx: true
     """
+    assert ctx.spec.loss is not None and ctx.spec.runtime is not None  # needs: the registry runs the rule only then
     if not feature_on(ctx.spec.loss):
         return
     rt = ctx.spec.runtime
@@ -102,7 +108,7 @@ def feature_needs_scan_nnx(ctx) -> Iterator[Finding]:
     needs=("loss",),
     hint="Set loss.layers, e.g. {strategy: evenly_spaced, count: 8}; with explicit, give indices or pairs.",
 )
-def feature_needs_layers(ctx) -> Iterator[Finding]:
+def feature_needs_layers(ctx: Context) -> Iterator[Finding]:
     """With beta > 0 the feature loss aligns the activations of selected layers; it needs exactly
     one selection: a strategy with a count, straddle_pruned, or explicit indices (the same index on
     both sides) or pairs ([teacher, student]) but not both. distillc does not copy MaxText's
@@ -125,6 +131,7 @@ def feature_needs_layers(ctx) -> Iterator[Finding]:
           beta: 1.0
           layers: {strategy: evenly_spaced, count: 2}
     """
+    assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     loss = ctx.spec.loss
     if not feature_on(loss):
         return
@@ -138,8 +145,9 @@ def feature_needs_layers(ctx) -> Iterator[Finding]:
             yield Finding("explicit layers need a non-empty indices or pairs list", node(ctx, "loss", "layers"))
 
 
-def _selection(ctx):
+def _selection(ctx: Context) -> tuple[int, int, Optional[Layers]]:
     """(teacher depth, student depth, the layers section)."""
+    assert ctx.teacher_arch is not None and ctx.student_arch is not None and ctx.spec.loss is not None  # the callers' needs
     return ctx.teacher_arch.num_layers, ctx.student_arch.num_layers, ctx.spec.loss.layers
 
 
@@ -150,7 +158,7 @@ def _selection(ctx):
     needs=("loss", "teacher_arch", "student_arch"),
     hint="Layer indices are 0-based and must exist in both models; a count can be at most the student's depth.",
 )
-def layer_out_of_range(ctx) -> Iterator[Finding]:
+def layer_out_of_range(ctx: Context) -> Iterator[Finding]:
     """Each selected layer must exist in both models: explicit indices in the shallower of the two,
     a pair's teacher index in the teacher and its student index in the student (after pruning),
     and first_n / evenly_spaced / top_heavy counts at most the student's depth. Past the depth the
@@ -170,6 +178,7 @@ def layer_out_of_range(ctx) -> Iterator[Finding]:
           beta: 1.0
           layers: {strategy: explicit, indices: [0, 1]}
     """
+    assert ctx.spec.loss is not None and ctx.teacher_arch is not None and ctx.student_arch is not None  # needs: the registry runs the rule only then
     tdepth, sdepth, layers = _selection(ctx)
     if layers is None or layers.strategy == "straddle_pruned":
         return
@@ -198,7 +207,7 @@ def layer_out_of_range(ctx) -> Iterator[Finding]:
     needs=("loss",),
     hint="Remove the repeated entry; to weight a layer more, raise beta instead.",
 )
-def layer_duplicate(ctx) -> Iterator[Finding]:
+def layer_duplicate(ctx: Context) -> Iterator[Finding]:
     """A repeated index (or pair) silently counts that layer twice in the mean feature loss; it is
     usually a typo for a neighbouring layer.
 
@@ -216,6 +225,7 @@ def layer_duplicate(ctx) -> Iterator[Finding]:
           beta: 1.0
           layers: {strategy: explicit, indices: [0, 1]}
     """
+    assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     layers = ctx.spec.loss.layers
     if layers is None or layers.strategy != "explicit":
         return
@@ -228,7 +238,7 @@ def layer_duplicate(ctx) -> Iterator[Finding]:
             seen.add(item)
 
 
-def _blocks(pruned):
+def _blocks(pruned: Iterable[int]) -> list[list[int]]:
     """Contiguous runs [a, b] of the sorted unique pruned layers."""
     out: list[list[int]] = []
     for i in sorted(set(pruned)):
@@ -246,7 +256,7 @@ def _blocks(pruned):
     needs=("loss", "student", "teacher_arch"),
     hint="Use {strategy: straddle_pruned}, or explicit pairs [teacher, student] that account for the removed layers.",
 )
-def layers_ignore_pruning(ctx) -> Iterator[Finding]:
+def layers_ignore_pruning(ctx: Context) -> Iterator[Finding]:
     """In a pruned student, teacher layer t is student layer t - (pruned layers below t). Explicit
     indices compare layer i with layer i, which past the first pruned layer are different layers;
     a pair [t, s] whose s is not t's copy aligns unrelated layers; and a selection that never
@@ -271,6 +281,7 @@ def layers_ignore_pruning(ctx) -> Iterator[Finding]:
           beta: 1.0
           layers: {strategy: straddle_pruned}
     """
+    assert ctx.spec.loss is not None and ctx.spec.student is not None and ctx.teacher_arch is not None  # needs: the registry runs the rule only then
     pruned = sorted({i for i in ctx.spec.student.pruned_layers if 0 <= i < ctx.teacher_arch.num_layers})
     layers = ctx.spec.loss.layers
     if not pruned or layers is None or not feature_on(ctx.spec.loss):
@@ -320,7 +331,7 @@ def _show(pruned) -> str:
     "for logit-only distillation. (An implementation limit: neither distillc nor MaxText's trainer has a learned "
     "projection between hidden sizes.)",
 )
-def feature_hidden_size(ctx) -> Iterator[Finding]:
+def feature_hidden_size(ctx: Context) -> Iterator[Finding]:
     """The feature loss compares the two models' activations element by element (cosine distance
     or L2 over the hidden dimension), so both need the same hidden size (emb_dim). There is no
     learned projection between sizes, in distillc or in MaxText's trainer.
@@ -340,6 +351,7 @@ def feature_hidden_size(ctx) -> Iterator[Finding]:
           beta: 1.0
           layers: {strategy: first_n, count: 1}
     """
+    assert ctx.spec.loss is not None and ctx.teacher_arch is not None and ctx.student_arch is not None  # needs: the registry runs the rule only then
     t, s = ctx.teacher_arch, ctx.student_arch
     if feature_on(ctx.spec.loss) and t.emb_dim != s.emb_dim:
         yield Finding(
@@ -357,7 +369,7 @@ def feature_hidden_size(ctx) -> Iterator[Finding]:
     "with explicit pairs.",
     targets=("maxtext",),
 )
-def feature_structure(ctx) -> Iterator[Finding]:
+def feature_structure(ctx: Context) -> Iterator[Finding]:
     """Layer-for-layer alignment assumes layer i does the same kind of computation on both sides.
     gemma2/gemma3 (and gpt-oss) interleave sliding-window (local) and global attention layers: a
     local layer sees a window of tokens, a global one the whole context, so their outputs are not
@@ -388,6 +400,7 @@ def feature_structure(ctx) -> Iterator[Finding]:
           beta: 1.0
           layers: {strategy: first_n, count: 1}
     """
+    assert ctx.spec.loss is not None and ctx.spec.teacher is not None and ctx.spec.student is not None and ctx.teacher_arch is not None and ctx.student_arch is not None  # needs: the registry runs the rule only then
     if not feature_on(ctx.spec.loss):
         return
     if same_model(ctx) and not ctx.spec.student.pruned_layers:
@@ -411,7 +424,7 @@ _BETA_RANGE = {"cosine": (0.1, 2.0), "l2": (0.01, 0.1)}
     needs=("loss",),
     hint="cosine: peak beta of order 0.1-2.0 (1.0 is the default recommendation); l2: 0.01-0.1 (0.05).",
 )
-def beta_magnitude(ctx) -> Iterator[Finding]:
+def beta_magnitude(ctx: Context) -> Iterator[Finding]:
     """beta adds the feature loss to the logit losses instead of trading off against them, so its
     absolute size matters. The cosine distance is bounded in [0, 2] per element: a peak beta of
     order 0.1-2.0 is typical. L2 is unbounded: 0.01-0.1. Much higher and the feature term dominates
@@ -437,6 +450,7 @@ def beta_magnitude(ctx) -> Iterator[Finding]:
           beta: {start: 1.0, end: 0.1, schedule: cosine}
           layers: {strategy: first_n, count: 1}
     """
+    assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     loss = ctx.spec.loss
     if not feature_on(loss):
         return
@@ -458,7 +472,7 @@ def beta_magnitude(ctx) -> Iterator[Finding]:
     needs=("loss",),
     hint="Set beta > 0 (e.g. {start: 1.0, end: 0.1, schedule: cosine}) to use the feature loss, or remove loss.layers.",
 )
-def layers_without_beta(ctx) -> Iterator[Finding]:
+def layers_without_beta(ctx: Context) -> Iterator[Finding]:
     """With beta = 0 everywhere nothing is sown and `loss.layers` and `loss.feature_loss` are
     ignored: the run is logit-only. Setting them without beta usually means beta was forgotten.
 
@@ -473,6 +487,7 @@ def layers_without_beta(ctx) -> Iterator[Finding]:
         loss:
           beta: 0.0
     """
+    assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     loss = ctx.spec.loss
     if not beta_zero(loss):
         return

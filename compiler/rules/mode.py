@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from distillc.compiler.diagnostics import Severity
 from distillc.compiler.registry import Finding, rule
 from distillc.compiler.rules._util import beta_zero, node, written
 
+if TYPE_CHECKING:
+    from distillc.compiler.check import Context
 
-def _offline_anchor(ctx) -> tuple:
+
+def _offline_anchor(ctx: Context) -> tuple:
     """Where to point when an offline key is missing: the section if written, else `mode`."""
     return ("offline",) if written(ctx, "offline") else node(ctx, "mode")
 
@@ -22,7 +25,7 @@ def _offline_anchor(ctx) -> tuple:
     hint="Set teacher.checkpoint to the teacher's Orbax checkpoint (gs://.../0/items, or a local path). For the "
     "tiny catalog models, `distillc launch --local` trains the teacher into that path once.",
 )
-def teacher_checkpoint(ctx) -> Iterator[Finding]:
+def teacher_checkpoint(ctx: Context) -> Iterator[Finding]:
     """A randomly initialized teacher has nothing to teach: the soft loss would pull the student
     toward noise. Online runs the teacher every step; offline runs it once to capture the top-k
     cache; both restore it from `teacher.checkpoint` (MaxText's load_parameters_path in
@@ -40,6 +43,7 @@ def teacher_checkpoint(ctx) -> Iterator[Finding]:
         teacher:
           checkpoint: gs://bucket/teacher/0/items
     """
+    assert ctx.spec.teacher is not None and ctx.spec.mode is not None  # needs: the registry runs the rule only then
     if not (ctx.spec.teacher.checkpoint or "").strip():
         where = "every step" if ctx.spec.mode == "online" else "once, to capture the top-k cache"
         yield Finding(f"teacher.checkpoint is not set, but the teacher runs {where}", ("teacher",), key=True)
@@ -52,7 +56,7 @@ def teacher_checkpoint(ctx) -> Iterator[Finding]:
     needs=("mode", "loss"),
     hint="Set beta: 0 for offline distillation, or use mode: online for feature alignment.",
 )
-def offline_no_features(ctx) -> Iterator[Finding]:
+def offline_no_features(ctx: Context) -> Iterator[Finding]:
     """Offline distillation trains the student on cached teacher logits (top-k); the teacher's
     intermediate activations are not cached, so there is nothing to align the student's layers
     with. Feature loss needs the teacher running in the same step: online mode.
@@ -71,6 +75,7 @@ def offline_no_features(ctx) -> Iterator[Finding]:
         loss:
           beta: 0.0
     """
+    assert ctx.spec.mode is not None and ctx.spec.loss is not None  # needs: the registry runs the rule only then
     if ctx.spec.mode == "offline" and not beta_zero(ctx.spec.loss):
         yield Finding("offline mode has no teacher activations: beta must be 0", node(ctx, "loss", "beta"))
 
@@ -82,7 +87,7 @@ def offline_no_features(ctx) -> Iterator[Finding]:
     needs=("mode",),
     hint="Add offline.top_k, e.g. 64 (the teacher logits kept per token).",
 )
-def offline_top_k(ctx) -> Iterator[Finding]:
+def offline_top_k(ctx: Context) -> Iterator[Finding]:
     """Offline mode caches the teacher's k most likely tokens per position; k sets the cache size
     and how much of the teacher's distribution the student sees. There is no safe default.
 
@@ -96,6 +101,7 @@ def offline_top_k(ctx) -> Iterator[Finding]:
         mode: offline
         offline: {top_k: 64, data_dir: /tmp/topk}
     """
+    assert ctx.spec.mode is not None  # needs: the registry runs the rule only then
     if ctx.spec.mode != "offline" or "offline" in ctx.spec.failed:
         return
     off = ctx.spec.offline
@@ -110,7 +116,7 @@ def offline_top_k(ctx) -> Iterator[Finding]:
     needs=("mode",),
     hint="Add offline.data_dir: where the top-k cache is written (gs://... for cluster runs).",
 )
-def offline_data_dir(ctx) -> Iterator[Finding]:
+def offline_data_dir(ctx: Context) -> Iterator[Finding]:
     """The capture stage writes the teacher's top-k logits to `offline.data_dir` and the training
     stage reads them back; both workloads must agree on that location.
 
@@ -124,6 +130,7 @@ def offline_data_dir(ctx) -> Iterator[Finding]:
         mode: offline
         offline: {top_k: 64, data_dir: /tmp/topk}
     """
+    assert ctx.spec.mode is not None  # needs: the registry runs the rule only then
     if ctx.spec.mode != "offline" or "offline" in ctx.spec.failed:
         return
     off = ctx.spec.offline
@@ -138,7 +145,7 @@ def offline_data_dir(ctx) -> Iterator[Finding]:
     needs=("mode", "offline"),
     hint="Set mode: offline to use it, or remove the offline section.",
 )
-def offline_section_ignored(ctx) -> Iterator[Finding]:
+def offline_section_ignored(ctx: Context) -> Iterator[Finding]:
     """Online mode runs the teacher every step and never reads a top-k cache; an offline section
     there is ignored, which usually means `mode: offline` was forgotten.
 
@@ -151,6 +158,7 @@ def offline_section_ignored(ctx) -> Iterator[Finding]:
 
         mode: online
     """
+    assert ctx.spec.mode is not None and ctx.spec.offline is not None  # needs: the registry runs the rule only then
     if ctx.spec.mode == "online" and written(ctx, "offline"):
         yield Finding("the offline section is ignored in online mode", ("offline",), key=True)
 
@@ -162,7 +170,7 @@ def offline_section_ignored(ctx) -> Iterator[Finding]:
     needs=("mode", "offline", "teacher_arch"),
     hint="Choose top_k well below the vocabulary size (16-128 is typical).",
 )
-def top_k_vocab(ctx) -> Iterator[Finding]:
+def top_k_vocab(ctx: Context) -> Iterator[Finding]:
     """The cache keeps the teacher's k most likely tokens out of its real vocabulary; k cannot
     exceed that vocabulary (padding rows are never real tokens).
 
@@ -176,6 +184,7 @@ def top_k_vocab(ctx) -> Iterator[Finding]:
         mode: offline
         offline: {top_k: 64, data_dir: /tmp/topk}
     """
+    assert ctx.spec.mode is not None and ctx.spec.offline is not None and ctx.teacher_arch is not None  # needs: the registry runs the rule only then
     off = ctx.spec.offline
     vocab = ctx.teacher_arch.shared_vocab
     if ctx.spec.mode == "offline" and off.top_k is not None and off.top_k > vocab:
@@ -189,7 +198,7 @@ def top_k_vocab(ctx) -> Iterator[Finding]:
     needs=("mode", "offline"),
     hint="Add offline.num_samples (tokens sampled per position), or use sampling: top_k.",
 )
-def sampling_needs_num_samples(ctx) -> Iterator[Finding]:
+def sampling_needs_num_samples(ctx: Context) -> Iterator[Finding]:
     """`sampling: random` stores tokens sampled from the teacher's distribution instead of its top
     k; how many per position is `offline.num_samples`, which has no default.
 
@@ -203,6 +212,7 @@ def sampling_needs_num_samples(ctx) -> Iterator[Finding]:
         mode: offline
         offline: {top_k: 64, data_dir: /tmp/topk, sampling: random, num_samples: 32}
     """
+    assert ctx.spec.mode is not None and ctx.spec.offline is not None  # needs: the registry runs the rule only then
     off = ctx.spec.offline
     if ctx.spec.mode == "offline" and off.sampling == "random" and off.num_samples is None:
         yield Finding("sampling: random needs offline.num_samples", ("offline", "sampling"))
@@ -215,7 +225,7 @@ def sampling_needs_num_samples(ctx) -> Iterator[Finding]:
     needs=("mode", "offline"),
     hint="Use offline.loss: tail_bucket (the default): exact for the top-k tokens plus one 'rest' bucket.",
 )
-def renormalized_loss(ctx) -> Iterator[Finding]:
+def renormalized_loss(ctx: Context) -> Iterator[Finding]:
     """`offline.loss: renormalized` is MaxText's sparse KL: both distributions restricted to the
     teacher's top-k tokens and renormalized there. It ignores every student logit outside the
     top k (zero gradient), so the student may put any probability mass on the tail at no cost,
@@ -234,6 +244,7 @@ def renormalized_loss(ctx) -> Iterator[Finding]:
         mode: offline
         offline: {top_k: 64, data_dir: /tmp/topk, loss: tail_bucket}
     """
+    assert ctx.spec.mode is not None and ctx.spec.offline is not None  # needs: the registry runs the rule only then
     if ctx.spec.mode == "offline" and ctx.spec.offline.loss == "renormalized":
         yield Finding(
             "offline.loss renormalized compares the top-k tokens only: the student's tail mass goes unpenalized",
@@ -248,7 +259,7 @@ def renormalized_loss(ctx) -> Iterator[Finding]:
     needs=("mode", "offline"),
     hint="Remove offline.num_samples, or set sampling: random.",
 )
-def num_samples_ignored(ctx) -> Iterator[Finding]:
+def num_samples_ignored(ctx: Context) -> Iterator[Finding]:
     """`offline.num_samples` only applies to `sampling: random`; with the default `top_k`
     sampling the cache holds exactly top_k tokens per position and num_samples is ignored.
 
@@ -262,6 +273,7 @@ def num_samples_ignored(ctx) -> Iterator[Finding]:
         mode: offline
         offline: {top_k: 64, data_dir: /tmp/topk}
     """
+    assert ctx.spec.mode is not None and ctx.spec.offline is not None  # needs: the registry runs the rule only then
     off = ctx.spec.offline
     if ctx.spec.mode == "offline" and off.sampling == "top_k" and off.num_samples is not None:
         yield Finding("offline.num_samples is ignored with sampling: top_k", ("offline", "num_samples"), key=True)
@@ -274,7 +286,7 @@ def num_samples_ignored(ctx) -> Iterator[Finding]:
     needs=("mode", "offline"),
     hint="Use loss: sampled with sampling: random; tail_bucket or renormalized with sampling: top_k.",
 )
-def loss_matches_sampling(ctx) -> Iterator[Finding]:
+def loss_matches_sampling(ctx: Context) -> Iterator[Finding]:
     """The offline loss reads what the capture stage stored. `sampled` is the importance-weighted
     estimate over tokens drawn from the teacher's distribution (`sampling: random`); `tail_bucket`
     and `renormalized` need the teacher's k most likely tokens and its log-normalizer
@@ -291,6 +303,7 @@ def loss_matches_sampling(ctx) -> Iterator[Finding]:
         mode: offline
         offline: {top_k: 64, data_dir: /tmp/topk, loss: sampled, sampling: random, num_samples: 32}
     """
+    assert ctx.spec.mode is not None and ctx.spec.offline is not None  # needs: the registry runs the rule only then
     off = ctx.spec.offline
     if ctx.spec.mode != "offline":
         return

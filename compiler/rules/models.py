@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from distillc.compiler.diagnostics import Severity
 from distillc.compiler.registry import Finding, rule
 from distillc.compiler.rules._util import model_label, same_model
 from distillc.runtime.arch import unbuildable
+
+if TYPE_CHECKING:
+    from distillc.compiler.check import Context
 
 
 @rule(
@@ -19,7 +22,7 @@ from distillc.runtime.arch import unbuildable
     hint="Compile for MaxText instead (`distillc launch SPEC --target maxtext`), or pick a dense model "
     "with global attention (`distillc models`).",
 )
-def runtime_cannot_build(ctx) -> Iterator[Finding]:
+def runtime_cannot_build(ctx: Context) -> Iterator[Finding]:
     """The distillc runtime builds dense decoders with global grouped-query attention. Mixture-of-
     experts MLPs and the other attention kinds of the catalog (interleaved local/global as in
     gemma2/gemma3, multi-head latent attention as in DeepSeek) are listed so that memory and
@@ -50,7 +53,7 @@ def runtime_cannot_build(ctx) -> Iterator[Finding]:
     needs=("teacher_arch", "student_arch"),
     hint="Pick a teacher and student of the same tokenizer family; logits cannot be matched across vocabularies.",
 )
-def tokenizer_mismatch(ctx) -> Iterator[Finding]:
+def tokenizer_mismatch(ctx: Context) -> Iterator[Finding]:
     """The KL term compares the two models' distributions token id by token id, so both must use
     the same tokenizer. Equal vocab_size is not enough (llama2-7b, mistral-7b and mixtral-8x7b all
     have 32000 tokens and different tokenizers); different vocab_size can still be fine when one
@@ -69,6 +72,7 @@ def tokenizer_mismatch(ctx) -> Iterator[Finding]:
         teacher:
           model: tiny-teacher
     """
+    assert ctx.teacher_arch is not None and ctx.student_arch is not None  # needs: the registry runs the rule only then
     t, s = ctx.teacher_arch, ctx.student_arch
     if t.tokenizer != s.tokenizer:
         yield Finding(
@@ -84,7 +88,7 @@ def tokenizer_mismatch(ctx) -> Iterator[Finding]:
     needs=("teacher_arch", "student_arch"),
     hint="Set real_vocab_size on the inline architecture whose embedding is padded past the tokenizer's last id.",
 )
-def real_vocab_mismatch(ctx) -> Iterator[Finding]:
+def real_vocab_mismatch(ctx: Context) -> Iterator[Finding]:
     """Two architectures that name the same tokenizer must agree on how many real token ids it has
     (`real_vocab_size`, or `vocab_size` when no padding is declared): the logits are compared over
     exactly those ids. A disagreement means one side's vocabulary is described wrongly, usually an
@@ -100,6 +104,7 @@ def real_vocab_mismatch(ctx) -> Iterator[Finding]:
         student:
           model: {num_layers: 2, emb_dim: 64, num_heads: 2, num_kv_heads: 2, head_dim: 32, mlp_dim: 256, vocab_size: 384, real_vocab_size: 256, tokenizer: byte}
     """
+    assert ctx.teacher_arch is not None and ctx.student_arch is not None  # needs: the registry runs the rule only then
     t, s = ctx.teacher_arch, ctx.student_arch
     if t.tokenizer == s.tokenizer and t.shared_vocab != s.shared_vocab:
         yield Finding(
@@ -120,7 +125,7 @@ def _shape_params(arch) -> int:
     needs=("teacher_arch", "student_arch", "student"),
     hint="Swap teacher and student, or check the model names: distillation compresses into a smaller or equal model.",
 )
-def student_larger(ctx) -> Iterator[Finding]:
+def student_larger(ctx: Context) -> Iterator[Finding]:
     """Distillation transfers what a stronger model knows into a smaller (or equal, for pruning
     recovery) one. A student with more parameters than its teacher is almost always a swapped pair;
     and a teacher that is not clearly better than the student makes the soft loss hurt.
@@ -139,6 +144,7 @@ def student_larger(ctx) -> Iterator[Finding]:
         student:
           model: tiny-student
     """
+    assert ctx.teacher_arch is not None and ctx.student_arch is not None and ctx.spec.student is not None  # needs: the registry runs the rule only then
     if ctx.spec.student.pruned_layers:
         return  # the teacher minus layers: smaller by construction
     t, s = ctx.teacher_arch, ctx.student_arch
@@ -160,7 +166,7 @@ def student_larger(ctx) -> Iterator[Finding]:
     needs=("teacher",),
     hint="Move pruned_layers to the student: it lists the teacher layers removed to make the student.",
 )
-def teacher_pruned(ctx) -> Iterator[Finding]:
+def teacher_pruned(ctx: Context) -> Iterator[Finding]:
     """`pruned_layers` describes how the student was made from the teacher (the teacher minus
     those layers); the teacher is the unmodified reference model and is loaded as published.
 
@@ -174,6 +180,7 @@ def teacher_pruned(ctx) -> Iterator[Finding]:
         teacher:
           pruned_layers: []
     """
+    assert ctx.spec.teacher is not None  # needs: the registry runs the rule only then
     if ctx.spec.teacher.pruned_layers:
         yield Finding("teacher.pruned_layers is set; only the student can be pruned", ("teacher", "pruned_layers"), key=True)
 
@@ -185,7 +192,7 @@ def teacher_pruned(ctx) -> Iterator[Finding]:
     needs=("teacher_arch", "student"),
     hint="Pruned layers are 0-based teacher layer indices: 0 to num_layers - 1.",
 )
-def pruned_out_of_range(ctx) -> Iterator[Finding]:
+def pruned_out_of_range(ctx: Context) -> Iterator[Finding]:
     """`student.pruned_layers` lists the teacher's layers (0-based) that were removed to make the
     student; an index past the teacher's depth names a layer that does not exist, so the student's
     depth and the straddle_pruned layer map would be wrong.
@@ -202,6 +209,7 @@ def pruned_out_of_range(ctx) -> Iterator[Finding]:
           model: tiny-teacher
           pruned_layers: [1]
     """
+    assert ctx.teacher_arch is not None and ctx.spec.student is not None  # needs: the registry runs the rule only then
     depth = ctx.teacher_arch.num_layers
     for i, layer in enumerate(ctx.spec.student.pruned_layers):
         if not 0 <= layer < depth:
@@ -218,7 +226,7 @@ def pruned_out_of_range(ctx) -> Iterator[Finding]:
     needs=("student",),
     hint="List each removed layer once.",
 )
-def pruned_duplicate(ctx) -> Iterator[Finding]:
+def pruned_duplicate(ctx: Context) -> Iterator[Finding]:
     """A layer can be removed only once; a repeated index is usually a typo for a neighbouring
     layer, and it would make the student's depth (teacher depth minus removed layers) ambiguous.
 
@@ -234,6 +242,7 @@ def pruned_duplicate(ctx) -> Iterator[Finding]:
           model: tiny-teacher
           pruned_layers: [1]
     """
+    assert ctx.spec.student is not None  # needs: the registry runs the rule only then
     seen: set[int] = set()
     for i, layer in enumerate(ctx.spec.student.pruned_layers):
         if layer in seen:
@@ -248,7 +257,7 @@ def pruned_duplicate(ctx) -> Iterator[Finding]:
     needs=("teacher", "student"),
     hint="Set student.model to the teacher's model: a pruned student is the teacher minus pruned_layers.",
 )
-def pruned_other_model(ctx) -> Iterator[Finding]:
+def pruned_other_model(ctx: Context) -> Iterator[Finding]:
     """`student.pruned_layers` says the student is the teacher with those layers removed: the
     student's depth, the straddle_pruned layer map (teacher layer t is student layer t minus the
     pruned layers below it) and the memory estimate all derive from the teacher's architecture.
@@ -266,6 +275,7 @@ def pruned_other_model(ctx) -> Iterator[Finding]:
           model: tiny-teacher
           pruned_layers: [1]
     """
+    assert ctx.spec.teacher is not None and ctx.spec.student is not None  # needs: the registry runs the rule only then
     if ctx.spec.student.pruned_layers and not same_model(ctx):
         yield Finding(
             "student.pruned_layers is set but the student is not the teacher's model",
@@ -281,7 +291,7 @@ def pruned_other_model(ctx) -> Iterator[Finding]:
     needs=("teacher_arch", "student"),
     hint="Keep at least one layer: prune fewer layers.",
 )
-def pruned_everything(ctx) -> Iterator[Finding]:
+def pruned_everything(ctx: Context) -> Iterator[Finding]:
     """A student with every layer pruned has no transformer layers left to train.
 
     Fails::
@@ -296,6 +306,7 @@ def pruned_everything(ctx) -> Iterator[Finding]:
           model: tiny-teacher
           pruned_layers: [0]
     """
+    assert ctx.teacher_arch is not None and ctx.spec.student is not None  # needs: the registry runs the rule only then
     depth = ctx.teacher_arch.num_layers
     pruned = {i for i in ctx.spec.student.pruned_layers if 0 <= i < depth}
     if len(pruned) >= depth:
@@ -309,7 +320,7 @@ def pruned_everything(ctx) -> Iterator[Finding]:
     needs=("loss", "student"),
     hint="List the removed teacher layers in student.pruned_layers, or pick another layers.strategy.",
 )
-def straddle_needs_pruned(ctx) -> Iterator[Finding]:
+def straddle_needs_pruned(ctx: Context) -> Iterator[Finding]:
     """The straddle_pruned strategy aligns the layers just before and just after each pruned block
     (the most disturbed representations); it needs `student.pruned_layers` to know the blocks.
 
@@ -327,6 +338,7 @@ def straddle_needs_pruned(ctx) -> Iterator[Finding]:
           beta: 1.0
           layers: {strategy: straddle_pruned}
     """
+    assert ctx.spec.loss is not None and ctx.spec.student is not None  # needs: the registry runs the rule only then
     layers = ctx.spec.loss.layers
     if layers is not None and layers.strategy == "straddle_pruned" and not ctx.spec.student.pruned_layers:
         yield Finding("layers strategy straddle_pruned needs student.pruned_layers", ("loss", "layers", "strategy"))

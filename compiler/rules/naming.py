@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from distillc.compiler.diagnostics import Severity
 from distillc.compiler.naming import (
@@ -14,6 +14,9 @@ from distillc.compiler.naming import (
 )
 from distillc.compiler.registry import Finding, rule
 
+if TYPE_CHECKING:
+    from distillc.compiler.check import Context
+
 
 @rule(
     "DC160",
@@ -22,7 +25,7 @@ from distillc.compiler.registry import Finding, rule
     needs=("name",),
     hint=f"Use lower-case letters, digits and '-', starting with a letter: {WORKLOAD_NAME_PATTERN}.",
 )
-def name_pattern(ctx) -> Iterator[Finding]:
+def name_pattern(ctx: Context) -> Iterator[Finding]:
     """The spec's name becomes the xpk workload name (and the run directory). xpk workloads are
     Kubernetes objects whose names must match `[a-z]([-a-z0-9]*[a-z0-9])?`: lower-case letters,
     digits and '-', starting with a letter and not ending with '-'. xpk rejects anything else at
@@ -36,6 +39,7 @@ def name_pattern(ctx) -> Iterator[Finding]:
 
         name: llama31-8b-prune
     """
+    assert ctx.spec.name is not None  # needs: the registry runs the rule only then
     name = ctx.spec.name
     problem = name_problem(name)
     if problem:
@@ -54,7 +58,7 @@ def name_pattern(ctx) -> Iterator[Finding]:
     needs=("name", "mode"),
     hint="Shorten the name.",
 )
-def name_length(ctx) -> Iterator[Finding]:
+def name_length(ctx: Context) -> Iterator[Finding]:
     """xpk caps workload names at 40 characters, and at 28 on super-slicing accelerator types.
     An offline run becomes two workloads, `<name>-topk` and `<name>-train`, so its name has 6
     characters less. (Ablation cells derive their own names with compiler/naming.workload_name,
@@ -68,6 +72,7 @@ def name_length(ctx) -> Iterator[Finding]:
 
         name: short-experiment
     """
+    assert ctx.spec.name is not None and ctx.spec.mode is not None  # needs: the registry runs the rule only then
     name = ctx.spec.name
     if name_problem(name):
         return  # DC160
@@ -77,7 +82,7 @@ def name_length(ctx) -> Iterator[Finding]:
     suffix = max(stage_suffixes(ctx.spec.mode), key=len)
     if len(name) + len(suffix) > limit:
         room = limit - len(suffix)
-        why = f" ({acc.name} is a super-slicing type)" if super_slicing else ""
+        why = f" ({acc.name} is a super-slicing type)" if acc is not None and super_slicing else ""
         after = f" with the '{suffix}' suffix" if suffix else ""
         yield Finding(
             f"name is {len(name)} characters; xpk allows {limit}{why}{after}, so at most {room} here",

@@ -3,26 +3,32 @@ compiler/memory.py; validation never probes a device."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from distillc.compiler.diagnostics import Severity
-from distillc.compiler.memory import estimate_spec, resolve_mesh
+from distillc.compiler.memory import MemoryEstimate, MeshShape, estimate_spec, resolve_mesh
 from distillc.compiler.registry import Finding, rule
 from distillc.compiler.rules._util import finding, gib, model_label
 
+if TYPE_CHECKING:
+    from distillc.compiler.check import Context
 
-def _devices(ctx) -> int:
+
+def _devices(ctx: Context) -> int:
+    assert ctx.accelerator is not None and ctx.spec.resources is not None  # the callers' needs
     return ctx.accelerator.chips * ctx.spec.resources.num_slices
 
 
-def _where(ctx) -> str:
+def _where(ctx: Context) -> str:
+    assert ctx.accelerator is not None and ctx.spec.resources is not None  # the callers' needs
     n = ctx.spec.resources.num_slices
     slices = f" x {n} slices" if n > 1 else ""
     n = _devices(ctx)
     return f"{ctx.accelerator.name}{slices} ({n} device{'' if n == 1 else 's'})"
 
 
-def _mesh(ctx):
+def _mesh(ctx: Context) -> Optional[MeshShape]:
+    assert ctx.spec.runtime is not None  # the callers' needs
     m = ctx.spec.runtime.mesh
     return resolve_mesh(m.data, m.fsdp, m.tensor, _devices(ctx))
 
@@ -36,7 +42,7 @@ def _mesh(ctx):
     "other axes leave (fsdp: -1 with data: 1 fits every accelerator). "
     "v5p-N and v4-N count TensorCores: v5p-128 is 64 chips.",
 )
-def mesh_devices(ctx) -> Iterator[Finding]:
+def mesh_devices(ctx: Context) -> Iterator[Finding]:
     """Every device holds exactly one shard of the mesh, so the product of the axes must equal
     the number of devices: the accelerator's chips times num_slices (one JAX device per chip; a
     v5p-N or v4-N name counts TensorCores, two per chip). `data: -1` resolves to the devices
@@ -54,6 +60,7 @@ def mesh_devices(ctx) -> Iterator[Finding]:
         runtime:
           mesh: {data: -1, fsdp: 1, tensor: 1}
     """
+    assert ctx.spec.runtime is not None and ctx.spec.resources is not None and ctx.accelerator is not None  # needs: the registry runs the rule only then
     m = ctx.spec.runtime.mesh
     devices = _devices(ctx)
     bad = False
@@ -101,7 +108,7 @@ def mesh_devices(ctx) -> Iterator[Finding]:
     needs=("data", "runtime", "resources", "accelerator"),
     hint="Make data.global_batch_size a multiple of data * fsdp (the ways the batch is split).",
 )
-def batch_divisible(ctx) -> Iterator[Finding]:
+def batch_divisible(ctx: Context) -> Iterator[Finding]:
     """The batch is split evenly over the data and fsdp mesh axes (tensor-parallel devices share
     their sequences), so every data-parallel shard gets the same number of whole sequences.
 
@@ -125,6 +132,7 @@ def batch_divisible(ctx) -> Iterator[Finding]:
         data:
           global_batch_size: 16
     """
+    assert ctx.spec.data is not None and ctx.spec.runtime is not None and ctx.spec.resources is not None and ctx.accelerator is not None  # needs: the registry runs the rule only then
     mesh = _mesh(ctx)
     if mesh is None:
         return  # DC150 reports the mesh
@@ -142,7 +150,8 @@ def batch_divisible(ctx) -> Iterator[Finding]:
 _MEMORY_NEEDS = ("teacher", "student", "loss", "data", "runtime", "resources", "mode", "teacher_arch", "student_arch", "accelerator")
 
 
-def _estimates(ctx):
+def _estimates(ctx: Context) -> Optional[dict[str, MemoryEstimate]]:
+    assert ctx.teacher_arch is not None and ctx.student_arch is not None and ctx.accelerator is not None  # _MEMORY_NEEDS
     return estimate_spec(ctx.spec, ctx.teacher_arch, ctx.student_arch, ctx.accelerator)
 
 
@@ -157,7 +166,7 @@ _STAGE = {"train": "training", "save_topk": "top-k capture"}
     hint="Use mode: offline (top-k: the teacher runs alone, once), more chips or slices, a larger fsdp axis "
     "(runtime.mesh), student.overrides.remat: full, a shorter seq_len or a smaller global_batch_size.",
 )
-def memory_fit(ctx) -> Iterator[Finding]:
+def memory_fit(ctx: Context) -> Iterator[Finding]:
     """The guide's "teacher OOMs at startup" row, caught before the job is queued. Per chip:
 
     * teacher weights, frozen: 2 bytes/parameter in bfloat16 (distillc's default), 4 where
@@ -211,6 +220,7 @@ def memory_fit(ctx) -> Iterator[Finding]:
         resources:
           accelerator: v5p-128
     """
+    assert ctx.spec.teacher is not None and ctx.spec.student is not None and ctx.spec.loss is not None and ctx.spec.data is not None and ctx.spec.runtime is not None and ctx.spec.resources is not None and ctx.spec.mode is not None and ctx.teacher_arch is not None and ctx.student_arch is not None and ctx.accelerator is not None  # needs: the registry runs the rule only then
     if ctx.accelerator.kind == "cpu":
         return
     estimates = _estimates(ctx)
@@ -228,9 +238,10 @@ def memory_fit(ctx) -> Iterator[Finding]:
             )
 
 
-def _memory_hint(ctx, stage: str) -> str:
+def _memory_hint(ctx: Context, stage: str) -> str:
     """The fixes that apply to this spec, most effective first."""
     spec = ctx.spec
+    assert spec.runtime is not None and spec.teacher is not None and spec.student is not None  # _MEMORY_NEEDS
     mesh = spec.runtime.mesh
     fixes = []
     if spec.mode == "online":
@@ -257,7 +268,7 @@ def _memory_hint(ctx, stage: str) -> str:
     needs=_MEMORY_NEEDS,
     hint="Run on a cluster accelerator (resources.accelerator, e.g. v5p-8), or use the tiny catalog models locally.",
 )
-def cpu_too_big(ctx) -> Iterator[Finding]:
+def cpu_too_big(ctx: Context) -> Iterator[Finding]:
     """`accelerator: cpu` runs on this machine. The same estimate as DC152 (weights, gradients,
     optimizer state, activations, logits) is compared with the host memory the catalog budgets
     for local runs: a multi-billion-parameter model will swap or be killed, and would take days
@@ -279,6 +290,7 @@ def cpu_too_big(ctx) -> Iterator[Finding]:
         student:
           model: tiny-student
     """
+    assert ctx.spec.teacher is not None and ctx.spec.student is not None and ctx.spec.loss is not None and ctx.spec.data is not None and ctx.spec.runtime is not None and ctx.spec.resources is not None and ctx.spec.mode is not None and ctx.teacher_arch is not None and ctx.student_arch is not None and ctx.accelerator is not None  # needs: the registry runs the rule only then
     if ctx.accelerator.kind != "cpu":
         return
     estimates = _estimates(ctx)
@@ -303,7 +315,7 @@ def cpu_too_big(ctx) -> Iterator[Finding]:
     needs=("resources", "accelerator"),
     hint="Set num_slices: 1 for accelerator: cpu, or pick a cluster accelerator for multi-slice runs.",
 )
-def cpu_slices(ctx) -> Iterator[Finding]:
+def cpu_slices(ctx: Context) -> Iterator[Finding]:
     """`accelerator: cpu` is this one machine; there is no second slice to run on.
 
     Fails::
@@ -318,6 +330,7 @@ def cpu_slices(ctx) -> Iterator[Finding]:
           accelerator: cpu
           num_slices: 1
     """
+    assert ctx.spec.resources is not None and ctx.accelerator is not None  # needs: the registry runs the rule only then
     if ctx.accelerator.kind == "cpu" and ctx.spec.resources.num_slices > 1:
         yield Finding(f"num_slices {ctx.spec.resources.num_slices} with accelerator cpu", ("resources", "num_slices"))
 
@@ -329,7 +342,7 @@ def cpu_slices(ctx) -> Iterator[Finding]:
     needs=("runtime", "teacher_arch", "student_arch"),
     hint="Choose a tensor axis that divides both models' num_heads (often 1, 2, 4 or 8).",
 )
-def tensor_heads(ctx) -> Iterator[Finding]:
+def tensor_heads(ctx: Context) -> Iterator[Finding]:
     """Tensor parallelism splits each attention layer's query heads across the tensor axis (and
     the MLP's hidden units with them); a head cannot be split, so the axis must divide both
     models' num_heads.
@@ -344,6 +357,7 @@ def tensor_heads(ctx) -> Iterator[Finding]:
         runtime:
           mesh: {data: -1, fsdp: 1, tensor: 1}
     """
+    assert ctx.spec.runtime is not None and ctx.teacher_arch is not None and ctx.student_arch is not None  # needs: the registry runs the rule only then
     t = ctx.spec.runtime.mesh.tensor
     if t <= 1:
         return

@@ -8,11 +8,14 @@ those values checks every step.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from distillc.compiler.diagnostics import Severity
 from distillc.compiler.registry import Finding, rule
 from distillc.compiler.rules._util import SCHEDULES, end_value, fmt, node, schedule_values, start_value
+
+if TYPE_CHECKING:
+    from distillc.compiler.check import Context
 
 
 @rule(
@@ -22,7 +25,7 @@ from distillc.compiler.rules._util import SCHEDULES, end_value, fmt, node, sched
     needs=("loss",),
     hint="alpha weighs the soft loss against the hard loss: keep it in [0, 1]. beta is a non-negative weight.",
 )
-def weight_range(ctx) -> Iterator[Finding]:
+def weight_range(ctx: Context) -> Iterator[Finding]:
     """total = alpha * KL * T^2 + (1 - alpha) * CE + beta * feature. alpha outside [0, 1] gives
     one of the two terms a negative weight: the optimizer then maximizes that loss. A negative
     beta rewards the student for moving its activations away from the teacher's. Every value the
@@ -38,6 +41,7 @@ def weight_range(ctx) -> Iterator[Finding]:
         loss:
           alpha: {start: 1.0, end: 0.5, schedule: cosine}
     """
+    assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     for path, value in schedule_values(ctx, "alpha"):
         if not 0.0 <= value <= 1.0:
             yield Finding(f"alpha {fmt(value)} is outside [0, 1]", path)
@@ -53,7 +57,7 @@ def weight_range(ctx) -> Iterator[Finding]:
     needs=("loss",),
     hint="Use a temperature > 0: 1 is the raw softmax, 2 is the usual starting point.",
 )
-def temperature_positive(ctx) -> Iterator[Finding]:
+def temperature_positive(ctx: Context) -> Iterator[Finding]:
     """The soft loss compares softmax(logits / T) of both models: T = 0 divides by zero, a
     negative T inverts the distributions (the least likely token becomes the most likely), and an
     infinite one flattens both to uniform.
@@ -68,6 +72,7 @@ def temperature_positive(ctx) -> Iterator[Finding]:
         loss:
           temperature: 1.0
     """
+    assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     for path, value in schedule_values(ctx, "temperature"):
         if not (value > 0.0 and math.isfinite(value)):
             yield Finding(f"temperature {fmt(value)} is not a positive finite number", path)
@@ -80,7 +85,7 @@ def temperature_positive(ctx) -> Iterator[Finding]:
     needs=("loss",),
     hint="Start at T = 2 and anneal toward 1 (the guide's common pattern); 4 is already very flat.",
 )
-def temperature_high(ctx) -> Iterator[Finding]:
+def temperature_high(ctx: Context) -> Iterator[Finding]:
     """A higher temperature softens both distributions and transfers more "dark knowledge", but
     past about 4 they are very flat, and past 8 the soft loss's gradient all but vanishes even
     with the T^2 scaling: the student learns little from the teacher.
@@ -95,6 +100,7 @@ def temperature_high(ctx) -> Iterator[Finding]:
         loss:
           temperature: {start: 2.0, end: 1.0, schedule: cosine}
     """
+    assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     for path, value in schedule_values(ctx, "temperature"):
         if 8.0 < value < math.inf:
             yield Finding(f"temperature {fmt(value)} flattens both distributions almost to uniform", path)
@@ -107,7 +113,7 @@ def temperature_high(ctx) -> Iterator[Finding]:
     needs=("loss",),
     hint="Use T >= 1: 1 matches the dominant token fastest, 2 transfers more of the teacher's ranking.",
 )
-def temperature_low(ctx) -> Iterator[Finding]:
+def temperature_low(ctx: Context) -> Iterator[Finding]:
     """T < 1 sharpens both distributions beyond the raw softmax, so the soft loss sees mostly the
     teacher's top token and little of the relative ranking of the others, the "dark knowledge"
     distillation is for; it also narrows the teacher's distribution (the guide's "teacher
@@ -123,6 +129,7 @@ def temperature_low(ctx) -> Iterator[Finding]:
         loss:
           temperature: 1.0
     """
+    assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     for path, value in schedule_values(ctx, "temperature"):
         if 0.0 < value < 1.0:
             yield Finding(f"temperature {fmt(value)} sharpens the teacher's distribution", path)
@@ -135,7 +142,7 @@ def temperature_low(ctx) -> Iterator[Finding]:
     needs=("loss",),
     hint="Add schedule: cosine (or linear) to move from start to end, or remove end.",
 )
-def constant_end_ignored(ctx) -> Iterator[Finding]:
+def constant_end_ignored(ctx: Context) -> Iterator[Finding]:
     """A constant schedule stays at `start`; its `end` is ignored. A schedule without a
     `schedule:` key is constant, so `{start: 0.9, end: 0.5}` never decays: a common slip (in
     MaxText's flat keys, `distill_alpha_end` with the default `constant` schedule does nothing).
@@ -150,6 +157,7 @@ def constant_end_ignored(ctx) -> Iterator[Finding]:
         loss:
           alpha: {start: 0.9, end: 0.5, schedule: cosine}
     """
+    assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     for name in SCHEDULES:
         sched = getattr(ctx.spec.loss, name)
         if sched.schedule == "constant" and sched.end is not None and sched.end != sched.start:
@@ -164,7 +172,7 @@ def constant_end_ignored(ctx) -> Iterator[Finding]:
     needs=("loss",),
     hint="Add end: the value at train.steps (e.g. alpha {start: 0.9, end: 0.5, schedule: cosine}).",
 )
-def ramp_needs_end(ctx) -> Iterator[Finding]:
+def ramp_needs_end(ctx: Context) -> Iterator[Finding]:
     """linear and cosine move from `start` at step 0 to `end` at train.steps; without an end
     there is nowhere to go (MaxText silently keeps the value fixed when *_end is None).
 
@@ -178,6 +186,7 @@ def ramp_needs_end(ctx) -> Iterator[Finding]:
         loss:
           alpha: {start: 0.9, end: 0.5, schedule: cosine}
     """
+    assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     for name in SCHEDULES:
         sched = getattr(ctx.spec.loss, name)
         if sched.schedule in ("linear", "cosine") and sched.end is None:
@@ -191,7 +200,7 @@ def ramp_needs_end(ctx) -> Iterator[Finding]:
     needs=("loss",),
     hint="List points as [step, value] with steps >= 0 in strictly increasing order.",
 )
-def piecewise_order(ctx) -> Iterator[Finding]:
+def piecewise_order(ctx: Context) -> Iterator[Finding]:
     """A schedule table interpolates linearly between consecutive (step, value) points; that needs
     steps that start at 0 or later and strictly increase (two points at one step would make the
     value jump, and a step going back is ambiguous).
@@ -206,6 +215,7 @@ def piecewise_order(ctx) -> Iterator[Finding]:
         loss:
           alpha: {schedule: piecewise, points: [[0, 0.9], [100, 0.7], [300, 0.5]]}
     """
+    assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     for name in SCHEDULES:
         sched = getattr(ctx.spec.loss, name)
         if sched.schedule != "piecewise":
@@ -227,7 +237,7 @@ def piecewise_order(ctx) -> Iterator[Finding]:
     needs=("loss", "train"),
     hint="Put the last point at or before train.steps; the value at train.steps is what the run ends with.",
 )
-def piecewise_beyond_end(ctx) -> Iterator[Finding]:
+def piecewise_beyond_end(ctx: Context) -> Iterator[Finding]:
     """Training stops at train.steps: a point after it is never reached, and the run ends on a
     value interpolated toward it rather than on the value the table names.
 
@@ -241,6 +251,7 @@ def piecewise_beyond_end(ctx) -> Iterator[Finding]:
         loss:
           alpha: {schedule: piecewise, points: [[0, 0.9], [400, 0.5]]}
     """
+    assert ctx.spec.loss is not None and ctx.spec.train is not None  # needs: the registry runs the rule only then
     steps = ctx.spec.train.steps
     for name in SCHEDULES:
         sched = getattr(ctx.spec.loss, name)
@@ -259,7 +270,7 @@ def piecewise_beyond_end(ctx) -> Iterator[Finding]:
     needs=("loss",),
     hint="Decay alpha high to low, e.g. {start: 0.9, end: 0.5, schedule: cosine}.",
 )
-def alpha_rising(ctx) -> Iterator[Finding]:
+def alpha_rising(ctx: Context) -> Iterator[Finding]:
     """Early on, a damaged or small student learns most from the teacher's dense distribution
     (high alpha); late in training the KL has diminishing returns and the teacher's errors start
     to bake in, so alpha should come down toward the labels (the guide's alpha schedule table:
@@ -275,6 +286,7 @@ def alpha_rising(ctx) -> Iterator[Finding]:
         loss:
           alpha: {start: 0.9, end: 0.5, schedule: cosine}
     """
+    assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     sched = ctx.spec.loss.alpha
     if sched.schedule != "constant" and end_value(sched) > start_value(sched):
         path = node(ctx, "loss", "alpha", *(("points", len(sched.points) - 1, 1) if sched.schedule == "piecewise" else ("end",)))
@@ -292,7 +304,7 @@ def _shape_params(arch) -> int:
     needs=("loss", "teacher_arch", "student_arch"),
     hint="Decay alpha, e.g. {start: 0.9, end: 0.5, schedule: cosine} (the guide's same-size default).",
 )
-def alpha_locked(ctx) -> Iterator[Finding]:
+def alpha_locked(ctx: Context) -> Iterator[Finding]:
     """When student and teacher are about the same size (pruning recovery, self-distillation),
     an alpha that stays at 0.8 or above for the whole run locks the student into the teacher's
     behaviour, errors included, and it cannot overtake the teacher on label-grounded tasks (the
@@ -314,6 +326,7 @@ def alpha_locked(ctx) -> Iterator[Finding]:
         loss:
           alpha: {start: 0.9, end: 0.5, schedule: cosine}
     """
+    assert ctx.spec.loss is not None and ctx.teacher_arch is not None and ctx.student_arch is not None  # needs: the registry runs the rule only then
     t, s = ctx.teacher_arch, ctx.student_arch
     if _shape_params(s) < 0.75 * _shape_params(t):
         return

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from distillc.compiler.diagnostics import Severity
 from distillc.compiler.registry import Finding, rule
 from distillc.compiler.rules._util import finding, model_label, written
+
+if TYPE_CHECKING:
+    from distillc.compiler.check import Context
 
 
 @rule(
@@ -17,7 +20,7 @@ from distillc.compiler.rules._util import finding, model_label, written
     needs=("train",),
     hint="Make warmup_steps a small part of train.steps (1-10% is usual).",
 )
-def warmup_too_long(ctx) -> Iterator[Finding]:
+def warmup_too_long(ctx: Context) -> Iterator[Finding]:
     """The learning rate ramps up for warmup_steps and then decays until train.steps; with a
     warmup of the whole run the decay never starts and the schedule never reaches its peak.
 
@@ -33,6 +36,7 @@ def warmup_too_long(ctx) -> Iterator[Finding]:
           steps: 400
           warmup_steps: 20
     """
+    assert ctx.spec.train is not None  # needs: the registry runs the rule only then
     tr = ctx.spec.train
     if tr.warmup_steps >= tr.steps:
         yield Finding(f"warmup_steps {tr.warmup_steps} is not less than train.steps {tr.steps}", ("train", "warmup_steps"))
@@ -45,7 +49,7 @@ def warmup_too_long(ctx) -> Iterator[Finding]:
     needs=("train",),
     hint="Choose checkpoint_every / eval_every / log_every below train.steps.",
 )
-def interval_too_long(ctx) -> Iterator[Finding]:
+def interval_too_long(ctx: Context) -> Iterator[Finding]:
     """An interval longer than the run never fires during it: checkpoint_every > steps leaves only
     the final checkpoint (a preempted job restarts from scratch), eval_every > steps evaluates only
     at the end, log_every > steps logs nothing along the way. Only values written in the spec are
@@ -63,6 +67,7 @@ def interval_too_long(ctx) -> Iterator[Finding]:
           steps: 400
           checkpoint_every: 200
     """
+    assert ctx.spec.train is not None  # needs: the registry runs the rule only then
     tr = ctx.spec.train
     for key in ("checkpoint_every", "eval_every", "log_every"):
         value = getattr(tr, key)
@@ -77,7 +82,7 @@ def interval_too_long(ctx) -> Iterator[Finding]:
     needs=("data", "teacher_arch", "student_arch"),
     hint="Lower data.seq_len to the shorter model's context length.",
 )
-def seq_len_context(ctx) -> Iterator[Finding]:
+def seq_len_context(ctx: Context) -> Iterator[Finding]:
     """Past its trained context length a model's positional encoding (RoPE) is out of
     distribution: the teacher's predictions degrade and the student is taught from them.
 
@@ -91,6 +96,7 @@ def seq_len_context(ctx) -> Iterator[Finding]:
         teacher:
           model: {num_layers: 2, emb_dim: 128, num_heads: 4, num_kv_heads: 4, head_dim: 32, mlp_dim: 512, vocab_size: 256, tokenizer: byte, max_seq_len: 2048}
     """
+    assert ctx.spec.data is not None and ctx.teacher_arch is not None and ctx.student_arch is not None  # needs: the registry runs the rule only then
     seq = ctx.spec.data.seq_len
     for role, arch in (("teacher", ctx.teacher_arch), ("student", ctx.student_arch)):
         if arch.max_seq_len and seq > arch.max_seq_len:
@@ -108,7 +114,7 @@ def seq_len_context(ctx) -> Iterator[Finding]:
     hint="Set data.tokenizer to the models' tokenizer file (a sentencepiece .model or an HF tokenizer.json); "
     "'byte' is only for the byte-level local models.",
 )
-def data_tokenizer(ctx) -> Iterator[Finding]:
+def data_tokenizer(ctx: Context) -> Iterator[Finding]:
     """The data pipeline turns text into the token ids both models read; they must be the ids of
     the models' own tokenizer. The byte tokenizer (ids 0-255) fits only the byte-level models, and
     a byte-level model cannot read ids from a real tokenizer's 32k-256k vocabulary.
@@ -123,6 +129,7 @@ def data_tokenizer(ctx) -> Iterator[Finding]:
         data:
           tokenizer: byte
     """
+    assert ctx.spec.data is not None and ctx.teacher_arch is not None  # needs: the registry runs the rule only then
     arch = ctx.teacher_arch
     tok = ctx.spec.data.tokenizer
     if (tok == "byte") != (arch.tokenizer == "byte"):
@@ -133,7 +140,7 @@ def data_tokenizer(ctx) -> Iterator[Finding]:
         yield finding(ctx, msg, "data", "tokenizer")
 
 
-def _paths(ctx) -> Iterator[tuple[tuple, str]]:
+def _paths(ctx: Context) -> Iterator[tuple[tuple, str]]:
     """(key path, value) of every path-like field that is set."""
     sp = ctx.spec
     for role in ("teacher", "student"):
@@ -164,7 +171,7 @@ def _is_local(key: tuple, value: str) -> bool:
     needs=("accelerator",),
     hint="Use gs:// paths (or a filesystem mounted on every host) for cluster runs.",
 )
-def local_path_on_cluster(ctx) -> Iterator[Finding]:
+def local_path_on_cluster(ctx: Context) -> Iterator[Finding]:
     """A cluster workload runs in containers on other machines: a local path such as
     `runs` or `/home/me/ckpt` names a directory inside each container, so inputs are missing
     and outputs vanish with the pod. Checkpoints, data, the tokenizer, the top-k cache and the
@@ -186,6 +193,7 @@ def local_path_on_cluster(ctx) -> Iterator[Finding]:
         train:
           output_dir: gs://bucket/runs
     """
+    assert ctx.accelerator is not None  # needs: the registry runs the rule only then
     if ctx.accelerator.kind == "cpu":
         return
     for key, value in _paths(ctx):
@@ -241,7 +249,7 @@ def _path_problem(key: tuple, value: str) -> str | None:
     needs=(),
     hint="Use builtin:pydoc_topics, a local path or gs://bucket/...; a tokenizer is 'byte', a .model or a .json file.",
 )
-def malformed_path(ctx) -> Iterator[Finding]:
+def malformed_path(ctx: Context) -> Iterator[Finding]:
     """Paths are read by the runtime on the accelerator hosts, long after validation: a typo
     there costs a queued job. The runtime reads local paths and gs:// (s3:// with a backend);
     data.source also takes builtin:<name>, and reads .txt and .jsonl files or directories of
