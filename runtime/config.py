@@ -218,7 +218,7 @@ def objective_of(mode: str, loss: LossConfig) -> Objective:
 class RuntimeConfig(_Frozen):
     """Everything one runtime job needs; written as JSON by `distillc launch`."""
 
-    version: Literal[1] = CONFIG_VERSION
+    version: Literal[1] = 1  # CONFIG_VERSION
     name: str
     mode: Literal["online", "offline"]
     stage: Literal["train", "save_topk"]

@@ -218,8 +218,8 @@ def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Opt
         what = f"stage {stage.number} ({stage.group.name})" if stage else f"the {strategy} ablation"
         span_path = ("ablation", "max_cells") if block and "max_cells" in (loaded.data.get("ablation") or {}) else ("ablation",)
         msg = f"{what} has {count:,} cells (axes {sizes}), more than max_cells {max_cells:,}"
-        d = make("DC173", msg, path=span_path, span=loaded.source.span(span_path), file=loaded.source.file)
-        return replace(result, diagnostics=(*result.diagnostics, d), stage=stage)
+        too_many = make("DC173", msg, path=span_path, span=loaded.source.span(span_path), file=loaded.source.file)
+        return replace(result, diagnostics=(*result.diagnostics, too_many), stage=stage)
 
     if strategy == "grid":
         drafts = list(grid(axes))
@@ -227,6 +227,7 @@ def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Opt
         drafts = random_sample(axes, count, options.seed if options.seed is not None else (block.seed if block else 0))
     prior: list[tuple[Draft, str]] = []
     if strategy == "staged":
+        assert stage is not None  # planned above for the staged strategy
         drafts = stage_drafts(axes, stage)
         if stage.complete:
             notes.append("every stage has a winner in --best: the cell below combines them")
@@ -246,11 +247,13 @@ def ablate(loaded: Loaded, axis_args: Sequence[str] = (), options: Options = Opt
             return replace(result, diagnostics=tuple(sorted((*result.diagnostics, *base_errors), key=sort_key)), stage=stage)
     if options.results:
         res = options.results
-        cells = [
-            replace(c, result=res[c.name]) if c.name in res
-            else replace(c, result=res[c.duplicate_of]) if c.duplicate_of in res else c
-            for c in cells
-        ]
+        def with_result(c: Cell) -> Cell:
+            for name in (c.name, c.duplicate_of):
+                if name is not None and name in res:
+                    return replace(c, result=res[name])
+            return c
+
+        cells = [with_result(c) for c in cells]
     return replace(
         result, cells=tuple(cells), stage=stage, notes=tuple(notes), evaluator=evaluator, plans_resolved=resolved, rule_runs=rule_runs
     )
@@ -263,7 +266,8 @@ def _refuse_non_finite(axes: Sequence[Axis], args: Sequence[str]) -> None:
         for value, span in zip(a.values, a.value_spans):
             problem = not_finite(value, a.path)
             if problem:
-                text = args[span.line - 1][span.column - 1 : span.end_column - 1].strip()
+                end = span.end_column if span.end_column is not None else len(args[span.line - 1]) + 1
+                text = args[span.line - 1][span.column - 1 : end - 1].strip()
                 text = text if len(text) <= 40 else text[:37] + "..."
                 raise StrategyError(f"--axis {one_line(a.key)}: value {text!r}: {problem} (axis values must be finite)")
 
@@ -287,6 +291,7 @@ def _earlier_cells(
 def _super_slicing(base: Checked, axes: Sequence[Axis]) -> bool:
     """Whether any cell may run on a super-slicing type (xpk's shorter name limit applies)."""
     ctx = base.context
+    assert ctx is not None  # the base spec parsed (structural errors stop before this)
     names = [a.values for a in axes if a.key == "resources.accelerator"]
     accs = [ctx.catalog.accelerators.get(str(v)) for vs in names for v in vs] + [ctx.accelerator]
     return any(a is not None and a.super_slicing for a in accs)
@@ -416,7 +421,7 @@ def evaluate_cells(
         if key is None:
             cells.append(Cell(name, "pruned", values, diff, draft, reason=reason, code=code))
         elif key in ran and ran[key] != name:
-            why = f"resolves to the same plan as {ran[key]}, which already ran"
+            why: Optional[str] = f"resolves to the same plan as {ran[key]}, which already ran"
             cells.append(Cell(name, "duplicate", values, diff, draft, reason=why, duplicate_of=ran[key]))
         elif key in first:
             j = first[key]

@@ -19,9 +19,14 @@ class TokenizerError(ValueError):
 
 
 class Tokenizer(Protocol):
-    name: str
-    vocab_size: int
-    eos_id: int | None  # appended after each document when set
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eos_id(self) -> int | None: ...  # appended after each document when set
 
     def encode(self, text: str) -> np.ndarray: ...  # [N] int32
 

@@ -32,6 +32,7 @@ from distillc.runtime.config import ModelArch, SideConfig
 
 Array = jax.Array
 Remat = Literal["none", "minimal", "full"]
+AttentionImpl = Literal["xla", "cudnn"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -97,7 +98,7 @@ def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
 class Attention(nnx.Module):
     """Causal grouped-query self-attention with RoPE; num_heads must be a multiple of num_kv_heads."""
 
-    def __init__(self, arch: ModelArch, *, param_dtype, dtype, attention_impl: str, rngs: nnx.Rngs):
+    def __init__(self, arch: ModelArch, *, param_dtype, dtype, attention_impl: AttentionImpl, rngs: nnx.Rngs):
         d, h, kv, hd = arch.emb_dim, arch.num_heads, arch.num_kv_heads, arch.head_dim
         if h % kv:
             raise ValueError(f"{arch.name}: num_heads={h} is not a multiple of num_kv_heads={kv}")
@@ -145,7 +146,7 @@ class MLP(nnx.Module):
 class DecoderLayer(nnx.Module):
     """Pre-norm residual block. Returns (new residual stream, attention out-projection output)."""
 
-    def __init__(self, arch: ModelArch, *, param_dtype, dtype, attention_impl: str, rngs: nnx.Rngs):
+    def __init__(self, arch: ModelArch, *, param_dtype, dtype, attention_impl: AttentionImpl, rngs: nnx.Rngs):
         kw = dict(param_dtype=param_dtype, dtype=dtype)
         self.attn_norm = RMSNorm(arch.emb_dim, eps=arch.norm_eps, **kw)
         self.attn = Attention(arch, attention_impl=attention_impl, rngs=rngs, **kw)
@@ -218,7 +219,8 @@ class Transformer(nnx.Module):
             def make_layers(rngs: nnx.Rngs) -> DecoderLayer:
                 return DecoderLayer(arch, rngs=rngs, **kw)
 
-            self.layers = make_layers(rngs)
+            # one DecoderLayer whose every parameter has a leading layer axis
+            self.layers: DecoderLayer | nnx.List[DecoderLayer] = make_layers(rngs)
         else:
             self.layers = nnx.List([DecoderLayer(arch, rngs=rngs, **kw) for _ in range(arch.num_layers)])
         self.final_norm = RMSNorm(d, eps=arch.norm_eps, param_dtype=param_dtype, dtype=dtype)
@@ -286,13 +288,13 @@ class Transformer(nnx.Module):
             x, per_layer = body(x, self.layers)  # [L, B, T, D]
             features = per_layer[np.asarray(feature_layers)]
         else:
-            wanted = set(feature_layers)
-            kept: dict[int, Array] = {}
+            assert isinstance(self.layers, nnx.List)
+            by_layer: dict[int, Array] = {}
             for i, layer in enumerate(self.layers):
                 x, attn_out = apply(layer, x, sin, cos, mask)
-                if i in wanted:
-                    kept[i] = attn_out
-            features = jnp.stack([kept[i] for i in feature_layers]) if collect else None
+                if i in feature_layers:
+                    by_layer[i] = attn_out
+            features = jnp.stack([by_layer[i] for i in feature_layers]) if collect else None
 
         h = self.final_norm(x)  # [B, T, D]
         if return_hidden:

@@ -137,6 +137,8 @@ class CachedData:
     def eval_batches(self, max_batches: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
         count = self.eval_batch_count() if max_batches is None else min(max_batches, self.eval_batch_count())
         b, src = self.local_batch_size, self._eval_source
+        if src is None:  # no held-out records: count is 0
+            return
         for n in range(count):
             start = n * self.global_batch_size + self.shard.index * b
             yield _stack([_batch_row(src[i]) if i < len(src) else _empty_row(self.cache.spec)

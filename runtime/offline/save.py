@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -154,6 +154,7 @@ def _local_rows(arr: jax.Array) -> np.ndarray:
 
 def _complete_cache(config: RuntimeConfig) -> Optional[store.TopKCache]:
     """The finished cache at data_dir when it is complete, matches and verifies; else None."""
+    assert config.offline is not None  # an offline config (checked by save_topk)
     try:
         cache = store.TopKCache(config.offline.data_dir)
     except store.CacheError:
@@ -228,7 +229,7 @@ def save_topk(
         if split == "train":
             it = pipeline.train_iterator()
             it.set_state({"next_index": start})
-            batches = (next(it) for _ in range(start, n_batches))
+            batches: Iterator[dict[str, np.ndarray]] = (next(it) for _ in range(start, n_batches))
         else:
             batches = itertools.islice(pipeline.eval_batches(), start, None)
         if start < n_batches and console:

@@ -406,9 +406,9 @@ class SplitWriter:
                        "layout": dataclasses.asdict(layout), "record": dataclasses.asdict(spec),
                        "writer_options": WRITER_OPTIONS, "split": split, "process": process, "batches": batches}
         self.done: list[dict] = []
-        self._writer = None
-        self._tmp = None
-        self._shard = None
+        self._writer: Any = None  # the open shard's ArrayRecordWriter, between _open and _finish
+        self._tmp: Optional[Path] = None
+        self._shard: Optional[int] = None
         self._next_batch = 0
         self._log = log
 
@@ -452,8 +452,9 @@ class SplitWriter:
         shard = batch_index // self.layout.batches_per_shard
         if self._writer is None:
             self._open(shard)
+        writer = self._writer
         for rec in records:
-            self._writer.write(rec)
+            writer.write(rec)
         self._next_batch += 1
         if self._next_batch == self.layout.shard_batches(shard, self.batches).stop:
             self._finish()
@@ -477,6 +478,7 @@ class SplitWriter:
             raise CacheError(f"cannot open {self._tmp} for writing")
 
     def _finish(self) -> None:
+        assert self._tmp is not None and self._shard is not None  # set by _open
         self._writer.close()
         self._writer = None
         with open(self._tmp, "rb") as f:
@@ -485,7 +487,7 @@ class SplitWriter:
         name = shard_name(self.split, self.process, self._shard)
         final = self.dir / name
         if _is_remote(str(self.dir)):
-            final.write_bytes(self._tmp.read_bytes())
+            final.write_bytes(Path(self._tmp).read_bytes())
             self._tmp.unlink()
         else:
             os.replace(self._tmp, str(final))
@@ -499,7 +501,7 @@ class SplitWriter:
 
     def abort(self) -> None:
         """Drops the open (partial) shard; the next `resume()` redoes it."""
-        if self._writer is not None:
+        if self._writer is not None and self._tmp is not None:
             self._writer.close()
             self._writer = None
             Path(self._tmp).unlink(missing_ok=True)
@@ -518,7 +520,8 @@ def finalize(data_dir: str, splits: Mapping[str, int], process_count: int) -> di
     d = _epath(data_dir)
     manifest: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "complete": True, "splits": {}}
     for split, batches in splits.items():
-        shards, header = [], None
+        shards: list[dict[str, Any]] = []
+        header: Optional[dict[str, Any]] = None
         for p in range(process_count):
             prog = _read_json(d / progress_name(split, p))
             if prog is None:
@@ -535,6 +538,7 @@ def finalize(data_dir: str, splits: Mapping[str, int], process_count: int) -> di
                 raise CacheError(f"{d / progress_name(split, p)} lists {len(prog['shards'])} of "
                                  f"{layout.shards(batches)} shards; re-run the save stage to finish it")
             shards += [dict(s, process=p) for s in prog["shards"]]
+        assert header is not None  # process_count >= 1
         for k in ("provenance", "layout", "record", "writer_options"):
             if k in manifest and manifest[k] != header[k]:
                 raise CacheError(f"{d}: splits saved with different {k}; delete the directory and re-run")

@@ -141,7 +141,8 @@ def data_shard(mesh: Mesh, global_batch_size: int) -> Shard:
         raise MeshError(f"data.global_batch_size {global_batch_size} is not divisible by data x fsdp = {n_batch}")
     sharding = batch_sharding(mesh)
     idx = sharding.addressable_devices_indices_map((global_batch_size,))
-    rows = sorted({(s[0].start or 0, s[0].stop if s[0].stop is not None else global_batch_size) for s in idx.values()})
+    rows = sorted({(s[0].start or 0, s[0].stop if s[0].stop is not None else global_batch_size)
+                   for s in idx.values() if s is not None})
     lo, hi = rows[0][0], rows[-1][1]
     covered = sum(b - a for a, b in rows)
     if covered != hi - lo:

@@ -106,6 +106,7 @@ class MetricsWriter:
             return
         record = {"step": int(step), "split": split, "time": round(time.time(), 3)}
         record.update({k: _json_float(v) for k, v in values.items()})
+        assert self._jsonl is not None and self._tb is not None  # opened when enabled
         self._jsonl.write(json.dumps(record) + "\n")
         for k, v in values.items():
             tag = TAGS.get(k, f"other/{k}")

@@ -54,10 +54,17 @@ class Objective(Protocol):
     """Both methods are traced inside the jitted step: `teacher` outside the student's gradient,
     `loss` inside it (it runs the student's forward pass)."""
 
-    name: str
-    data: BatchSource
-    frozen: Any  # pytree of arrays passed to `teacher` each step (teacher params), or None
-    teacher_flops_per_token: float  # forward FLOPs the objective adds per token (0 if none)
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def data(self) -> BatchSource: ...
+
+    @property
+    def frozen(self) -> Any: ...  # pytree of arrays passed to `teacher` each step (teacher params), or None
+
+    @property
+    def teacher_flops_per_token(self) -> float: ...  # forward FLOPs the objective adds per token (0 if none)
 
     def teacher(self, frozen: Any, batch: dict) -> Any: ...  # the teacher signal for this batch (no grad)
 

@@ -22,7 +22,7 @@ from distillc.runtime.train.checkpoints import CheckpointError, restore_params, 
 
 def split(model: nnx.Module) -> tuple[Any, Any, Any]:
     """(graphdef, Param state, the rest): the optimizer sees only the Params."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]  # nnx types the result as variadic
     return graphdef, params, rest
 
 

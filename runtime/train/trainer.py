@@ -265,11 +265,11 @@ class Trainer:
                 compile_s = time.perf_counter() - t0
                 logging.start = t_loop = time.perf_counter()
                 pending: list[tuple[int, Any, Any]] = []  # (updates applied after the step, metrics, halt code)
+                next_batch: dict[str, jax.Array] | None = batch  # the first one is already on the devices
                 for step in range(start, tc.steps):
-                    if batch is None:
-                        batch = self._batch(next(iterator))
+                    batch = next_batch if next_batch is not None else self._batch(next(iterator))
+                    next_batch = None
                     self.state, m, code = compiled(self.state, batch, self.objective.frozen)
-                    batch = None
                     done = step + 1
                     pending.append((done, m, code))
                     due = [h for h in hooks if h.due(done, tc.steps)]
