@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator, Optional
 
 from distillc.compiler.catalog import Accelerator, Catalog, load_catalog
-from distillc.compiler.diagnostics import Diagnostic, sort_key
+from distillc.compiler.diagnostics import Diagnostic, KeyPath, sort_key
 from distillc.compiler.loader import Loaded, SourceMap
 from distillc.compiler.parse import PartialSpec, did_you_mean, parse
-from distillc.compiler.registry import CODES, Target, load_rules, make
+from distillc.compiler.registry import CODES, Stage, Target, load_rules, make
 from distillc.runtime.arch import ModelArch
 
 
@@ -37,6 +37,10 @@ class Context:
         if name in ("teacher_arch", "student_arch", "accelerator"):
             return getattr(self, name)
         return getattr(self.spec, name)
+
+    def source_for(self, path: KeyPath) -> SourceMap:
+        """The file a finding at `path` points into (a spec rule reads one file)."""
+        return self.source
 
 
 def _bind_model(side: Any, role: str, catalog: Catalog, source: SourceMap, diags: list[Diagnostic]) -> Optional[ModelArch]:
@@ -88,33 +92,40 @@ def bind(
 
 
 def run_rules(ctx: Context, select: Iterable[str] = (), ignore: Iterable[str] = ()) -> list[Diagnostic]:
-    load_rules()
+    return run_stage(ctx, "spec", select, ignore)
+
+
+def run_stage(ctx: Any, stage: Stage, select: Iterable[str] = (), ignore: Iterable[str] = ()) -> list[Diagnostic]:
+    """Every registered rule of `stage` over `ctx` (its context: Context, clusters.ClusterContext
+    or plan_check.PlanContext), less the codes --select/--ignore leave out."""
+    load_rules(stage)
     select, ignore = tuple(select), tuple(ignore)
-    codes = [code for code in sorted(CODES) if CODES[code].func is not None and _wanted(code, select, ignore)]
-    return list(run_codes(ctx, codes))
+    codes = [code for code in sorted(CODES) if CODES[code].at(stage) and _wanted(code, select, ignore)]
+    return list(run_codes(ctx, codes, stage=stage))
 
 
-def run_codes(ctx: Context, codes: Iterable[str], view: Any = None) -> Iterator[Diagnostic]:
-    """The Diagnostics of the rules `codes` (registered rule codes) over `ctx`, in that order.
+def run_codes(ctx: Any, codes: Iterable[str], view: Any = None, stage: Stage = "spec") -> Iterator[Diagnostic]:
+    """The Diagnostics of the `stage` rules of `codes` (registered rule codes) over `ctx`, in that order.
 
     A rule is skipped when something it `needs` is None on the context, or when it states another
     target's limit than `ctx.target`; a rule that raises gives
     DC900 (a bug in one rule must not hide the others' diagnostics). `view` is what the rules
     read instead of `ctx` (the ablation passes a proxy recording what they read); spans and the
-    file always come from `ctx.source`."""
+    file always come from `ctx.source_for(path)`."""
     for code in codes:
-        info = CODES[code]
-        if ctx.target not in info.targets or any(ctx.get(n) is None for n in info.needs):
-            continue
-        try:
-            findings = list(info.func(ctx if view is None else view))  # type: ignore[misc]
-        except Exception as exc:
-            msg = f"internal error in rule {code}: {type(exc).__name__}: {exc}"
-            yield make("DC900", msg, file=ctx.source.file)
-            continue
-        for f in findings:
-            span = ctx.source.key_span(f.path) if f.key else ctx.source.span(f.path)
-            yield make(code, f.message, path=f.path, span=span, file=ctx.source.file, hint=f.hint, notes=f.notes)
+        for r in CODES[code].at(stage):
+            if ctx.target not in r.targets or any(ctx.get(n) is None for n in r.needs):
+                continue
+            try:
+                findings = list(r.func(ctx if view is None else view))
+            except Exception as exc:
+                msg = f"internal error in rule {code}: {type(exc).__name__}: {exc}"
+                yield make("DC900", msg, file=ctx.source.file)
+                continue
+            for f in findings:
+                source = ctx.source_for(f.path)
+                span = source.key_span(f.path) if f.key else source.point(f.path) if f.block else source.span(f.path)
+                yield make(code, f.message, path=f.path, span=span, file=source.file, hint=f.hint, notes=f.notes)
 
 
 def always_reported(code: str) -> bool:
@@ -122,6 +133,18 @@ def always_reported(code: str) -> bool:
     value, missing key, unknown model/accelerator, version): --select/--ignore never hide them, so
     a file that cannot be parsed never passes."""
     return code.startswith("DC0")
+
+
+def shown(diags: Iterable[Diagnostic], select: Iterable[str] = (), ignore: Iterable[str] = (), stopped: bool = False) -> list[Diagnostic]:
+    """The diagnostics --select/--ignore leave; when a stage `stopped` (nothing could be made) and
+    none of those is an error, every error too: an option that hides a problem never hides why a
+    command made nothing."""
+    diags = list(diags)
+    select, ignore = tuple(select), tuple(ignore)
+    out = [d for d in diags if _wanted(d.code, select, ignore)]
+    if stopped and not any(d.is_error for d in out):
+        out = [d for d in diags if d.is_error or d in out]
+    return out
 
 
 def _wanted(code: str, select: tuple[str, ...], ignore: tuple[str, ...]) -> bool:

@@ -98,7 +98,7 @@ def _check_clusters_file(loaded, select=(), ignore=()) -> list:
     entries, diags = C.load_clusters(loaded)
     for name, entry in entries.items():
         if entry is not None:
-            diags += C.select(entries, name, loaded.source)[1]
+            diags += C.select_entry(entries, name, loaded.source)[1]
     return [d for d in diags if _wanted(d.code, select, ignore)]
 
 
@@ -128,6 +128,8 @@ class LaunchTarget(str, Enum):
     maxtext = "maxtext"
 
 
+SELECT_HELP = "Only these codes (prefixes, comma-separated)."
+IGNORE_HELP = "Skip these codes (prefixes, comma-separated)."
 TARGET_HELP = "distillc (our runtime) | maxtext (MaxText's train_distill): the rules of its limits."
 
 
@@ -135,8 +137,8 @@ TARGET_HELP = "distillc (our runtime) | maxtext (MaxText's train_distill): the r
 def validate(
     specs: List[Path] = typer.Argument(..., help="Spec files to check ('-' reads stdin); clusters files too.", show_default=False),
     format: Format = typer.Option(Format.text, "--format", "-f", help="text | concise | json | github"),
-    select: Optional[List[str]] = typer.Option(None, "--select", help="Only these codes (prefixes, comma-separated)."),
-    ignore: Optional[List[str]] = typer.Option(None, "--ignore", help="Skip these codes (prefixes, comma-separated)."),
+    select: Optional[List[str]] = typer.Option(None, "--select", help=SELECT_HELP),
+    ignore: Optional[List[str]] = typer.Option(None, "--ignore", help=IGNORE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors."),
     target: LaunchTarget = typer.Option(LaunchTarget.distillc, "--target", help=TARGET_HELP),
 ) -> None:
@@ -349,21 +351,26 @@ def plan(
     clusters: Optional[Path] = typer.Option(None, "--clusters", help="The clusters file (default ./clusters.yaml, then the user config dir)."),
     format: DataFormat = typer.Option(DataFormat.text, "--format", "-f", help="text | json"),
     target: LaunchTarget = typer.Option(LaunchTarget.distillc, "--target", help=TARGET_HELP),
+    select: Optional[List[str]] = typer.Option(None, "--select", help=SELECT_HELP),
+    ignore: Optional[List[str]] = typer.Option(None, "--ignore", help=IGNORE_HELP),
 ) -> None:
     """Print the resolved plan: schedules, layer pairs, mesh, memory per chip, workloads."""
     from distillc.compiler import launch
 
+    sel, ign = _split_codes(select), _split_codes(ignore)
+    _check_selectors(sel, ign)
     try:
-        fr = launch.front(spec, cluster, clusters, target.value)
-        diags = list(fr.diagnostics)
+        fr = launch.front(spec, cluster, clusters, target.value, sel, ign)
+        ctx = launch.planned(fr)
+        diags = list(launch.plan_diagnostics(fr, ctx, stopped=ctx.plan is None))
         _diagnostics_or_exit(fr, diags, format, {"workloads": []})
-        resolved = launch.plan_for(fr)
     except launch.UsageError as exc:
         raise fail(str(exc))
+    assert ctx.plan is not None and ctx.spec is not None
     if format is DataFormat.json:
-        launch.print_json({**launch.plan_json(resolved), "diagnostics": [d.to_json() for d in diags]})
+        launch.print_json({**launch.plan_json(ctx.plan), "diagnostics": [d.to_json() for d in diags]})
     else:
-        typer.echo(launch.plan_text(resolved, fr.checked.spec.full()), nl=False)
+        typer.echo(launch.plan_text(ctx.plan, ctx.spec), nl=False)
 
 
 @app.command()
@@ -376,14 +383,18 @@ def launch(
     execute: bool = typer.Option(False, "--execute", help="Run the xpk commands (default: dry run, print them)."),
     format: DataFormat = typer.Option(DataFormat.text, "--format", "-f", help="text | json"),
     local: bool = typer.Option(False, "--local", help="Compile, then train here with the distillc runtime."),
+    select: Optional[List[str]] = typer.Option(None, "--select", help=SELECT_HELP),
+    ignore: Optional[List[str]] = typer.Option(None, "--ignore", help=IGNORE_HELP),
 ) -> None:
     """Compile SPEC into build/<name>/ (runtime configs, launch.sh, manifest.json) and print, or
     run, the xpk commands. A dry run unless --execute."""
     from distillc.compiler import launch as L
 
+    sel, ign = _split_codes(select), _split_codes(ignore)
+    _check_selectors(sel, ign)
     try:
         compiled = L.compile_launch(spec, cluster_name=cluster, clusters_file=clusters, target=target.value,
-                                    out_dir=out, local=local)
+                                    out_dir=out, local=local, select=sel, ignore=ign)
         diags = list(compiled.diagnostics)
         _diagnostics_or_exit(compiled.front, diags, format, {"workloads": [], "artifacts": []})
         build = compiled.build

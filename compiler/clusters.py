@@ -26,17 +26,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from distillc.compiler import launch_codes  # noqa: F401  (declares the DC4xx codes)
-from distillc.compiler import naming
 from distillc.compiler.catalog import Accelerator, load_catalog
 from distillc.compiler.diagnostics import Diagnostic, KeyPath
 from distillc.compiler.loader import Loaded, SourceMap, load_file
 from distillc.compiler.parse import did_you_mean, expected_message, yaml_repr
-from distillc.compiler.registry import make
+from distillc.compiler.registry import Target, make
 
 FILE_NAME = "clusters.yaml"
 APP_NAME = "distillc"
@@ -178,43 +176,35 @@ CONFIG_ENV = "DISTILLC_CONFIG_B64"
 RESERVED_ENV = {CONFIG_ENV: "the compiled config, base64, in docker_image mode"}
 
 
+@dataclass(frozen=True)
+class ClusterContext:
+    """What a cluster rule (rules/cluster.py) reads: one entry of the clusters file, its positions,
+    and its accelerator's catalog entry (None when the catalog has no such name: DC014)."""
+
+    name: str
+    entry: ClusterEntry
+    source: SourceMap
+    accelerator: Optional[Accelerator]
+    target: Target = "distillc"  # a clusters file serves every target
+
+    @property
+    def path(self) -> KeyPath:
+        return ("clusters", self.name)
+
+    def get(self, name: str) -> Any:
+        return getattr(self, name)
+
+    def source_for(self, path: KeyPath) -> SourceMap:
+        return self.source
+
+
 def check_entry(name: str, entry: ClusterEntry, source: SourceMap) -> list[Diagnostic]:
-    """The values xpk would reject or pass to a shell, with their positions."""
-    at = ("clusters", name)
-    out: list[Diagnostic] = []
+    """The cluster rules over one entry: the values xpk would reject or pass to a shell, and an
+    accelerator xpk cannot launch (DC402, DC403), with their positions."""
+    from distillc.compiler.check import run_stage
 
-    def bad(field: str, message: str, hint: Optional[str] = None) -> None:
-        out.append(_diag("DC402", message, (*at, field), source, hint))
-
-    if not PROJECT_RE.fullmatch(entry.project):
-        bad("project", f"{entry.project!r} is not a GCP project id (6-30 of a-z, 0-9, '-', starting with a letter)",
-            "Use the GCP project id (not its display name): 6-30 characters of a-z, 0-9 and '-', starting with a letter, e.g. my-tpu-project.")
-    if not ZONE_RE.fullmatch(entry.zone):
-        bad("zone", f"{entry.zone!r} is not a GCP zone such as us-central1-a",
-            "Use a GCP zone: region plus zone letter, e.g. us-central1-a (not a region such as us-central1).")
-    if not naming.is_valid_workload_name(entry.cluster):
-        why = naming.name_problem(entry.cluster) or f"it is longer than {naming.MAX_WORKLOAD_NAME} characters"
-        bad("cluster", f"xpk rejects the cluster name {entry.cluster!r}: {why}", f"xpk names match {naming.WORKLOAD_NAME_PATTERN}, <= 40 characters")
-    for field in ("docker_image", "base_docker_image"):
-        value = getattr(entry, field)
-        if value is not None and not IMAGE_RE.fullmatch(value):
-            bad(field, f"{value!r} is not a docker image reference ([host/]path[:tag][@digest])",
-                IMAGE_HINT)
-    if entry.docker_image and entry.base_docker_image:
-        bad("base_docker_image", "give docker_image or base_docker_image, not both",
-            "docker_image is used as is; base_docker_image gets the build directory layered on by xpk")
-    for i, code in enumerate(entry.restart_on_exit_codes):
-        if not 0 <= code <= 255:
-            out.append(_diag("DC402", f"exit code {code} is outside 0-255", (*at, "restart_on_exit_codes", i), source,
-                             "Use process exit codes between 0 and 255, e.g. [1, 139]."))
-    for key in entry.env:
-        if not ENV_NAME_RE.fullmatch(key):
-            out.append(_diag("DC402", f"{key!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)", (*at, "env", key), source,
-                             "Use an environment variable name: a letter or '_', then letters, digits and '_'.", key=True))
-        elif key in RESERVED_ENV:
-            out.append(_diag("DC402", f"{key} is set by distillc itself ({RESERVED_ENV[key]}); a cluster cannot set it",
-                             (*at, "env", key), source, f"Remove {key} from the cluster's env.", key=True))
-    return out
+    ctx = ClusterContext(name, entry, source, load_catalog().accelerators.get(entry.accelerator))
+    return run_stage(ctx, "cluster")
 
 
 def load_clusters(loaded: Loaded) -> tuple[dict[str, Optional[ClusterEntry]], list[Diagnostic]]:
@@ -239,7 +229,7 @@ def load_clusters(loaded: Loaded) -> tuple[dict[str, Optional[ClusterEntry]], li
     return entries, diags
 
 
-def select(entries: dict[str, Optional[ClusterEntry]], name: str, source: SourceMap) -> tuple[Optional[Cluster], list[Diagnostic]]:
+def select_entry(entries: dict[str, Optional[ClusterEntry]], name: str, source: SourceMap) -> tuple[Optional[Cluster], list[Diagnostic]]:
     """The entry named `name`, bound to the accelerator catalog. Raises UnknownCluster."""
     if name not in entries:
         names = ", ".join(sorted(entries))
@@ -254,21 +244,26 @@ def select(entries: dict[str, Optional[ClusterEntry]], name: str, source: Source
     if acc is None:
         hint = did_you_mean(entry.accelerator, catalog.accelerators) or "run `distillc accelerators` for the catalog"
         return None, [_diag("DC014", f"unknown accelerator '{entry.accelerator}'", path, source, hint)]
-    if acc.flag == "none":
-        return None, [_diag("DC403", f"'{acc.name}' is not an xpk device type", path, source)]
+    if acc.flag == "none":  # DC403 (a cluster rule) says so; --ignore cannot make it launchable
+        return None, []
     return Cluster(name, entry, acc, source), []
 
 
 def load_cluster(
-    name: str, explicit: Optional[Path] = None, cwd: Optional[Path] = None, config_dir: Optional[Path] = None
+    name: str, explicit: Optional[Path] = None, cwd: Optional[Path] = None, config_dir: Optional[Path] = None,
+    select: Sequence[str] = (), ignore: Sequence[str] = (),
 ) -> tuple[Optional[Cluster], list[Diagnostic], SourceMap]:
     """Find, load, check and select in one call. Raises LoadError, ClustersNotFound or
     UnknownCluster for usage problems; returns the problems of the file itself and of the chosen
-    entry (not of the other entries) as diagnostics with positions."""
+    entry (not of the other entries) as diagnostics with positions, less the codes `select` /
+    `ignore` leave out (check.shown)."""
+    from distillc.compiler.check import shown
+
     loaded = load_file(find_clusters_file(explicit, cwd, config_dir))
     entries, diags = load_clusters(loaded)
     if not entries:
-        return None, diags, loaded.source
-    cluster, more = select(entries, name, loaded.source)
-    mine = [d for d in diags if len(d.path) < 2 or d.path[0] != "clusters" or d.path[1] == name]
-    return (cluster if not any(d.is_error for d in mine) else None), mine + more, loaded.source
+        return None, shown(diags, select, ignore, stopped=True), loaded.source
+    cluster, more = select_entry(entries, name, loaded.source)
+    mine = shown([d for d in diags if len(d.path) < 2 or d.path[0] != "clusters" or d.path[1] == name] + more,
+                 select, ignore, stopped=cluster is None)
+    return (cluster if not any(d.is_error for d in mine) else None), mine, loaded.source

@@ -31,13 +31,14 @@ from typing import Any, Callable, Literal, Optional, Sequence
 
 from distillc import __version__
 from distillc.compiler import clusters as clusters_mod
-from distillc.compiler import launch_codes  # noqa: F401  (declares the DC4xx codes)
 from distillc.compiler import maxtext, render, xpk
-from distillc.compiler.check import Checked, check_loaded
+from distillc.compiler.check import Checked, check_loaded, shown
 from distillc.compiler.diagnostics import Diagnostic, KeyPath, has_errors, sort_key
 from distillc.compiler.loader import LoadError, Loaded, SourceMap, load_file
 from distillc.compiler.parse import PartialSpec
-from distillc.compiler.registry import Target, make
+from distillc.compiler.plan_check import PlanContext, check_plan
+from distillc.compiler.registry import Target
+from distillc.compiler.spec import Spec
 from distillc.compiler.resolve import Plan, PlanError, Workload, resolve_checked
 
 RUNTIME_MODULE = "distillc.runtime.main"
@@ -103,6 +104,9 @@ class Front:
     cluster: Optional[clusters_mod.Cluster]
     diagnostics: tuple[Diagnostic, ...]
     sources: dict[str, SourceMap]
+    target: Target = "distillc"
+    select: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -123,9 +127,12 @@ def _with_slices(loaded: Loaded, num_slices: int) -> Loaded:
 
 
 def front(
-    spec_path: Path, cluster_name: Optional[str] = None, clusters_file: Optional[Path] = None, target: Target = "distillc"
+    spec_path: Path, cluster_name: Optional[str] = None, clusters_file: Optional[Path] = None, target: Target = "distillc",
+    select: Sequence[str] = (), ignore: Sequence[str] = (),
 ) -> Front:
-    """Load and check the spec for `target`, for the cluster's accelerator and slices when one is named."""
+    """Load and check the spec for `target`, for the cluster's accelerator and slices when one is
+    named; `select` / `ignore` as `distillc validate` takes them, for every stage's codes."""
+    select, ignore = tuple(select), tuple(ignore)
     try:
         loaded = load_file(spec_path)
     except LoadError as exc:
@@ -135,51 +142,21 @@ def front(
     cluster = None
     if cluster_name is not None:
         try:
-            cluster, cdiags, csource = clusters_mod.load_cluster(cluster_name, clusters_file)
+            cluster, cdiags, csource = clusters_mod.load_cluster(cluster_name, clusters_file, select=select, ignore=ignore)
         except (LoadError, clusters_mod.ClustersNotFound, clusters_mod.UnknownCluster) as exc:
             raise UsageError(str(exc)) from None
         diags += cdiags
         sources[csource.file] = csource
         if cluster is None:
-            return Front(loaded, Checked(PartialSpec(), None, ()), None, tuple(sorted(diags, key=sort_key)), sources)
+            return Front(loaded, Checked(PartialSpec(), None, ()), None, tuple(sorted(diags, key=sort_key)), sources,
+                         target, select, ignore)
     spec_for_rules = loaded
     if cluster is not None:
         spec_for_rules = _with_slices(loaded, cluster.entry.num_slices)
-    checked = check_loaded(spec_for_rules, accelerator=cluster.accelerator.name if cluster else None, target=target)
+    checked = check_loaded(spec_for_rules, select, ignore, accelerator=cluster.accelerator.name if cluster else None,
+                           target=target)
     diags += checked.diagnostics
-    if cluster is not None:
-        diags += _cluster_notes(checked, cluster, loaded)
-    return Front(loaded, checked, cluster, tuple(sorted(diags, key=sort_key)), sources)
-
-
-def _cluster_notes(checked: Checked, cluster: clusters_mod.Cluster, loaded: Loaded) -> list[Diagnostic]:
-    """DC400/DC401 where the cluster replaces what the spec says (read from the file as written:
-    the checked spec already carries the cluster's slice count)."""
-    spec = checked.spec
-    source = loaded.source
-    out: list[Diagnostic] = []
-    if spec.resources is None:
-        return out
-    where = f"{cluster.source.file}:{cluster.span_of('accelerator').line}"
-    if spec.resources.accelerator != cluster.entry.accelerator:
-        path = ("resources", "accelerator")
-        out.append(make(
-            "DC400",
-            f"cluster '{cluster.name}' ({where}) runs on {cluster.entry.accelerator}, not {spec.resources.accelerator}: "
-            f"the plan and every rule use {cluster.entry.accelerator}",
-            path=path, span=source.span(path), file=source.file,
-        ))
-    resources = loaded.data.get("resources") if isinstance(loaded.data, dict) else None
-    written = resources.get("num_slices", 1) if isinstance(resources, dict) else 1
-    if written != cluster.entry.num_slices:
-        path = ("resources", "num_slices")
-        out.append(make(
-            "DC401",
-            f"cluster '{cluster.name}' runs {cluster.entry.num_slices} slice(s), not {written}: "
-            f"the plan and every rule use {cluster.entry.num_slices}",
-            path=path, span=source.span(path), file=source.file,
-        ))
-    return out
+    return Front(loaded, checked, cluster, tuple(sorted(diags, key=sort_key)), sources, target, select, ignore)
 
 
 def plan_for(fr: Front) -> Plan:
@@ -190,43 +167,26 @@ def plan_for(fr: Front) -> Plan:
         raise UsageError(f"internal error: {exc} (please report: a rule should have caught this)") from None
 
 
+def planned(fr: Front, render: bool = False) -> PlanContext:
+    """Resolve the plan when the front end passed, and bind it for the plan rules (with the spec
+    alone, and no plan, when it did not: the cluster notes still explain the spec's errors)."""
+    plan = plan_for(fr) if fr.ok and fr.checked.context is not None else None
+    spec = fr.checked.spec.full() if plan is not None else None
+    data = fr.loaded.data
+    resources = data.get("resources") if isinstance(data, dict) else None
+    written_slices = resources.get("num_slices", 1) if isinstance(resources, dict) else 1
+    return PlanContext(spec, plan, fr.checked.spec.resources, fr.loaded.source, fr.target, fr.cluster,
+                       written_slices, render)
+
+
+def plan_diagnostics(fr: Front, ctx: PlanContext, stopped: bool = False) -> tuple[Diagnostic, ...]:
+    """The front end's diagnostics and the plan rules', as --select/--ignore leave them (but never
+    hiding why nothing was made: check.shown), sorted."""
+    found = [*fr.diagnostics, *check_plan(ctx)]
+    return tuple(sorted(shown(found, fr.select, fr.ignore, stopped), key=sort_key))
+
+
 # ---------------------------------------------------------------- launch: image, commands, artifacts
-
-
-def _image(fr: Front) -> tuple[Optional[xpk.Image], list[Diagnostic]]:
-    """The cluster's image when it names one, else the spec's."""
-    assert fr.cluster is not None
-    spec = fr.checked.spec.full()
-    e = fr.cluster.entry
-    source = fr.loaded.source
-    if e.docker_image:
-        return xpk.Image("docker_image", e.docker_image), []
-    if e.base_docker_image:
-        return xpk.Image("base_docker_image", e.base_docker_image), []
-    r = spec.resources
-    bad: list[Diagnostic] = []
-    for field in ("docker_image", "base_docker_image"):
-        value = getattr(r, field)
-        if value is not None and not clusters_mod.IMAGE_RE.fullmatch(value):
-            path = ("resources", field)
-            bad.append(make("DC402", f"{value!r} is not a docker image reference ([host/]path[:tag][@digest])",
-                            path=path, span=source.span(path), file=source.file,
-                            hint=clusters_mod.IMAGE_HINT))
-    if bad:
-        return None, bad
-    if r.docker_image and r.base_docker_image:
-        path = ("resources", "base_docker_image")
-        return None, [make("DC402", "give docker_image or base_docker_image, not both", path=path, span=source.span(path), file=source.file)]
-    if r.docker_image:
-        return xpk.Image("docker_image", r.docker_image), []
-    if r.base_docker_image:
-        return xpk.Image("base_docker_image", r.base_docker_image), []
-    path = ("clusters", fr.cluster.name)
-    return None, [make(
-        "DC404",
-        f"neither cluster '{fr.cluster.name}' nor the spec's resources name a docker_image or base_docker_image",
-        path=path, span=fr.cluster.source.span(path), file=fr.cluster.source.file,
-    )]
 
 
 def _target(cluster: clusters_mod.Cluster, image: xpk.Image) -> xpk.Target:
@@ -247,46 +207,34 @@ def _target(cluster: clusters_mod.Cluster, image: xpk.Image) -> xpk.Target:
     )
 
 
-def _command(words: Sequence[tuple[str, Optional[KeyPath]]], image: xpk.Image, config_file: str, gpu: bool,
-             source: SourceMap) -> tuple[str, list[Diagnostic]]:
-    """Join command words for the container's bash; in docker_image mode, decode the config first."""
-    out, diags = [], []
-    for word, path in words:
-        quoted, problem = xpk.command_word(word, gpu)
-        if problem is not None:
-            p = path or ()
-            diags.append(make("DC406", f"{'.'.join(map(str, p)) or 'a value'} cannot go into xpk's --command: {problem}",
-                              path=p, span=source.span(p), file=source.file))
-        out.append(quoted)
-    command = " ".join(out)
+def _command(words: Sequence[tuple[str, Optional[KeyPath]]], image: xpk.Image, config_file: str, gpu: bool) -> str:
+    """Join command words for the container's bash; in docker_image mode, decode the config first
+    (a word that cannot be carried is DC406, rules/launch.py)."""
+    command = " ".join(xpk.command_word(word, gpu)[0] for word, _ in words)
     if image.mode == "docker_image":
         command = f"printenv {CONFIG_ENV} | python3 -m base64 -d > /tmp/{config_file} && {command}"
-    return command, diags
+    return command
 
 
 def _config_path(image: xpk.Image, config_file: str) -> str:
     return f"{SCRIPT_DIR_IN_IMAGE}/{config_file}" if image.mode == "base_docker_image" else f"/tmp/{config_file}"
 
 
-def _stage_files(plan: Plan, target: Target) -> list[tuple[Workload, str]]:
+def command_words(plan: Plan, workload: Workload, target: Target, image: xpk.Image) -> tuple[str, list[tuple[str, Optional[KeyPath]]]]:
+    """A workload's config file and the words of its command, each value word with the spec key it
+    came from (fixed words carry None)."""
+    file_name = maxtext.CONFIG_FILE if target == "maxtext" else workload.config_file
+    path = _config_path(image, file_name)
     if target == "maxtext":
-        return [(w, maxtext.CONFIG_FILE) for w in plan.workloads]
-    return [(w, w.config_file) for w in plan.workloads]
+        return file_name, maxtext.stage_command(workload.stage, path, plan.config_for(workload))
+    return file_name, [("python3", None), ("-m", None), (RUNTIME_MODULE, None), ("--config", None), (path, None)]
 
 
-def _steps(plan: Plan, xt: xpk.Target, target: Target, files: dict[str, render.Artifact], script_dir: str,
-           source: SourceMap) -> tuple[list[Step], list[Diagnostic]]:
+def _steps(plan: Plan, xt: xpk.Target, target: Target, files: dict[str, render.Artifact], script_dir: str) -> list[Step]:
     steps: list[Step] = []
-    diags: list[Diagnostic] = []
-    for workload, file_name in _stage_files(plan, target):
-        cfg = plan.config_for(workload)
-        path = _config_path(xt.image, file_name)
-        if target == "maxtext":
-            words = maxtext.stage_command(workload.stage, path, cfg)
-        else:
-            words = [("python3", None), ("-m", None), (RUNTIME_MODULE, None), ("--config", None), (path, None)]
-        command, bad = _command(words, xt.image, file_name, xt.gpu, source)
-        diags += bad
+    for workload in plan.workloads:
+        file_name, words = command_words(plan, workload, target, xt.image)
+        command = _command(words, xt.image, file_name, xt.gpu)
         env = []
         if xt.image.mode == "docker_image":
             env.append((CONFIG_ENV, base64.b64encode(files[file_name].content).decode("ascii")))
@@ -298,7 +246,7 @@ def _steps(plan: Plan, xt: xpk.Target, target: Target, files: dict[str, render.A
         steps.append(Step(workload.name, "create", argv, workload.depends_on,
                           f"{workload.name}: stage {workload.stage} on {xt.device_type} x {xt.num_slices}",
                           file_name if xt.image.mode == "docker_image" else None))
-    return steps, diags
+    return steps
 
 
 def _spec_info(loaded: Loaded, spec_name: str) -> dict[str, str]:
@@ -325,6 +273,8 @@ def compile_launch(
     target: Target = "distillc",
     out_dir: Optional[Path] = None,
     local: bool = False,
+    select: Sequence[str] = (),
+    ignore: Sequence[str] = (),
 ) -> Compiled:
     """Everything `launch` does short of writing and running: diagnostics, artifacts, steps."""
     if local and target != "distillc":
@@ -333,28 +283,23 @@ def compile_launch(
         raise UsageError("launch needs --cluster NAME (an entry of the clusters file), or --local")
     if cluster_name is not None and local:
         raise UsageError("--local trains on this machine; it takes no --cluster")
-    fr = front(spec_path, cluster_name, clusters_file, target)
-    diags = list(fr.diagnostics)
-    if not fr.ok or fr.checked.context is None:
-        return Compiled(fr, None, tuple(diags))
-    spec = fr.checked.spec.full()
-    plan = plan_for(fr)
+    fr = front(spec_path, cluster_name, clusters_file, target, select, ignore)
+    ctx = planned(fr, render=True)
+    plan, spec = ctx.plan, ctx.spec
+    image = ctx.image
+    version = ctx.maxtext_version
+    # what makes nothing renderable, whatever --ignore says (check.shown keeps its error)
+    stopped = plan is None or (not local and image is None) or (
+        target == "maxtext" and (version is None or plan.mesh.dcn_split() is None))
+    diags = plan_diagnostics(fr, ctx, stopped)
+    if stopped or has_errors(diags):
+        return Compiled(fr, None, diags)
+    assert plan is not None and spec is not None
     out = Path(out_dir) if out_dir is not None else Path("build") / plan.name
-    source = fr.loaded.source
     spec_info = _spec_info(fr.loaded, plan.name)
-
-    if target == "maxtext":
-        diags += maxtext.check(plan, spec, source)
-    if spec.resources.script_dir is not None and not local:
-        path = ("resources", "script_dir")
-        diags.append(make("DC405", "resources.script_dir is ignored: the build directory is the script dir xpk ships",
-                          path=path, span=source.span(path), file=source.file))
-    if has_errors(diags):
-        return Compiled(fr, None, tuple(sorted(diags, key=sort_key)))
 
     files: dict[str, render.Artifact] = {}
     if target == "maxtext":
-        version = maxtext.version_of(spec.maxtext.version)
         assert version is not None
         context = dict(
             name=plan.name, maxtext_version=spec.maxtext.version, maxtext_tag=version.tag,
@@ -373,19 +318,12 @@ def compile_launch(
     steps: list[Step] = []
     extra: dict[str, Any] = {"target": target}
     if not local:
-        image, bad = _image(fr)
-        diags += bad
-        if image is None:
-            return Compiled(fr, None, tuple(sorted(diags, key=sort_key)))
-        assert fr.cluster is not None
+        assert fr.cluster is not None and image is not None
         xt = _target(fr.cluster, image)
         if image.mode == "base_docker_image" and not SAFE_SCRIPT_DIR.fullmatch(str(out)):
             raise UsageError(f"--out {str(out)!r}: xpk passes --script-dir to a shell; use letters, digits and . _ / + -")
-        steps, bad = _steps(plan, xt, target, files, str(out), source)
-        script_steps, _ = _steps(plan, xt, target, files, ".", source)  # launch.sh runs from the build dir
-        diags += bad
-        if has_errors(diags):
-            return Compiled(fr, None, tuple(sorted(diags, key=sort_key)))
+        steps = _steps(plan, xt, target, files, str(out))
+        script_steps = _steps(plan, xt, target, files, ".")  # launch.sh runs from the build dir
         e = fr.cluster.entry
         cluster_doc = {"name": fr.cluster.name, "project": e.project, "zone": e.zone, "cluster": e.cluster,
                        "accelerator": e.accelerator, "num_slices": e.num_slices, "image": {"mode": image.mode, "ref": image.ref}}
@@ -405,7 +343,7 @@ def compile_launch(
     artifacts = list(files.values())
     artifacts.append(render.manifest(artifacts, spec_info, extra))
     build = Build(plan, target, out, tuple(artifacts), tuple(steps))
-    return Compiled(fr, build, tuple(sorted(diags, key=sort_key)))
+    return Compiled(fr, build, diags)
 
 
 # ---------------------------------------------------------------- execute
@@ -543,7 +481,7 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def plan_text(plan: Plan, spec: Any) -> str:
+def plan_text(plan: Plan, spec: Spec) -> str:
     from distillc.compiler.mesh import format_batch
     from distillc.compiler.memory import GiB
     from distillc.compiler.plan_schedules import describe, schedule_table, table_steps

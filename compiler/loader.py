@@ -64,6 +64,17 @@ class SourceMap:
                 return self.key_spans[p]
         return self.span(())
 
+    def point(self, path: KeyPath) -> Span:
+        """Where to point for `path`: its value, or, for a block mapping or an unwritten default,
+        the key of the nearest written node (a block value starts on the line after its key)."""
+        p = tuple(path)
+        while p and p not in self.spans:
+            p = p[:-1]
+        value = self.spans.get(p)
+        if p and value is not None and p in self.key_spans and value.end_line not in (None, value.line):
+            return self.key_span(p)
+        return self.span(p)
+
     def line_text(self, line: int) -> str:
         lines = self.text.splitlines()
         return lines[line - 1] if 0 < line <= len(lines) else ""

@@ -15,7 +15,7 @@ Where each key goes, and why:
     win over a model file goes into the overrides, with override_model_config: true (without it,
     MaxText rejects an override that differs from the model file, e.g. a pruned depth).
 
-What MaxText cannot express is a diagnostic (DC42x) for this target, never an approximation:
+What MaxText cannot express is a diagnostic (DC42x, rules/maxtext.py) for this target, never an approximation:
 schedule tables (DC421), layer pairs that are not (i, i) (DC422), models outside the pinned
 version's configs/models (DC423), different vocabulary sizes (DC424), data and tokenizers its
 loaders cannot read (DC425, DC426), learning-rate decays other than cosine (DC427), offline losses
@@ -31,11 +31,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from distillc.compiler import launch_codes  # noqa: F401  (declares the DC4xx codes)
 from distillc.compiler.catalog import load_catalog
-from distillc.compiler.diagnostics import Diagnostic, KeyPath
-from distillc.compiler.loader import SourceMap
-from distillc.compiler.registry import make
+from distillc.compiler.diagnostics import KeyPath
 from distillc.compiler.resolve import Plan
 from distillc.runtime.config import RuntimeConfig, Schedule, SideConfig
 
@@ -167,7 +164,7 @@ def _side_keys(side: SideConfig, catalog_layers: Optional[int]) -> dict[str, Any
 
 
 def config_sections(plan: Plan, version: MaxTextVersion) -> dict[str, Any]:
-    """The values of templates/maxtext.yml.j2, grouped as the file is. Assumes `check` passed."""
+    """The values of templates/maxtext.yml.j2, grouped as the file is. Assumes the DC42x rules passed."""
     cfg: RuntimeConfig = plan.train
     catalog = load_catalog()
     opt, train, data = cfg.optimizer, cfg.train, cfg.data
@@ -197,7 +194,7 @@ def config_sections(plan: Plan, version: MaxTextVersion) -> dict[str, Any]:
     pdb = plan.mesh.per_device_batch
     mesh = plan.mesh
     split = mesh.dcn_split()
-    assert split is not None, "check() reports meshes that do not split over the slices"
+    assert split is not None, "DC430 reports meshes that do not split over the slices"
     dcn_data, dcn_fsdp = split
     return {
         "run": {"run_name": cfg.name, "base_output_directory": _output_base(cfg)},
@@ -254,102 +251,3 @@ def stage_command(stage: str, config_path: str, cfg: RuntimeConfig) -> list[tupl
             (f"{where}={cfg.offline.data_dir}", ("offline", "data_dir")),
         ]
     return [("python3", None), ("-m", None), (TRAIN_MODULE, None), (config_path, None)]
-
-
-# ---------------------------------------------------------------- what MaxText cannot express
-
-
-def _point(source: SourceMap, path: KeyPath):
-    """Where to point for `path`: its value, or, for a block mapping or an unwritten default, the
-    key of the nearest written node (a block value starts on the line after its key)."""
-    p = tuple(path)
-    while p and p not in source.spans:
-        p = p[:-1]
-    value = source.spans.get(p)
-    if p and value is not None and p in source.key_spans and value.end_line not in (None, value.line):
-        return source.key_span(p)
-    return source.span(p)
-
-
-def check(plan: Plan, spec: Any, source: SourceMap) -> list[Diagnostic]:
-    """Every reason the plan cannot be written for spec.maxtext.version, with spec positions."""
-    out: list[Diagnostic] = []
-
-    def diag(code: str, message: str, path: KeyPath, hint: Optional[str] = None) -> None:
-        out.append(make(code, message, path=path, span=_point(source, path), file=source.file, hint=hint))
-
-    version = version_of(spec.maxtext.version)
-    if version is None:
-        known = ", ".join(VERSIONS)
-        diag("DC420", f"no MaxText distillation config is known for version '{spec.maxtext.version}' (known: {known})",
-             ("maxtext", "version"), f"Set maxtext.version to one of: {known}.")
-        return out
-    cfg = plan.train
-    for name in ("alpha", "temperature", "beta"):
-        s = getattr(cfg.loss, name)
-        if s.kind == "piecewise":
-            diag("DC421", f"loss.{name} is a piecewise schedule table: MaxText has constant, linear and cosine only",
-                 ("loss", name, "schedule"))
-        elif s.kind != "constant" and s.start != s.end and not version.schedules:
-            diag("DC421", f"loss.{name} is a {s.kind} schedule: MaxText {spec.maxtext.version} has no distill_{name}_end "
-                 "(schedules arrived in v0.2.2)", ("loss", name))
-    pairs = cfg.loss.layer_pairs
-    mismatched = [(p.teacher, p.student) for p in pairs if p.teacher != p.student]
-    if mismatched:
-        shown = ", ".join(f"teacher {t} <-> student {s}" for t, s in mismatched[:4])
-        diag("DC422", f"the layer pairs align different layers ({shown}): MaxText's distill_layer_indices "
-             "index both models alike", ("loss", "layers"))
-    if cfg.loss.feature_enabled and cfg.loss.feature_loss != "cosine" and not version.feature_loss_type:
-        diag("DC421", f"feature_loss {cfg.loss.feature_loss}: MaxText {spec.maxtext.version} has the cosine feature loss only",
-             ("loss", "feature_loss"))
-    for role in ("teacher", "student"):
-        side = getattr(spec, role)
-        arch = getattr(cfg, role).arch
-        if not isinstance(side.model, str):
-            diag("DC423", f"{role}.model is an inline architecture: MaxText needs a model_name", (role, "model"))
-        elif arch.name not in version.models:
-            diag("DC423", f"MaxText {spec.maxtext.version} has no model '{arch.name}' (configs/models/{arch.name}.yml)",
-                 (role, "model"))
-    t, s = cfg.teacher.arch, cfg.student.arch
-    if t.vocab_size != s.vocab_size:
-        diag("DC424", f"vocab_size differs (teacher {t.vocab_size}, student {s.vocab_size}): MaxText's trainer "
-             "asserts they are equal", ("student", "model"))
-    if data_keys(cfg.data.source) is None:
-        diag("DC425", f"data.source {cfg.data.source!r}: MaxText reads .jsonl files (HF json loader) or "
-             "ArrayRecord/Parquet/TFRecord files (Grain)", ("data", "source"))
-    elif is_directory(cfg.data.source):
-        diag("DC431", f"data.source {cfg.data.source!r} is a directory: MaxText reads its *.jsonl files "
-             "(the distillc runtime also reads its .txt files)", ("data", "source"))
-    if tokenizer_keys(cfg.data.tokenizer) is None:
-        diag("DC426", "data.tokenizer 'byte' has no MaxText tokenizer", ("data", "tokenizer"))
-    if cfg.optimizer.decay != "cosine":
-        diag("DC427", f"train.lr_schedule {cfg.optimizer.decay}: MaxText's distillation optimizer is warmup + cosine decay",
-             ("train", "lr_schedule"))
-    if cfg.offline is not None:
-        o = cfg.offline
-        if not version.offline:
-            diag("DC428", f"MaxText {spec.maxtext.version} has no offline distillation (offline_data_dir arrived in v0.2.1)", ("mode",))
-        if o.loss != "renormalized":
-            diag("DC428", f"offline.loss {o.loss}: MaxText renormalizes the teacher's top-k (offline.loss: renormalized)",
-                 ("offline", "loss"))
-        if o.sampling != "top_k":
-            diag("DC428", f"offline.sampling {o.sampling}: MaxText saves the teacher's top-k only", ("offline", "sampling"))
-        if o.capture_temperature != 1.0:
-            diag("DC428", f"offline.capture_temperature {o.capture_temperature:g}: MaxText saves raw logits (temperature 1)",
-                 ("offline", "capture_temperature"))
-    if cfg.data.eval_fraction > 0:
-        if ("data", "eval_fraction") in source.spans:  # the user asked for it: warn
-            diag("DC429", f"data.eval_fraction {cfg.data.eval_fraction:g}: MaxText's loaders cannot hold out a fraction of "
-                 "one source; the MaxText config trains on all of it and does not evaluate", ("data", "eval_fraction"))
-        else:  # distillc's default: say so once, quietly
-            diag("DC432", f"the default data.eval_fraction {cfg.data.eval_fraction:g} is not rendered: the MaxText config "
-                 "trains on all of data.source and does not evaluate", ("data", "eval_fraction"))
-    mesh = plan.mesh
-    if mesh.dcn_split() is None:
-        diag("DC430", f"mesh data {mesh.data} x fsdp {mesh.fsdp} does not split over {mesh.num_slices} slices "
-             "(MaxText puts the data axis, then fsdp, across slices)", ("runtime", "mesh"))
-    pdb = mesh.per_device_batch
-    if pdb.denominator != 1 and int(float(pdb) * mesh.devices) != cfg.data.global_batch_size:
-        diag("DC430", f"global batch {cfg.data.global_batch_size} over {mesh.devices} devices is not a per_device_batch_size "
-             "MaxText can represent", ("data", "global_batch_size"))
-    return out

@@ -298,3 +298,59 @@ def test_unquoted_off_is_the_text_off(in_tmp):
     r = run("launch", GOLDEN_INPUTS / "pruning.yaml", "--cluster", "v5p", "--format", "json")
     assert r.exit_code == 0, r.stderr
     assert "JAX_TRACEBACK_FILTERING=off" in r.stdout
+
+
+class TestSelectIgnore:
+    """--select / --ignore on plan and launch take the cluster and plan rules' codes (DC4xx) as
+    validate takes the spec rules'; an error that makes nothing renderable is never hidden."""
+
+    def piecewise(self, in_tmp) -> Path:
+        spec = in_tmp / "s.yaml"
+        spec.write_text((GOLDEN_INPUTS / "pruning.yaml").read_text().replace(
+            "{start: 0.9, end: 0.5, schedule: cosine}", "{schedule: piecewise, points: [[0, 0.9], [5000, 0.5]]}"))
+        return spec
+
+    def test_ignore_a_maxtext_error_on_launch(self, in_tmp):
+        spec = self.piecewise(in_tmp)
+        args = ("launch", spec, "--cluster", "v5p", "--clusters", CLUSTERS, "--target", "maxtext", "--format", "json")
+        assert run(*args).exit_code == 1
+        r = run(*args, "--ignore", "DC421")
+        assert r.exit_code == 0, r.output
+        assert "DC421" not in {d["code"] for d in json.loads(r.stdout)["diagnostics"]}
+        assert run(*args, "--ignore", "DC42").exit_code == 0  # a prefix
+
+    def test_select_keeps_only_the_codes_named(self, in_tmp):
+        spec = self.piecewise(in_tmp)
+        r = run("launch", spec, "--cluster", "v5p", "--clusters", CLUSTERS, "--target", "maxtext", "--format", "json",
+                "--select", "DC400,DC421")
+        assert r.exit_code == 1
+        assert {d["code"] for d in json.loads(r.stdout)["diagnostics"]} == {"DC421"}  # no DC400: v5p is the spec's
+
+    def test_ignore_a_cluster_note_on_plan_and_launch(self, in_tmp):
+        base = ("--cluster", "h100", "--clusters", CLUSTERS, "--format", "json")
+        for command, extra in (("plan", ()), ("launch", ("--out", "out"))):
+            got = run(command, GOLDEN_INPUTS / "offline.yaml", *base, *extra)
+            assert "DC400" in {d["code"] for d in json.loads(got.stdout)["diagnostics"]}, command
+            quiet = run(command, GOLDEN_INPUTS / "offline.yaml", *base, *extra, "--ignore", "DC400")
+            assert quiet.exit_code == 0, quiet.output
+            assert "DC400" not in {d["code"] for d in json.loads(quiet.stdout)["diagnostics"]}, command
+
+    def test_unknown_selector_is_a_usage_error(self, in_tmp):
+        r = run("plan", GOLDEN_INPUTS / "offline.yaml", "--ignore", "DC499")
+        assert r.exit_code == 2 and "DC499" in r.stderr
+
+    def test_an_error_that_stops_the_launch_is_never_hidden(self, in_tmp):
+        clusters = in_tmp / "clusters.yaml"
+        clusters.write_text(CLUSTERS.read_text().replace("    docker_image: us-docker.pkg.dev/golden-project/distillc/distillc:0.1.0\n", ""))
+        r = run("launch", GOLDEN_INPUTS / "pruning.yaml", "--cluster", "v5p", "--clusters", clusters, "--ignore", "DC404")
+        assert r.exit_code == 1 and "DC404" in r.stderr  # no image: nothing to launch
+        clusters.write_text(CLUSTERS.read_text().replace("accelerator: v5p-128", "accelerator: cpu"))
+        r = run("launch", GOLDEN_INPUTS / "pruning.yaml", "--cluster", "v5p", "--clusters", clusters, "--ignore", "DC403")
+        assert r.exit_code == 1 and "DC403" in r.stderr
+
+    def test_rules_and_explain_cover_the_launch_codes(self):
+        listed = run("rules").stdout
+        assert all(code in listed for code in ("DC400", "DC402", "DC406", "DC421", "DC432"))
+        text = run("explain", "DC421").stdout
+        assert text.startswith("DC421 (error): a schedule MaxText cannot express") and "Fails::" in text
+        assert "Applies to `--target maxtext` only." in text

@@ -170,7 +170,7 @@ class Evaluator:
 
     def __init__(self, loaded: Loaded, base: Checked, axes: Sequence[Axis], accelerator: Optional[str] = None) -> None:
         assert base.context is not None
-        load_rules()
+        load_rules("spec")
         self.loaded, self.base, self.axes, self.accelerator = loaded, base, list(axes), accelerator
         self.source = loaded.source
         self.data = loaded.data
@@ -178,7 +178,7 @@ class Evaluator:
         self._axis_section = [a.section for a in self.axes]
         self._sections: dict[Hashable, _Section] = {}
         self._binds: dict[tuple[int, ...], tuple[Any, Any, Any, tuple[Diagnostic, ...]]] = {}
-        self._rules = {code: CODES[code] for code in sorted(CODES) if CODES[code].func is not None}
+        self._rules = {code: CODES[code] for code in sorted(CODES) if CODES[code].at("spec")}
         self.relevance = Relevance(self.footprints)
         self._memos = {code: DepMemo(self.relevance) for code in self._rules}
         self._needs = sorted({n for info in self._rules.values() for n in info.needs})
