@@ -14,4 +14,6 @@ if [ "${DISTILLC_SKIP_XPK:-0}" != 1 ] && [ ! -x .venv-xpk/bin/xpk ]; then
   [ -x .venv-xpk/bin/python ] || "$PY" -m venv .venv-xpk
   .venv-xpk/bin/python -m pip install -q --disable-pip-version-check 'xpk==1.16.0'
 fi
+# Types first: mypy -p distillc over compiler/ and runtime/ (tests/typecheck.sh), zero errors.
+bash tests/typecheck.sh
 exec .venv/bin/python -m pytest "$@"

@@ -8,6 +8,7 @@ entry, `distillc launch --cluster NAME` over the entry it launches on.
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 from distillc.compiler import naming
@@ -16,12 +17,11 @@ from distillc.compiler.diagnostics import Severity
 from distillc.compiler.registry import Finding, rule
 
 E = Severity.ERROR
-DC402 = dict(
-    code="DC402", severity=E, title="a cluster entry value xpk cannot take", stage="cluster", needs=(),
-)
+# DC402's three checks share one registration (code, severity, title, stage)
+DC402 = functools.partial(rule, "DC402", E, "a cluster entry value xpk cannot take", stage="cluster", needs=())
 
 
-@rule(**DC402, hint="Use the form shown: a GCP project id, a zone such as us-central1-a, an xpk name, a docker image reference.")
+@DC402(hint="Use the form shown: a GCP project id, a zone such as us-central1-a, an xpk name, a docker image reference.")
 def where_it_runs(ctx: ClusterContext) -> Iterator[Finding]:
     """xpk interpolates project, zone, cluster, image and names into gcloud and kubectl command lines
     it runs through a shell, and checks names against [a-z]([-a-z0-9]*[a-z0-9])?; a value outside
@@ -52,7 +52,7 @@ def where_it_runs(ctx: ClusterContext) -> Iterator[Finding]:
                       f"xpk names match {naming.WORKLOAD_NAME_PATTERN}, <= 40 characters")
 
 
-@rule(**DC402)
+@DC402()
 def cluster_image(ctx: ClusterContext) -> Iterator[Finding]:
     """A cluster's image is a docker image reference ([host/]path[:tag][@digest]), and it names one
     image: docker_image (used as is) or base_docker_image (xpk layers the build directory onto it).
@@ -78,7 +78,7 @@ def cluster_image(ctx: ClusterContext) -> Iterator[Finding]:
                       "docker_image is used as is; base_docker_image gets the build directory layered on by xpk")
 
 
-@rule(**DC402)
+@DC402()
 def restarts_and_env(ctx: ClusterContext) -> Iterator[Finding]:
     """Restart exit codes are process exit codes (0-255); env keys are environment variable names,
     and not one distillc sets on every workload itself (xpk would get two --env flags for one name,

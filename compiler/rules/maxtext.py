@@ -9,21 +9,22 @@ failing one is reported. Findings point at a block mapping's key (Finding.block)
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 from distillc.compiler import maxtext
 from distillc.compiler.diagnostics import KeyPath, Severity
 from distillc.compiler.plan_check import PlanContext
-from distillc.compiler.registry import Finding, rule
+from distillc.compiler.registry import Finding, Target, rule
 
 E, W, N = Severity.ERROR, Severity.WARNING, Severity.NOTE
-MT = ("maxtext",)
+MT: tuple[Target, ...] = ("maxtext",)
 RENDERED = ("artifacts", "plan", "spec")  # launch renders the config; the spec resolved
 VERSIONED = (*RENDERED, "maxtext_version")  # ... for a MaxText version distillc knows
 
 
-def at(message: str, *path: object, hint: str | None = None) -> Finding:
-    p: KeyPath = tuple(path)  # type: ignore[assignment]
+def at(message: str, *path: str | int, hint: str | None = None) -> Finding:
+    p: KeyPath = tuple(path)
     return Finding(message, p, hint, block=True)
 
 
@@ -54,10 +55,11 @@ def known_version(ctx: PlanContext) -> Iterator[Finding]:
                  "maxtext", "version", hint=f"Set maxtext.version to one of: {known}.")
 
 
-DC421 = dict(code="DC421", severity=E, title="a schedule MaxText cannot express", stage="plan", needs=VERSIONED, targets=MT)
+# DC421's two checks share one registration
+DC421 = functools.partial(rule, "DC421", E, "a schedule MaxText cannot express", stage="plan", needs=VERSIONED, targets=MT)
 
 
-@rule(**DC421, hint="Use a constant, linear or cosine schedule (MaxText has no schedule tables), or --target distillc.")
+@DC421(hint="Use a constant, linear or cosine schedule (MaxText has no schedule tables), or --target distillc.")
 def schedules(ctx: PlanContext) -> Iterator[Finding]:
     """MaxText's distill_alpha, distill_temperature and distill_beta are constant, linear or cosine
     from a start to an end value (from v0.2.2; constant before): no schedule tables.
@@ -83,7 +85,7 @@ def schedules(ctx: PlanContext) -> Iterator[Finding]:
                      "(schedules arrived in v0.2.2)", "loss", name)
 
 
-@rule(**DC421)
+@DC421()
 def feature_loss_type(ctx: PlanContext) -> Iterator[Finding]:
     """Before v0.2.2 MaxText's feature loss is the cosine distance only (no distill_feature_loss_type).
 
