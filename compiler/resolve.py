@@ -42,6 +42,7 @@ from distillc.compiler.plan_schedules import to_runtime
 from distillc.compiler.rules._util import feature_on
 from distillc.runtime.config import (
     DataConfig,
+    DivergenceConfig,
     LayerPair,
     LossConfig,
     ModelArch,
@@ -342,6 +343,7 @@ def _train_configs(t: Train) -> tuple[OptimizerConfig, TrainConfig]:
         eval_batches=t.eval_batches,
         seed=t.seed,
         max_checkpoints=t.max_checkpoints,
+        divergence=DivergenceConfig(**t.divergence.model_dump()),
     )
     return optimizer, train
 

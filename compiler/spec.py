@@ -219,6 +219,15 @@ class Data(_Model):
     shuffle_seed: int = 0
 
 
+class Divergence(_Model):
+    """A finite run that has left the rails stops (exit 3, naming the step and the values) or warns."""
+
+    factor: float = Field(10.0, gt=1, description="A total loss above factor x its median over the window is a spike.")
+    window: int = Field(50, gt=0, description="Steps the median is taken over.")
+    collapse_steps: int = Field(10, gt=0, description="Steps in a row with a gradient norm of exactly 0: a collapse.")
+    policy: Literal["stop", "warn"] = "stop"
+
+
 class Train(_Model):
     steps: int = Field(gt=0)
     learning_rate: float = Field(gt=0)
@@ -234,6 +243,7 @@ class Train(_Model):
     max_checkpoints: int = Field(3, gt=0)
     seed: int = 0
     output_dir: str = Field("runs", description="Runs go to <output_dir>/<name>/.")
+    divergence: Divergence = Field(default_factory=Divergence)
 
 
 class Mesh(_Model):

@@ -159,6 +159,15 @@ class OptimizerConfig(_Frozen):
     grad_clip: float = Field(ge=0, description="Global-norm clip; 0 disables.")
 
 
+class DivergenceConfig(_Frozen):
+    """When a finite run has diverged (train/hooks.DivergenceHook): the spec's train.divergence."""
+
+    factor: float = Field(10.0, gt=1, description="A total loss above factor x its recent median is a spike.")
+    window: int = Field(50, gt=0, description="Steps the median is taken over.")
+    collapse_steps: int = Field(10, gt=0, description="Steps in a row with a gradient norm of exactly 0.")
+    policy: Literal["stop", "warn"] = "stop"
+
+
 class TrainConfig(_Frozen):
     steps: int = Field(gt=0)
     checkpoint_every: int = Field(gt=0)
@@ -167,6 +176,7 @@ class TrainConfig(_Frozen):
     eval_batches: int = Field(gt=0)
     seed: int
     max_checkpoints: int = Field(gt=0)
+    divergence: DivergenceConfig = Field(default_factory=DivergenceConfig)
 
 
 class MeshConfig(_Frozen):

@@ -197,7 +197,8 @@ def run_local(configs: list[RuntimeConfig], spec_path: Path, *,
 
     from distillc.runtime import main as runtime_main
     from distillc.runtime.train.objectives import uses_teacher
-    from distillc.runtime.train.trainer import NonFiniteLoss, train, write_manifest
+    from distillc.runtime.train.halts import Halted
+    from distillc.runtime.train.trainer import train, write_manifest
     from distillc.runtime.train.distributed import tune_host_allocator
 
     tune_host_allocator()
@@ -221,7 +222,7 @@ def run_local(configs: list[RuntimeConfig], spec_path: Path, *,
         if cfg.mode == "offline" and cfg.stage == "save_topk":
             try:
                 ensure_teacher(cfg, report, console, teacher_steps_factor)  # stage one runs the teacher: train and cache it first
-            except NonFiniteLoss as e:
+            except Halted as e:
                 print(f"error: {e}", file=sys.stderr)
                 return runtime_main.EXIT_NONFINITE
             except runtime_main.user_errors() as e:
@@ -259,7 +260,7 @@ def run_local(configs: list[RuntimeConfig], spec_path: Path, *,
                 report.rows.append(Row("CE-only student", cfg.student.arch.name, cfg.student.arch.param_count(),
                                        cfg.train.steps, base.eval["hard_loss"]))
             report.comparisons.append((cfg.name, kd.eval["hard_loss"] - baselines[key]))
-        except NonFiniteLoss as e:
+        except Halted as e:
             print(f"error: {e}", file=sys.stderr)
             code = runtime_main.EXIT_NONFINITE
             break

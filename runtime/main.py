@@ -112,7 +112,8 @@ def user_errors() -> tuple[type[Exception], ...]:
 def run(config: RuntimeConfig, argv: list[str], *, console: bool = True) -> int:
     """Runs one config's stage in this (already initialized) process; returns the exit code."""
     from distillc.runtime.train.objectives import TeacherUnavailable
-    from distillc.runtime.train.trainer import NonFiniteLoss, write_manifest
+    from distillc.runtime.train.halts import Halted
+    from distillc.runtime.train.trainer import write_manifest
 
     try:
         fn = stage_function(config)
@@ -124,7 +125,7 @@ def run(config: RuntimeConfig, argv: list[str], *, console: bool = True) -> int:
     except TeacherUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    except NonFiniteLoss as e:
+    except Halted as e:
         print(f"error: {config.name}: {e}", file=sys.stderr)
         return EXIT_NONFINITE
     except user_errors() as e:

@@ -211,3 +211,32 @@ def test_local_memory_check_uses_the_compilers_estimate():
     cfg = plan.train
     assert memory_estimate(cfg) == int(plan.memory["train"].total * cfg.mesh.size)
     assert memory_estimate(baseline_config(cfg)) < memory_estimate(cfg)  # a CE-only run loads no teacher
+
+
+def test_a_broken_optimizer_stops_before_its_update_is_applied_or_saved(tmp_path):
+    """eps 0: finite losses and gradients, but Adam's first update divides 0 by 0 on weights whose
+    gradient is 0. The step halts on the updated state itself; no checkpoint ever holds a NaN."""
+    cfg = make_config(tmp_path / "run", alpha=0.0, steps=4, checkpoint_every=1)
+    cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"eps": 0.0})})
+    trainer = Trainer(cfg, console=False)
+    with pytest.raises(NonFiniteLoss) as info:
+        trainer.run()
+    assert "state" in info.value.terms and "optimizer state" in str(info.value)
+    for leaf in jax.tree.leaves(trainer.state.params):
+        assert np.isfinite(np.asarray(leaf)).all()
+    saved = sorted(int(p.name) for p in Path(cfg.output.checkpoint_dir).glob("[0-9]*"))
+    assert all(s <= info.value.step for s in saved)  # only steps before the bad one
+
+
+def test_main_divergence_exit_code_and_message(tmp_path):
+    """lr 1e4 with clipping 1.0: every value stays finite while the loss explodes; the run stops
+    with exit 3 naming the step and the loss, and keeps no checkpoint after the spike."""
+    cfg = make_config(tmp_path / "run", alpha=0.0, lr=1e4, warmup=0, steps=20, checkpoint_every=1)
+    path = tmp_path / "run.json"
+    path.write_text(cfg.model_dump_json())
+    p = _main("--config", str(path), "--no-progress")
+    assert p.returncode == 3, p.stderr
+    assert "diverged at step" in p.stderr and "Traceback" not in p.stderr
+    step = int(p.stderr.split("diverged at step ")[1].split(":")[0])
+    saved = sorted(int(d.name) for d in Path(cfg.output.checkpoint_dir).glob("[0-9]*"))
+    assert all(s <= step for s in saved), (saved, step)

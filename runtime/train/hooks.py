@@ -5,6 +5,7 @@ The loop only steps and reads results back; everything periodic is a hook:
     LoggingHook     every train.log_every: reduce the window, throughput, MFU, metrics.jsonl/TensorBoard
     CheckpointHook  every train.checkpoint_every and at the last step
     EvalHook        every train.eval_every (not at the last step: the final evaluation follows the loop)
+    DivergenceHook  every step's results: a loss spike or a collapsed gradient stops the run (exit 3)
 
 A hook sees each step's host metrics in order (`record`, called as the loop reads them back, one
 step late) and runs at its steps (`run`). A hook that `needs_all_results` makes the loop read back
@@ -14,10 +15,15 @@ could hold it and before a logging window closes without it.
 
 from __future__ import annotations
 
+import statistics
+import sys
 import time
+from collections import deque
 from typing import Any, Callable, Optional
 
+from distillc.runtime.config import DivergenceConfig
 from distillc.runtime.train import metrics as metrics_lib
+from distillc.runtime.train.halts import Diverged
 
 
 class Hook:
@@ -103,3 +109,53 @@ class EvalHook(Hook):
 
     def run(self, step: int) -> None:
         self.writer.write(step, "eval", self.evaluate())
+
+
+# A median this small is a model that fits its batches almost perfectly; measuring spikes against
+# it would call every wobble a divergence, so the threshold never goes below factor x this.
+MEDIAN_FLOOR = 0.01
+
+
+class DivergenceHook(Hook):
+    """Finite but diverged: the total loss above `factor` x its median over the last `window` steps,
+    or a gradient norm of exactly 0 for `collapse_steps` steps in a row (a model collapsed to a
+    constant output, which the non-finite guard never sees). `policy: stop` raises `Diverged` while
+    the step's results are read back, before any checkpoint of that step is written; `warn` says so
+    on stderr once per episode and goes on."""
+
+    def __init__(self, config: DivergenceConfig, last_checkpoint: Callable[[], Optional[int]]):
+        self.config = config
+        self.last_checkpoint = last_checkpoint
+        self.losses: deque[float] = deque(maxlen=config.window)
+        self.zero_grads = 0
+        self.warned = False
+
+    def record(self, step: int, metrics: dict) -> None:
+        problem = self._problem(step, metrics)
+        if problem is None:
+            self.warned = False
+            return
+        term, detail = problem
+        if self.config.policy == "stop":
+            raise Diverged(step - 1, term, detail, self.last_checkpoint())
+        if not self.warned:
+            print(f"warning: step {step - 1}: {term} {detail}; continuing (train.divergence.policy: warn)",
+                  file=sys.stderr, flush=True)
+            self.warned = True
+
+    def _problem(self, step: int, metrics: dict) -> Optional[tuple[str, str]]:
+        total, count = metrics["total_loss"]
+        loss = float(total) / max(float(count), 1.0)
+        grad_norm = float(metrics["grad_norm"][0])
+        history = list(self.losses)
+        self.losses.append(loss)
+        self.zero_grads = self.zero_grads + 1 if grad_norm == 0.0 else 0
+        if self.zero_grads >= self.config.collapse_steps:
+            return "gradient norm", (f"was exactly 0 for {self.zero_grads} steps in a row: the model has collapsed "
+                                     "to a constant output")
+        if history:  # from the first step on: a run that explodes at once has no calm median later
+            median = statistics.median(history)
+            if loss > self.config.factor * max(median, MEDIAN_FLOOR):
+                return "total loss", (f"{loss:.6g} is above {self.config.factor:g} x its median {median:.6g} "
+                                      f"over the last {len(history)} steps")
+        return None

@@ -10,9 +10,11 @@ an explicit dispatch on the compiled config. Everything periodic (logging, check
 evaluation) is a hook (hooks.py); the loop itself only steps and reads results back.
 
 Non-finite values: the step computes a halt code (bits: soft, hard, feature, total, teacher, grad
-norm); when it is not 0 the step returns the state unchanged (the update is never applied) and stays halted. The
-host reads each step's code one step late (the device keeps one step queued), raises
-`NonFiniteLoss(step, terms)` at the first bad step, and never writes a checkpoint after it.
+norm, and the updated parameters and optimizer state); when it is not 0 the step returns the state
+unchanged (the update is never applied) and stays halted. The host reads each step's code one step
+late (the device keeps one step queued), raises `NonFiniteLoss(step, terms)` at the first bad step,
+and never writes a checkpoint after it. A run that stays finite but diverges (a loss spike, a
+collapsed gradient) is stopped the same way by the DivergenceHook (halts.Diverged, exit 3).
 """
 
 from __future__ import annotations
@@ -33,32 +35,16 @@ from distillc.runtime.config import RuntimeConfig
 from distillc.runtime.models.transformer import flops_per_token
 from distillc.runtime.train import distributed, metrics as metrics_lib, schedules
 from distillc.runtime.train.checkpoints import CheckpointError, TrainCheckpoints, param_differences
-from distillc.runtime.train.hooks import CheckpointHook, EvalHook, Hook, LoggingHook
+from distillc.runtime.train.halts import Diverged, Halted, NonFiniteLoss  # noqa: F401  (re-exported)
+from distillc.runtime.train.hooks import CheckpointHook, DivergenceHook, EvalHook, Hook, LoggingHook
 from distillc.runtime.train.objectives import Objective, build_objective
 from distillc.runtime.train.params import init_params
 
 # Halt-code bits: term name -> the metric whose sum must be finite ("teacher": the teacher's own CE,
-# non-finite when its outputs are; "grad_norm": the student's gradient).
+# non-finite when its outputs are; "grad_norm": the student's gradient; "state": the updated parameters
+# and optimizer state, non-finite with finite gradients when the optimizer is broken, e.g. eps 0).
 HALT_TERMS = {"soft": "soft_loss", "hard": "hard_loss", "feature": "feature_loss", "total": "total_loss",
-              "teacher": "teacher_ce", "grad_norm": None}
-
-
-class NonFiniteLoss(RuntimeError):
-    """A loss term (or the gradient norm) was NaN/inf at `step` (0-based, the schedules' step: the
-    step that would have made update number step + 1); that update was not applied."""
-
-    def __init__(self, step: int, terms: tuple[str, ...], last_checkpoint: int | None):
-        self.step, self.terms, self.last_checkpoint = step, terms, last_checkpoint
-        ckpt = f"last checkpoint: step {last_checkpoint}" if last_checkpoint is not None else "no checkpoint"
-        names = ", ".join(_TERM_WORDS.get(t, f"{t} loss") for t in terms)
-        super().__init__(f"non-finite {names} at step {step}; the update was not applied ({ckpt})")
-
-
-_TERM_WORDS = {"teacher": "teacher outputs (teacher CE)", "grad_norm": "gradient norm"}
-
-
-class TeacherUnavailable(RuntimeError):
-    """The configured mode's teacher signal is not available in this build."""
+              "teacher": "teacher_ce", "grad_norm": None, "state": None}
 
 
 # ----------------------------------------------------------------------------- the step
@@ -86,12 +72,20 @@ def make_optimizer(config: RuntimeConfig) -> tuple[optax.GradientTransformation,
     return optax.chain(*parts), lr
 
 
-def _halt_code(metrics: dict, grad_norm) -> jax.Array:
+def _all_finite(tree: Any) -> jax.Array:
+    """True iff every element of every array leaf is finite (a logical reduction: no overflow)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _halt_code(metrics: dict, finite: dict[str, jax.Array]) -> jax.Array:
+    """The HALT_TERMS bits of every non-finite term: the metric sums, and the `finite` flags of the
+    gradient norm and of the updated state."""
     code = jnp.zeros((), jnp.int32)
-    for bit, metric in enumerate(HALT_TERMS.values()):
-        value = grad_norm if metric is None else metrics[metric][0] if metric in metrics else None
-        if value is not None:
-            code = code | jnp.where(jnp.isfinite(value), 0, 1 << bit)
+    for bit, (term, metric) in enumerate(HALT_TERMS.items()):
+        ok = finite.get(term) if metric is None else jnp.isfinite(metrics[metric][0]) if metric in metrics else None
+        if ok is not None:
+            code = code | jnp.where(ok, 0, 1 << bit)
     return code
 
 
@@ -111,7 +105,8 @@ def make_train_step(graphdef, objective: Objective, tx, lr_fn, weights_fn):
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        code = _halt_code(metrics, grad_norm)
+        # the new parameters and optimizer state must be finite too: a run never saves a NaN state
+        code = _halt_code(metrics, {"grad_norm": jnp.isfinite(grad_norm), "state": _all_finite((params, opt_state))})
         halt = jnp.where(state.halt != 0, state.halt, code)
         ok = halt == 0
 
@@ -254,7 +249,7 @@ class Trainer:
         logging = LoggingHook(tc.log_every, writer, progress, tokens_per_step=tokens_per_step,
                               model_flops_per_token=self.flops_per_token, peak_flops=_peak_flops(self.mesh, cfg.peak_flops))
         checkpoint = CheckpointHook(tc.checkpoint_every, lambda step: self._save(step, iterator), resumed)
-        hooks: list[Hook] = [checkpoint, logging,
+        hooks: list[Hook] = [DivergenceHook(tc.divergence, lambda: checkpoint.last_saved), checkpoint, logging,
                              EvalHook(tc.eval_every, lambda: self.evaluate(tc.eval_batches), writer)]
         compile_s, tok_s = 0.0, float("nan")
         try:
