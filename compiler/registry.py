@@ -154,13 +154,14 @@ def rule(
         if old is None:
             CODES[code] = Code(code, severity, title, hint, doc, func, needs, targets, stage)
             return func
-        if old.func is None or (old.severity, old.title) != (severity, title) or hint:
+        if old.func is None or (old.severity, old.title) != (severity, title) or (hint and old.hint and hint != old.hint):
             raise ValueError(f"duplicate diagnostic code {code}")
         if any(r.func.__qualname__ == func.__qualname__ and r.func.__module__ == func.__module__ for r in old.rules):
             return func  # its module was imported again
         more = Rule(code, func, stage, needs, targets, doc)
         joined = inspect.cleandoc(old.raw_doc) + "\n\n" + inspect.cleandoc(doc)
-        CODES[code] = dataclasses.replace(old, raw_doc=joined, also=(*old.also, more))
+        # whichever module is imported first, the code keeps the one hint given
+        CODES[code] = dataclasses.replace(old, raw_doc=joined, also=(*old.also, more), hint=old.hint or hint)
         return func
 
     return wrap

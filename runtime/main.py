@@ -105,20 +105,25 @@ def user_errors() -> tuple[type[Exception], ...]:
     from distillc.runtime.train.distributed import MeshError
     from distillc.runtime.data.tokenizers import TokenizerError
     from distillc.runtime.offline.store import CacheError
+    from distillc.runtime.train.run_lock import LockHeld
 
-    return (CacheError, CheckpointError, CorpusError, DataError, MeshError, TokenizerError)
+    return (CacheError, CheckpointError, CorpusError, DataError, LockHeld, MeshError, TokenizerError)
 
 
 def run(config: RuntimeConfig, argv: list[str], *, console: bool = True) -> int:
     """Runs one config's stage in this (already initialized) process; returns the exit code."""
     from distillc.runtime.train.objectives import TeacherUnavailable
     from distillc.runtime.train.halts import Halted
+    import jax
+
+    from distillc.runtime.train.run_lock import RunLock
     from distillc.runtime.train.trainer import write_manifest
 
     try:
         fn = stage_function(config)
-        write_manifest(config, argv)
-        fn(config, console)
+        with RunLock(config.output.run_dir, enabled=jax.process_index() == 0):  # before the manifest is touched
+            write_manifest(config, argv)
+            fn(config, console)
     except StageUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -87,3 +87,16 @@ def test_passing_example_is_clean_of_the_code_on_launch(rule, tmp_path):
     assert rule.code not in [d.code for d in diags], [(d.code, d.message) for d in diags]
     if rule.stage == "plan":  # the spec passed its own rules, so the plan was made and the rule ran
         assert not [d for d in diags if d.is_error and not d.code.startswith("DC4")], [(d.code, d.message) for d in diags]
+
+
+def test_a_code_with_rules_in_two_modules_registers_in_either_order():
+    """DC402 has rules in rules/cluster.py (with the hint) and rules/launch.py: whichever is imported
+    first, both register and the code keeps its hint (a fresh interpreter, launch's rules first)."""
+    import subprocess
+    import sys
+
+    code = ("import distillc.compiler.rules.launch, distillc.compiler.rules.cluster\n"
+            "from distillc.compiler.registry import CODES\n"
+            "c = CODES['DC402']; assert c.hint and len(c.rules) == 4, (c.hint, len(c.rules)); print('ok')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "ok" in p.stdout, p.stderr

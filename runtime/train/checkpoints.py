@@ -11,11 +11,16 @@ The teacher is never in it: it is frozen and restored read-only from its own che
 A parameter checkpoint (`save_params` / `restore_params`) is one PyTree directory holding a
 model's nnx.Param state: what a trained teacher is cached as. `restore_params` also accepts the
 root of a training run's checkpoint directory (it takes the latest step's `params`).
+
+Every checkpoint gets an integrity record once it is complete (integrity.py: each file's size and
+sha256), verified before a restore: a damaged training step is skipped for the newest intact one
+(the trainer says so), a damaged parameter checkpoint is refused.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -23,6 +28,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 from etils import epath
+
+from distillc.runtime.train import integrity
 
 
 class CheckpointError(RuntimeError):
@@ -63,6 +70,7 @@ class TrainCheckpoints:
         self._mngr = ocp.CheckpointManager(
             self.directory, options=options, item_names=("params", "opt_state", "data", "meta")
         )
+        self._unsealed: list[int] = []  # saved steps whose integrity record is not written yet
 
     def should_save(self, step: int) -> bool:
         return step % self.every == 0
@@ -70,8 +78,41 @@ class TrainCheckpoints:
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
 
+    def steps(self) -> list[int]:
+        """Every finished step, newest first."""
+        return sorted(self._mngr.all_steps(), reverse=True)
+
+    def verify(self, step: int) -> bool:
+        """True when the step's integrity record checks out, False when it has none (raises
+        integrity.IntegrityError naming the damaged file)."""
+        return integrity.verify(self.directory / str(step))
+
+    def set_aside(self, step: int) -> str:
+        """Moves a damaged step out of the way (renamed, never deleted: it may be worth a look), so
+        the run can write that step again; returns where it went."""
+        target = self.directory / f"damaged-{step}-{int(time.time())}"
+        if jax.process_index() == 0:
+            (self.directory / str(step)).rename(target)
+        self._mngr.reload()
+        return str(target)
+
+    def _seal(self) -> None:
+        """Waits for the saves in flight, then records the integrity of each finished step (process
+        0, which writes the shared files; the previous save has had a whole interval to finish)."""
+        if not self._unsealed:
+            return
+        self._mngr.wait_until_finished()
+        if jax.process_index() == 0:
+            for step in self._unsealed:
+                step_dir = self.directory / str(step)
+                if step_dir.exists():  # not already rotated out by max_to_keep
+                    integrity.record(step_dir)
+        self._unsealed.clear()
+
     def save(self, step: int, *, params, opt_state, data_state: dict, meta: dict) -> None:
         """Starts the save (asynchronously by default); values are snapshotted before it returns."""
+        self._seal()
+        self._unsealed.append(step)
         self._mngr.save(
             step,
             args=ocp.args.Composite(
@@ -98,9 +139,11 @@ class TrainCheckpoints:
 
     def wait(self) -> None:
         self._mngr.wait_until_finished()
+        self._seal()
 
     def close(self) -> None:
         self._mngr.wait_until_finished()
+        self._seal()
         self._mngr.close()
 
 
@@ -111,6 +154,8 @@ def save_params(path: str, params: Any) -> None:
     ckptr.save(target, params, force=True)
     ckptr.wait_until_finished()
     ckptr.close()
+    if jax.process_index() == 0:
+        integrity.record(target)
 
 
 def is_checkpoint(path: str) -> bool:
@@ -206,6 +251,11 @@ def restore_params(path: str, params_like: Any, stored: Optional[dict] = None) -
     and dtypes (a bfloat16 target casts float32 weights on load). `stored`: its tree metadata, when
     the caller has read it already."""
     p = _params_dir(path)
+    checked = p.parent if p.name == "params" and (p.parent / integrity.RECORD).exists() else p
+    try:
+        integrity.verify(checked)
+    except integrity.IntegrityError as e:
+        raise CheckpointError(f"checkpoint {path!r} is damaged: {e}; restore it from a copy, or train it again") from e
     why = param_differences(path, params_like, stored)
     if why:
         raise CheckpointError(f"checkpoint {path!r} does not match the model: {why}")

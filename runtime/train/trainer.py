@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -36,9 +37,11 @@ from distillc.runtime.models.transformer import flops_per_token
 from distillc.runtime.train import distributed, metrics as metrics_lib, schedules
 from distillc.runtime.train.checkpoints import CheckpointError, TrainCheckpoints, param_differences
 from distillc.runtime.train.halts import Diverged, Halted, NonFiniteLoss  # noqa: F401  (re-exported)
+from distillc.runtime.train.integrity import IntegrityError
 from distillc.runtime.train.hooks import CheckpointHook, DivergenceHook, EvalHook, Hook, LoggingHook
 from distillc.runtime.train.objectives import Objective, build_objective
 from distillc.runtime.train.params import init_params
+from distillc.runtime.train.run_lock import RunLock
 
 # Halt-code bits: term name -> the metric whose sum must be finite ("teacher": the teacher's own CE,
 # non-finite when its outputs are; "grad_norm": the student's gradient; "state": the updated parameters
@@ -195,29 +198,48 @@ class Trainer:
         return {k: v for k, v in out.items() if k not in ("alpha", "temperature", "beta")}
 
     def restore_latest(self, iterator) -> int | None:
-        step = self.checkpoints.latest_step()
-        if step is None:
-            return None
-        where = f"{self.checkpoints.directory}/{step}"
-        fix = ("resume with the config that wrote it, or delete the run directory (or set train.output_dir "
-               "elsewhere) to train from scratch")
-        why = param_differences(where, self.state.params)
-        if why:
-            raise CheckpointError(f"{where} holds a different model or layer layout (scan_layers) than this config "
-                                  f"({why}); {fix}")
-        try:
-            r = self.checkpoints.restore(step, params_like=self.state.params, opt_state_like=self.state.opt_state)
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{where} holds a different model, optimizer or layer layout (scan_layers) "
-                                  f"than this config; {fix}") from e
-        if r.meta.get("config_name") != self.config.name:
-            raise CheckpointError(f"checkpoint {self.checkpoints.directory}/{step} belongs to run "
-                                  f"{r.meta.get('config_name')!r}, not {self.config.name!r}")
-        like = self.state  # keep every sharding the step was set up with
-        self.state = TrainState(jax.device_put(jnp.asarray(step, jnp.int32), like.step.sharding), r.params,
-                                r.opt_state, jax.device_put(jnp.zeros((), jnp.int32), like.halt.sharding))
-        iterator.set_state(r.data_state)
-        return step
+        """Resumes from the newest intact checkpoint: a step that fails its integrity check or its
+        restore is reported and the next older one is tried; none intact is an error (never a
+        silent start from scratch). A checkpoint of another model or run is an error at once."""
+        failures: list[str] = []
+        for step in self.checkpoints.steps():
+            where = f"{self.checkpoints.directory}/{step}"
+            try:
+                verified = self.checkpoints.verify(step)
+            except IntegrityError as e:
+                failures.append(f"checkpoint {step} is damaged ({e}; moved to {self.checkpoints.set_aside(step)})")
+                continue
+            why = param_differences(where, self.state.params)
+            if why:
+                raise CheckpointError(f"{where} holds a different model or layer layout (scan_layers) than this config "
+                                      f"({why}); resume with the config that wrote it, or delete the run directory "
+                                      "(or set train.output_dir elsewhere) to train from scratch")
+            try:
+                r = self.checkpoints.restore(step, params_like=self.state.params, opt_state_like=self.state.opt_state)
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds; each is reported
+                if verified:  # the files are as written: it is this config that differs
+                    raise CheckpointError(f"{where} holds a different model, optimizer or layer layout (scan_layers) "
+                                          "than this config; resume with the config that wrote it, or delete the run "
+                                          "directory (or set train.output_dir elsewhere) to train from scratch") from e
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                failures.append(f"checkpoint {step} (no integrity record) failed to restore ({type(e).__name__}: "
+                                f"{first}; moved to {self.checkpoints.set_aside(step)})")
+                continue
+            if r.meta.get("config_name") != self.config.name:
+                raise CheckpointError(f"checkpoint {where} belongs to run {r.meta.get('config_name')!r}, "
+                                      f"not {self.config.name!r}")
+            if failures and self.is_writer:
+                print(f"warning: {'; '.join(failures)}; resuming from step {step}, the newest intact checkpoint",
+                      file=sys.stderr, flush=True)
+            like = self.state  # keep every sharding the step was set up with
+            self.state = TrainState(jax.device_put(jnp.asarray(step, jnp.int32), like.step.sharding), r.params,
+                                    r.opt_state, jax.device_put(jnp.zeros((), jnp.int32), like.halt.sharding))
+            iterator.set_state(r.data_state)
+            return step
+        if failures:
+            raise CheckpointError(f"no intact checkpoint in {self.checkpoints.directory}: {'; '.join(failures)}; "
+                                  "move the run directory aside to train from scratch")
+        return None
 
     def _save(self, step: int, iterator) -> None:
         self.checkpoints.save(step, params=self.state.params, opt_state=self.state.opt_state,
@@ -237,6 +259,16 @@ class Trainer:
             hook.record(step, host)
 
     def run(self, *, eval_all_at_end: bool = False) -> TrainResult:
+        """Trains to train.steps (resuming from the newest intact checkpoint), then evaluates; holds
+        the run directory's lock throughout (a nested no-op under runtime/main.py, which takes it)."""
+        lock = RunLock(self.config.output.run_dir, enabled=self.is_writer)
+        lock.acquire()
+        try:
+            return self._run(eval_all_at_end)
+        finally:
+            lock.release()
+
+    def _run(self, eval_all_at_end: bool) -> TrainResult:
         cfg, tc = self.config, self.config.train
         out = cfg.output
         writer = metrics_lib.MetricsWriter(out.metrics_file, out.tensorboard_dir, enabled=self.is_writer)
