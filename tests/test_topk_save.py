@@ -281,3 +281,21 @@ def test_training_state_records_the_next_cache_record(saved, tmp_path):
         fresh.set_state(dict(state, records_per_step=8))
     with pytest.raises(ts.CacheError, match="resume with the same cache"):
         fresh.set_state(dict(state, cache="0123456789abcdef"))
+
+
+def test_a_damaged_manifest_is_one_clear_error(saved, tmp_path):
+    """A flipped byte that breaks UTF-8, or a hand-edited record count: refused when the cache is
+    opened (naming manifest.json), not as a traceback or thirty steps into training."""
+    cfg = copy_of(saved, tmp_path)
+    path = Path(cfg.offline.data_dir) / "manifest.json"
+    good = path.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] = 0xFF
+    path.write_bytes(bytes(bad))
+    with pytest.raises(ts.CacheError, match=r"manifest\.json: not UTF-8 text"):
+        ts.TopKCache(cfg.offline.data_dir)
+    m = json.loads(good)
+    m["splits"]["train"]["records"] += 4
+    path.write_text(json.dumps(m))
+    with pytest.raises(ts.CacheError, match=r"manifest\.json is damaged or was edited \(split 'train' claims"):
+        ts.TopKCache(cfg.offline.data_dir)

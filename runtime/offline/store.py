@@ -352,6 +352,9 @@ def _read_json(path) -> Optional[dict]:
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise CacheError(f"{p}: not valid JSON ({e.msg}); delete it and re-run the save stage") from e
+    except UnicodeDecodeError as e:  # a damaged file: bytes that are not even text
+        raise CacheError(f"{p}: not UTF-8 text (byte {e.start}); the file is damaged: delete it and re-run the "
+                         "save stage") from e
 
 
 # ---------------------------------------------------------------- writer
@@ -552,6 +555,20 @@ def finalize(data_dir: str, splits: Mapping[str, int], process_count: int) -> di
 # ---------------------------------------------------------------- reader
 
 
+def _check_counts(splits: Mapping[str, Any], global_batch_size: int) -> None:
+    """The manifest's counts agree with each other: records = batches x global batch, and the shards'
+    records add up to them (an edited count would otherwise surface mid-training)."""
+    for split, info in splits.items():
+        records, batches = int(info["records"]), int(info["batches"])
+        in_shards = sum(int(s["records"]) for s in info["shards"])
+        if records != batches * global_batch_size or in_shards != records:
+            raise CacheError(f"split {split!r} claims {records} records in {batches} batches of {global_batch_size}, "
+                             f"its shards hold {in_shards}")
+        for s in info["shards"]:
+            if not (isinstance(s["file"], str) and isinstance(s["sha256"], str) and int(s["bytes"]) >= 0):
+                raise CacheError(f"split {split!r}: shard entry {s!r} is malformed")
+
+
 class TopKCache:
     """A finished cache: its manifest, checks against a run config, and random access by record."""
 
@@ -575,10 +592,16 @@ class TopKCache:
                              "re-run the save stage into an empty offline.data_dir")
         self.manifest = m
         self.provenance = m["provenance"]
-        self.layout = Layout(**m["layout"])
-        self.spec = RecordSpec(**m["record"])
-        self.temperatures = tuple(self.provenance["temperatures"])
-        self.betas = grid_betas(self.temperatures)
+        try:
+            self.layout = Layout(**m["layout"])
+            self.spec = RecordSpec(**m["record"])
+            self.temperatures = tuple(self.provenance["temperatures"])
+            self.betas = grid_betas(self.temperatures)
+            _check_counts(m["splits"], self.layout.global_batch_size)
+        except (CacheError, KeyError, TypeError, ValueError, AttributeError) as e:
+            detail = str(e) if isinstance(e, CacheError) else f"{type(e).__name__}: {e}"
+            raise CacheError(f"{path} is damaged or was edited ({detail}); re-run the save stage into an empty "
+                             "offline.data_dir") from e
         self._verified: set[str] = set()
         self._sources: dict[str, CacheSource] = {}
 
