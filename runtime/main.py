@@ -107,7 +107,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     from distillc.runtime.offline.store import CacheError
     from distillc.runtime.train.run_lock import LockHeld
 
-    return (CacheError, CheckpointError, CorpusError, DataError, LockHeld, MeshError, TokenizerError)
+    # OSError: a full disk, a permission, a run directory under a file (its message names the path)
+    return (CacheError, CheckpointError, CorpusError, DataError, LockHeld, MeshError, OSError, TokenizerError)
 
 
 def run(config: RuntimeConfig, argv: list[str], *, console: bool = True) -> int:

@@ -134,3 +134,32 @@ def test_an_unrecorded_step_that_fails_to_restore_falls_back(run, capsys):
     assert train(cfg, console=False).resumed_from == 2
     err = capsys.readouterr().err
     assert "checkpoint 4 (no integrity record) failed to restore" in err and "damaged-4-" in err
+
+
+def test_a_full_disk_ends_the_run_with_one_message_and_no_half_checkpoint(tmp_path):
+    """Checkpoints onto a 3 MiB tmpfs: exit 2, the OS's reason and the directory in one line, the
+    temporary step directory removed (root only: the test mounts the tmpfs itself)."""
+    import json as _json
+    import os
+    import subprocess
+    import sys
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        from tests.runtime_configs import TEACHER
+
+        cfg = make_config(mnt / "run", steps=30, checkpoint_every=5, teacher=TEACHER, student=TEACHER)
+        path = tmp_path / "run.json"
+        path.write_text(_json.dumps(_json.loads(cfg.model_dump_json())))
+        p = subprocess.run([sys.executable, "-m", "distillc.runtime.main", "--config", str(path), "--no-progress"],
+                           cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 2, p.stderr[-2000:]
+        last = p.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: test: cannot write checkpoints to") and "No space left on device" in last
+        assert not list((mnt / "run" / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

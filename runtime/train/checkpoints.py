@@ -19,7 +19,11 @@ sha256), verified before a restore: a damaged training step is skipped for the n
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -34,6 +38,60 @@ from distillc.runtime.train import integrity
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing or does not fit the model; the message names the path."""
+
+
+# What the OS says when a write fails for a reason the user must fix; orbax/tensorstore wrap it in a
+# ValueError("RESOURCE_EXHAUSTED: ... [os_error_code=28]") raised from a background thread.
+_IO_REASONS = re.compile(r"No space left on device|Disk quota exceeded|Permission denied|Read-only file system|"
+                         r"Not a directory|Input/output error")
+
+
+class _OneLineOrbaxErrors(logging.Filter):
+    """Orbax logs each failed background write with its traceback before the save's future raises
+    it again (33 tracebacks for one full disk); the trainer reports that failure once, so the log
+    keeps orbax's one-line message without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "/orbax/" in (record.pathname or ""):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("absl").addFilter(_OneLineOrbaxErrors())
+
+
+def _late_callback(exc_type: type[BaseException], exc: BaseException, tb: Any) -> bool:
+    """A tensorstore read or write that completes after orbax closed its event loop (a failed save
+    or restore) calls back into the closed loop; the C side prints that through sys.excepthook as a
+    traceback, once per pending operation. It is a consequence of the failure already reported."""
+    if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
+        return False
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
+
+
+_previous_excepthook = sys.excepthook
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    if not _late_callback(exc_type, exc, tb):
+        _previous_excepthook(exc_type, exc, tb)
+
+
+sys.excepthook = _excepthook
+
+
+def _write_failed(directory: epath.Path, e: BaseException) -> CheckpointError:
+    """A failed checkpoint write as one message naming the directory and the OS's reason; the
+    unfinished (temporary) step directories are removed: nothing half-written looks finished."""
+    text = "".join(str(x) for x in (e, e.__cause__, e.__context__) if x is not None)
+    found = _IO_REASONS.search(text)
+    reason = found.group(0) if found else (text.strip().splitlines() or [type(e).__name__])[0][:200]
+    if jax.process_index() == 0 and directory.exists():
+        for tmp in directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return CheckpointError(f"cannot write checkpoints to {directory}: {reason} (finished checkpoints are intact)")
 
 
 def _abs(path: str | os.PathLike) -> epath.Path:
@@ -101,18 +159,37 @@ class TrainCheckpoints:
         0, which writes the shared files; the previous save has had a whole interval to finish)."""
         if not self._unsealed:
             return
-        self._mngr.wait_until_finished()
+        self._wait()
         if jax.process_index() == 0:
             for step in self._unsealed:
                 step_dir = self.directory / str(step)
                 if step_dir.exists():  # not already rotated out by max_to_keep
-                    integrity.record(step_dir)
+                    try:
+                        integrity.record(step_dir)
+                    except OSError as e:
+                        raise _write_failed(self.directory, e) from e
         self._unsealed.clear()
 
     def save(self, step: int, *, params, opt_state, data_state: dict, meta: dict) -> None:
         """Starts the save (asynchronously by default); values are snapshotted before it returns."""
         self._seal()
         self._unsealed.append(step)
+        try:
+            self._save(step, params, opt_state, data_state, meta)
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - orbax reports a failed write as whatever tensorstore raised
+            raise _write_failed(self.directory, e) from e
+
+    def _wait(self) -> None:
+        """Waits for the saves in flight; a failed one is one CheckpointError (see _write_failed)."""
+        try:
+            self._mngr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            self._unsealed.clear()
+            raise _write_failed(self.directory, e) from e
+
+    def _save(self, step: int, params, opt_state, data_state: dict, meta: dict) -> None:
         self._mngr.save(
             step,
             args=ocp.args.Composite(
@@ -138,13 +215,15 @@ class TrainCheckpoints:
         return Restored(step, out.params, out.opt_state, dict(out.data), dict(out.meta))
 
     def wait(self) -> None:
-        self._mngr.wait_until_finished()
+        self._wait()
         self._seal()
 
     def close(self) -> None:
-        self._mngr.wait_until_finished()
-        self._seal()
-        self._mngr.close()
+        try:
+            self._wait()
+            self._seal()
+        finally:
+            self._mngr.close()
 
 
 def save_params(path: str, params: Any) -> None:
