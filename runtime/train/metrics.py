@@ -167,6 +167,47 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return out
 
 
+def final_eval(run_dir: str | os.PathLike, metric: str = "hard_loss") -> float | None:
+    """`metric` of a run's last held-out evaluation (metrics.jsonl, split "eval"); None when the run
+    has none yet (not finished, or evaluation never ran)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    evals = [r for r in read_jsonl(path) if r.get("split") == "eval" and isinstance(r.get(metric), (int, float))]
+    return float(max(evals, key=lambda r: r["step"])[metric]) if evals else None
+
+
+def results_csv(run_dirs: list[str], metric: str = "hard_loss") -> tuple[str, list[str]]:
+    """The `name,metric` CSV that `distillc ablate --best` reads: one row per run directory (named
+    like its cell: runs go to <train.output_dir>/<name>) that has a final evaluation, and the
+    directories left out."""
+    rows, missing = ["name,metric"], []
+    for d in run_dirs:
+        value = final_eval(d, metric)
+        if value is None:
+            missing.append(str(d))
+        else:
+            rows.append(f"{Path(d).name},{value:.6g}")
+    return "\n".join(rows) + "\n", missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m distillc.runtime.train.metrics RUN_DIR... > results.csv` (see docs/ablate.md)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m distillc.runtime.train.metrics",
+                                     description="Each run's final held-out metric as the CSV `distillc ablate --best` reads.")
+    parser.add_argument("run_dirs", nargs="+", help="run directories (<train.output_dir>/<cell name>)")
+    parser.add_argument("--metric", default="hard_loss", help="an eval metric of metrics.jsonl (default hard_loss: "
+                        "the student's held-out cross-entropy; lower is better)")
+    args = parser.parse_args(argv)
+    text, missing = results_csv(args.run_dirs, args.metric)
+    sys.stdout.write(text)
+    for d in missing:
+        print(f"note: {d}: no final evaluation with {args.metric} yet (not finished?); left out", file=sys.stderr)
+    return 0
+
+
 class Progress:
     """A progress bar on a terminal (rich) when `bar` is set, else one plain line per logging window
     (step, losses, tokens/s, ETA): what a log file or a pipe can show."""
@@ -222,3 +263,7 @@ def _eta(seconds: float) -> str:
         return ""
     m, s = divmod(int(round(seconds)), 60)
     return f"  ETA {m}m{s:02d}s" if m else f"  ETA {s}s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
