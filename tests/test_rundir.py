@@ -33,6 +33,7 @@ def test_digest_follows_the_function_trained_not_logging_or_paths(tmp_path):
     same = [
         make_config(tmp_path / "elsewhere", name="other-name"),  # paths and names
         make_config(tmp_path / "a", log_every=3, checkpoint_every=2, eval_every=5, eval_batches=7),
+        base.model_copy(update={"stage": "save_topk"}),  # each stage has its own directory
     ]
     changed = {
         "loss.alpha.start": make_config(tmp_path / "a", alpha=0.3),

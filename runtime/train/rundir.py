@@ -26,9 +26,11 @@ MANIFEST = "manifest.json"
 
 # Fields that do not change the function trained: names and paths, logging and evaluation cadence,
 # checkpoint cadence, the device layout (a resume on other devices is exact), the loss's memory path
-# (dense and chunked compute the same values), rematerialization and the MFU figure.
+# (dense and chunked compute the same values), rematerialization and the MFU figure. The stage is
+# not either: each stage has its own directory (`stage_dir`), and before this record existed an
+# offline run's train stage found the save stage's manifest in the run directory.
 NOT_IDENTITY: dict[str, Any] = {
-    "name": True, "output": True, "mesh": True, "scan_layers": True, "enable_nnx": True,
+    "name": True, "output": True, "mesh": True, "scan_layers": True, "enable_nnx": True, "stage": True,
     "loss_impl": True, "loss_chunk_size": True, "peak_flops": True,
     "train": {"checkpoint_every", "log_every", "eval_every", "eval_batches", "max_checkpoints"},
     "teacher": {"remat"}, "student": {"remat"},
