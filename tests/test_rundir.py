@@ -210,3 +210,16 @@ def test_runtime_restart_is_for_one_process(tmp_path, capsys):
                    "--process-id", "0"])
     assert e.value.code == 2 and "--restart is for single-process runs" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_runtime_refuses_another_plans_run_with_exit_2(tmp_path, capsys):
+    """`python -m distillc.runtime.main` (a cluster job): the same check, one message, nothing trained."""
+    from distillc.runtime import main
+
+    open_run(make_config(tmp_path / "run", steps=8), ["first"])
+    written = (tmp_path / "run" / "manifest.json").read_bytes()
+    assert main.run(make_config(tmp_path / "run", steps=16), ["second"]) == main.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "train.steps: 8 -> 16" in err and "Traceback" not in err
+    assert (tmp_path / "run" / "manifest.json").read_bytes() == written
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["manifest.json"]
