@@ -47,9 +47,16 @@ class Accelerator(BaseModel):
     hbm_gib: float = Field(gt=0, description="HBM per chip in GiB.")
     usable_hbm_fraction: float = Field(0.9, gt=0, le=1, description="What XLA can give a program.")
     peak_bf16_tflops: float = Field(gt=0, description="Dense bf16 peak per chip.")
-    flag: Literal["tpu-type", "device-type", "none"] = Field(description="The xpk flag this name goes in.")
+    flag: Literal["tpu-type", "device-type", "none"] = Field(
+        description="The xpk flag this name goes in; none: not an xpk device type (local runs only).")
     super_slicing: bool = Field(False, description="xpk caps workload names at 28 chars on these.")
     source: str = ""
+
+    @property
+    def local_only(self) -> bool:
+        """No xpk device type (flag none): `cpu` and the one-GPU entries run only with `launch --local`,
+        on this machine, where local paths are visible."""
+        return self.flag == "none"
 
     @property
     def usable_hbm_bytes(self) -> float:

@@ -383,6 +383,7 @@ def launch(
     execute: bool = typer.Option(False, "--execute", help="Run the xpk commands (default: dry run, print them)."),
     format: DataFormat = typer.Option(DataFormat.text, "--format", "-f", help="text | json"),
     local: bool = typer.Option(False, "--local", help="Compile, then train here with the distillc runtime."),
+    restart: bool = typer.Option(False, "--restart", help="With --local: move earlier runs of this spec aside (kept, not deleted) and train afresh."),
     select: Optional[List[str]] = typer.Option(None, "--select", help=SELECT_HELP),
     ignore: Optional[List[str]] = typer.Option(None, "--ignore", help=IGNORE_HELP),
 ) -> None:
@@ -393,6 +394,9 @@ def launch(
     sel, ign = _split_codes(select), _split_codes(ignore)
     _check_selectors(sel, ign)
     try:
+        if restart and not local:
+            raise L.UsageError("--restart goes with --local; a cluster run of a changed plan needs a new `name` "
+                               "or `train.output_dir`")
         compiled = L.compile_launch(spec, cluster_name=cluster, clusters_file=clusters, target=target.value,
                                     out_dir=out, local=local, select=sel, ignore=ign)
         diags = list(compiled.diagnostics)
@@ -404,7 +408,7 @@ def launch(
         L.write(build)
         typer.echo(f"wrote {build.out_dir}/: {', '.join(a.name for a in build.artifacts)}", err=True)
         if local:
-            raise typer.Exit(L.run_local(build.plan, spec))
+            raise typer.Exit(L.run_local(build.plan, spec, restart))
         if format is DataFormat.json:
             L.print_json({"workloads": build.workloads_json(), "artifacts": build.artifacts_json(),
                           "diagnostics": [d.to_json() for d in diags]})

@@ -549,13 +549,14 @@ def plan_text(plan: Plan, spec: Spec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_local(plan: Plan, spec_path: Path) -> int:
-    """Hand the compiled configs to the runtime in this process (imports jax)."""
+def run_local(plan: Plan, spec_path: Path, restart: bool = False) -> int:
+    """Hand the compiled configs to the runtime in this process (imports jax). `restart`: earlier runs
+    in the plan's run directories are moved aside (never deleted) before training."""
     try:
         from distillc.runtime.local import run_local as runtime_run_local
     except ImportError as exc:
         raise UsageError(f"the local runtime is not available ({exc}); install distillc with its runtime dependencies") from None
-    return int(runtime_run_local(list(plan.configs), spec_path))
+    return int(runtime_run_local(list(plan.configs), spec_path, restart=restart))
 
 
 def write(build: Build) -> list[Path]:

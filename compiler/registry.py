@@ -198,7 +198,7 @@ def load_rules(stage: Stage | None = None) -> None:
     import distillc.compiler.ablation.codes  # noqa: F401  (DC17x: ablation axes)
     import distillc.compiler.rules  # noqa: F401  (the package imports its spec-rule modules)
 
-    if stage in (None, "cluster"):
+    if stage in (None, "cluster", "plan"):  # cluster first: DC402's registration with its hint is there
         import distillc.compiler.rules.cluster  # noqa: F401  (DC402, DC403: a clusters-file entry)
     if stage in (None, "plan"):
         import distillc.compiler.rules.launch  # noqa: F401  (DC400-DC406: the plan on its cluster)

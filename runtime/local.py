@@ -17,7 +17,10 @@ held-out split. Other stages (offline top-k) run through the runtime's stage tab
 The mesh is fitted to the devices JAX sees (all of them on the data axis) when the compiled mesh
 does not match, and a config whose models do not fit in the devices' memory is refused before
 anything runs. Runs resume from their checkpoints like any runtime job: a finished run directory
-is evaluated again, not retrained (delete it to train again).
+is evaluated again, not retrained (the timing line says so). A run directory whose manifest holds
+another plan (train/rundir.py: a different plan digest) is refused, exit 2; `--restart` moves the
+spec's earlier runs aside (never deletes them) and trains afresh. A teacher path that holds anything
+but a loadable checkpoint is an error: nothing the user put there is written over.
 """
 
 from __future__ import annotations
@@ -157,10 +160,17 @@ def _is_remote(path: str) -> bool:
     return "://" in path
 
 
+def _empty_dir(p: Path) -> bool:
+    return p.is_dir() and not any(p.iterdir())
+
+
 def ensure_teacher(cfg: RuntimeConfig, report: LocalReport, console: bool,
-                   steps_factor: float = TEACHER_STEPS_FACTOR) -> str:
-    """Trains and caches the teacher when its local checkpoint path is empty; says which happened."""
-    from distillc.runtime.train.checkpoints import is_checkpoint, save_params
+                   steps_factor: float = TEACHER_STEPS_FACTOR, restart: bool = False) -> str:
+    """Trains and caches the teacher when its local checkpoint path does not exist yet (or is an
+    empty directory); says which happened. A path that holds anything else is the user's: an error
+    (CheckpointError), never a place to train a teacher into."""
+    from distillc.runtime.train.checkpoints import CheckpointError, is_checkpoint, save_params
+    from distillc.runtime.train.rundir import open_run, write_text_atomic
     from distillc.runtime.train.trainer import train
 
     path = cfg.teacher.checkpoint
@@ -174,31 +184,36 @@ def ensure_teacher(cfg: RuntimeConfig, report: LocalReport, console: bool,
         print(f"teacher: using the cached checkpoint {path}", flush=True)
         report.teachers[path] = "cached"
         return "cached"
+    if Path(path).exists() and not _empty_dir(Path(path)):
+        raise CheckpointError(
+            f"teacher.checkpoint {path} exists but is not a checkpoint distillc can load (no Orbax parameter "
+            f"checkpoint or run with saved steps there); point teacher.checkpoint at one, or at a path that does "
+            f"not exist yet to train and cache a teacher there (nothing at {path} was changed)")
     tcfg = teacher_config(cfg, steps_factor)
     print(f"teacher: no checkpoint at {path}; training {cfg.teacher.arch.name} on {cfg.data.source} with "
           f"cross-entropy for {tcfg.train.steps} steps, then caching it there", flush=True)
-    from distillc.runtime.train.trainer import write_manifest
-
-    write_manifest(tcfg, [*sys.argv], {"local": True, "teacher_of": cfg.name, "cached_at": path})
+    open_run(tcfg, [*sys.argv], {"local": True, "teacher_of": cfg.name, "cached_at": path}, restart=restart)
     result = train(tcfg, console=console)
     save_params(path, result.params)
     record = {"config": json.loads(tcfg.model_dump_json()), "held_out": result.eval, "wall_s": result.wall_s}
-    Path(tcfg.output.run_dir, "teacher.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_text_atomic(Path(tcfg.output.run_dir, "teacher.json"), json.dumps(record, indent=2) + "\n")
     report.timings.append((f"teacher training ({tcfg.train.steps} steps)", result.wall_s))
     report.teachers[path] = "trained now"
     return "trained now"
 
 
 def run_local(configs: list[RuntimeConfig], spec_path: Path, *,
-              teacher_steps_factor: float = TEACHER_STEPS_FACTOR) -> int:
+              teacher_steps_factor: float = TEACHER_STEPS_FACTOR, restart: bool = False) -> int:
     """Runs the compiled configs of one spec here; prints the comparison table (and writes it as
-    local_report.json in the first run directory); returns an exit code."""
+    local_report.json in the first run directory); returns an exit code. `restart`: earlier runs in
+    the spec's run directories (and its baselines') are moved aside first, never deleted."""
     import jax
 
     from distillc.runtime import main as runtime_main
     from distillc.runtime.train.objectives import uses_teacher
     from distillc.runtime.train.halts import Halted
-    from distillc.runtime.train.trainer import train, write_manifest
+    from distillc.runtime.train.rundir import open_run, write_text_atomic
+    from distillc.runtime.train.trainer import train
     from distillc.runtime.train.distributed import tune_host_allocator
 
     tune_host_allocator()
@@ -209,6 +224,8 @@ def run_local(configs: list[RuntimeConfig], spec_path: Path, *,
     argv = [*sys.argv]
     code = 0
     baselines: dict[str, float] = {}
+    if restart:
+        move_runs_aside(configs)
     for cfg in configs:
         cfg, note = fit_mesh(cfg, jax.device_count())
         if note:
@@ -221,7 +238,7 @@ def run_local(configs: list[RuntimeConfig], spec_path: Path, *,
             return runtime_main.EXIT_USAGE
         if cfg.mode == "offline" and cfg.stage == "save_topk":
             try:
-                ensure_teacher(cfg, report, console, teacher_steps_factor)  # stage one runs the teacher: train and cache it first
+                ensure_teacher(cfg, report, console, teacher_steps_factor, restart)  # stage one runs the teacher: train and cache it first
             except Halted as e:
                 print(f"error: {e}", file=sys.stderr)
                 return runtime_main.EXIT_NONFINITE
@@ -229,17 +246,20 @@ def run_local(configs: list[RuntimeConfig], spec_path: Path, *,
                 print(f"error: {cfg.name}: {e}", file=sys.stderr)
                 return runtime_main.EXIT_USAGE
         if cfg.stage != "train":
-            code = runtime_main.run(cfg, argv, console=console)
+            t_stage = time.perf_counter()
+            code = runtime_main.run(cfg, argv, console=console, extra={"spec": str(spec_path), "local": True})
             if code:
                 return code
+            report.timings.append((f"{cfg.stage.replace('_', ' ')} ({cfg.name})", time.perf_counter() - t_stage))
             continue
         report.unit = "nats/byte" if cfg.data.tokenizer == "byte" else "nats/token"
         report.corpus = cfg.data.source
         try:
-            teacher_note = ensure_teacher(cfg, report, console, teacher_steps_factor) if uses_teacher(cfg) else ""
-            write_manifest(cfg, argv, {"spec": str(spec_path), "local": True})
+            teacher_note = (ensure_teacher(cfg, report, console, teacher_steps_factor, restart)
+                            if uses_teacher(cfg) else "")
+            open_run(cfg, argv, {"spec": str(spec_path), "local": True})
             kd = train(cfg, console=console, eval_all_at_end=True)
-            report.timings.append((f"{cfg.name} ({cfg.train.steps} steps)", kd.wall_s))
+            report.timings.append((_timing_label(cfg.name, kd), kd.wall_s))
             if not uses_teacher(cfg):
                 report.rows.append(Row(cfg.name, cfg.student.arch.name, cfg.student.arch.param_count(),
                                        cfg.train.steps, kd.eval["hard_loss"]))
@@ -253,9 +273,9 @@ def run_local(configs: list[RuntimeConfig], spec_path: Path, *,
             bcfg = baseline_config(cfg)
             key = bcfg.model_dump_json(exclude={"name", "output", "teacher"})
             if key not in baselines:
-                write_manifest(bcfg, argv, {"spec": str(spec_path), "local": True, "baseline_of": cfg.name})
+                open_run(bcfg, argv, {"spec": str(spec_path), "local": True, "baseline_of": cfg.name})
                 base = train(bcfg, console=console, eval_all_at_end=True)
-                report.timings.append((f"CE-only baseline ({bcfg.train.steps} steps)", base.wall_s))
+                report.timings.append((_timing_label("CE-only baseline", base), base.wall_s))
                 baselines[key] = base.eval["hard_loss"]
                 report.rows.append(Row("CE-only student", cfg.student.arch.name, cfg.student.arch.param_count(),
                                        cfg.train.steps, base.eval["hard_loss"]))
@@ -275,8 +295,30 @@ def run_local(configs: list[RuntimeConfig], spec_path: Path, *,
     if jax.process_index() == 0:
         run_dir = Path(next(c.output.run_dir for c in configs if c.stage == "train"))
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "local_report.json").write_text(json.dumps(dataclasses.asdict(report), indent=2) + "\n")
+        write_text_atomic(run_dir / "local_report.json", json.dumps(dataclasses.asdict(report), indent=2) + "\n")
     return code
+
+
+def move_runs_aside(configs: list[RuntimeConfig]) -> None:
+    """--restart: every run directory this spec trains in (its own and its CE-only baselines') that
+    holds an earlier run is renamed aside, never deleted. The cached teacher stays: it is an input."""
+    from distillc.runtime.train.rundir import has_run, move_aside
+
+    dirs = {Path(c.output.run_dir) for c in configs}
+    dirs |= {Path(baseline_config(c).output.run_dir) for c in configs if c.stage == "train"}
+    for d in sorted(dirs):
+        if has_run(d):
+            move_aside(d)
+
+
+def _timing_label(name: str, result) -> str:
+    """`quickstart (400 steps)`, or what a rerun did when the run had finished before."""
+    steps = result.config.train.steps
+    if result.resumed_from is not None and result.resumed_from >= steps:
+        return f"{name} (trained earlier to {steps} steps; evaluated only)"
+    if result.resumed_from:
+        return f"{name} (steps {result.resumed_from}-{steps}, resumed)"
+    return f"{name} ({steps} steps)"
 
 
 def format_report(report: LocalReport, spec_path: Path) -> str:

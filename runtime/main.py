@@ -4,14 +4,18 @@
     --coordinator H:P      multi-process runs without a launcher's environment: process 0's address,
     --num-processes N      the number of processes,
     --process-id I         and this process's id (all three together)
-    --no-progress          no progress bar (one line per logging window instead)
+    --no-progress          no progress bar (one line per logging window instead, as when stdout
+                           is not a terminal)
+    --restart              move an earlier run of another plan aside (never deleted) and start afresh
+                           (single-process runs)
 
 Exit codes: 0 done; 2 the config or the command line is wrong (a message, no traceback);
 3 a loss went non-finite (the message names the step and the term; the update was not applied);
 4 the config's stage/mode is not available in this build. Anything else is a bug: traceback, 1.
 
 Stages are an explicit table keyed by (mode, stage); each entry names a module and function, imported
-only when that stage runs. The run manifest (resolved config + exact command) is written first.
+only when that stage runs. The run manifest (resolved config, exact command, plan digest) is
+written when a run starts; a run directory holding another plan's run is refused (train/rundir.py).
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Mesh / data / tokenizer / checkpoint / top-k cache mismatches: the user's to fix, reported as
     one message (exit 2), never a traceback."""
     from distillc.runtime.train.checkpoints import CheckpointError
+    from distillc.runtime.train.rundir import RunDirError
     from distillc.runtime.data.corpus import CorpusError
     from distillc.runtime.data.pipeline import DataError
     from distillc.runtime.train.distributed import MeshError
@@ -108,22 +113,24 @@ def user_errors() -> tuple[type[Exception], ...]:
     from distillc.runtime.train.run_lock import LockHeld
 
     # OSError: a full disk, a permission, a run directory under a file (its message names the path)
-    return (CacheError, CheckpointError, CorpusError, DataError, LockHeld, MeshError, OSError, TokenizerError)
+    return (CacheError, CheckpointError, CorpusError, DataError, LockHeld, MeshError, OSError, RunDirError,
+            TokenizerError)
 
 
-def run(config: RuntimeConfig, argv: list[str], *, console: bool = True) -> int:
+def run(config: RuntimeConfig, argv: list[str], *, console: bool = True, restart: bool = False,
+        extra: dict | None = None) -> int:
     """Runs one config's stage in this (already initialized) process; returns the exit code."""
     from distillc.runtime.train.objectives import TeacherUnavailable
-    from distillc.runtime.train.halts import Halted
     import jax
 
+    from distillc.runtime.train.halts import Halted
     from distillc.runtime.train.run_lock import RunLock
-    from distillc.runtime.train.trainer import write_manifest
+    from distillc.runtime.train.rundir import open_run
 
     try:
         fn = stage_function(config)
-        with RunLock(config.output.run_dir, enabled=jax.process_index() == 0):  # before the manifest is touched
-            write_manifest(config, argv)
+        with RunLock(config.output.run_dir, enabled=jax.process_index() == 0):  # before the run directory is touched
+            open_run(config, argv, extra, restart=restart)
             fn(config, console)
     except StageUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
@@ -148,10 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-processes", type=int)
     parser.add_argument("--process-id", type=int)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--restart", action="store_true",
+                        help="move an earlier run of another plan aside (kept) and start afresh")
     args = parser.parse_args(argv)
     flags = (args.coordinator, args.num_processes, args.process_id)
     if any(f is not None for f in flags) and not all(f is not None for f in flags):
         parser.error("--coordinator, --num-processes and --process-id go together")
+    if args.restart and (args.num_processes or 1) > 1:
+        parser.error("--restart is for single-process runs: move the run directory aside by hand, then start all processes")
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -172,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     command = [sys.executable, "-m", "distillc.runtime.main", *argv]
-    return run(config, command, console=not args.no_progress)
+    return run(config, command, console=not args.no_progress, restart=args.restart)
 
 
 if __name__ == "__main__":

@@ -314,3 +314,37 @@ def test_best_refuses_what_is_not_a_regular_file_without_blocking(spec, tmp_path
                         "--strategy", "staged", "--best", str(best)], capture_output=True, text=True, timeout=60, preexec_fn=limit)
     assert p.returncode == 2, p.stderr
     assert p.stderr == f"distillc: error: --best {best}: not a regular file\n"
+
+
+def test_best_reads_the_results_csv_that_the_runs_metrics_give(tmp_path):
+    """docs/ablate.md: results.csv comes from each cell's run directory (<output_dir>/<cell name>) by
+    `python -m distillc.runtime.train.metrics RUN_DIR...`: the last held-out evaluation's hard_loss."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.yaml"
+    path.write_text(spec_text("""
+ablation:
+  strategy: staged
+  axes:
+    loss.temperature.start: [1.0, 2.0]
+"""))
+    names = [c["name"] for c in json.loads(invoke(path, "--format", "json").stdout)["cells"]]
+    runs = tmp_path / "runs"
+    for i, name in enumerate(names):  # an interim evaluation, then the final one that counts
+        (runs / name).mkdir(parents=True)
+        (runs / name / "metrics.jsonl").write_text(
+            json.dumps({"step": 10, "split": "eval", "hard_loss": 1.0}) + "\n"
+            + json.dumps({"step": 20, "split": "train", "hard_loss": 0.1}) + "\n"
+            + json.dumps({"step": 20, "split": "eval", "hard_loss": 2.5 - i}) + "\n")
+    (runs / "unfinished").mkdir()
+    p = subprocess.run([sys.executable, "-m", "distillc.runtime.train.metrics", *map(str, sorted(runs.iterdir()))],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0] == "name,metric" and "unfinished: no final evaluation" in p.stderr
+    results = tmp_path / "results.csv"
+    results.write_text(p.stdout)
+    res = invoke(path, "--best", results, "--format", "json")
+    assert res.exit_code == 0, res.output
+    winner = json.loads(res.stdout)["stage"]["winners"][0]
+    assert winner["cell"] == names[-1]  # the lowest final hard_loss

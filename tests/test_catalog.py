@@ -199,9 +199,19 @@ class TestAccelerators:
     # The per-entry checks loop inside one test each (266 entries): the failure lists every bad name.
     def test_entry_invariants(self):
         flags = {"tpu": "tpu-type", "gpu": "device-type", "cpu": "none"}
+        one_gpu = {n for n, a in GPUS.items() if a.local_only}  # local one-GPU entries: no xpk flag
         bad = [n for n, a in ACCS.items()
-               if not a.source.strip() or a.chips != a.hosts * a.chips_per_host or a.flag != flags[a.kind]]
-        assert bad == []
+               if not a.source.strip() or a.chips != a.hosts * a.chips_per_host
+               or a.flag != ("none" if n in one_gpu else flags[a.kind])]
+        assert bad == [] and all(GPUS[n].chips == 1 for n in one_gpu)
+
+    def test_one_gpu_device_types_for_local_runs(self):
+        """A single-GPU machine names its GPU: the xpk one-GPU types, and one GPU of each 8-GPU type."""
+        for name, gen in [("h100-80gb-1", "h100"), ("h200-141gb-1", "h200"), ("b200-1", "b200"),
+                          ("a100-40gb-1", "a100"), ("l4-1", "l4")]:
+            a = GPUS[name]
+            assert (a.chips, a.generation) == (1, gen) and a.hbm_gib == GPUS[f"{name[:-2]}-8"].hbm_gib
+        assert ACCS["cpu"].local_only and ACCS["h100-80gb-1"].local_only and not ACCS["h100-80gb-8"].local_only
 
     def test_tpu_names_count_cores(self):
         """xpk's rule: <prefix>-<chips * TensorCores per chip>; v4/v5p/tpu7x have 2, v5e/v6e 1."""
@@ -250,6 +260,8 @@ def test_matches_xpk_when_installed():
     sc = pytest.importorskip("xpk.core.system_characteristics")
     table = sc.UserFacingNameToSystemCharacteristics
     for name, a in {**TPUS, **GPUS}.items():
+        if a.local_only:  # not an xpk device type (one GPU of a machine, for `launch --local`)
+            continue
         x = table[name]
         assert (x.topology, x.vms_per_slice, x.chips_per_vm) == (a.topology, a.hosts, a.chips_per_host), name
         assert x.vms_per_slice * x.chips_per_vm == a.chips, name

@@ -253,18 +253,23 @@ class TestLocal:
     def test_compiles_then_calls_the_runtime(self, in_tmp, monkeypatch):
         calls = []
         fake = types.ModuleType("distillc.runtime.local")
-        fake.run_local = lambda configs, spec_path: calls.append((configs, spec_path)) or 0
+        fake.run_local = lambda configs, spec_path, restart=False: calls.append((configs, spec_path, restart)) or 0
         monkeypatch.setitem(sys.modules, "distillc.runtime.local", fake)
         r = run("launch", QUICKSTART, "--local")
         assert r.exit_code == 0, r.output
-        (configs, spec_path), = calls
+        (configs, spec_path, restart), = calls
         assert [c.stage for c in configs] == ["train"] and configs[0].name == "quickstart"
-        assert spec_path == QUICKSTART
+        assert spec_path == QUICKSTART and restart is False
         assert sorted(p.name for p in (in_tmp / "build" / "quickstart").iterdir()) == ["config-train.json", "manifest.json"]
+        assert run("launch", QUICKSTART, "--local", "--restart").exit_code == 0 and calls[-1][2] is True
+
+    def test_restart_goes_with_local(self, in_tmp):
+        r = run("launch", QUICKSTART, "--cluster", "v5p", "--clusters", CLUSTERS, "--restart")
+        assert r.exit_code == 2 and "--restart goes with --local" in r.stderr
 
     def test_exit_code_is_the_runtimes(self, in_tmp, monkeypatch):
         fake = types.ModuleType("distillc.runtime.local")
-        fake.run_local = lambda configs, spec_path: 3
+        fake.run_local = lambda configs, spec_path, restart=False: 3
         monkeypatch.setitem(sys.modules, "distillc.runtime.local", fake)
         assert run("launch", QUICKSTART, "--local").exit_code == 3
 
@@ -344,9 +349,10 @@ class TestSelectIgnore:
         clusters.write_text(CLUSTERS.read_text().replace("    docker_image: us-docker.pkg.dev/golden-project/distillc/distillc:0.1.0\n", ""))
         r = run("launch", GOLDEN_INPUTS / "pruning.yaml", "--cluster", "v5p", "--clusters", clusters, "--ignore", "DC404")
         assert r.exit_code == 1 and "DC404" in r.stderr  # no image: nothing to launch
-        clusters.write_text(CLUSTERS.read_text().replace("accelerator: v5p-128", "accelerator: cpu"))
-        r = run("launch", GOLDEN_INPUTS / "pruning.yaml", "--cluster", "v5p", "--clusters", clusters, "--ignore", "DC403")
-        assert r.exit_code == 1 and "DC403" in r.stderr
+        for local_only in ("cpu", "h100-80gb-1"):  # no xpk device type: `launch --local` only
+            clusters.write_text(CLUSTERS.read_text().replace("accelerator: v5p-128", f"accelerator: {local_only}"))
+            r = run("launch", GOLDEN_INPUTS / "pruning.yaml", "--cluster", "v5p", "--clusters", clusters, "--ignore", "DC403")
+            assert r.exit_code == 1 and "DC403" in r.stderr and f"'{local_only}' is not an xpk device type" in r.stderr
 
     def test_rules_and_explain_cover_the_launch_codes(self):
         listed = run("rules").stdout

@@ -34,3 +34,28 @@ def test_validate_output_in_the_readme_is_current(command, shown):
     p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     got = (p.stdout + p.stderr).rstrip("\n")
     assert got == shown, f"README.md shows another output for `{command}`:\n{got}"
+
+
+DOCS = {p.relative_to(ROOT).as_posix(): p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+
+
+def _cluster_commands() -> list[tuple[str, str]]:
+    """(file, command) of every `$ distillc ...` line in README.md and docs/ that names a cluster."""
+    return [(f, line[2:].split("  #")[0].strip()) for f, text in DOCS.items() for line in text.splitlines()
+            if line.startswith("$ distillc ") and "--cluster " in line]
+
+
+@pytest.mark.parametrize("doc,command", _cluster_commands(), ids=lambda v: v)
+def test_documented_cluster_commands_run_as_written(doc, command, tmp_path):
+    """From a checkout's root (a copy of specs/ here), with no clusters file set up: each command names
+    the example clusters file, and each dry run exits 0."""
+    assert "--clusters specs/clusters.yaml" in command, f"{doc}: `{command}` needs --clusters specs/clusters.yaml"
+    if "--execute" in command or "--best" in command:  # runs xpk / needs results from runs
+        return
+    import shutil
+
+    shutil.copytree(ROOT / "specs", tmp_path / "specs")
+    env = dict(os.environ, NO_COLOR="1", XDG_CONFIG_HOME=str(tmp_path / "config"))
+    p = subprocess.run([sys.executable, "-m", "distillc.compiler.cli", *command.split()[1:]], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, f"{doc}: `{command}` exits {p.returncode}: {p.stderr[-2000:]}"

@@ -86,6 +86,12 @@ class TestDC144LocalPathOnCluster:
     def test_passes_local(self):
         assert "DC144" not in codes(check_text(spec_text("train: {output_dir: /tmp/runs}")))
 
+    @pytest.mark.parametrize("accelerator", ["h100-80gb-1", "h200-141gb-1", "b200-1"])
+    def test_passes_one_local_gpu(self, accelerator):
+        """A single-GPU machine runs `launch --local`: its local paths are right, and the spec is clean."""
+        text = spec_text(f"train: {{output_dir: runs}}\nresources: {{accelerator: {accelerator}}}")
+        assert [d.code for d in check_text(text).diagnostics if d.severity.value != "note"] == []
+
 
 class TestDC145MalformedPath:
     @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from distillc.runtime.train.run_lock import LOCK_NAME, STALE_S, LockHeld, RunLock
+from distillc.runtime.train.run_lock import STALE_S, LockHeld, RunLock, lock_path
 
 from tests.runtime_configs import make_config
 
@@ -30,7 +30,7 @@ def test_a_second_process_is_refused_and_told_who_holds_it(tmp_path):
         p = _other_process_acquires(tmp_path)
         assert p.returncode == 2
         assert f"in use by process {__import__('os').getpid()} on {socket.gethostname()}" in p.stdout
-    assert not (tmp_path / LOCK_NAME).exists()  # released
+    assert not lock_path(str(tmp_path)).exists()  # released
     assert _other_process_acquires(tmp_path).returncode == 0  # free again
 
 
@@ -38,21 +38,21 @@ def test_nested_in_one_process_is_a_no_op(tmp_path):
     with RunLock(str(tmp_path)):
         with RunLock(str(tmp_path)):
             pass
-        assert (tmp_path / LOCK_NAME).exists()  # the inner release left the outer lock in place
+        assert lock_path(str(tmp_path)).exists()  # the inner release left the outer lock in place
 
 
 def test_a_dead_holder_on_this_host_is_taken_over(tmp_path, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": 0,
+    lock_path(str(tmp_path)).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": 0,
                                                   "heartbeat": time.time()}))
     with RunLock(str(tmp_path)):
-        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] != dead.pid
+        assert json.loads(lock_path(str(tmp_path)).read_text())["pid"] != dead.pid
     assert f"process {dead.pid} is not running" in capsys.readouterr().err
 
 
 def test_another_hosts_lock_is_stale_only_when_its_heartbeat_is(tmp_path):
-    lock = tmp_path / LOCK_NAME
+    lock = lock_path(str(tmp_path))
     lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time()}))
     with pytest.raises(LockHeld, match="in use by process 1 on elsewhere"):
         RunLock(str(tmp_path)).acquire()

@@ -181,8 +181,14 @@ def test_local_run_over_a_run_dir_of_another_model_is_one_clear_error(tmp_path, 
     capsys.readouterr()
     assert run_local([second], Path("spec.yaml")) == main.EXIT_USAGE
     err = capsys.readouterr().err
+    assert "holds a run of a different plan" in err and "Traceback" not in err
+    assert "student.arch.emb_dim: 32 -> 64" in err and "--restart" in err  # what and the fix
+    # the layer layout is not part of the plan: the stored parameter tree catches it
+    unscanned = first.model_copy(update={"scan_layers": not first.scan_layers})
+    assert run_local([unscanned], Path("spec.yaml")) == main.EXIT_USAGE
+    err = capsys.readouterr().err
     assert "holds a different model or layer layout" in err and "Traceback" not in err
-    assert "shape(s) differ, e.g. " in err and "resume with the config that wrote it" in err  # what and the fix
+    assert "resume with the config that wrote it" in err
 
 
 def test_beta_ramping_from_zero_gives_a_feature_loss_after_step_0(tmp_path):

@@ -111,8 +111,8 @@ def restarts_and_env(ctx: ClusterContext) -> Iterator[Finding]:
       hint="Pick an xpk device type (`distillc accelerators`), or run locally with `distillc launch --local`.")
 def xpk_device(ctx: ClusterContext) -> Iterator[Finding]:
     """A cluster runs xpk workloads, so its accelerator is an xpk device type (a TPU type such as
-    v5p-128, or a GPU machine such as h100-80gb-8); the catalog's `cpu` has none and runs only
-    with `distillc launch --local`.
+    v5p-128, or a GPU machine such as h100-80gb-8); the catalog's `cpu` and one-GPU entries
+    (`h100-80gb-1`, ...) have none and run only with `distillc launch --local`.
 
     Fails::
 
@@ -125,5 +125,5 @@ def xpk_device(ctx: ClusterContext) -> Iterator[Finding]:
     At:: accelerator: cpu > cpu
     """
     acc = ctx.accelerator
-    if acc is not None and acc.flag == "none":
+    if acc is not None and acc.local_only:
         yield Finding(f"'{acc.name}' is not an xpk device type", (*ctx.path, "accelerator"))

@@ -175,7 +175,8 @@ def local_path_on_cluster(ctx: Context) -> Iterator[Finding]:
     """A cluster workload runs in containers on other machines: a local path such as
     `runs` or `/home/me/ckpt` names a directory inside each container, so inputs are missing
     and outputs vanish with the pod. Checkpoints, data, the tokenizer, the top-k cache and the
-    output directory should live in a bucket every host can reach.
+    output directory should live in a bucket every host can reach. Local-only accelerators (`cpu`,
+    the one-GPU `h100-80gb-1`, ...) run on this machine, where local paths are right.
 
     Fails::
 
@@ -194,7 +195,7 @@ def local_path_on_cluster(ctx: Context) -> Iterator[Finding]:
           output_dir: gs://bucket/runs
     """
     assert ctx.accelerator is not None  # needs: the registry runs the rule only then
-    if ctx.accelerator.kind == "cpu":
+    if ctx.accelerator.local_only:
         return
     for key, value in _paths(ctx):
         if key == ("offline", "data_dir") and ctx.spec.mode != "offline":

@@ -25,6 +25,7 @@ import re
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -34,6 +35,19 @@ from flax import nnx
 from etils import epath
 
 from distillc.runtime.train import integrity
+from distillc.runtime.train.rundir import dotted
+
+
+class _DropMissingMetadata(logging.Filter):
+    """orbax warns "Metadata file does not exist" (through absl) whenever it reads a checkpoint that
+    was written without the optional step metadata, ours included: the warning says nothing the
+    user can act on, so it is not shown. Every other absl record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Metadata file does not exist")
+
+
+logging.getLogger("absl").addFilter(_DropMissingMetadata())
 
 
 class CheckpointError(RuntimeError):
@@ -227,14 +241,48 @@ class TrainCheckpoints:
 
 
 def save_params(path: str, params: Any) -> None:
-    """Writes a parameter checkpoint (atomically: a temporary directory renamed when complete)."""
+    """Writes a parameter checkpoint to a fresh temporary name next to `path`, renamed into place when
+    complete. Only an empty directory or a distillc parameter checkpoint of the same model (names and
+    shapes) is replaced; anything else at `path` is the user's and is refused (`CheckpointError`)."""
     target = _abs(path)
+    why = _not_replaceable(path, params)
+    if why:
+        raise CheckpointError(f"will not save a checkpoint to {path}: it {why}; choose another path "
+                              "(nothing there was changed)")
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    target.parent.mkdir(parents=True, exist_ok=True)
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(target, params, force=True)
-    ckptr.wait_until_finished()
-    ckptr.close()
+    try:
+        ckptr.save(tmp, params)
+        ckptr.wait_until_finished()
+    finally:
+        ckptr.close()
     if jax.process_index() == 0:
-        integrity.record(target)
+        integrity.record(tmp)  # recorded before the rename: the record lives inside the directory
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        target.rename(old)  # ours (checked above): out of the way, removed once the new one is in place
+    tmp.rename(target)
+    if old.exists():
+        old.rmtree()
+
+
+def _not_replaceable(path: str, params: Any) -> str:
+    """Why `path` must not be replaced by a checkpoint of `params` ("" when it may)."""
+    p = _abs(path)
+    if not p.exists():
+        return ""
+    if not p.is_dir():
+        return "is a file"
+    if not any(p.iterdir()):
+        return ""
+    if not (p / "_CHECKPOINT_METADATA").exists():
+        return "is a non-empty directory that is not a distillc parameter checkpoint"
+    try:
+        why = "; ".join(_differences(stored_tree(path), params))
+    except CheckpointError as e:
+        return f"holds a checkpoint whose parameters cannot be read ({e})"
+    return f"holds a checkpoint of a different model ({why})" if why else ""
 
 
 def is_checkpoint(path: str) -> bool:
@@ -285,15 +333,10 @@ def stored_tree(path: str) -> dict:
     return tree
 
 
-def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+def _leaves(tree: Any) -> dict[str, Any]:
     """Dotted path -> leaf of a nested dict (checkpoint metadata or a pure-dict parameter tree)."""
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_leaves(v, f"{prefix}{k}."))
-        return out
-    path = prefix.rstrip(".")
-    return {path.removesuffix(".value"): tree}  # an nnx Variable is stored as {"value": array}
+    # an nnx Variable is stored as {"value": array}
+    return {path.removesuffix(".value"): leaf for path, leaf in dotted(tree).items()}
 
 
 def _differences(stored: dict, params_like: Any) -> list[str]:

@@ -89,13 +89,17 @@ def _safe_exp(x: float) -> float:
 class MetricsWriter:
     """metrics.jsonl (one JSON object per line, flushed per line) and TensorBoard event files."""
 
-    def __init__(self, metrics_file: str, tensorboard_dir: str, *, enabled: bool = True):
+    def __init__(self, metrics_file: str, tensorboard_dir: str, *, enabled: bool = True,
+                 keep_through: int = 0, finished: bool = False):
+        """Appends to `metrics_file` after cutting it back to `keep_through`, the step training
+        (re)starts from, so no step appears twice (see `cut_back`)."""
         self.enabled = enabled
         self._jsonl = None
         self._tb = None
         if not enabled:
             return
         Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
+        cut_back(metrics_file, keep_through, finished)
         self._jsonl = open(metrics_file, "a", buffering=1)  # line-buffered: whole lines reach the file
         from tensorboardX import SummaryWriter
 
@@ -129,6 +133,29 @@ def _json_float(v: float):
     return v if math.isfinite(v) else str(v)  # "nan" / "inf": valid JSON, still visible
 
 
+def cut_back(path: str | os.PathLike, step: int, finished: bool = False) -> int:
+    """Drops the records a run restarting at `step` will write again: every step after it and, when
+    the run is `finished` (its final evaluation is redone), the evaluation at `step` too. Rewritten
+    through a temporary file, only when something is dropped; returns the number of records dropped."""
+    p = Path(path)
+    if not p.exists():
+        return 0
+    records = read_jsonl(p)
+    kept = [r for r in records if _kept(r, step, finished)]
+    if len(kept) < len(records) or len(records) != len(p.read_text().splitlines()):  # a torn line goes too
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(p)
+    return len(records) - len(kept)
+
+
+def _kept(record: dict, step: int, finished: bool) -> bool:
+    at = record.get("step")
+    if not isinstance(at, int):
+        return True
+    return at < step or (at == step and (record.get("split") == "train" or not finished))
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The records of a metrics.jsonl; a torn last line (a killed writer) is ignored."""
     out = []
@@ -140,15 +167,57 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return out
 
 
-class Progress:
-    """A progress bar on a terminal (rich), one plain line per log event otherwise."""
+def final_eval(run_dir: str | os.PathLike, metric: str = "hard_loss") -> float | None:
+    """`metric` of a run's last held-out evaluation (metrics.jsonl, split "eval"); None when the run
+    has none yet (not finished, or evaluation never ran)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    evals = [r for r in read_jsonl(path) if r.get("split") == "eval" and isinstance(r.get(metric), (int, float))]
+    return float(max(evals, key=lambda r: r["step"])[metric]) if evals else None
 
-    def __init__(self, title: str, total: int, start: int = 0, *, enabled: bool = True):
+
+def results_csv(run_dirs: list[str], metric: str = "hard_loss") -> tuple[str, list[str]]:
+    """The `name,metric` CSV that `distillc ablate --best` reads: one row per run directory (named
+    like its cell: runs go to <train.output_dir>/<name>) that has a final evaluation, and the
+    directories left out."""
+    rows, missing = ["name,metric"], []
+    for d in run_dirs:
+        value = final_eval(d, metric)
+        if value is None:
+            missing.append(str(d))
+        else:
+            rows.append(f"{Path(d).name},{value:.6g}")
+    return "\n".join(rows) + "\n", missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m distillc.runtime.train.metrics RUN_DIR... > results.csv` (see docs/ablate.md)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m distillc.runtime.train.metrics",
+                                     description="Each run's final held-out metric as the CSV `distillc ablate --best` reads.")
+    parser.add_argument("run_dirs", nargs="+", help="run directories (<train.output_dir>/<cell name>)")
+    parser.add_argument("--metric", default="hard_loss", help="an eval metric of metrics.jsonl (default hard_loss: "
+                        "the student's held-out cross-entropy; lower is better)")
+    args = parser.parse_args(argv)
+    text, missing = results_csv(args.run_dirs, args.metric)
+    sys.stdout.write(text)
+    for d in missing:
+        print(f"note: {d}: no final evaluation with {args.metric} yet (not finished?); left out", file=sys.stderr)
+    return 0
+
+
+class Progress:
+    """A progress bar on a terminal (rich) when `bar` is set, else one plain line per logging window
+    (step, losses, tokens/s, ETA): what a log file or a pipe can show."""
+
+    def __init__(self, title: str, total: int, start: int = 0, *, enabled: bool = True, bar: bool = True):
         self.enabled = enabled
         self.total = total
         self.title = title
         self._bar = None
-        if enabled and sys.stdout.isatty():
+        if enabled and bar and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
             from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -170,7 +239,8 @@ class Progress:
             else:
                 self._bar.update(self._task, completed=step, info=info)
         elif info is not None:
-            print(f"{self.title} step {step}/{self.total} {info}", flush=True)
+            eta = _eta((self.total - step) * values["step_time_s"]) if values and "step_time_s" in values else ""
+            print(f"{self.title} step {step}/{self.total}  {info}{eta}", flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -185,3 +255,15 @@ def _short(v: Mapping[str, float]) -> str:
         if k in v and np.isfinite(v[k]):
             parts.append(f"{label} {v[k]:.4g}" if k != "tokens_per_sec" else f"{label} {v[k]:,.0f}")
     return "  ".join(parts)
+
+
+def _eta(seconds: float) -> str:
+    """`  ETA 1m05s` (nothing once done or when the step time is unknown)."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        return ""
+    m, s = divmod(int(round(seconds)), 60)
+    return f"  ETA {m}m{s:02d}s" if m else f"  ETA {s}s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,8 +2,9 @@
 
 Two processes training into one run directory interleave their checkpoints and metrics (a crash at
 the first save, or every step twice in metrics.jsonl). Process 0 of a run holds
-`<run_dir>/.distillc-lock`, created exclusively (O_CREAT | O_EXCL: of two processes started together
-exactly one gets it), holding its host, PID, start time and a heartbeat that a thread refreshes
+a lock file created exclusively (O_CREAT | O_EXCL: of two processes started together
+exactly one gets it; a hidden file beside the run directory, `<parent>/.<name>.distillc-lock`, so
+that `--restart` can move an old run aside under the lock), holding its host, PID, start time and a heartbeat that a thread refreshes
 while it runs. A second process exits 2 naming the holder. A lock whose holder is gone (its PID is
 dead on this host, or its heartbeat is older than STALE_S from another host) is taken over, with a
 message. The other processes of a multi-process run share process 0's lock.
@@ -24,7 +25,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Optional
 
-LOCK_NAME = ".distillc-lock"
+LOCK_SUFFIX = ".distillc-lock"
+
+
+def lock_path(run_dir: str) -> Path:
+    """The lock of a run directory: beside it, so it stays put when the directory is renamed."""
+    d = Path(run_dir).absolute()
+    return d.parent / f".{d.name}{LOCK_SUFFIX}"
 HEARTBEAT_S = 15.0
 STALE_S = 120.0  # a heartbeat this old, from another host, means its holder is gone
 
@@ -65,7 +72,8 @@ class RunLock:
     def __init__(self, run_dir: str, *, enabled: bool = True):
         self.enabled = enabled and "://" not in run_dir
         self.remote = "://" in run_dir
-        self.path = Path(run_dir) / LOCK_NAME
+        self.run_dir = run_dir
+        self.path = lock_path(run_dir)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
@@ -74,7 +82,7 @@ class RunLock:
         os.write(fd, (json.dumps(dict(self.record, heartbeat=time.time())) + "\n").encode())
 
     def _refresh(self) -> None:
-        tmp = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}.tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 tmp.write_text(json.dumps(dict(self.record, heartbeat=time.time())) + "\n")
@@ -84,7 +92,7 @@ class RunLock:
 
     def acquire(self) -> None:
         if self.remote:
-            print(f"note: {self.path.parent} is not locked against a second writer (object stores are not yet)",
+            print(f"note: {self.run_dir} is not locked against a second writer (object stores are not yet)",
                   file=sys.stderr, flush=True)
         if not self.enabled or self.path in _HELD:
             return
@@ -100,10 +108,10 @@ class RunLock:
                 why = _stale(holder, time.time()) if isinstance(holder, dict) and holder else "it is unreadable"
                 if why is None:
                     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
-                    raise LockHeld(f"run directory {self.path.parent} is in use by process {holder.get('pid')} on "
+                    raise LockHeld(f"run directory {self.run_dir} is in use by process {holder.get('pid')} on "
                                    f"{holder.get('host')} (since {started}); wait for it to finish, or stop it, "
                                    f"or use another name or output_dir") from None
-                print(f"note: taking over the lock of {self.path.parent}: {why}", file=sys.stderr, flush=True)
+                print(f"note: taking over the lock of {self.run_dir}: {why}", file=sys.stderr, flush=True)
                 self.path.unlink(missing_ok=True)
                 continue
             try:
@@ -114,7 +122,7 @@ class RunLock:
             self._thread.start()
             _HELD.add(self.path)
             return
-        raise LockHeld(f"run directory {self.path.parent}: another process took its lock at the same moment")
+        raise LockHeld(f"run directory {self.run_dir}: another process took its lock at the same moment")
 
     def release(self) -> None:
         if self._thread is None:

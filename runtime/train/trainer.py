@@ -20,10 +20,8 @@ collapsed gradient) is stopped the same way by the DivergenceHook (halts.Diverge
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -51,6 +49,10 @@ HALT_TERMS = {"soft": "soft_loss", "hard": "hard_loss", "feature": "feature_loss
 
 
 # ----------------------------------------------------------------------------- the step
+
+
+RESUME_FIX = ("resume with the config that wrote it, give this run a new `name` or `train.output_dir`, or rerun "
+              "with --restart to move the old run aside (kept, not deleted)")
 
 
 class TrainState(NamedTuple):
@@ -156,7 +158,7 @@ class Trainer:
     """Sets up mesh, objective, student, optimizer and checkpoints for one RuntimeConfig."""
 
     config: RuntimeConfig
-    console: bool = True
+    console: bool = True  # a progress bar when stdout is a terminal; one line per logging window otherwise
 
     def __post_init__(self):
         cfg = self.config
@@ -212,15 +214,13 @@ class Trainer:
             why = param_differences(where, self.state.params)
             if why:
                 raise CheckpointError(f"{where} holds a different model or layer layout (scan_layers) than this config "
-                                      f"({why}); resume with the config that wrote it, or delete the run directory "
-                                      "(or set train.output_dir elsewhere) to train from scratch")
+                                      f"({why}); {RESUME_FIX}")
             try:
                 r = self.checkpoints.restore(step, params_like=self.state.params, opt_state_like=self.state.opt_state)
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds; each is reported
                 if verified:  # the files are as written: it is this config that differs
                     raise CheckpointError(f"{where} holds a different model, optimizer or layer layout (scan_layers) "
-                                          "than this config; resume with the config that wrote it, or delete the run "
-                                          "directory (or set train.output_dir elsewhere) to train from scratch") from e
+                                          f"than this config; {RESUME_FIX}") from e
                 first = (str(e).strip().splitlines() or [""])[0][:200]
                 failures.append(f"checkpoint {step} (no integrity record) failed to restore ({type(e).__name__}: "
                                 f"{first}; moved to {self.checkpoints.set_aside(step)})")
@@ -238,7 +238,7 @@ class Trainer:
             return step
         if failures:
             raise CheckpointError(f"no intact checkpoint in {self.checkpoints.directory}: {'; '.join(failures)}; "
-                                  "move the run directory aside to train from scratch")
+                                  "rerun with --restart to move the run aside (kept, not deleted) and train from scratch")
         return None
 
     def _save(self, step: int, iterator) -> None:
@@ -271,12 +271,17 @@ class Trainer:
     def _run(self, eval_all_at_end: bool) -> TrainResult:
         cfg, tc = self.config, self.config.train
         out = cfg.output
-        writer = metrics_lib.MetricsWriter(out.metrics_file, out.tensorboard_dir, enabled=self.is_writer)
         iterator = self.objective.data.train_iterator()
         t_start = time.perf_counter()
         resumed = self.restore_latest(iterator)
         start = resumed or 0
-        progress = metrics_lib.Progress(cfg.name, tc.steps, start, enabled=self.is_writer and self.console)
+        if resumed is not None and self.is_writer:
+            only = "; already trained: evaluating only" if start >= tc.steps else ""
+            print(f"{cfg.name}: resumed from step {start} ({out.checkpoint_dir}){only}", flush=True)
+        # a resume repeats the steps after the restored checkpoint: their old records go first
+        writer = metrics_lib.MetricsWriter(out.metrics_file, out.tensorboard_dir, enabled=self.is_writer,
+                                           keep_through=start, finished=start >= tc.steps)
+        progress = metrics_lib.Progress(cfg.name, tc.steps, start, enabled=self.is_writer, bar=self.console)
         tokens_per_step = cfg.data.global_batch_size * cfg.data.seq_len
         logging = LoggingHook(tc.log_every, writer, progress, tokens_per_step=tokens_per_step,
                               model_flops_per_token=self.flops_per_token, peak_flops=_peak_flops(self.mesh, cfg.peak_flops))
@@ -323,26 +328,6 @@ def _peak_flops(mesh, per_device: float | None) -> float | None:
     """Peak FLOP/s of the whole mesh from the plan's per-device figure (the accelerator catalog's);
     None where MFU is not reported (CPU runs)."""
     return None if per_device is None else per_device * mesh.devices.size
-
-
-def write_manifest(config: RuntimeConfig, argv: list[str], extra: dict | None = None) -> Path:
-    """The run manifest: the resolved config and the exact command, in the run directory."""
-    run_dir = Path(config.output.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "config": json.loads(config.model_dump_json()),
-        "command": list(argv),
-        "jax": jax.__version__,
-        "devices": [str(d) for d in jax.devices()],
-        "process_count": jax.process_count(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    manifest.update(extra or {})
-    path = run_dir / ("manifest.json" if jax.process_index() == 0 else f"manifest.process{jax.process_index()}.json")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def train(config: RuntimeConfig, *, console: bool = True, eval_all_at_end: bool = False) -> TrainResult:
