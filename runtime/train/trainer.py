@@ -35,7 +35,7 @@ from distillc.runtime.train import distributed, metrics as metrics_lib, schedule
 from distillc.runtime.train.checkpoints import CheckpointError, TrainCheckpoints, param_differences
 from distillc.runtime.train.hooks import CheckpointHook, EvalHook, Hook, LoggingHook
 from distillc.runtime.train.objectives import Objective, build_objective
-from distillc.runtime.train.params import init_params
+from distillc.runtime.train.params import load_student
 
 # Halt-code bits: term name -> the metric whose sum must be finite ("teacher": the teacher's own CE,
 # non-finite when its outputs are; "grad_norm": the student's gradient).
@@ -165,7 +165,7 @@ class Trainer:
         self.mesh = distributed.make_mesh(cfg.mesh)
         self.shard = distributed.data_shard(self.mesh, cfg.data.global_batch_size)
         self.objective = build_objective(cfg, self.mesh, self.shard)
-        self.graphdef, params = init_params(cfg.student, cfg.scan_layers, self.mesh)
+        self.graphdef, params = load_student(cfg.student, cfg.teacher, cfg.scan_layers, self.mesh)
         self.tx, self.lr_fn = make_optimizer(cfg)
         weights_fn = schedules.loss_weights(cfg.loss)
         replicated = distributed.replicated(self.mesh)
