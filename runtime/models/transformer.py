@@ -2,7 +2,9 @@
 
 RMSNorm -> grouped-query attention with RoPE -> residual -> RMSNorm -> SwiGLU MLP -> residual, per
 layer; a final RMSNorm; tied or untied output embedding. The same class builds the tiny local models
-and the catalog's real shapes.
+and the catalog's real shapes, with the variants the arch names: llama3 RoPE frequency scaling
+(Llama 3.1+), q/k/v biases (qwen2.5), q/k RMSNorm before RoPE (qwen3). Each family is checked
+against transformers' logits (tests/test_hf_models.py); `arch.unbuildable` refuses the others.
 
 Layers are either stacked (`scan_layers=True`: created with `nnx.split_rngs` + `nnx.vmap`, run with
 `nnx.scan`, every parameter has a leading layer axis) or a plain Python list (a loop). Both compute
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from distillc.runtime.arch import unbuildable
+from distillc.runtime.arch import RopeScaling, unbuildable
 from distillc.runtime.config import ModelArch, SideConfig
 
 Array = jax.Array
@@ -72,13 +74,34 @@ class RMSNorm(nnx.Module):
         return (x32 * inv * self.scale[...].astype(jnp.float32)).astype(self.dtype)
 
 
-def rope_tables(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
-    """sin, cos tables for rotary embeddings: each [B, T, head_dim // 2] float32.
+def rope_frequencies(head_dim: int, theta: float, scaling: Optional[RopeScaling] = None) -> np.ndarray:
+    """The rotary frequencies [head_dim // 2] float32, computed on the host as transformers does.
 
-    frequency_i = theta^(-2i / head_dim), i in [0, head_dim/2); angle = position * frequency_i.
+    frequency_i = theta^(-2i / head_dim), i in [0, head_dim/2). With llama3 scaling (Llama 3.1+,
+    HF `_compute_llama3_parameters`), for wavelength w_i = 2 pi / frequency_i and L the original
+    context: w_i > L / low_freq_factor -> frequency_i / factor; w_i < L / high_freq_factor -> kept;
+    in between, s = (L / w_i - low) / (high - low) and frequency_i * ((1 - s) / factor + s).
     """
-    half = head_dim // 2
-    freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim))  # [hd/2]
+    freq = (1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))))
+    freq = freq.astype(np.float32)
+    if scaling is None:
+        return freq
+    factor, low, high = np.float32(scaling.factor), np.float32(scaling.low_freq_factor), np.float32(scaling.high_freq_factor)
+    old = np.float32(scaling.original_max_position)
+    low_wavelen, high_wavelen = old / low, old / high
+    wavelen = np.float32(2 * np.pi) / freq
+    scaled = np.where(wavelen > low_wavelen, freq / factor, freq)
+    smooth = (old / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_tables(positions: Array, head_dim: int, theta: float,
+                scaling: Optional[RopeScaling] = None) -> tuple[Array, Array]:
+    """sin, cos tables for rotary embeddings: each [B, T, head_dim // 2] float32; angle = position *
+    frequency_i (`rope_frequencies`)."""
+    freq = jnp.asarray(rope_frequencies(head_dim, theta, scaling))  # [hd/2]
     angle = positions.astype(jnp.float32)[..., None] * freq  # [B, T, hd/2]
     return jnp.sin(angle), jnp.cos(angle)
 
@@ -112,12 +135,27 @@ class Attention(nnx.Module):
         self.k = _param(rngs.params(), (d, kv, hd), param_dtype, ("embed", "kv_heads", "head_dim"), fan_in=d)
         self.v = _param(rngs.params(), (d, kv, hd), param_dtype, ("embed", "kv_heads", "head_dim"), fan_in=d)
         self.o = _param(rngs.params(), (h, hd, d), param_dtype, ("heads", "head_dim", "embed"), fan_in=h * hd)
+        self.bias = arch.attention_bias
+        if arch.attention_bias:  # qwen2.5: q/k/v biases, zero at init
+            def zeros(n, names):
+                return nnx.Param(jnp.zeros((n, hd), param_dtype), out_sharding=names, eager_sharding=False)
+            self.q_bias = zeros(h, ("heads", "head_dim"))
+            self.k_bias = zeros(kv, ("kv_heads", "head_dim"))
+            self.v_bias = zeros(kv, ("kv_heads", "head_dim"))
+        self.qk_norm = arch.qk_norm
+        if arch.qk_norm:  # qwen3: RMSNorm over head_dim on queries and keys, before RoPE
+            self.q_norm = RMSNorm(hd, eps=arch.norm_eps, param_dtype=param_dtype, dtype=dtype)
+            self.k_norm = RMSNorm(hd, eps=arch.norm_eps, param_dtype=param_dtype, dtype=dtype)
 
     def __call__(self, x: Array, sin: Array, cos: Array, mask: Optional[Array]) -> Array:
         dt = self.dtype
         q = jnp.einsum("btd,dnh->btnh", x, self.q[...].astype(dt))  # [B, T, H, hd]
         k = jnp.einsum("btd,dnh->btnh", x, self.k[...].astype(dt))  # [B, T, KV, hd]
         v = jnp.einsum("btd,dnh->btnh", x, self.v[...].astype(dt))  # [B, T, KV, hd]
+        if self.bias:
+            q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
         if mask is None:
             ctx = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self.attention_impl)
@@ -251,7 +289,7 @@ class Transformer(nnx.Module):
             causal = jnp.tril(jnp.ones((t, t), dtype=jnp.bool_))
             same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, T]
             mask = (causal[None] & same)[:, None]  # [B, 1, T, T]
-        sin, cos = rope_tables(positions, self.arch.head_dim, self.arch.rope_theta)
+        sin, cos = rope_tables(positions, self.arch.head_dim, self.arch.rope_theta, self.arch.rope_scaling)
 
         x = self.embed[...][tokens].astype(self.dtype)  # [B, T, D]
         apply = _layer_apply(self.remat)
