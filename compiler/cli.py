@@ -433,6 +433,46 @@ def _root(
     pass
 
 
+class ExportTarget(str, Enum):
+    hf = "hf"
+
+
+class ExportDtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+@app.command()
+def export(
+    source: str = typer.Argument(..., help="A run directory, a Hugging Face directory, or a distillc parameter checkpoint."),
+    out: str = typer.Argument(..., help="The directory to write (must not exist; written atomically)."),
+    to: ExportTarget = typer.Option(..., "--to", help="Output format: hf (safetensors + index + config.json)."),
+    step: Optional[int] = typer.Option(None, "--step", help="A run's saved step (default: the latest)."),
+    dtype: ExportDtype = typer.Option(ExportDtype.bfloat16, "--dtype", help="Parameter dtype written."),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB."),
+    model: Optional[str] = typer.Option(None, "--model", help="Catalog model of SOURCE when it has no config.json or manifest."),
+) -> None:
+    """Export parameters as a Hugging Face directory that transformers' from_pretrained loads."""
+    from distillc.compiler.catalog import load_catalog
+
+    arch = None
+    if model is not None:
+        catalog = load_catalog()
+        if model not in catalog.models:
+            raise fail(f"--model {model!r} is not in the catalog (`distillc models` lists it)")
+        arch = catalog.models[model]
+    from distillc.runtime.convert.export import export_hf
+    from distillc.runtime.train.checkpoints import CheckpointError
+
+    try:
+        done = export_hf(source, out, step=step, dtype=dtype.value, max_shard_size=max_shard_size, model=arch)
+    except CheckpointError as e:
+        raise fail(str(e))
+    typer.echo(f"exported {done.arch.name} ({done.tensors} tensors, {done.bytes / 1e6:.1f} MB {dtype.value}) "
+               f"to {done.out}: {', '.join(done.files)}, config.json")
+
+
 def main() -> None:
     """Console entry point: usage errors exit 2; a broken pipe (`| head`) ends quietly (exit 1, as
     click has it); output that cannot be written (a full disk) is one line and exit 2."""
