@@ -58,6 +58,9 @@ class ModelArch(BaseModel):
     rope_scaling: Optional[RopeScaling] = Field(None, description="Llama 3.1-style frequency scaling; None = plain RoPE.")
     attention_bias: bool = Field(False, description="q/k/v projections carry biases (qwen2.5).")
     qk_norm: bool = Field(False, description="RMSNorm over head_dim on queries and keys before RoPE (qwen3).")
+    activation: Literal["silu", "gelu_tanh"] = Field("silu", description="Gated MLP activation: SwiGLU or GeGLU (gemma).")
+    norm_plus_one: bool = Field(False, description="RMSNorm scales stored as w, applied as (1 + w) (gemma).")
+    embed_scale: bool = Field(False, description="Embeddings times sqrt(emb_dim), rounded to the weight dtype (gemma).")
     norm_eps: float = Field(1e-5, gt=0)
     max_seq_len: Optional[int] = Field(None, gt=0)
     source: str = Field("", description="Where the numbers come from.")
@@ -82,11 +85,11 @@ class ModelArch(BaseModel):
 
 # Catalog families whose conventions this runtime does not build yet, with what is missing: refused
 # (DC100) until they are exact, never run as a silently different function. Every other family is
-# the Llama decoder the ModelArch fields describe in full (RMSNorm, rotate-half RoPE with optional
-# llama3 scaling, SwiGLU, q/k/v biases, q/k norms, tied or untied embeddings), each checked against
+# the decoder the ModelArch fields describe in full (RMSNorm or gemma's (1 + w) RMSNorm, rotate-half
+# RoPE with optional llama3 scaling, SwiGLU or GeGLU, q/k/v biases, q/k norms, scaled embeddings,
+# tied or untied embeddings), each checked against
 # transformers' logits (tests/test_hf_models.py); MoE families are refused by num_experts below.
 NOT_EXACT_FAMILIES: dict[str, str] = {
-    "gemma": "GeGLU MLP, (1 + scale) RMSNorm and sqrt(emb_dim) embedding scaling",
     "gemma2": "GeGLU MLP, (1 + scale) and post-block norms, logit soft-capping, sliding windows",
     "gemma3": "GeGLU MLP, (1 + scale) and post-block norms, q/k norms, sliding windows, two RoPE bases",
 }

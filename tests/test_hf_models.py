@@ -75,12 +75,24 @@ def test_logits_equal_transformers(family, scan):
 
 def test_every_feature_is_exercised():
     archs = {f: fixture_arch(f) for f in FAMILIES}
-    assert set(archs) >= {"llama2", "llama3.1", "mistral", "qwen2.5", "qwen3"}
+    assert set(archs) >= {"gemma", "llama2", "llama3.1", "mistral", "qwen2.5", "qwen3"}
+    g = archs["gemma"]
+    assert g.activation == "gelu_tanh" and g.norm_plus_one and g.embed_scale and g.num_kv_heads == 1
     assert archs["llama3.1"].rope_scaling is not None and archs["llama3.1"].num_kv_heads < archs["llama3.1"].num_heads
     assert archs["llama2"].tie_embeddings and not archs["llama3.1"].tie_embeddings
     assert archs["qwen2.5"].attention_bias and archs["qwen3"].qk_norm
     assert archs["qwen3"].head_dim * archs["qwen3"].num_heads != archs["qwen3"].emb_dim
     assert (FIXTURES / "llama3.1" / "model.safetensors.index.json").exists()  # sharded with an index
+
+
+def test_a_padded_vocabulary_loads_with_zero_rows():
+    """Gemma's catalog embedding has 256128 rows over the checkpoint's 256000: the rows past the
+    checkpoint's are zeros and the real tokens' logits are transformers'."""
+    tokens, golden = goldens("gemma")
+    arch = fixture_arch("gemma").model_copy(update={"vocab_size": 128, "real_vocab_size": 96})
+    ours = forward(arch, str(FIXTURES / "gemma"), True, tokens)
+    assert max_kl(golden, ours[..., :96]) <= MAX_KL
+    np.testing.assert_array_equal(ours[..., 96:], 0.0)  # tied: the zero rows give zero logits
 
 
 def test_a_family_without_its_feature_differs():

@@ -28,7 +28,7 @@ def runtime_cannot_build(ctx: Context) -> Iterator[Finding]:
     gemma2/gemma3, multi-head latent attention as in DeepSeek) are listed so that memory and
     MaxText configs can be computed for them, but our runtime refuses them when it builds the model:
     without this rule such a spec validates and fails on the cluster after the queue. Families whose
-    conventions the runtime does not build yet (gemma: GeGLU, (1 + scale) norms, scaled embeddings)
+    conventions the runtime does not build yet (gemma2/gemma3: soft-capping, post-block norms)
     are refused too, until they reproduce transformers' logits: never a silently different
     function. MaxText's trainer builds them, so `--target maxtext` is the way out.
 

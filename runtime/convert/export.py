@@ -34,7 +34,7 @@ from distillc.runtime.train.checkpoints import CheckpointError
 _ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 _NP_DTYPES: dict[str, Any] = {"float32": np.float32, "bfloat16": jnp.bfloat16, "float16": np.float16}
 _MODEL_TYPES = {"mistral": ("mistral", "MistralForCausalLM"), "qwen2.5": ("qwen2", "Qwen2ForCausalLM"),
-                "qwen3": ("qwen3", "Qwen3ForCausalLM")}
+                "qwen3": ("qwen3", "Qwen3ForCausalLM"), "gemma": ("gemma", "GemmaForCausalLM")}
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def hf_config(arch: ModelArch, dtype: str) -> dict:
         "num_attention_heads": arch.num_heads,
         "num_key_value_heads": arch.num_kv_heads,
         "head_dim": arch.head_dim,
-        "hidden_act": "silu",
+        "hidden_act": "gelu_pytorch_tanh" if arch.activation == "gelu_tanh" else "silu",
         "rms_norm_eps": arch.norm_eps,
         "rope_theta": arch.rope_theta,
         "rope_scaling": None,

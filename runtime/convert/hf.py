@@ -11,6 +11,7 @@ Layout (transformers' Linear weight is [out, in]; ours is [in, out] with heads s
   o_proj.weight [D, H*hd]                -> attn.o [H, hd, D]
   q/k/v_proj.bias [N*hd]                 -> attn.q/k/v_bias [N, hd]            (qwen2.5)
   q_norm/k_norm.weight [hd]              -> attn.q_norm/k_norm.scale [hd]     (qwen3)
+  (gemma's norm weights are stored as w and applied as (1 + w) on both sides: copied as they are)
   gate/up/down_proj.weight [out, in]     -> mlp.gate/up/down [in, out]
   input/post_attention_layernorm.weight  -> attn_norm/mlp_norm.scale
   embed_tokens.weight [V, D] -> embed [V, D]; norm.weight -> final_norm.scale; lm_head.weight [V, D] -> lm_head [D, V]
@@ -50,7 +51,9 @@ MODEL_TYPES: dict[str, tuple[str, ...]] = {
     "mistral": ("mistral",),
     "qwen2": ("qwen2.5",),
     "qwen3": ("qwen3",),
+    "gemma": ("gemma",),
 }
+_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 _ANY_FAMILY = ("tiny", "inline")  # hand-described architectures: any model type of the Llama decoder
 
 
@@ -187,8 +190,11 @@ def hf_arch_fields(config: dict) -> dict[str, Any]:
     if mt not in MODEL_TYPES:
         raise CheckpointError(f"model_type {mt!r} is not built by this runtime (built: {', '.join(MODEL_TYPES)})")
     unsupported = []
-    if config.get("hidden_act", "silu") != "silu":
-        unsupported.append(f"hidden_act {config['hidden_act']!r}")
+    act = config.get("hidden_activation") or config.get("hidden_act") or "silu"
+    if mt == "gemma" and act == "gelu":  # Gemma's own configs say gelu; transformers runs the tanh approximation
+        act = "gelu_pytorch_tanh"
+    if act not in _ACTIVATIONS:
+        unsupported.append(f"hidden_act {act!r}")
     if config.get("mlp_bias"):
         unsupported.append("mlp_bias")
     window = config.get("sliding_window")
@@ -221,6 +227,9 @@ def hf_arch_fields(config: dict) -> dict[str, Any]:
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
         attention_bias=mt == "qwen2" or bool(config.get("attention_bias", False)),
         qk_norm=mt == "qwen3",
+        activation=_ACTIVATIONS.get(act, "silu"),
+        norm_plus_one=mt == "gemma",
+        embed_scale=mt == "gemma",
     )
 
 
@@ -239,6 +248,8 @@ def config_differences(config: dict, arch: ModelArch) -> list[str]:
     if arch.family not in MODEL_TYPES[mt] + _ANY_FAMILY:
         out.append(f"model_type {mt!r} is not family {arch.family!r}")
     for key, value in fields.items():
+        if key == "vocab_size" and value == arch.shared_vocab < arch.vocab_size:
+            continue  # the model's embedding is padded past the tokenizer's ids (gemma: 256000 -> 256128)
         if getattr(arch, key) != value:
             out.append(f"{key}: checkpoint {value!r}, model {getattr(arch, key)!r}")
     return out
@@ -374,7 +385,10 @@ def load_hf_params(path: str, arch: ModelArch, abstract: dict) -> dict:
         shape = tuple(leaf.shape[1:] if stacked else leaf.shape)
         names = [name.format(i=i) for i in range(leaf.shape[0])] if stacked else [name]
         sources = [ckpt.tensor(n) for n in names]
+        pad = our in (("embed",), ("lm_head",)) and arch.shared_vocab < arch.vocab_size
         for t in sources:
+            if pad and t.shape == hf_shape(kind, _vocab(shape, our, arch.shared_vocab)):
+                continue  # rows past the tokenizer's ids are zeros (read_padded)
             if t.shape != hf_shape(kind, shape):
                 raise CheckpointError(f"{t.file}: tensor {t.name!r} has shape {t.shape}; {arch.name} needs "
                                       f"{hf_shape(kind, shape)}")
@@ -390,9 +404,34 @@ def load_hf_params(path: str, arch: ModelArch, abstract: dict) -> dict:
     return out
 
 
+def _vocab(shape: tuple[int, ...], our: tuple, rows: int) -> tuple[int, ...]:
+    """`shape` of the embedding ([V, D]) or head ([D, V]) with `rows` vocabulary entries."""
+    return (rows,) + shape[1:] if our == ("embed",) else shape[:-1] + (rows,)
+
+
+def read_padded(t: Tensor, kind: str, shape: tuple[int, ...], index: tuple[slice, ...], axis: int) -> np.ndarray:
+    """`index` of our embedding or head whose vocabulary axis (`axis`) is longer than the tensor's:
+    the rows the tensor has, zeros past them."""
+    idx = [_span(s, n) for s, n in zip(index, shape)]
+    v = idx[axis]
+    rows = t.shape[0]  # the vocabulary is axis 0 of both embed_tokens and lm_head in transformers
+    out = np.zeros([s.stop - s.start for s in idx], dtype=t.dtype)
+    stop = min(v.stop, rows)
+    if stop > v.start:
+        inner, src_shape, sel = list(idx), list(shape), [slice(None)] * len(shape)
+        inner[axis], src_shape[axis], sel[axis] = slice(v.start, stop), rows, slice(0, stop - v.start)
+        out[tuple(sel)] = read_ours(t, kind, tuple(src_shape), tuple(inner))
+    return out
+
+
 def _make(leaf: Any, sources: list[Tensor], kind: str, shape: tuple[int, ...], stacked: bool, dtype: Any) -> jax.Array:
+    vocab_axis = 0 if kind == "same" else 1  # embed [V, D] / lm_head [D, V]
+    padded = not stacked and len(shape) == 2 and hf_shape(kind, shape) != sources[0].shape
+
     def cb(index: tuple[slice, ...]) -> np.ndarray:
         index = tuple(index)
+        if padded:
+            return read_padded(sources[0], kind, shape, index, vocab_axis).astype(dtype)
         if not stacked:
             return read_ours(sources[0], kind, shape, index[: len(shape)]).astype(dtype)
         layers = range(*_span(index[0], len(sources)).indices(len(sources)))

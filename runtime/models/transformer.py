@@ -3,7 +3,8 @@
 RMSNorm -> grouped-query attention with RoPE -> residual -> RMSNorm -> SwiGLU MLP -> residual, per
 layer; a final RMSNorm; tied or untied output embedding. The same class builds the tiny local models
 and the catalog's real shapes, with the variants the arch names: llama3 RoPE frequency scaling
-(Llama 3.1+), q/k/v biases (qwen2.5), q/k RMSNorm before RoPE (qwen3). Each family is checked
+(Llama 3.1+), q/k/v biases (qwen2.5), q/k RMSNorm before RoPE (qwen3), GeGLU with (1 + w) norms
+and sqrt(D)-scaled embeddings (gemma). Each family is checked
 against transformers' logits (tests/test_hf_models.py); `arch.unbuildable` refuses the others.
 
 Layers are either stacked (`scan_layers=True`: created with `nnx.split_rngs` + `nnx.vmap`, run with
@@ -61,17 +62,21 @@ def _param(key, shape: tuple[int, ...], param_dtype, names: tuple[str, ...], *, 
 
 
 class RMSNorm(nnx.Module):
-    """y = x / sqrt(mean(x^2) + eps) * scale, computed in float32, returned in `dtype`."""
+    """y = x / sqrt(mean(x^2) + eps) * scale, computed in float32, returned in `dtype`. With
+    `plus_one` (gemma) the stored scale is w, initialised to 0, and applied as (1 + w)."""
 
-    def __init__(self, dim: int, *, eps: float, param_dtype, dtype):
+    def __init__(self, dim: int, *, eps: float, param_dtype, dtype, plus_one: bool = False):
         self.eps = eps
         self.dtype = dtype
-        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=("norm",), eager_sharding=False)
+        self.plus_one = plus_one
+        init = jnp.zeros if plus_one else jnp.ones
+        self.scale = nnx.Param(init((dim,), param_dtype), out_sharding=("norm",), eager_sharding=False)
 
     def __call__(self, x: Array) -> Array:
         x32 = x.astype(jnp.float32)
         inv = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (x32 * inv * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+        scale = self.scale[...].astype(jnp.float32)
+        return (x32 * inv * (1.0 + scale if self.plus_one else scale)).astype(self.dtype)
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: Optional[RopeScaling] = None) -> np.ndarray:
@@ -165,11 +170,12 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """SwiGLU: down(silu(x @ gate) * (x @ up))."""
+    """SwiGLU: down(silu(x @ gate) * (x @ up)); GeGLU (gemma) with gelu's tanh approximation."""
 
     def __init__(self, arch: ModelArch, *, param_dtype, dtype, rngs: nnx.Rngs):
         d, f = arch.emb_dim, arch.mlp_dim
         self.dtype = dtype
+        self.gelu = arch.activation == "gelu_tanh"
         self.gate = _param(rngs.params(), (d, f), param_dtype, ("embed", "mlp"), fan_in=d)
         self.up = _param(rngs.params(), (d, f), param_dtype, ("embed", "mlp"), fan_in=d)
         self.down = _param(rngs.params(), (f, d), param_dtype, ("mlp", "embed"), fan_in=f)
@@ -178,7 +184,8 @@ class MLP(nnx.Module):
         dt = self.dtype
         g = x @ self.gate[...].astype(dt)  # [B, T, F]
         u = x @ self.up[...].astype(dt)  # [B, T, F]
-        return (jax.nn.silu(g) * u) @ self.down[...].astype(dt)  # [B, T, D]
+        act = jax.nn.gelu(g, approximate=True) if self.gelu else jax.nn.silu(g)
+        return (act * u) @ self.down[...].astype(dt)  # [B, T, D]
 
 
 class DecoderLayer(nnx.Module):
@@ -186,9 +193,9 @@ class DecoderLayer(nnx.Module):
 
     def __init__(self, arch: ModelArch, *, param_dtype, dtype, attention_impl: AttentionImpl, rngs: nnx.Rngs):
         kw = dict(param_dtype=param_dtype, dtype=dtype)
-        self.attn_norm = RMSNorm(arch.emb_dim, eps=arch.norm_eps, **kw)
+        self.attn_norm = RMSNorm(arch.emb_dim, eps=arch.norm_eps, plus_one=arch.norm_plus_one, **kw)
         self.attn = Attention(arch, attention_impl=attention_impl, rngs=rngs, **kw)
-        self.mlp_norm = RMSNorm(arch.emb_dim, eps=arch.norm_eps, **kw)
+        self.mlp_norm = RMSNorm(arch.emb_dim, eps=arch.norm_eps, plus_one=arch.norm_plus_one, **kw)
         self.mlp = MLP(arch, rngs=rngs, **kw)
 
     def __call__(self, x: Array, sin: Array, cos: Array, mask: Optional[Array]) -> tuple[Array, Array]:
@@ -261,7 +268,7 @@ class Transformer(nnx.Module):
             self.layers: DecoderLayer | nnx.List[DecoderLayer] = make_layers(rngs)
         else:
             self.layers = nnx.List([DecoderLayer(arch, rngs=rngs, **kw) for _ in range(arch.num_layers)])
-        self.final_norm = RMSNorm(d, eps=arch.norm_eps, param_dtype=param_dtype, dtype=dtype)
+        self.final_norm = RMSNorm(d, eps=arch.norm_eps, param_dtype=param_dtype, dtype=dtype, plus_one=arch.norm_plus_one)
         if not arch.tie_embeddings:
             self.lm_head = _param(rngs.params(), (d, v), param_dtype, ("embed", "vocab"), fan_in=d)
 
@@ -291,7 +298,10 @@ class Transformer(nnx.Module):
             mask = (causal[None] & same)[:, None]  # [B, 1, T, T]
         sin, cos = rope_tables(positions, self.arch.head_dim, self.arch.rope_theta, self.arch.rope_scaling)
 
-        x = self.embed[...][tokens].astype(self.dtype)  # [B, T, D]
+        x = self.embed[...][tokens]  # [B, T, D]
+        if self.arch.embed_scale:  # gemma: sqrt(D) rounded to the weight dtype, as transformers does
+            x = x * jnp.asarray(self.arch.emb_dim**0.5, x.dtype)
+        x = x.astype(self.dtype)
         apply = _layer_apply(self.remat)
         collect = bool(feature_layers)
         if self.scan_layers and 2 * len(set(feature_layers)) < n:
