@@ -473,6 +473,53 @@ def export(
                f"to {done.out}: {', '.join(done.files)}, config.json")
 
 
+class LogitsDtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+@app.command()
+def logits(
+    checkpoint: str = typer.Argument(..., help="A Hugging Face directory, a run directory, or a parameter checkpoint (with --model)."),
+    golden: Optional[str] = typer.Option(None, "--golden", help="MaxText golden file: JSON lines {prompt, tokens, logits}."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write our logits for the golden's tokens in the same format."),
+    max_kl: float = typer.Option(1e-4, "--max-kl", help="Exit 1 when a prompt's max KL(golden || ours) exceeds this."),
+    model: Optional[str] = typer.Option(None, "--model", help="Catalog model of CHECKPOINT when it has no config.json or manifest."),
+    dtype: LogitsDtype = typer.Option(LogitsDtype.float32, "--dtype", help="Weights and activations dtype."),
+) -> None:
+    """Compare our forward pass with golden logits (MaxText's forward_pass_logit_checker format)."""
+    from distillc.compiler.catalog import load_catalog
+
+    if golden is None:
+        raise fail("give --golden FILE.jsonl (the tokens to run, and the logits to compare with)")
+    arch = None
+    if model is not None:
+        catalog = load_catalog()
+        if model not in catalog.models:
+            raise fail(f"--model {model!r} is not in the catalog (`distillc models` lists it)")
+        arch = catalog.models[model]
+    from distillc.runtime.convert.logits import compare, read_golden, run_logits, write_rows
+    from distillc.runtime.train.checkpoints import CheckpointError
+
+    try:
+        rows = read_golden(golden)
+        ours = run_logits(checkpoint, rows, model=arch, dtype=dtype.value)
+        if out is not None:
+            write_rows(out, rows, ours)
+    except CheckpointError as e:
+        raise fail(str(e))
+    worst = 0.0
+    for r, x in zip(rows, ours):
+        if r.logits is None:
+            continue
+        c = compare(r.prompt, r.logits, x)
+        worst = max(worst, c.max_kl)
+        typer.echo(f"{c.prompt[:40]!r:<44} max KL {c.max_kl:.3e}  max |diff| {c.max_abs:.3e}  top-1 {c.top1:.1%}")
+    if worst > max_kl:
+        typer.echo(f"distillc: max KL {worst:.3e} exceeds --max-kl {max_kl:g}", err=True)
+        raise typer.Exit(EXIT_ERRORS)
+
+
 def main() -> None:
     """Console entry point: usage errors exit 2; a broken pipe (`| head`) ends quietly (exit 1, as
     click has it); output that cannot be written (a full disk) is one line and exit 2."""

@@ -109,7 +109,7 @@ def resolve_source(source: str, step: Optional[int], model: Optional[ModelArch])
     parameter checkpoint of `model`."""
     path = Path(source)
     if "://" not in source and not path.exists():
-        raise CheckpointError(f"export source {source!r} does not exist")
+        raise CheckpointError(f"{source!r} does not exist")
     if is_hf_checkpoint(source):
         arch = model or arch_from_hf_config(HFCheckpoint(source).config, path.name or "model")
         return _side(arch, source, "hf")
