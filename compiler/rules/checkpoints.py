@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from distillc.compiler.diagnostics import Severity
 from distillc.compiler.registry import Finding, rule
+from distillc.runtime.convert.hf_config import HFConfigError, config_differences, local_config
 
 if TYPE_CHECKING:
     from distillc.compiler.check import Context
@@ -44,3 +45,49 @@ def student_checkpoint_missing(ctx: Context) -> Iterator[Finding]:
         return  # remote: the runtime checks it; empty: DC145 reports it
     if not os.path.exists(path):
         yield Finding(f"student.checkpoint {path!r} does not exist", ("student", "checkpoint"))
+
+
+@rule(
+    "DC181",
+    Severity.ERROR,
+    "checkpoint's config.json disagrees with the model",
+    needs=(),
+    targets=("distillc",),
+    hint="Point the checkpoint at the model the spec names, or name the model the checkpoint holds "
+    "(`distillc models`, or an inline architecture with its config.json's values).",
+)
+def hf_config_mismatch(ctx: Context) -> Iterator[Finding]:
+    """A Hugging Face checkpoint (a local directory with config.json beside *.safetensors) must hold
+    the model the spec names: its model type must be the family's, and every field that changes the
+    function (shapes, vocabulary, norm eps, RoPE theta and scaling, tied embeddings, biases, q/k
+    norms, activation, norm and embedding conventions) must equal the catalog's or inline values.
+    The runtime refuses a mismatch when it starts; this reports each disagreeing field before
+    anything is queued. The same code reads config.json in both places (runtime/convert/hf_config.py,
+    no jax). Local paths only; a gs:// checkpoint is checked by the runtime at start.
+
+    Fails::
+
+        teacher:
+          model: tiny-teacher
+          checkpoint: tests/fixtures/hf/llama2
+
+    Passes::
+
+        teacher:
+          model: tiny-teacher
+          checkpoint: gs://bucket/hf/tiny-teacher
+    """
+    for role, arch in (("teacher", ctx.teacher_arch), ("student", ctx.student_arch)):
+        side = getattr(ctx.spec, role)
+        if side is None or arch is None or side.checkpoint is None or side.format not in (None, "hf"):
+            continue
+        try:
+            config = local_config(side.checkpoint)
+            if config is None:
+                continue
+            why = config_differences(config, arch)
+        except HFConfigError as e:
+            why = [str(e)]
+        for field in why:
+            yield Finding(f"{role}.checkpoint {side.checkpoint!r} holds another model than {arch.name}: {field}",
+                          (role, "checkpoint"))
