@@ -160,6 +160,7 @@ def _is_remote(path: str) -> bool:
 def ensure_teacher(cfg: RuntimeConfig, report: LocalReport, console: bool,
                    steps_factor: float = TEACHER_STEPS_FACTOR) -> str:
     """Trains and caches the teacher when its local checkpoint path is empty; says which happened."""
+    from distillc.runtime.convert.hf import is_hf_checkpoint
     from distillc.runtime.train.checkpoints import is_checkpoint, save_params
     from distillc.runtime.train.trainer import train
 
@@ -170,6 +171,9 @@ def ensure_teacher(cfg: RuntimeConfig, report: LocalReport, console: bool,
         return "restored"
     if path in report.teachers:  # an offline spec's second stage: said once, as stage one found it
         return report.teachers[path]
+    if cfg.teacher.format == "hf" or is_hf_checkpoint(path):  # a published model: loaded, never trained here
+        report.teachers[path] = "restored"
+        return "restored"
     if is_checkpoint(path):
         print(f"teacher: using the cached checkpoint {path}", flush=True)
         report.teachers[path] = "cached"
