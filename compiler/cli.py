@@ -433,6 +433,18 @@ def _root(
     pass
 
 
+def _catalog_model(model: Optional[str]):
+    """The catalog architecture `--model` names (None when not given); an unknown name is exit 2."""
+    from distillc.compiler.catalog import load_catalog
+
+    if model is None:
+        return None
+    catalog = load_catalog()
+    if model not in catalog.models:
+        raise fail(f"--model {model!r} is not in the catalog (`distillc models` lists it)")
+    return catalog.models[model]
+
+
 class ExportTarget(str, Enum):
     hf = "hf"
 
@@ -454,14 +466,7 @@ def export(
     model: Optional[str] = typer.Option(None, "--model", help="Catalog model of SOURCE when it has no config.json or manifest."),
 ) -> None:
     """Export parameters as a Hugging Face directory that transformers' from_pretrained loads."""
-    from distillc.compiler.catalog import load_catalog
-
-    arch = None
-    if model is not None:
-        catalog = load_catalog()
-        if model not in catalog.models:
-            raise fail(f"--model {model!r} is not in the catalog (`distillc models` lists it)")
-        arch = catalog.models[model]
+    arch = _catalog_model(model)
     from distillc.runtime.convert.export import export_hf
     from distillc.runtime.train.checkpoints import CheckpointError
 
@@ -488,16 +493,9 @@ def logits(
     dtype: LogitsDtype = typer.Option(LogitsDtype.float32, "--dtype", help="Weights and activations dtype."),
 ) -> None:
     """Compare our forward pass with golden logits (MaxText's forward_pass_logit_checker format)."""
-    from distillc.compiler.catalog import load_catalog
-
     if golden is None:
         raise fail("give --golden FILE.jsonl (the tokens to run, and the logits to compare with)")
-    arch = None
-    if model is not None:
-        catalog = load_catalog()
-        if model not in catalog.models:
-            raise fail(f"--model {model!r} is not in the catalog (`distillc models` lists it)")
-        arch = catalog.models[model]
+    arch = _catalog_model(model)
     from distillc.runtime.convert.logits import compare, read_golden, run_logits, write_rows
     from distillc.runtime.train.checkpoints import CheckpointError
 
