@@ -475,7 +475,7 @@ def export(
     except CheckpointError as e:
         raise fail(str(e))
     typer.echo(f"exported {done.arch.name} ({done.tensors} tensors, {done.bytes / 1e6:.1f} MB {dtype.value}) "
-               f"to {done.out}: {', '.join(done.files)}, config.json")
+               f"to {done.out}: {', '.join(done.files + ('config.json',) + done.tokenizer)}")
 
 
 class LogitsDtype(str, Enum):

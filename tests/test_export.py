@@ -5,6 +5,7 @@ same logits; mistakes are exit 2 with one line, and OUT is either whole or absen
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,16 @@ def test_import_export_reproduces_the_tensors_and_config(tmp_path, family):
     assert hf_arch_fields(exported.config) == hf_arch_fields(original.config)
     assert exported.config["model_type"] == original.config["model_type"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_tokenizer_files_travel_with_the_export(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "llama2", src)
+    (src / "tokenizer.json").write_text('{"model": {}}')
+    (src / "tokenizer_config.json").write_text("{}")
+    done = export_hf(str(src), str(tmp_path / "out"))
+    assert done.tokenizer == ("tokenizer.json", "tokenizer_config.json")
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == '{"model": {}}'
 
 
 def test_bfloat16_export_is_the_rounded_tensors(tmp_path):

@@ -1,6 +1,7 @@
 """`distillc export SOURCE --to hf OUT`: parameters out as a Hugging Face directory that
 transformers' `from_pretrained` loads (safetensors shards of at most --max-shard-size with
-model.safetensors.index.json, config.json, generation_config.json), written atomically: into a
+model.safetensors.index.json, config.json, generation_config.json, and the tokenizer files: those
+beside a Hugging Face SOURCE, or a run's data.tokenizer file), written atomically: into a
 temporary sibling directory renamed onto OUT when complete, so OUT is either absent or whole.
 
 SOURCE is a distillc run directory (its student: the latest step, or --step N), a Hugging Face
@@ -37,10 +38,16 @@ _MODEL_TYPES = {"mistral": ("mistral", "MistralForCausalLM"), "qwen2.5": ("qwen2
                 "qwen3": ("qwen3", "Qwen3ForCausalLM"), "gemma": ("gemma", "GemmaForCausalLM")}
 
 
+# What transformers' AutoTokenizer reads from a model directory
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json")
+
+
 @dataclass(frozen=True)
 class Exported:
     out: str
     files: tuple[str, ...]
+    tokenizer: tuple[str, ...]  # tokenizer files copied beside the weights
     tensors: int
     bytes: int
     arch: ModelArch
@@ -102,6 +109,23 @@ def hf_config(arch: ModelArch, dtype: str) -> dict:
 def _side(arch: ModelArch, checkpoint: str, fmt: str) -> SideConfig:
     return SideConfig(role="student", arch=arch, checkpoint=checkpoint, format=fmt,
                       weight_dtype="float32", activation_dtype="float32", remat="none", init_seed=0)
+
+
+def tokenizer_sources(source: str) -> list[Path]:
+    """The tokenizer files to ship with an export: those beside a Hugging Face SOURCE, or a run's
+    `data.tokenizer` when it is a file (an HF tokenizer.json or a sentencepiece .model); none for
+    the byte tokenizer."""
+    path = Path(source)
+    if "://" in source:
+        return []
+    if (path / "config.json").exists():
+        return [path / n for n in TOKENIZER_FILES if (path / n).is_file()]
+    manifest = path / "manifest.json"
+    if manifest.exists():
+        tok = str(json.loads(manifest.read_text())["config"]["data"]["tokenizer"])
+        if tok != "byte" and "://" not in tok and Path(tok).is_file():
+            return [Path(tok)]
+    return []
 
 
 def resolve_source(source: str, step: Optional[int], model: Optional[ModelArch]) -> SideConfig:
@@ -200,11 +224,17 @@ def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str =
                                                 indent=2) + "\n")
         (tmp / "config.json").write_text(json.dumps(hf_config(side.arch, dtype), indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps({"_from_model_config": True}, indent=2) + "\n")
+        copied = []
+        for f in tokenizer_sources(source):
+            name = "tokenizer.model" if f.suffix == ".model" else "tokenizer.json" if f.suffix == ".json" and \
+                f.name not in TOKENIZER_FILES else f.name
+            shutil.copyfile(f, tmp / name)
+            copied.append(name)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Exported(out, tuple(files), sum(len(s) for s in shards), total, side.arch)
+    return Exported(out, tuple(files), tuple(copied), sum(len(s) for s in shards), total, side.arch)
 
 
 def _order(name: str) -> tuple:
