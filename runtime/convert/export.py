@@ -13,12 +13,13 @@ the loaded model itself is held on one device (host memory on CPU) while exporti
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,7 @@ from flax import nnx
 from distillc.runtime.arch import ModelArch
 from distillc.runtime.config import MeshConfig, RuntimeConfig, SideConfig
 from distillc.runtime.convert.hf import (
-    INDEX, HFCheckpoint, arch_from_hf_config, hf_names, is_hf_checkpoint, to_hf,
+    INDEX, HFCheckpoint, arch_from_hf_config, hf_names, hf_shape, is_hf_checkpoint, to_hf,
 )
 from distillc.runtime.train.checkpoints import CheckpointError
 
@@ -153,23 +154,28 @@ def resolve_source(source: str, step: Optional[int], model: Optional[ModelArch])
     return _side(model, source, "distillc")
 
 
-def _header_entry(dtype: str, shape: tuple[int, ...], start: int, nbytes: int) -> dict:
-    return {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [start, start + nbytes]}
-
-
-def _write_safetensors(path: Path, tensors: list[tuple[str, np.ndarray]], dtype: str) -> None:
+def _write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]],
+                       dtype: str) -> None:
+    """A safetensors file written tensor by tensor: the header from the shapes, then each tensor
+    produced (gathered and converted) only when its turn comes, written, and dropped."""
+    itemsize = np.dtype(_NP_DTYPES[dtype]).itemsize
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, arr in tensors:
-        header[name] = _header_entry(dtype, arr.shape, offset, arr.nbytes)
-        offset += arr.nbytes
+    for name, shape, _ in tensors:
+        nbytes = math.prod(shape) * itemsize
+        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # 8-byte aligned data, as the reference writer does
     with open(path, "wb") as f:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
-        for _, arr in tensors:
-            f.write(np.ascontiguousarray(arr).tobytes())
+        for name, shape, produce in tensors:
+            arr = np.ascontiguousarray(produce())
+            if arr.shape != tuple(shape) or arr.dtype != np.dtype(_NP_DTYPES[dtype]):
+                raise ValueError(f"{name}: produced {arr.shape} {arr.dtype}, header says {shape} {dtype}")
+            f.write(arr.reshape(-1).view(np.uint8).data)  # the bytes, no copy
+            del arr
 
 
 def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str = "bfloat16",
@@ -189,26 +195,38 @@ def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str =
     _, params = load_params(side, False, mesh)  # per-layer layout: one tensor per transformers name
     pure = nnx.to_pure_dict(params)
 
-    def leaf(path: tuple) -> np.ndarray:
-        node: Any = pure
+    np_dtype = _NP_DTYPES[dtype]
+
+    def node(path: tuple) -> Any:
+        n: Any = pure
         for k in path:
-            node = node[k]
-        return np.asarray(jax.device_get(node))
+            n = n[k]
+        return n
+
+    def leaf(path: tuple) -> np.ndarray:
+        return np.asarray(jax.device_get(node(path)))
+
+    def leaf_shape(path: tuple) -> tuple[int, ...]:
+        return tuple(node(path).shape)
+
+    def converted(path: tuple, kind: str) -> Callable[[], np.ndarray]:
+        return lambda: to_hf(kind, leaf(path)).astype(np_dtype, copy=False)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        shards: list[list[tuple[str, np.ndarray]]] = [[]]
-        size = 0
-        total = 0
+        itemsize = np.dtype(np_dtype).itemsize
+        shards: list[list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]] = [[]]
+        size = total = 0
         for our, _, name, kind in sorted(hf_names(pure, side.arch.num_layers), key=lambda r: _order(r[2])):
-            arr = np.ascontiguousarray(to_hf(kind, leaf(our)).astype(_NP_DTYPES[dtype]))
-            if shards[-1] and size + arr.nbytes > limit:
+            shape = hf_shape(kind, tuple(leaf_shape(our)))
+            nbytes = math.prod(shape) * itemsize
+            if shards[-1] and size + nbytes > limit:
                 shards.append([])
                 size = 0
-            shards[-1].append((name, arr))
-            size += arr.nbytes
-            total += arr.nbytes
+            shards[-1].append((name, shape, converted(our, kind)))
+            size += nbytes
+            total += nbytes
         files = []
         if len(shards) == 1:
             files.append("model.safetensors")
@@ -219,7 +237,7 @@ def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str =
                 fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
                 _write_safetensors(tmp / fname, shard, dtype)
                 files.append(fname)
-                weight_map.update({name: fname for name, _ in shard})
+                weight_map.update({name: fname for name, _, _ in shard})
             (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                                 indent=2) + "\n")
         (tmp / "config.json").write_text(json.dumps(hf_config(side.arch, dtype), indent=2) + "\n")

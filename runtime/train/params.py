@@ -52,9 +52,10 @@ def init_params(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
 
 def load_params(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
     """One side's parameters: restored from side.checkpoint (cast to its weight dtype, onto this
-    run's layer layout and shardings; `side.format`, or detected: a directory with config.json and
-    *.safetensors is a Hugging Face checkpoint, anything else distillc's own), or randomly initialized from its init seed when no
-    checkpoint is given. A missing or mismatched checkpoint is a CheckpointError (exit 2)."""
+    run's layer layout and shardings) in `side.format`, or the format detected (a directory with
+    config.json and *.safetensors is a Hugging Face checkpoint, anything else distillc's own); or
+    randomly initialized from its init seed when no checkpoint is given. A missing or mismatched
+    checkpoint is a CheckpointError (exit 2)."""
     if side.checkpoint is None:
         return init_params(side, scan_layers, mesh)
     graphdef, abs_params, shardings = model_shardings(side, scan_layers, mesh)
