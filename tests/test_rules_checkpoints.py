@@ -53,3 +53,22 @@ class TestDC181HFConfigMismatch:
         for ckpt in (str(tmp_path), "gs://bucket/hf/model"):
             text = spec_text(f"teacher:\n  model: tiny-teacher\n  checkpoint: {ckpt}\n")
             assert "DC181" not in codes(check_text(text))
+
+
+class TestDC182HFCheckpointForMaxText:
+    def test_fails_a_named_hf_format_at_the_checkpoint(self):
+        text = spec_text("teacher:\n  checkpoint: gs://bucket/hf/model\n  format: hf\n")
+        d = find(check_text(text, target="maxtext"), "DC182")
+        assert where(d) == at(text, "teacher:", "checkpoint:", "gs://bucket/hf/model")
+
+    def test_fails_a_detected_local_hf_directory(self, monkeypatch):
+        monkeypatch.chdir(ROOT)
+        text = spec_text(f"student:\n  checkpoint: {FIXTURES}/llama2\n")
+        assert ("student", "checkpoint") in {d.path for d in check_text(text, target="maxtext").diagnostics
+                                             if d.code == "DC182"}
+
+    def test_passes_for_the_distillc_target_and_orbax_paths(self):
+        text = spec_text("teacher:\n  checkpoint: gs://bucket/hf/model\n  format: hf\n")
+        assert "DC182" not in codes(check_text(text))
+        text = spec_text("teacher:\n  checkpoint: gs://bucket/llama/0/items\n")
+        assert "DC182" not in codes(check_text(text, target="maxtext"))

@@ -91,3 +91,41 @@ def hf_config_mismatch(ctx: Context) -> Iterator[Finding]:
         for field in why:
             yield Finding(f"{role}.checkpoint {side.checkpoint!r} holds another model than {arch.name}: {field}",
                           (role, "checkpoint"))
+
+
+@rule(
+    "DC182",
+    Severity.ERROR,
+    "MaxText cannot load a Hugging Face checkpoint",
+    needs=(),
+    targets=("maxtext",),
+    hint="Convert it with MaxText's checkpoint conversion (to .../0/items) and point the checkpoint there, "
+    "or run the distillc target, which loads Hugging Face directories.",
+)
+def hf_checkpoint_for_maxtext(ctx: Context) -> Iterator[Finding]:
+    """MaxText's trainer restores `load_parameters_path` as an Orbax checkpoint; a Hugging Face
+    directory (config.json + *.safetensors, named by `format: hf` or found at a local path) there
+    fails on the cluster after the queue. The distillc runtime loads it directly.
+
+    Fails::
+
+        teacher:
+          checkpoint: gs://bucket/hf/Llama-3.1-8B
+          format: hf
+
+    Passes::
+
+        teacher:
+          checkpoint: gs://bucket/llama3.1-8b/0/items
+    """
+    for role in ("teacher", "student"):
+        side = getattr(ctx.spec, role)
+        if side is None or side.checkpoint is None or side.format not in (None, "hf"):
+            continue
+        try:
+            hf = side.format == "hf" or local_config(side.checkpoint) is not None
+        except HFConfigError:
+            hf = True  # a config.json beside safetensors, unreadable: still not an Orbax checkpoint
+        if hf:
+            yield Finding(f"{role}.checkpoint {side.checkpoint!r} is a Hugging Face checkpoint, which MaxText's "
+                          "load_parameters_path cannot restore", (role, "checkpoint"))
