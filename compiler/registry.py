@@ -197,7 +197,7 @@ def load_rules(stage: Stage | None = None) -> None:
     import distillc.compiler.ablation.codes  # noqa: F401  (DC17x: ablation axes)
     import distillc.compiler.rules  # noqa: F401  (the package imports its spec-rule modules)
 
-    if stage in (None, "cluster"):
+    if stage in (None, "cluster", "plan"):  # before launch: its DC402 extends the cluster rule's registration
         import distillc.compiler.rules.cluster  # noqa: F401  (DC402, DC403: a clusters-file entry)
     if stage in (None, "plan"):
         import distillc.compiler.rules.launch  # noqa: F401  (DC400-DC406: the plan on its cluster)
