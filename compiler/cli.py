@@ -437,6 +437,91 @@ def _root(
     pass
 
 
+def _catalog_model(model: Optional[str]):
+    """The catalog architecture `--model` names (None when not given); an unknown name is exit 2."""
+    from distillc.compiler.catalog import load_catalog
+
+    if model is None:
+        return None
+    catalog = load_catalog()
+    if model not in catalog.models:
+        raise fail(f"--model {model!r} is not in the catalog (`distillc models` lists it)")
+    return catalog.models[model]
+
+
+class ExportTarget(str, Enum):
+    hf = "hf"
+
+
+class ExportDtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+@app.command()
+def export(
+    source: str = typer.Argument(..., help="A run directory, a Hugging Face directory, or a distillc parameter checkpoint."),
+    out: str = typer.Argument(..., help="The directory to write (must not exist; written atomically)."),
+    to: ExportTarget = typer.Option(..., "--to", help="Output format: hf (safetensors + index + config.json)."),
+    step: Optional[int] = typer.Option(None, "--step", help="A run's saved step (default: the latest)."),
+    dtype: ExportDtype = typer.Option(ExportDtype.bfloat16, "--dtype", help="Parameter dtype written."),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB."),
+    model: Optional[str] = typer.Option(None, "--model", help="Catalog model of SOURCE when it has no config.json or manifest."),
+) -> None:
+    """Export parameters as a Hugging Face directory that transformers' from_pretrained loads."""
+    arch = _catalog_model(model)
+    from distillc.runtime.convert.export import export_hf
+    from distillc.runtime.train.checkpoints import CheckpointError
+
+    try:
+        done = export_hf(source, out, step=step, dtype=dtype.value, max_shard_size=max_shard_size, model=arch)
+    except CheckpointError as e:
+        raise fail(str(e))
+    typer.echo(f"exported {done.arch.name} ({done.tensors} tensors, {done.bytes / 1e6:.1f} MB {dtype.value}) "
+               f"to {done.out}: {', '.join(done.files + ('config.json',) + done.tokenizer)}")
+
+
+class LogitsDtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+@app.command()
+def logits(
+    checkpoint: str = typer.Argument(..., help="A Hugging Face directory, a run directory, or a parameter checkpoint (with --model)."),
+    golden: Optional[str] = typer.Option(None, "--golden", help="MaxText golden file: JSON lines {prompt, tokens, logits}."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write our logits for the golden's tokens in the same format."),
+    max_kl: float = typer.Option(1e-4, "--max-kl", help="Exit 1 when a prompt's max KL(golden || ours) exceeds this."),
+    model: Optional[str] = typer.Option(None, "--model", help="Catalog model of CHECKPOINT when it has no config.json or manifest."),
+    dtype: LogitsDtype = typer.Option(LogitsDtype.float32, "--dtype", help="Weights and activations dtype."),
+) -> None:
+    """Compare our forward pass with golden logits (MaxText's forward_pass_logit_checker format)."""
+    if golden is None:
+        raise fail("give --golden FILE.jsonl (the tokens to run, and the logits to compare with)")
+    arch = _catalog_model(model)
+    from distillc.runtime.convert.logits import compare, read_golden, run_logits, write_rows
+    from distillc.runtime.train.checkpoints import CheckpointError
+
+    try:
+        rows = read_golden(golden)
+        ours = run_logits(checkpoint, rows, model=arch, dtype=dtype.value)
+        if out is not None:
+            write_rows(out, rows, ours)
+    except CheckpointError as e:
+        raise fail(str(e))
+    worst = 0.0
+    for r, x in zip(rows, ours):
+        if r.logits is None:
+            continue
+        c = compare(r.prompt, r.logits, x)
+        worst = max(worst, c.max_kl)
+        typer.echo(f"{c.prompt[:40]!r:<44} max KL {c.max_kl:.3e}  max |diff| {c.max_abs:.3e}  top-1 {c.top1:.1%}")
+    if worst > max_kl:
+        typer.echo(f"distillc: max KL {worst:.3e} exceeds --max-kl {max_kl:g}", err=True)
+        raise typer.Exit(EXIT_ERRORS)
+
+
 def main() -> None:
     """Console entry point: usage errors exit 2; a broken pipe (`| head`) ends quietly (exit 1, as
     click has it); output that cannot be written (a full disk) is one line and exit 2."""

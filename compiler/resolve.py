@@ -133,7 +133,7 @@ def _side(role: str, side: Side, arch: ModelArch, cpu: bool, seed: int, pruned: 
     o = side.overrides
     # the extra keys as a cache key: their type and the sign of a zero float tell apart values == merges
     extra = tuple((k, v, type(v), type(v) is float and math.copysign(1.0, v) < 0) for k, v in sorted(o.maxtext.items()))
-    return _side_config(role, arch, side.checkpoint, o.weight_dtype, o.activation_dtype, o.remat, o.init_seed, extra, cpu, seed, pruned)
+    return _side_config(role, arch, side.checkpoint, side.format, o.weight_dtype, o.activation_dtype, o.remat, o.init_seed, extra, cpu, seed, pruned)
 
 
 @lru_cache(maxsize=256)
@@ -141,6 +141,7 @@ def _side_config(
     role: str,
     arch: ModelArch,
     checkpoint: Optional[str],
+    fmt: Optional[str],
     weight_dtype: Optional[str],
     activation_dtype: Optional[str],
     remat: Optional[str],
@@ -155,6 +156,7 @@ def _side_config(
         role=role,
         arch=arch,
         checkpoint=checkpoint,
+        format=fmt,
         weight_dtype=settings.weight_dtype,
         activation_dtype=settings.activation_dtype,
         remat=settings.remat,

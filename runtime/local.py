@@ -169,6 +169,7 @@ def ensure_teacher(cfg: RuntimeConfig, report: LocalReport, console: bool,
     """Trains and caches the teacher when its local checkpoint path does not exist yet (or is an
     empty directory); says which happened. A path that holds anything else is the user's: an error
     (CheckpointError), never a place to train a teacher into."""
+    from distillc.runtime.convert.hf import is_hf_checkpoint
     from distillc.runtime.train.checkpoints import CheckpointError, is_checkpoint, save_params
     from distillc.runtime.train.rundir import open_run, write_text_atomic
     from distillc.runtime.train.trainer import train
@@ -180,6 +181,9 @@ def ensure_teacher(cfg: RuntimeConfig, report: LocalReport, console: bool,
         return "restored"
     if path in report.teachers:  # an offline spec's second stage: said once, as stage one found it
         return report.teachers[path]
+    if cfg.teacher.format == "hf" or is_hf_checkpoint(path):  # a published model: loaded, never trained here
+        report.teachers[path] = "restored"
+        return "restored"
     if is_checkpoint(path):
         print(f"teacher: using the cached checkpoint {path}", flush=True)
         report.teachers[path] = "cached"

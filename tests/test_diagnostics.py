@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -78,10 +80,18 @@ class TestRegistry:
         rules = [c for c in iter_codes() if c.func is not None]
         assert len(rules) >= 45
         for c in rules:
-            ranged = r"DC1[0-6]\d" if c.stage == "spec" else r"DC4[0-3]\d"  # spec rules; cluster and plan rules
+            ranged = r"DC1[0-68]\d" if c.stage == "spec" else r"DC4[0-3]\d"  # spec rules (DC17x: ablation); cluster and plan rules
             assert re.fullmatch(ranged, c.code), c.code
             assert c.title and c.hint and c.doc, c.code
             assert "Fails::" in c.doc and "Passes::" in c.doc
+
+    def test_plan_rules_then_cluster_rules_load_in_one_process(self):
+        """`distillc plan` then `plan --cluster` in one process (CliRunner tests): DC402's cluster
+        registration (with its hint) must come before the plan rule that extends it."""
+        code = ("from distillc.compiler.registry import load_rules; load_rules('plan'); load_rules('cluster'); "
+                "print('ok')")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert p.stdout.strip() == "ok", p.stderr[-2000:]
 
     def test_duplicate_code_is_rejected(self):
         from distillc.compiler.registry import declare

@@ -23,6 +23,20 @@ class TestDC100RuntimeCannotBuild:
         hits = [d for d in check_text(text).diagnostics if d.code == "DC100"]
         assert [d.path for d in hits] == [("teacher", "model"), ("student", "model")]
 
+    def test_fails_a_family_not_built_exactly(self, monkeypatch):
+        from distillc.runtime import arch
+
+        monkeypatch.setitem(arch.NOT_EXACT_FAMILIES, "gemma", "GeGLU (pretend)")
+        text = spec_text("teacher: {model: gemma-7b}\nstudent: {model: gemma-2b}\n" + LLAMA_TOK)
+        hits = [d for d in check_text(text).diagnostics if d.code == "DC100"]
+        assert [d.path for d in hits] == [("teacher", "model"), ("student", "model")]
+        assert "family 'gemma' exactly" in hits[0].message and "GeGLU (pretend)" in hits[0].message
+
+    def test_passes_the_exact_families(self):
+        for pair in (("llama3.1-8b", "llama3.2-1b"), ("qwen2.5-7b", "qwen2.5-1.5b"), ("qwen3-8b", "qwen3-0.6b"), ("gemma-7b", "gemma-2b")):
+            text = spec_text("teacher: {model: %s}\nstudent: {model: %s}\n" % pair + LLAMA_TOK)
+            assert "DC100" not in codes(check_text(text)), pair
+
     def test_passes_for_the_maxtext_target(self):
         text = spec_text("teacher: {model: mixtral-8x7b}\nstudent: {model: mistral-7b}\n" + LLAMA_TOK)
         assert "DC100" not in codes(check_text(text, target="maxtext"))

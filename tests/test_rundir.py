@@ -186,9 +186,17 @@ def test_a_teacher_path_holding_other_files_is_an_error_not_a_cache(tmp_path, mo
     cfg = make_config(tmp_path / "run", teacher_checkpoint=str(teacher), steps=2, checkpoint_every=2)
     assert run_local([cfg], Path("spec.yaml")) == main.EXIT_USAGE
     out, err = capsys.readouterr()
-    assert f"teacher.checkpoint {teacher} exists but is not a checkpoint distillc can load" in err
+    # a config.json + model.safetensors folder is a Hugging Face checkpoint: loaded (here its bytes are
+    # not safetensors, so refused naming the file), never a place to train and cache a teacher
+    assert f"{teacher}/model.safetensors: not a safetensors file" in err
     assert "training" not in out and "Traceback" not in err
     assert _files(teacher) == before and not (tmp_path / "llama-run").exists()
+    (teacher / "config.json").unlink()  # no longer a Hugging Face checkpoint: files distillc cannot load
+    before = _files(teacher)
+    assert run_local([cfg], Path("spec.yaml")) == main.EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert f"teacher.checkpoint {teacher} exists but is not a checkpoint distillc can load" in err
+    assert "training" not in out and _files(teacher) == before
 
 
 def test_orbax_missing_metadata_warning_is_not_shown(caplog):

@@ -21,6 +21,7 @@ _TOPICS = [
     ("DC15", "Mesh, resources and memory"),
     ("DC16", "Names"),
     ("DC17", "Ablation"),
+    ("DC18", "Checkpoints"),
     ("DC40", "Launch: clusters"),
     ("DC41", "Launch: what xpk and the container can carry"),
     ("DC42", "Launch: the MaxText target"),

@@ -27,8 +27,10 @@ def runtime_cannot_build(ctx: Context) -> Iterator[Finding]:
     experts MLPs and the other attention kinds of the catalog (interleaved local/global as in
     gemma2/gemma3, multi-head latent attention as in DeepSeek) are listed so that memory and
     MaxText configs can be computed for them, but our runtime refuses them when it builds the model:
-    without this rule such a spec validates and fails on the cluster after the queue. MaxText's
-    trainer builds them, so `--target maxtext` is the way out.
+    without this rule such a spec validates and fails on the cluster after the queue. Families whose
+    conventions the runtime does not build yet (gemma2/gemma3: soft-capping, post-block norms)
+    are refused too, until they reproduce transformers' logits: never a silently different
+    function. MaxText's trainer builds them, so `--target maxtext` is the way out.
 
     Fails::
 

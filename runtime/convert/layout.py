@@ -46,3 +46,15 @@ def restack_layers(params: dict, num_layers: int, to_scan: bool) -> dict:
     else:
         new = {i: jax.tree.map(lambda a, i=i: a[i], layers) for i in range(num_layers)}
     return {**params, "layers": new}
+
+
+def keep_layers(params: dict, keep: list[int], scanned: bool) -> dict:
+    """A pure-dict parameter tree with only the layers `keep` (in order, renumbered from 0): a
+    pruned student made from its teacher. `scanned`: the layers are stacked along a leading axis."""
+    layers = params["layers"]
+    if scanned:
+        idx = jnp.asarray(keep, jnp.int32)
+        new = jax.tree.map(lambda a: a[idx], layers)
+    else:
+        new = {j: layers[i] if i in layers else layers[str(i)] for j, i in enumerate(keep)}
+    return {**params, "layers": new}

@@ -2,7 +2,10 @@
 
 RMSNorm -> grouped-query attention with RoPE -> residual -> RMSNorm -> SwiGLU MLP -> residual, per
 layer; a final RMSNorm; tied or untied output embedding. The same class builds the tiny local models
-and the catalog's real shapes.
+and the catalog's real shapes, with the variants the arch names: llama3 RoPE frequency scaling
+(Llama 3.1+), q/k/v biases (qwen2.5), q/k RMSNorm before RoPE (qwen3), GeGLU with (1 + w) norms
+and sqrt(D)-scaled embeddings (gemma). Each family is checked
+against transformers' logits (tests/test_hf_models.py); `arch.unbuildable` refuses the others.
 
 Layers are either stacked (`scan_layers=True`: created with `nnx.split_rngs` + `nnx.vmap`, run with
 `nnx.scan`, every parameter has a leading layer axis) or a plain Python list (a loop). Both compute
@@ -27,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from distillc.runtime.arch import unbuildable
+from distillc.runtime.arch import RopeScaling, unbuildable
 from distillc.runtime.config import ModelArch, SideConfig
 
 Array = jax.Array
@@ -59,26 +62,51 @@ def _param(key, shape: tuple[int, ...], param_dtype, names: tuple[str, ...], *, 
 
 
 class RMSNorm(nnx.Module):
-    """y = x / sqrt(mean(x^2) + eps) * scale, computed in float32, returned in `dtype`."""
+    """y = x / sqrt(mean(x^2) + eps) * scale, computed in float32, returned in `dtype`. With
+    `plus_one` (gemma) the stored scale is w, initialised to 0, and applied as (1 + w)."""
 
-    def __init__(self, dim: int, *, eps: float, param_dtype, dtype):
+    def __init__(self, dim: int, *, eps: float, param_dtype, dtype, plus_one: bool = False):
         self.eps = eps
         self.dtype = dtype
-        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=("norm",), eager_sharding=False)
+        self.plus_one = plus_one
+        init = jnp.zeros if plus_one else jnp.ones
+        self.scale = nnx.Param(init((dim,), param_dtype), out_sharding=("norm",), eager_sharding=False)
 
     def __call__(self, x: Array) -> Array:
         x32 = x.astype(jnp.float32)
         inv = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (x32 * inv * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+        scale = self.scale[...].astype(jnp.float32)
+        return (x32 * inv * (1.0 + scale if self.plus_one else scale)).astype(self.dtype)
 
 
-def rope_tables(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
-    """sin, cos tables for rotary embeddings: each [B, T, head_dim // 2] float32.
+def rope_frequencies(head_dim: int, theta: float, scaling: Optional[RopeScaling] = None) -> np.ndarray:
+    """The rotary frequencies [head_dim // 2] float32, computed on the host as transformers does.
 
-    frequency_i = theta^(-2i / head_dim), i in [0, head_dim/2); angle = position * frequency_i.
+    frequency_i = theta^(-2i / head_dim), i in [0, head_dim/2). With llama3 scaling (Llama 3.1+,
+    HF `_compute_llama3_parameters`), for wavelength w_i = 2 pi / frequency_i and L the original
+    context: w_i > L / low_freq_factor -> frequency_i / factor; w_i < L / high_freq_factor -> kept;
+    in between, s = (L / w_i - low) / (high - low) and frequency_i * ((1 - s) / factor + s).
     """
-    half = head_dim // 2
-    freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim))  # [hd/2]
+    freq = (1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))))
+    freq = freq.astype(np.float32)
+    if scaling is None:
+        return freq
+    factor, low, high = np.float32(scaling.factor), np.float32(scaling.low_freq_factor), np.float32(scaling.high_freq_factor)
+    old = np.float32(scaling.original_max_position)
+    low_wavelen, high_wavelen = old / low, old / high
+    wavelen = np.float32(2 * np.pi) / freq
+    scaled = np.where(wavelen > low_wavelen, freq / factor, freq)
+    smooth = (old / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_tables(positions: Array, head_dim: int, theta: float,
+                scaling: Optional[RopeScaling] = None) -> tuple[Array, Array]:
+    """sin, cos tables for rotary embeddings: each [B, T, head_dim // 2] float32; angle = position *
+    frequency_i (`rope_frequencies`)."""
+    freq = jnp.asarray(rope_frequencies(head_dim, theta, scaling))  # [hd/2]
     angle = positions.astype(jnp.float32)[..., None] * freq  # [B, T, hd/2]
     return jnp.sin(angle), jnp.cos(angle)
 
@@ -112,12 +140,27 @@ class Attention(nnx.Module):
         self.k = _param(rngs.params(), (d, kv, hd), param_dtype, ("embed", "kv_heads", "head_dim"), fan_in=d)
         self.v = _param(rngs.params(), (d, kv, hd), param_dtype, ("embed", "kv_heads", "head_dim"), fan_in=d)
         self.o = _param(rngs.params(), (h, hd, d), param_dtype, ("heads", "head_dim", "embed"), fan_in=h * hd)
+        self.bias = arch.attention_bias
+        if arch.attention_bias:  # qwen2.5: q/k/v biases, zero at init
+            def zeros(n, names):
+                return nnx.Param(jnp.zeros((n, hd), param_dtype), out_sharding=names, eager_sharding=False)
+            self.q_bias = zeros(h, ("heads", "head_dim"))
+            self.k_bias = zeros(kv, ("kv_heads", "head_dim"))
+            self.v_bias = zeros(kv, ("kv_heads", "head_dim"))
+        self.qk_norm = arch.qk_norm
+        if arch.qk_norm:  # qwen3: RMSNorm over head_dim on queries and keys, before RoPE
+            self.q_norm = RMSNorm(hd, eps=arch.norm_eps, param_dtype=param_dtype, dtype=dtype)
+            self.k_norm = RMSNorm(hd, eps=arch.norm_eps, param_dtype=param_dtype, dtype=dtype)
 
     def __call__(self, x: Array, sin: Array, cos: Array, mask: Optional[Array]) -> Array:
         dt = self.dtype
         q = jnp.einsum("btd,dnh->btnh", x, self.q[...].astype(dt))  # [B, T, H, hd]
         k = jnp.einsum("btd,dnh->btnh", x, self.k[...].astype(dt))  # [B, T, KV, hd]
         v = jnp.einsum("btd,dnh->btnh", x, self.v[...].astype(dt))  # [B, T, KV, hd]
+        if self.bias:
+            q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
         if mask is None:
             ctx = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self.attention_impl)
@@ -127,11 +170,12 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """SwiGLU: down(silu(x @ gate) * (x @ up))."""
+    """SwiGLU: down(silu(x @ gate) * (x @ up)); GeGLU (gemma) with gelu's tanh approximation."""
 
     def __init__(self, arch: ModelArch, *, param_dtype, dtype, rngs: nnx.Rngs):
         d, f = arch.emb_dim, arch.mlp_dim
         self.dtype = dtype
+        self.gelu = arch.activation == "gelu_tanh"
         self.gate = _param(rngs.params(), (d, f), param_dtype, ("embed", "mlp"), fan_in=d)
         self.up = _param(rngs.params(), (d, f), param_dtype, ("embed", "mlp"), fan_in=d)
         self.down = _param(rngs.params(), (f, d), param_dtype, ("mlp", "embed"), fan_in=f)
@@ -140,7 +184,8 @@ class MLP(nnx.Module):
         dt = self.dtype
         g = x @ self.gate[...].astype(dt)  # [B, T, F]
         u = x @ self.up[...].astype(dt)  # [B, T, F]
-        return (jax.nn.silu(g) * u) @ self.down[...].astype(dt)  # [B, T, D]
+        act = jax.nn.gelu(g, approximate=True) if self.gelu else jax.nn.silu(g)
+        return (act * u) @ self.down[...].astype(dt)  # [B, T, D]
 
 
 class DecoderLayer(nnx.Module):
@@ -148,9 +193,9 @@ class DecoderLayer(nnx.Module):
 
     def __init__(self, arch: ModelArch, *, param_dtype, dtype, attention_impl: AttentionImpl, rngs: nnx.Rngs):
         kw = dict(param_dtype=param_dtype, dtype=dtype)
-        self.attn_norm = RMSNorm(arch.emb_dim, eps=arch.norm_eps, **kw)
+        self.attn_norm = RMSNorm(arch.emb_dim, eps=arch.norm_eps, plus_one=arch.norm_plus_one, **kw)
         self.attn = Attention(arch, attention_impl=attention_impl, rngs=rngs, **kw)
-        self.mlp_norm = RMSNorm(arch.emb_dim, eps=arch.norm_eps, **kw)
+        self.mlp_norm = RMSNorm(arch.emb_dim, eps=arch.norm_eps, plus_one=arch.norm_plus_one, **kw)
         self.mlp = MLP(arch, rngs=rngs, **kw)
 
     def __call__(self, x: Array, sin: Array, cos: Array, mask: Optional[Array]) -> tuple[Array, Array]:
@@ -223,7 +268,7 @@ class Transformer(nnx.Module):
             self.layers: DecoderLayer | nnx.List[DecoderLayer] = make_layers(rngs)
         else:
             self.layers = nnx.List([DecoderLayer(arch, rngs=rngs, **kw) for _ in range(arch.num_layers)])
-        self.final_norm = RMSNorm(d, eps=arch.norm_eps, param_dtype=param_dtype, dtype=dtype)
+        self.final_norm = RMSNorm(d, eps=arch.norm_eps, param_dtype=param_dtype, dtype=dtype, plus_one=arch.norm_plus_one)
         if not arch.tie_embeddings:
             self.lm_head = _param(rngs.params(), (d, v), param_dtype, ("embed", "vocab"), fan_in=d)
 
@@ -251,9 +296,12 @@ class Transformer(nnx.Module):
             causal = jnp.tril(jnp.ones((t, t), dtype=jnp.bool_))
             same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, T]
             mask = (causal[None] & same)[:, None]  # [B, 1, T, T]
-        sin, cos = rope_tables(positions, self.arch.head_dim, self.arch.rope_theta)
+        sin, cos = rope_tables(positions, self.arch.head_dim, self.arch.rope_theta, self.arch.rope_scaling)
 
-        x = self.embed[...][tokens].astype(self.dtype)  # [B, T, D]
+        x = self.embed[...][tokens]  # [B, T, D]
+        if self.arch.embed_scale:  # gemma: sqrt(D) rounded to the weight dtype, as transformers does
+            x = x * jnp.asarray(self.arch.emb_dim**0.5, x.dtype)
+        x = x.astype(self.dtype)
         apply = _layer_apply(self.remat)
         collect = bool(feature_layers)
         if self.scan_layers and 2 * len(set(feature_layers)) < n:

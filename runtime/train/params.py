@@ -1,4 +1,5 @@
-"""The models' parameters on the mesh: abstract shapes and shardings, random init, the frozen teacher.
+"""The models' parameters on the mesh: abstract shapes and shardings, random init, the frozen
+teacher, the student's start (a checkpoint, the teacher minus pruned layers, or a random init).
 
 Nothing here allocates a full model on one device: shapes come from `nnx.eval_shape`, shardings
 from the logical axis names (models/sharding.py), and weights are created (or restored) directly
@@ -13,7 +14,8 @@ import jax
 from flax import nnx
 
 from distillc.runtime.config import SideConfig
-from distillc.runtime.convert.layout import restack_layers, stored_scan_layers
+from distillc.runtime.convert.hf import is_hf_checkpoint, load_hf_params
+from distillc.runtime.convert.layout import keep_layers, restack_layers, stored_scan_layers
 from distillc.runtime.models.sharding import partition_specs
 from distillc.runtime.models.transformer import build_model
 from distillc.runtime.train import distributed
@@ -48,12 +50,23 @@ def init_params(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
     return graphdef, jax.jit(init, out_shardings=shardings)()
 
 
-def load_teacher(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
-    """The frozen teacher: restored read-only from side.checkpoint (cast to its weight dtype), or
-    randomly initialized from its init seed when no checkpoint is given."""
+def load_params(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
+    """One side's parameters: restored from side.checkpoint (cast to its weight dtype, onto this
+    run's layer layout and shardings) in `side.format`, or the format detected (a directory with
+    config.json and *.safetensors is a Hugging Face checkpoint, anything else distillc's own); or
+    randomly initialized from its init seed when no checkpoint is given. A missing or mismatched
+    checkpoint is a CheckpointError (exit 2)."""
     if side.checkpoint is None:
         return init_params(side, scan_layers, mesh)
     graphdef, abs_params, shardings = model_shardings(side, scan_layers, mesh)
+    fmt = side.format or ("hf" if is_hf_checkpoint(side.checkpoint) else "distillc")
+    if fmt == "maxtext":
+        raise CheckpointError(f"{side.role}.checkpoint {side.checkpoint!r}: the maxtext format is not loaded yet; "
+                              "convert it to Hugging Face format with MaxText's checkpoint conversion and set format: hf")
+    if fmt == "hf":  # streamed: each device reads its own slices (convert/hf.py)
+        target = jax.tree.map(lambda x: x, abs_params)
+        nnx.replace_by_pure_dict(target, load_hf_params(side.checkpoint, side.arch, nnx.to_pure_dict(abs_params)))
+        return graphdef, target
     try:
         tree = stored_tree(side.checkpoint)  # read once: the layout here, the comparison in restore_params
     except CheckpointError:  # no readable tree metadata: restore as is (restore_params explains a mismatch)
@@ -72,3 +85,33 @@ def load_teacher(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
         return target
 
     return graphdef, jax.jit(restack, out_shardings=shardings)(loaded)
+
+
+def load_teacher(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
+    """The frozen teacher (read-only; the optimizer never sees it): see `load_params`."""
+    return load_params(side, scan_layers, mesh)
+
+
+def load_student(student: SideConfig, teacher: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
+    """The student's starting parameters: `student.checkpoint` when given (a warm start, or a pruned
+    checkpoint, which must then have the pruned depth); else, with `student.pruned_layers`, the
+    teacher's parameters (its checkpoint, or its random init) minus those layers, in the student's
+    dtype; else a random init from the student's seed."""
+    if student.checkpoint is not None or not student.pruned_layers:
+        return load_params(student, scan_layers, mesh)
+    keep = [i for i in range(teacher.arch.num_layers) if i not in set(student.pruned_layers)]
+    if len(keep) != student.arch.num_layers:
+        raise CheckpointError(
+            f"student: the teacher ({teacher.arch.name}, {teacher.arch.num_layers} layers) minus pruned_layers "
+            f"{list(student.pruned_layers)} has {len(keep)} layers, but the student has {student.arch.num_layers}")
+    # the teacher read in the student's dtypes, so a float32 student never passes through bfloat16
+    source = teacher.model_copy(update=dict(weight_dtype=student.weight_dtype, activation_dtype=student.activation_dtype))
+    _, full = load_params(source, scan_layers, mesh)
+    graphdef, abs_params, shardings = model_shardings(student, scan_layers, mesh)
+
+    def prune(state):
+        target = jax.tree.map(lambda x: x, abs_params)
+        nnx.replace_by_pure_dict(target, keep_layers(nnx.to_pure_dict(state), keep, scan_layers))
+        return target
+
+    return graphdef, jax.jit(prune, out_shardings=shardings)(full)

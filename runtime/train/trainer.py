@@ -38,7 +38,7 @@ from distillc.runtime.train.halts import Diverged, Halted, NonFiniteLoss  # noqa
 from distillc.runtime.train.integrity import IntegrityError
 from distillc.runtime.train.hooks import CheckpointHook, DivergenceHook, EvalHook, Hook, LoggingHook
 from distillc.runtime.train.objectives import Objective, build_objective
-from distillc.runtime.train.params import init_params
+from distillc.runtime.train.params import load_student
 from distillc.runtime.train.run_lock import RunLock
 
 # Halt-code bits: term name -> the metric whose sum must be finite ("teacher": the teacher's own CE,
@@ -165,7 +165,7 @@ class Trainer:
         self.mesh = distributed.make_mesh(cfg.mesh)
         self.shard = distributed.data_shard(self.mesh, cfg.data.global_batch_size)
         self.objective = build_objective(cfg, self.mesh, self.shard)
-        self.graphdef, params = init_params(cfg.student, cfg.scan_layers, self.mesh)
+        self.graphdef, params = load_student(cfg.student, cfg.teacher, cfg.scan_layers, self.mesh)
         self.tx, self.lr_fn = make_optimizer(cfg)
         weights_fn = schedules.loss_weights(cfg.loss)
         replicated = distributed.replicated(self.mesh)

@@ -1,0 +1,263 @@
+"""`distillc export SOURCE --to hf OUT`: parameters out as a Hugging Face directory that
+transformers' `from_pretrained` loads (safetensors shards of at most --max-shard-size with
+model.safetensors.index.json, config.json, generation_config.json, and the tokenizer files: those
+beside a Hugging Face SOURCE, or a run's data.tokenizer file), written atomically: into a
+temporary sibling directory renamed onto OUT when complete, so OUT is either absent or whole.
+
+SOURCE is a distillc run directory (its student: the latest step, or --step N), a Hugging Face
+directory (a dtype conversion or a re-shard), or a distillc parameter checkpoint (then `model`
+names its architecture). Parameters are gathered one tensor at a time into the shard being written;
+the loaded model itself is held on one device (host memory on CPU) while exporting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from distillc.runtime.arch import ModelArch
+from distillc.runtime.config import MeshConfig, RuntimeConfig, SideConfig
+from distillc.runtime.convert.hf import (
+    INDEX, HFCheckpoint, arch_from_hf_config, hf_names, hf_shape, is_hf_checkpoint, to_hf,
+)
+from distillc.runtime.train.checkpoints import CheckpointError
+
+_ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+_NP_DTYPES: dict[str, Any] = {"float32": np.float32, "bfloat16": jnp.bfloat16, "float16": np.float16}
+_MODEL_TYPES = {"mistral": ("mistral", "MistralForCausalLM"), "qwen2.5": ("qwen2", "Qwen2ForCausalLM"),
+                "qwen3": ("qwen3", "Qwen3ForCausalLM"), "gemma": ("gemma", "GemmaForCausalLM")}
+
+
+# What transformers' AutoTokenizer reads from a model directory
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json")
+
+
+@dataclass(frozen=True)
+class Exported:
+    out: str
+    files: tuple[str, ...]
+    tokenizer: tuple[str, ...]  # tokenizer files copied beside the weights
+    tensors: int
+    bytes: int
+    arch: ModelArch
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '100KB' or a byte count (decimal units, as transformers' max_shard_size)."""
+    t = text.strip().upper()
+    for suffix, mult in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
+        if t.endswith(suffix) and t[: -len(suffix)].strip().replace(".", "", 1).isdigit():
+            return int(float(t[: -len(suffix)]) * mult)
+    if t.isdigit():
+        return int(t)
+    raise CheckpointError(f"--max-shard-size {text!r} is not a size such as 5GB, 500MB or 1000000")
+
+
+def hf_config(arch: ModelArch, dtype: str) -> dict:
+    """The transformers config.json of `arch` (read back by convert/hf.hf_arch_fields to the same
+    fields). Families other than mistral/qwen2.5/qwen3 are written as Llama."""
+    model_type, cls = _MODEL_TYPES.get(arch.family, ("llama", "LlamaForCausalLM"))
+    if arch.family in ("inline", "tiny"):  # a hand-described architecture: the model type that has its features
+        model_type, cls = ("qwen3", "Qwen3ForCausalLM") if arch.qk_norm else ("qwen2", "Qwen2ForCausalLM") \
+            if arch.attention_bias else ("llama", "LlamaForCausalLM")
+    config: dict[str, Any] = {
+        "architectures": [cls],
+        "model_type": model_type,
+        "vocab_size": arch.vocab_size,
+        "hidden_size": arch.emb_dim,
+        "intermediate_size": arch.mlp_dim,
+        "num_hidden_layers": arch.num_layers,
+        "num_attention_heads": arch.num_heads,
+        "num_key_value_heads": arch.num_kv_heads,
+        "head_dim": arch.head_dim,
+        "hidden_act": "gelu_pytorch_tanh" if arch.activation == "gelu_tanh" else "silu",
+        "rms_norm_eps": arch.norm_eps,
+        "rope_theta": arch.rope_theta,
+        "rope_scaling": None,
+        "tie_word_embeddings": arch.tie_embeddings,
+        "max_position_embeddings": arch.max_seq_len or 4096,
+        "dtype": dtype,  # transformers >= 5
+        "torch_dtype": dtype,  # transformers 4
+    }
+    if arch.rope_scaling is not None:
+        s = arch.rope_scaling
+        config["rope_scaling"] = {"rope_type": s.kind, "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+                                  "high_freq_factor": s.high_freq_factor,
+                                  "original_max_position_embeddings": s.original_max_position}
+    if model_type == "llama":
+        config["attention_bias"] = False
+        config["mlp_bias"] = False
+    if model_type in ("qwen2", "qwen3"):
+        config["use_sliding_window"] = False
+        config["attention_bias"] = arch.attention_bias
+    if model_type == "mistral":
+        config["sliding_window"] = None
+    return config
+
+
+def _side(arch: ModelArch, checkpoint: str, fmt: str) -> SideConfig:
+    return SideConfig(role="student", arch=arch, checkpoint=checkpoint, format=fmt,
+                      weight_dtype="float32", activation_dtype="float32", remat="none", init_seed=0)
+
+
+def tokenizer_sources(source: str) -> list[Path]:
+    """The tokenizer files to ship with an export: those beside a Hugging Face SOURCE, or a run's
+    `data.tokenizer` when it is a file (an HF tokenizer.json or a sentencepiece .model); none for
+    the byte tokenizer."""
+    path = Path(source)
+    if "://" in source:
+        return []
+    if (path / "config.json").exists():
+        return [path / n for n in TOKENIZER_FILES if (path / n).is_file()]
+    manifest = path / "manifest.json"
+    if manifest.exists():
+        tok = str(json.loads(manifest.read_text())["config"]["data"]["tokenizer"])
+        if tok != "byte" and "://" not in tok and Path(tok).is_file():
+            return [Path(tok)]
+    return []
+
+
+def resolve_source(source: str, step: Optional[int], model: Optional[ModelArch]) -> SideConfig:
+    """What SOURCE holds, as a side to load: a run's student, a Hugging Face directory, or a
+    parameter checkpoint of `model`."""
+    path = Path(source)
+    if "://" not in source and not path.exists():
+        raise CheckpointError(f"{source!r} does not exist")
+    if is_hf_checkpoint(source):
+        arch = model or arch_from_hf_config(HFCheckpoint(source).config, path.name or "model")
+        return _side(arch, source, "hf")
+    manifest = path / "manifest.json"
+    if manifest.exists():
+        try:
+            cfg = RuntimeConfig.model_validate(json.loads(manifest.read_text())["config"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{manifest}: not a distillc run manifest ({e})") from e
+        ckpt = cfg.output.checkpoint_dir if step is None else f"{cfg.output.checkpoint_dir}/{step}"
+        if step is not None and not Path(ckpt).exists():
+            raise CheckpointError(f"{source!r} has no saved step {step} (looked in {ckpt})")
+        return _side(model or cfg.student.arch, ckpt, "distillc")
+    if model is None:
+        raise CheckpointError(f"{source!r} is neither a run directory nor a Hugging Face directory: name its "
+                              "architecture with --model")
+    return _side(model, source, "distillc")
+
+
+def _write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]],
+                       dtype: str) -> None:
+    """A safetensors file written tensor by tensor: the header from the shapes, then each tensor
+    produced (gathered and converted) only when its turn comes, written, and dropped."""
+    itemsize = np.dtype(_NP_DTYPES[dtype]).itemsize
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape, _ in tensors:
+        nbytes = math.prod(shape) * itemsize
+        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # 8-byte aligned data, as the reference writer does
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for name, shape, produce in tensors:
+            arr = np.ascontiguousarray(produce())
+            if arr.shape != tuple(shape) or arr.dtype != np.dtype(_NP_DTYPES[dtype]):
+                raise ValueError(f"{name}: produced {arr.shape} {arr.dtype}, header says {shape} {dtype}")
+            f.write(arr.reshape(-1).view(np.uint8).data)  # the bytes, no copy
+            del arr
+
+
+def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str = "bfloat16",
+              max_shard_size: str = "5GB", model: Optional[ModelArch] = None) -> Exported:
+    """Writes SOURCE's parameters to OUT as a Hugging Face directory (see the module docstring)."""
+    from distillc.runtime.train import distributed
+    from distillc.runtime.train.params import load_params
+
+    if dtype not in _ST_DTYPES:
+        raise CheckpointError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
+    limit = parse_size(max_shard_size)
+    target = Path(out)
+    if target.exists():
+        raise CheckpointError(f"{out!r} exists: export writes a new directory (remove it or choose another)")
+    side = resolve_source(source, step, model)
+    mesh = distributed.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    _, params = load_params(side, False, mesh)  # per-layer layout: one tensor per transformers name
+    pure = nnx.to_pure_dict(params)
+
+    np_dtype = _NP_DTYPES[dtype]
+
+    def node(path: tuple) -> Any:
+        n: Any = pure
+        for k in path:
+            n = n[k]
+        return n
+
+    def leaf(path: tuple) -> np.ndarray:
+        return np.asarray(jax.device_get(node(path)))
+
+    def leaf_shape(path: tuple) -> tuple[int, ...]:
+        return tuple(node(path).shape)
+
+    def converted(path: tuple, kind: str) -> Callable[[], np.ndarray]:
+        return lambda: to_hf(kind, leaf(path)).astype(np_dtype, copy=False)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        itemsize = np.dtype(np_dtype).itemsize
+        shards: list[list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]] = [[]]
+        size = total = 0
+        for our, _, name, kind in sorted(hf_names(pure, side.arch.num_layers), key=lambda r: _order(r[2])):
+            shape = hf_shape(kind, tuple(leaf_shape(our)))
+            nbytes = math.prod(shape) * itemsize
+            if shards[-1] and size + nbytes > limit:
+                shards.append([])
+                size = 0
+            shards[-1].append((name, shape, converted(our, kind)))
+            size += nbytes
+            total += nbytes
+        files = []
+        if len(shards) == 1:
+            files.append("model.safetensors")
+            _write_safetensors(tmp / files[0], shards[0], dtype)
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards, 1):
+                fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                _write_safetensors(tmp / fname, shard, dtype)
+                files.append(fname)
+                weight_map.update({name: fname for name, _, _ in shard})
+            (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(hf_config(side.arch, dtype), indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps({"_from_model_config": True}, indent=2) + "\n")
+        copied = []
+        for f in tokenizer_sources(source):
+            name = "tokenizer.model" if f.suffix == ".model" else "tokenizer.json" if f.suffix == ".json" and \
+                f.name not in TOKENIZER_FILES else f.name
+            shutil.copyfile(f, tmp / name)
+            copied.append(name)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Exported(out, tuple(files), tuple(copied), sum(len(s) for s in shards), total, side.arch)
+
+
+def _order(name: str) -> tuple:
+    """transformers' order: embeddings, layers by number, final norm, head."""
+    parts = name.split(".")
+    if len(parts) > 2 and parts[1] == "layers":
+        return (1, int(parts[2]), name)
+    return (0 if "embed" in name else 2, 0, name)

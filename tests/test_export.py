@@ -1,0 +1,99 @@
+"""`distillc export SOURCE --to hf OUT`: import -> export reproduces the original tensors exactly
+(float32) and config.json's fields; a run's student exports to a directory that loads back to the
+same logits; mistakes are exit 2 with one line, and OUT is either whole or absent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from distillc.runtime.convert.export import export_hf
+from distillc.runtime.convert.hf import HFCheckpoint, hf_arch_fields
+from distillc.runtime.train import distributed
+from distillc.runtime.train.params import load_params
+from distillc.runtime.train.rundir import write_manifest
+from distillc.runtime.train.trainer import train
+
+from tests.conftest import ROOT
+from tests.runtime_configs import make_config
+from tests.test_hf_models import FIXTURES, side
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("family", ["llama3.1", "qwen2.5", "qwen3", "gemma"])
+def test_import_export_reproduces_the_tensors_and_config(tmp_path, family):
+    out = tmp_path / "out"
+    done = export_hf(str(FIXTURES / family), str(out), dtype="float32", max_shard_size="100KB")
+    original, exported = HFCheckpoint(str(FIXTURES / family)), HFCheckpoint(str(out))
+    assert len(done.files) > 1 and (out / "model.safetensors.index.json").exists()
+    names = set(original.tensors) - ({"lm_head.weight"} if done.arch.tie_embeddings else set())
+    assert set(exported.tensors) == names
+    for name in names:
+        a, b = original.tensor(name).read(), exported.tensor(name).read()
+        assert a.dtype == b.dtype == np.float32 and a.shape == b.shape, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert hf_arch_fields(exported.config) == hf_arch_fields(original.config)
+    assert exported.config["model_type"] == original.config["model_type"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_tokenizer_files_travel_with_the_export(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "llama2", src)
+    (src / "tokenizer.json").write_text('{"model": {}}')
+    (src / "tokenizer_config.json").write_text("{}")
+    done = export_hf(str(src), str(tmp_path / "out"))
+    assert done.tokenizer == ("tokenizer.json", "tokenizer_config.json")
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == '{"model": {}}'
+
+
+def test_bfloat16_export_is_the_rounded_tensors(tmp_path):
+    export_hf(str(FIXTURES / "llama2"), str(tmp_path / "bf16"))
+    exported = HFCheckpoint(str(tmp_path / "bf16"))
+    a = HFCheckpoint(str(FIXTURES / "llama2")).tensor("model.norm.weight").read()
+    b = exported.tensor("model.norm.weight").read()
+    assert str(b.dtype) == "bfloat16" and exported.config["torch_dtype"] == "bfloat16"
+    np.testing.assert_array_equal(b, a.astype(b.dtype))
+
+
+def test_a_runs_student_exports_and_loads_back_to_the_same_logits(tmp_path):
+    cfg = make_config(tmp_path / "run", alpha=0.0, steps=2, checkpoint_every=2)
+    write_manifest(cfg, ["test"])  # as the runtime's entry point does
+    result = train(cfg, console=False)
+    out = tmp_path / "hf"
+    export_hf(cfg.output.run_dir, str(out), dtype="float32")
+    mesh = distributed.make_mesh(cfg.mesh)
+    graphdef, params = load_params(side(cfg.student.arch, str(out)), True, mesh)
+    tokens = jax.numpy.asarray(np.arange(32, dtype=np.int32).reshape(2, 16))
+    ours = nnx.merge(graphdef, params)(tokens).logits
+    trained = nnx.merge(graphdef, result.params)(tokens).logits
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(trained))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distillc.compiler.cli", "export", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path):
+    p = _cli(str(tmp_path / "nothing"), str(tmp_path / "out"), "--to", "hf")
+    assert p.returncode == 2 and "does not exist" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "taken").mkdir()
+    p = _cli(str(FIXTURES / "llama2"), str(tmp_path / "taken"), "--to", "hf")
+    assert p.returncode == 2 and "exists" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_exports(tmp_path):
+    p = _cli(str(FIXTURES / "mistral"), str(tmp_path / "out"), "--to", "hf", "--dtype", "float32")
+    assert p.returncode == 0, p.stderr
+    assert "exported" in p.stdout and json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "mistral"

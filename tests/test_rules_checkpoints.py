@@ -1,0 +1,74 @@
+"""DC18x: the checkpoints the runtime loads. One class per rule."""
+
+from __future__ import annotations
+
+from tests.conftest import ROOT, at, check_text, codes, find, spec_text, where
+
+
+class TestDC180StudentCheckpointMissing:
+    def test_fails_on_a_missing_local_path_at_the_value(self, tmp_path):
+        missing = tmp_path / "no-such-student"
+        text = spec_text(f"student:\n  checkpoint: {missing}\n")
+        d = find(check_text(text), "DC180")
+        assert where(d) == at(text, "student:", "checkpoint:", str(missing))
+        assert d.path == ("student", "checkpoint") and d.is_error
+
+    def test_passes_an_existing_local_path(self, tmp_path):
+        text = spec_text(f"student:\n  checkpoint: {tmp_path}\n")
+        assert "DC180" not in codes(check_text(text))
+
+    def test_passes_remote_paths_unchecked(self):
+        text = spec_text("student:\n  checkpoint: gs://bucket/student/0/items\n")
+        assert "DC180" not in codes(check_text(text))
+
+
+FIXTURES = "tests/fixtures/hf"
+LLAMA2_INLINE = ("{num_layers: 2, emb_dim: 64, num_heads: 4, num_kv_heads: 4, head_dim: 16, mlp_dim: 96, "
+                 "vocab_size: 96, tokenizer: byte, tie_embeddings: true, norm_eps: 1.0e-5}")
+
+
+class TestDC181HFConfigMismatch:
+    def test_fails_each_disagreeing_field_at_the_checkpoint(self, monkeypatch):
+        monkeypatch.chdir(ROOT)
+        text = spec_text(f"teacher:\n  model: tiny-teacher\n  checkpoint: {FIXTURES}/llama2\n")
+        hits = [d for d in check_text(text).diagnostics if d.code == "DC181"]
+        assert {d.path for d in hits} == {("teacher", "checkpoint")}
+        assert where(hits[0]) == at(text, "teacher:", "checkpoint:", f"{FIXTURES}/llama2")
+        fields = {d.message.rsplit(": ", 2)[-2].split()[-1] for d in hits}
+        assert fields == {"vocab_size", "emb_dim", "head_dim", "mlp_dim", "tie_embeddings"}
+
+    def test_fails_another_family(self, monkeypatch):
+        monkeypatch.chdir(ROOT)
+        text = spec_text(f"teacher:\n  model: llama2-7b\n  checkpoint: {FIXTURES}/qwen3\n")
+        messages = [d.message for d in check_text(text).diagnostics if d.code == "DC181"]
+        assert any("model_type 'qwen3' is not family 'llama2'" in m for m in messages)
+
+    def test_passes_the_model_it_holds(self, monkeypatch):
+        monkeypatch.chdir(ROOT)
+        text = spec_text(f"teacher:\n  model: {LLAMA2_INLINE}\n  checkpoint: {FIXTURES}/llama2\n")
+        assert "DC181" not in codes(check_text(text))
+
+    def test_passes_other_formats_and_remote_paths(self, monkeypatch, tmp_path):
+        monkeypatch.chdir(ROOT)
+        for ckpt in (str(tmp_path), "gs://bucket/hf/model"):
+            text = spec_text(f"teacher:\n  model: tiny-teacher\n  checkpoint: {ckpt}\n")
+            assert "DC181" not in codes(check_text(text))
+
+
+class TestDC182HFCheckpointForMaxText:
+    def test_fails_a_named_hf_format_at_the_checkpoint(self):
+        text = spec_text("teacher:\n  checkpoint: gs://bucket/hf/model\n  format: hf\n")
+        d = find(check_text(text, target="maxtext"), "DC182")
+        assert where(d) == at(text, "teacher:", "checkpoint:", "gs://bucket/hf/model")
+
+    def test_fails_a_detected_local_hf_directory(self, monkeypatch):
+        monkeypatch.chdir(ROOT)
+        text = spec_text(f"student:\n  checkpoint: {FIXTURES}/llama2\n")
+        assert ("student", "checkpoint") in {d.path for d in check_text(text, target="maxtext").diagnostics
+                                             if d.code == "DC182"}
+
+    def test_passes_for_the_distillc_target_and_orbax_paths(self):
+        text = spec_text("teacher:\n  checkpoint: gs://bucket/hf/model\n  format: hf\n")
+        assert "DC182" not in codes(check_text(text))
+        text = spec_text("teacher:\n  checkpoint: gs://bucket/llama/0/items\n")
+        assert "DC182" not in codes(check_text(text, target="maxtext"))
