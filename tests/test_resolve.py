@@ -304,6 +304,8 @@ _EXPECTED_FAILURES = {
     ("quickstart", "v5e"): {"DC151"},
     ("quickstart-offline", "v5p"): {"DC151"},
     ("quickstart-offline", "v5e"): {"DC151"},
+    ("hf-tiny", "v5p"): {"DC151"},  # the same CPU batch, with a Hugging Face teacher
+    ("hf-tiny", "v5e"): {"DC151"},
     # The ablation example's base mesh pins fsdp 64 (its sweep is sized for v5p-128).
     ("ablation-example", "v5e"): {"DC150"},
     ("ablation-example", "v6e"): {"DC150"},
