@@ -43,6 +43,7 @@ from distillc.compiler.rules._util import feature_on
 from distillc.runtime.config import (
     DataConfig,
     DivergenceConfig,
+    WeightedSource,
     LayerPair,
     LossConfig,
     ModelArch,
@@ -312,12 +313,24 @@ def _offline_config(o: Offline) -> OfflineConfig:
 
 @_per_section
 def _data_config(d: Data) -> DataConfig:
+    names = lambda v: v if isinstance(v, str) else tuple(v)  # noqa: E731
+    if d.sources:
+        mixture = tuple(WeightedSource(source=names(w.source), weight=w.weight) for w in d.sources)
+    elif isinstance(d.source, list):
+        mixture = (WeightedSource(source=tuple(d.source), weight=1.0),)
+    else:
+        mixture = ()
+    flat = [n for w in mixture for n in ((w.source,) if isinstance(w.source, str) else w.source)]
     return DataConfig(
-        source=d.source,
+        source=d.source if isinstance(d.source, str) else ", ".join(flat),
+        sources=mixture,
+        text_field=d.text_field,
         tokenizer=d.tokenizer,
         seq_len=d.seq_len,
         global_batch_size=d.global_batch_size,
         eval_fraction=d.eval_fraction,
+        eval_source=None if d.eval_source is None else names(d.eval_source),
+        eval_tokens=d.eval_tokens,
         packing=d.packing,
         shuffle_seed=d.shuffle_seed,
     )

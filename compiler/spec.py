@@ -212,12 +212,23 @@ class Offline(_Model):
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 
+class WeightedSource(_Model):
+    source: Union[str, list[str]] = Field(description="A file, directory or glob (or a list of them).")
+    weight: float = Field(gt=0, description="Documents are drawn with probability weight / sum of weights.")
+
+
 class Data(_Model):
-    source: str = Field(description="builtin:pydoc_topics, a local text/jsonl path, or gs://...")
+    source: Union[str, list[str], None] = Field(
+        None, description="builtin:pydoc_topics, a .txt/.jsonl(.gz/.zst)/.parquet file, a directory or a glob "
+        "(local or gs://), or a list of them.")
+    sources: Optional[list[WeightedSource]] = Field(None, description="A weighted mixture, instead of source.")
+    text_field: str = Field("text", description="The jsonl field / Parquet column that holds the text.")
     tokenizer: str = Field("byte", description="'byte', or a sentencepiece .model / HF tokenizer.json path.")
     seq_len: int = Field(gt=0)
     global_batch_size: int = Field(gt=0)
-    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Held-out documents, chosen by a hash of their text.")
+    eval_source: Union[str, list[str], None] = Field(None, description="Held-out files, instead of eval_fraction.")
+    eval_tokens: int = Field(1_000_000, gt=0, description="The held-out set stops after this many tokens.")
     packing: bool = True
     shuffle_seed: int = 0
 

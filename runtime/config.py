@@ -136,16 +136,36 @@ class OfflineConfig(_Frozen):
     dtype: Dtype
 
 
+SourceNames = str | tuple[str, ...]  # a path, directory or glob (or builtin:<name>), or a list of them
+
+
+class WeightedSource(_Frozen):
+    """One part of a mixture: documents drawn from `source` with probability weight / sum(weights)."""
+
+    source: SourceNames
+    weight: float = Field(gt=0)
+
+
 class DataConfig(_Frozen):
     """One data stream, shared by both sides by construction: same tokens, same positions."""
 
-    source: str = Field(description="builtin:<name>, a local path, or gs://...")
+    source: str = Field(description="builtin:<name>, a path, directory or glob (local or gs://); where `sources` "
+                                    "is set, a description of it (they are read instead).")
     tokenizer: str = Field(description="'byte', or a sentencepiece .model / HF tokenizer.json path.")
     seq_len: int = Field(gt=0)
     global_batch_size: int = Field(gt=0)
-    eval_fraction: float = Field(ge=0, lt=1)
+    eval_fraction: float = Field(ge=0, lt=1, description="Held-out documents, chosen by a hash of their text.")
     packing: bool
     shuffle_seed: int
+    sources: tuple[WeightedSource, ...] = Field((), description="A list of sources or a weighted mixture; when set "
+                                                                "it replaces `source`.")
+    text_field: str = Field("text", description="The jsonl field / Parquet column that holds a document's text.")
+    eval_source: Optional[SourceNames] = Field(None, description="Held-out documents; then eval_fraction is unused.")
+    eval_tokens: int = Field(1_000_000, gt=0, description="The held-out set stops after this many tokens.")
+
+    def mixture(self) -> tuple[WeightedSource, ...]:
+        """The training sources with their weights (one source: weight 1)."""
+        return self.sources or (WeightedSource(source=self.source, weight=1.0),)
 
 
 class OptimizerConfig(_Frozen):

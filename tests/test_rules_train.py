@@ -99,7 +99,8 @@ class TestDC145MalformedPath:
         [
             ("data: {source: 'builtin:pydoc'}", ("data", "source"), "builtin:pydoc"),
             ("data: {source: 'http://example.com/x.txt'}", ("data", "source"), "http://"),
-            ("data: {source: /data/corpus.parquet}", ("data", "source"), "/data/corpus"),
+            ("data: {source: /data/corpus.csv}", ("data", "source"), "/data/corpus"),
+            ("data: {eval_source: 'builtin:nope'}", ("data", "eval_source"), "builtin:nope"),
             ("data: {tokenizer: /data/tokenizer}", ("data", "tokenizer"), "/data/tokenizer"),
             ("teacher: {checkpoint: 'gs:///x'}", ("teacher", "checkpoint"), "gs:///x"),
             ("train: {output_dir: ''}", ("train", "output_dir"), "output_dir:"),
@@ -122,6 +123,8 @@ class TestDC145MalformedPath:
             "data: {source: gs://bucket/corpus/}",
             "data: {source: /data/shards}",
             "data: {source: gs://bucket/c.jsonl}",
+            "data: {source: [gs://bucket/a/*.jsonl.gz, /data/b.parquet, /data/c.jsonl.zst]}",
+            "data: {source: null, sources: [{source: gs://b/x.jsonl, weight: 2}], eval_source: /data/ev.txt}",
             "teacher: {checkpoint: 's3://bucket/ckpt/0/items'}",
         ],
     )
@@ -133,3 +136,27 @@ class TestDC145MalformedPath:
         from distillc.runtime.data.corpus import BUILTINS
 
         assert tuple(BUILTIN_SOURCES) == tuple(BUILTINS)
+
+
+class TestDC146SourceOrSources:
+    def test_both(self):
+        text = spec_text("data: {sources: [{source: gs://b/x.jsonl, weight: 1}]}")
+        assert find(check_text(text), "DC146").path == ("data", "sources")
+
+    def test_neither(self):
+        text = spec_text("data: {source: null}")
+        assert find(check_text(text), "DC146").path == ("data",)
+
+    def test_one(self):
+        assert "DC146" not in codes(check_text(spec_text("data: {source: [a.jsonl, b.jsonl]}")))
+
+    def test_list_and_mixture_resolve_to_weighted_sources(self):
+        from distillc.compiler.resolve import _data_config
+        from distillc.compiler.spec import Data
+
+        listed = _data_config(Data(source=["a.jsonl", "b/*.parquet"], seq_len=8, global_batch_size=2))
+        assert listed.source == "a.jsonl, b/*.parquet" and listed.sources[0].source == ("a.jsonl", "b/*.parquet")
+        mixed = _data_config(Data(sources=[{"source": "a.jsonl", "weight": 3}, {"source": ["b.jsonl"], "weight": 1}],
+                                  seq_len=8, global_batch_size=2, eval_source="ev.jsonl", eval_tokens=10))
+        assert [(w.source, w.weight) for w in mixed.sources] == [("a.jsonl", 3.0), (("b.jsonl",), 1.0)]
+        assert mixed.eval_source == "ev.jsonl" and mixed.eval_tokens == 10

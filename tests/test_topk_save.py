@@ -31,7 +31,7 @@ def offline_config(root, *, k=8, sampling="top_k", loss="tail_bucket", steps=6, 
     update = {
         "mode": "offline",
         "stage": "save_topk",
-        "data": cfg.data.model_copy(update={"eval_fraction": 0.002}),
+        "data": cfg.data.model_copy(update={"eval_fraction": 0.05, "eval_tokens": 200}),  # a few held-out rows
         "offline": OfflineConfig(top_k=k, data_dir=str(Path(root) / "cache"), loss=loss, sampling=sampling,
                                  num_samples=6, capture_temperature=1.0, dtype="float32"),
     }

@@ -148,16 +148,26 @@ def _paths(ctx: Context) -> Iterator[tuple[tuple, str]]:
         if side is not None and side.checkpoint is not None:
             yield (role, "checkpoint"), side.checkpoint
     if sp.data is not None:
-        yield ("data", "source"), sp.data.source
-        yield ("data", "tokenizer"), sp.data.tokenizer
+        d = sp.data
+        for names, key in ((d.source, ("data", "source")), (d.eval_source, ("data", "eval_source"))):
+            for value in ([names] if isinstance(names, str) else names or []):
+                yield key, value
+        for i, w in enumerate(d.sources or []):
+            for value in [w.source] if isinstance(w.source, str) else w.source:
+                yield ("data", "sources", i, "source"), value
+        yield ("data", "tokenizer"), d.tokenizer
     if sp.offline is not None and sp.offline.data_dir is not None:
         yield ("offline", "data_dir"), sp.offline.data_dir
     if sp.train is not None:
         yield ("train", "output_dir"), sp.train.output_dir
 
 
+def _is_source(key: tuple) -> bool:
+    return key[:2] in (("data", "source"), ("data", "sources"), ("data", "eval_source"))
+
+
 def _is_local(key: tuple, value: str) -> bool:
-    if key == ("data", "source") and value.startswith("builtin:"):
+    if _is_source(key) and value.startswith("builtin:"):
         return False
     if key == ("data", "tokenizer") and value == "byte":
         return False
@@ -207,7 +217,7 @@ def local_path_on_cluster(ctx: Context) -> Iterator[Finding]:
 # What the runtime reads (runtime/data/corpus.py, runtime/data/tokenizers.py): kept in sync by test_rules_train.
 BUILTIN_SOURCES = ("pydoc_topics",)
 REMOTE_SCHEMES = ("gs", "s3")
-SOURCE_SUFFIXES = (".txt", ".jsonl")
+SOURCE_SUFFIXES = (".txt", ".jsonl", ".gz", ".zst", ".parquet")  # .jsonl.gz, .jsonl.zst
 TOKENIZER_SUFFIXES = (".model", ".json")
 _SCHEME = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*)://(.*)\Z", re.S)
 
@@ -217,7 +227,7 @@ def _path_problem(key: tuple, value: str) -> str | None:
         return "is empty"
     if value != value.strip():
         return "has leading or trailing whitespace"
-    if key == ("data", "source") and value.startswith("builtin:"):
+    if _is_source(key) and value.startswith("builtin:"):
         name = value[len("builtin:") :]
         if name not in BUILTIN_SOURCES:
             known = ", ".join("builtin:" + b for b in BUILTIN_SOURCES)
@@ -238,8 +248,9 @@ def _path_problem(key: tuple, value: str) -> str | None:
     suffix = "." + tail.rsplit(".", 1)[-1].lower() if "." in tail else ""
     if key == ("data", "tokenizer") and suffix not in TOKENIZER_SUFFIXES:
         return "is neither 'byte' nor a sentencepiece .model or HF tokenizer .json file"
-    if key == ("data", "source") and suffix and not value.endswith("/") and suffix not in SOURCE_SUFFIXES:
-        return f"is a {suffix} file; the runtime reads .txt and .jsonl files (or a directory of them)"
+    if _is_source(key) and suffix and not value.endswith("/") and suffix not in SOURCE_SUFFIXES and "*" not in tail:
+        return (f"is a {suffix} file; the runtime reads .txt, .jsonl, .jsonl.gz, .jsonl.zst and .parquet files "
+                "(or a directory or glob of them)")
     return None
 
 
@@ -253,8 +264,8 @@ def _path_problem(key: tuple, value: str) -> str | None:
 def malformed_path(ctx: Context) -> Iterator[Finding]:
     """Paths are read by the runtime on the accelerator hosts, long after validation: a typo
     there costs a queued job. The runtime reads local paths and gs:// (s3:// with a backend);
-    data.source also takes builtin:<name>, and reads .txt and .jsonl files or directories of
-    them; data.tokenizer is 'byte', a sentencepiece .model or an HF tokenizer.json. Validation
+    data.source (and each of data.sources, data.eval_source) also takes builtin:<name>, and reads
+    .txt, .jsonl(.gz/.zst) and .parquet files, directories and globs of them; data.tokenizer is 'byte', a sentencepiece .model or an HF tokenizer.json. Validation
     checks the form only: it never touches the filesystem or the network.
 
     Fails::
@@ -271,3 +282,40 @@ def malformed_path(ctx: Context) -> Iterator[Finding]:
         problem = _path_problem(key, value)
         if problem:
             yield finding(ctx, f"{'.'.join(key)} {value!r} {problem}", *key)
+
+
+@rule(
+    "DC146",
+    Severity.ERROR,
+    "data needs exactly one of source and sources",
+    needs=("data",),
+    hint="Name the training documents once: data.source (a path, glob or list) or data.sources "
+    "(a weighted mixture [{source, weight}]).",
+)
+def data_source_or_sources(ctx: Context) -> Iterator[Finding]:
+    """The training documents come from data.source (one path, directory, glob, or a list read in
+    turn) or from data.sources (a weighted mixture); with both, which one trains is ambiguous, and
+    with neither there is nothing to train on.
+
+    Fails::
+
+        data:
+          source: gs://bucket/fineweb/*.jsonl.gz
+          sources:
+            - {source: gs://bucket/code/*.parquet, weight: 1}
+
+    Passes::
+
+        data:
+          source: null
+          sources:
+            - {source: gs://bucket/fineweb/*.jsonl.gz, weight: 3}
+            - {source: gs://bucket/code/*.parquet, weight: 1}
+    """
+    assert ctx.spec.data is not None  # needs: the registry runs the rule only then
+    d = ctx.spec.data
+    if d.source is not None and d.sources:
+        yield finding(ctx, "data.source and data.sources are both set; the runtime would read only data.sources",
+                      "data", "sources")
+    elif d.source is None and not d.sources:
+        yield finding(ctx, "data names no training documents: set data.source or data.sources", "data")

@@ -1,103 +1,196 @@
-"""Text corpora named by `data.source`, read into documents, tokenized and split train/held-out.
+"""Text corpora named by `data.source`: found as files, read lazily, document by document.
 
-Sources:
+A source is one of
 - `builtin:pydoc_topics`: the help topics of Python's own `pydoc_data.topics` (about 465 KB of
-  English and code; ships with CPython, so nothing is downloaded). Topics in key order.
-- a `.txt` file (one document) or a `.jsonl` file (one document per line, its "text" field), local
-  or any path etils.epath can open (gs:// with a backend installed);
-- a directory of such files (sorted by name).
+  English and code; ships with CPython, so nothing is downloaded), one document per topic, in
+  key order;
+- a file: `.txt` (a document per paragraph: blank lines separate them), `.jsonl` / `.jsonl.gz` / `.jsonl.zst` (one document per line, its
+  `text_field`), `.parquet` (one document per row, its `text_field` column; needs pyarrow);
+- a directory (the files above inside it, sorted by name), or a glob (`data/*.jsonl.gz`);
+- a list of any of these (read in the order given).
+Paths go through etils.epath, so gs:// works wherever an epath backend for it is installed.
 
-The split is contiguous over the token stream: the first (1 - eval_fraction) of the tokens train,
-the rest is held out, so no held-out text is ever seen in training, shuffled or not.
+Nothing reads a corpus whole: `expand` lists files (it opens none), and `read_documents` yields
+one file's documents as it reads it (line by line, or Parquet row group by row group). Every
+reading error is a CorpusError that names the file (and line) and says what to do.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import json
-from dataclasses import dataclass
-
-import numpy as np
-
-from distillc.runtime.data.tokenizers import Tokenizer
+from typing import Any, Iterator, Sequence
 
 BUILTINS = ("pydoc_topics",)
-DOC_SEPARATOR = "\n\n"
+SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+GLOB_CHARS = "*?["
 
 
 class CorpusError(ValueError):
-    """A data.source that cannot be read; the message names it."""
+    """A data.source that cannot be read; the message names the place and the fix."""
 
 
-def load_documents(source: str) -> list[str]:
+def file_kind(path: str) -> str | None:
+    """The reader for a file name: one of SUFFIXES (without the dot), or None."""
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if path.endswith(suffix):
+            return suffix[1:]
+    return None
+
+
+def expand(source: str | Sequence[str], key: str = "data.source") -> list[str]:
+    """The files a source names, in reading order (builtins stay as they are). Opens no file."""
+    if not isinstance(source, str):
+        files = [f for s in source for f in expand(s, key)]
+        if not files:
+            raise CorpusError(f"{key} is an empty list: name at least one file")
+        return files
     if source.startswith("builtin:"):
-        name = source.removeprefix("builtin:")
-        if name == "pydoc_topics":
-            from pydoc_data.topics import topics
-
-            return [topics[k] for k in sorted(topics)]
-        raise CorpusError(f"unknown builtin corpus {source!r}; known: {', '.join('builtin:' + b for b in BUILTINS)}")
+        if source.removeprefix("builtin:") not in BUILTINS:
+            raise CorpusError(
+                f"unknown builtin corpus {source!r} in {key}; known: {', '.join('builtin:' + b for b in BUILTINS)}")
+        return [source]
     from etils import epath
 
+    if any(c in source for c in GLOB_CHARS):
+        head, _, pattern = _split_glob(source)
+        base = epath.Path(head)
+        matches = sorted(str(p) for p in base.glob(pattern)) if base.exists() else []
+        files = [m for m in matches if file_kind(m)]
+        if not files:
+            raise CorpusError(f"{key} {source!r} matches no {'/'.join(SUFFIXES)} file: check the pattern")
+        return files
     path = epath.Path(source)
     if not path.exists():
-        raise CorpusError(f"data.source {source!r} does not exist")
+        raise CorpusError(f"{key} {source!r} does not exist: check the path (local, or gs://bucket/...)")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".jsonl"))
+        files = sorted(str(p) for p in path.iterdir() if file_kind(str(p)))
         if not files:
-            raise CorpusError(f"data.source directory {source!r} holds no .txt or .jsonl files")
-        return [doc for f in files for doc in _read_file(f)]
-    return _read_file(path)
+            raise CorpusError(f"{key} directory {source!r} holds no {', '.join(SUFFIXES)} files")
+        return files
+    if not file_kind(source):
+        raise CorpusError(
+            f"{key} {source!r}: expected a {', '.join(SUFFIXES)} file, a directory or a glob (or builtin:pydoc_topics)")
+    return [source]
 
 
-def _read_file(path) -> list[str]:
-    text = path.read_text()
-    if path.suffix == ".txt":
-        return [text]
-    if path.suffix == ".jsonl":
-        docs = []
-        for i, line in enumerate(text.splitlines(), 1):
+def _split_glob(source: str) -> tuple[str, str, str]:
+    """'gs://b/data/*.jsonl' -> ('gs://b/data', '/', '*.jsonl'): the fixed directory and the pattern."""
+    first = min(source.index(c) for c in GLOB_CHARS if c in source)
+    cut = source.rfind("/", 0, first)
+    if cut < 0:
+        return ".", "/", source
+    return source[:cut] or "/", "/", source[cut + 1:]
+
+
+def read_documents(path: str, text_field: str = "text", start: int = 0) -> Iterator[str]:
+    """One file's documents, lazily, from document `start` on (documents before it are skipped,
+    not parsed). An empty or whitespace-only jsonl line is not a document."""
+    if path.startswith("builtin:"):
+        from pydoc_data.topics import topics
+
+        yield from (topics[k] for k in sorted(topics)[start:])
+        return
+    kind = file_kind(path)
+    try:
+        if kind == "txt":
+            yield from _paragraphs(path, start)
+        elif kind == "parquet":
+            yield from _parquet_documents(path, text_field, start)
+        else:
+            yield from _jsonl_documents(path, kind or "jsonl", text_field, start)
+    except CorpusError:
+        raise
+    except (OSError, EOFError, ValueError) as e:  # truncated gzip, unreadable file, bad zstd frame
+        raise CorpusError(f"{path}: cannot read ({type(e).__name__}: {e}); replace or remove the file") from e
+
+
+def _open(path: str, kind: str) -> Any:
+    from etils import epath
+
+    raw = epath.Path(path).open("rb")
+    if kind == "jsonl.gz":
+        return gzip.GzipFile(fileobj=raw)
+    if kind == "jsonl.zst":
+        try:
+            import zstandard  # type: ignore[import-not-found]  # optional dependency
+        except ImportError as e:
+            raise CorpusError(f"{path} is zstd-compressed, but the zstandard package is not installed: "
+                              "pip install zstandard") from e
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+    return raw
+
+
+def _paragraphs(path: str, start: int) -> Iterator[str]:
+    """A text file's documents: its paragraphs (separated by blank lines), read line by line."""
+    n, lines = 0, []
+    with _open(path, "txt") as f:
+        for raw in f:
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            if line.strip():
+                lines.append(line)
+                continue
+            if lines:
+                n += 1
+                if n > start:
+                    yield "\n".join(lines)
+                lines = []
+        if lines and n + 1 > start:
+            yield "\n".join(lines)
+
+
+def _jsonl_documents(path: str, kind: str, text_field: str, start: int) -> Iterator[str]:
+    n = 0
+    with _open(path, kind) as f:
+        for i, line in enumerate(f, 1):
             if not line.strip():
+                continue
+            n += 1
+            if n <= start:
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{path}:{i}: not JSON ({e.msg})") from e
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise CorpusError(f"{path}:{i}: expected an object with a string field 'text'")
-            docs.append(obj["text"])
-        return docs
-    raise CorpusError(f"data.source {str(path)!r}: expected a .txt or .jsonl file (or builtin:pydoc_topics)")
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CorpusError(f"{path}:{i}: not a JSON object ({e}); fix or remove the line") from e
+            text = obj.get(text_field) if isinstance(obj, dict) else None
+            if not isinstance(text, str):
+                raise CorpusError(f"{path}:{i}: expected an object with a string field {text_field!r} "
+                                  "(set data.text_field to the field that holds the text)")
+            yield text
 
 
-@dataclass(frozen=True)
-class TokenStream:
-    """Documents tokenized and concatenated; `doc_starts[i]` is where document i begins."""
+def _parquet_documents(path: str, text_field: str, start: int) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq  # type: ignore[import-not-found]  # optional dependency
+    except ImportError as e:
+        raise CorpusError(f"{path} is a Parquet file, but pyarrow is not installed: pip install pyarrow") from e
+    from etils import epath
 
-    tokens: np.ndarray  # [N] int32
-    doc_starts: np.ndarray  # [D] int64, ascending, doc_starts[0] == 0
+    with epath.Path(path).open("rb") as raw:
+        pf = pq.ParquetFile(raw)
+        if text_field not in pf.schema_arrow.names:
+            raise CorpusError(f"{path}: no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)}); "
+                              "set data.text_field")
+        n = 0
+        for g in range(pf.num_row_groups):
+            rows = pf.metadata.row_group(g).num_rows
+            if n + rows <= start:
+                n += rows
+                continue
+            column = pf.read_row_group(g, columns=[text_field]).column(0).to_pylist()
+            for text in column[max(start - n, 0):]:
+                if not isinstance(text, str):
+                    raise CorpusError(f"{path}: row group {g} holds a non-string {text_field!r} value")
+                yield text
+            n += rows
 
-    def split(self, eval_fraction: float) -> tuple["TokenStream", "TokenStream"]:
-        """Contiguous split: the first (1 - eval_fraction) of the tokens, and the rest."""
-        n = len(self.tokens)
-        cut = int(round(n * (1.0 - eval_fraction)))
-        train = TokenStream(self.tokens[:cut], self.doc_starts[self.doc_starts < cut])
-        rest = self.doc_starts[self.doc_starts >= cut] - cut
-        if len(rest) == 0 or rest[0] != 0:  # the document cut in two starts the held-out part
-            rest = np.concatenate([[0], rest])
-        return train, TokenStream(self.tokens[cut:], rest.astype(np.int64))
 
-
-def tokenize(documents: list[str], tokenizer: Tokenizer) -> TokenStream:
-    pieces, starts, pos = [], [], 0
-    for i, doc in enumerate(documents):
-        if tokenizer.eos_id is None and i < len(documents) - 1:
-            doc = doc + DOC_SEPARATOR
-        ids = tokenizer.encode(doc)
-        if tokenizer.eos_id is not None:
-            ids = np.concatenate([ids, np.asarray([tokenizer.eos_id], np.int32)])
-        pieces.append(ids)
-        starts.append(pos)
-        pos += len(ids)
-    if pos == 0:
-        raise CorpusError("the corpus is empty")
-    return TokenStream(np.concatenate(pieces).astype(np.int32), np.asarray(starts, np.int64))
+def held_out(text: str, fraction: float) -> bool:
+    """Whether a document belongs to the held-out split: by a hash of its text, so the split needs no
+    pass over the corpus, is the same for any process count, and duplicates land on one side."""
+    if fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8", errors="replace"), digest_size=8).digest(), "big")
+    return h < fraction * 2**64

@@ -26,6 +26,9 @@ class Tokenizer(Protocol):
     def vocab_size(self) -> int: ...
 
     @property
+    def bos_id(self) -> int | None: ...  # put before each document when set
+
+    @property
     def eos_id(self) -> int | None: ...  # appended after each document when set
 
     def encode(self, text: str) -> np.ndarray: ...  # [N] int32
@@ -39,6 +42,7 @@ class ByteTokenizer:
 
     name: str = "byte"
     vocab_size: int = 256
+    bos_id: int | None = None
     eos_id: int | None = None
 
     def encode(self, text: str) -> np.ndarray:
@@ -60,7 +64,8 @@ class SentencePieceTokenizer:
         self._sp = spm.SentencePieceProcessor(model_proto=_read_bytes(path))
         self.name = path
         self.vocab_size = int(self._sp.get_piece_size())
-        eos = int(self._sp.eos_id())
+        bos, eos = int(self._sp.bos_id()), int(self._sp.eos_id())
+        self.bos_id = bos if bos >= 0 else None  # Llama 2 / Gemma convention: <s> before, </s> after
         self.eos_id = eos if eos >= 0 else None
 
     def encode(self, text: str) -> np.ndarray:
@@ -82,12 +87,15 @@ class HFTokenizer:
         self._tok = _Tok.from_str(_read_bytes(path).decode("utf-8"))
         self.name = path
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
-        self.eos_id = None
-        for cand in ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"):
+        self.bos_id = self._first_id("<s>", "<|begin_of_text|>", "<bos>")  # GPT-2 style BPEs have none
+        self.eos_id = self._first_id("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>")
+
+    def _first_id(self, *candidates: str) -> int | None:
+        for cand in candidates:
             tid = self._tok.token_to_id(cand)
             if tid is not None:
-                self.eos_id = int(tid)
-                break
+                return int(tid)
+        return None
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)

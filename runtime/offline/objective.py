@@ -252,11 +252,12 @@ class OfflineObjective:
 def first_batch_hashes(pipeline: DataPipeline, split: str) -> list[tuple[int, bytes]]:
     """(record index, sequence sha256) of the spec's first global batch of `split`."""
     if split == "train":
-        batch = pipeline.train_dataset()[0]
+        batch = next(pipeline.train_iterator())
     else:
-        batch = next(iter(pipeline.eval_batches(1)), None)
-        if batch is None:
+        first = list(pipeline.eval_batches(1))
+        if not first:
             return []
+        batch = first[0]
     return [(i, store.sequence_sha256(batch["inputs"][i], batch["labels"][i], batch["mask"][i]))
             for i in range(len(batch["inputs"]))]
 

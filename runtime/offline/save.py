@@ -227,8 +227,7 @@ def save_topk(
         start = writer.resume()
         resumed[split] = start
         if split == "train":
-            it = pipeline.train_iterator()
-            it.set_state({"next_index": start})
+            it = pipeline.train_iterator(skip_batches=start)
             batches: Iterator[dict[str, np.ndarray]] = (next(it) for _ in range(start, n_batches))
         else:
             batches = itertools.islice(pipeline.eval_batches(), start, None)

@@ -71,6 +71,12 @@ class Objective(Protocol):
     def loss(self, student: nnx.Module, signal: Any, batch: dict, weights: Weights) -> tuple[jax.Array, dict]: ...
 
 
+def packed(batch: dict) -> dict:
+    """The model's packing arguments from a batch: attention stays inside a document and positions restart
+    per document (data/pipeline.py). Batches without them (old caches) run as one sequence per row."""
+    return {k: batch[k] for k in ("segment_ids", "positions") if k in batch}
+
+
 def _schedule_metrics(alpha, temperature, beta) -> dict:
     one = jnp.ones((), jnp.float32)
     return {"alpha": (alpha, one), "temperature": (temperature, one), "beta": (beta, one)}
@@ -96,13 +102,15 @@ class OnlineObjective:
 
     def teacher(self, frozen, batch):
         teacher = nnx.merge(self.teacher_graphdef, frozen)
-        out = teacher(batch["inputs"], feature_layers=self.teacher_feature_layers, return_hidden=self.chunked)
+        out = teacher(batch["inputs"], **packed(batch), feature_layers=self.teacher_feature_layers,
+                      return_hidden=self.chunked)
         signal = (out, teacher.head()) if self.chunked else out
         return jax.tree.map(jax.lax.stop_gradient, signal)
 
     def loss(self, student, signal, batch, weights):
         alpha, temperature, beta = weights
-        out = student(batch["inputs"], feature_layers=self.student_feature_layers, return_hidden=self.chunked)
+        out = student(batch["inputs"], **packed(batch), feature_layers=self.student_feature_layers,
+                      return_hidden=self.chunked)
         common = dict(alpha=alpha, temperature=temperature, beta=beta, feature_kind=self.config.loss.feature_loss,
                       compare_vocab=self.config.loss.compare_vocab)
         if self.chunked:
@@ -129,7 +137,7 @@ class CrossEntropyObjective:
         alpha, temperature, beta = weights
         where, labels = batch["mask"], batch["labels"]
         chunked = self.config.loss_path() == "chunked"
-        out = student(batch["inputs"], return_hidden=chunked)
+        out = student(batch["inputs"], **packed(batch), return_hidden=chunked)
 
         def terms(logits, f):
             return (losses.cross_entropy(logits, f["labels"], f["mask"]),)
