@@ -40,6 +40,7 @@ from distillc.runtime.train import losses
 from distillc.runtime.offline import losses as tl, store
 from distillc.runtime.config import RuntimeConfig
 from distillc.runtime.data.pipeline import DataPipeline, Shard
+from distillc.runtime.train.objectives import student_token_sums
 
 TEACHER_FIELDS = {  # record field -> batch key
     "indices": "teacher_indices",
@@ -218,18 +219,12 @@ class OfflineObjective:
     def loss(self, student, signal, batch, weights):
         alpha, temperature, beta = weights
         where = batch["mask"]
-        chunked = self.config.loss_path() == "chunked"
-        out = student(batch["inputs"], return_hidden=chunked)
         fields = {k: v for k, v in batch.items() if k != "inputs"}
 
         def terms(logits, f):
             return self._terms(logits, f, temperature)
 
-        if chunked:
-            kl_sum, ce_sum, kl1_sum, tce_sum = losses.chunked_logit_sums(
-                terms, out.hidden, student.head(), fields, chunk_size=self.config.loss_chunk_size)
-        else:
-            kl_sum, ce_sum, kl1_sum, tce_sum = (jnp.sum(x) for x in terms(out.logits, fields))
+        kl_sum, ce_sum, kl1_sum, tce_sum = student_token_sums(self.config, student, batch, fields, terms)
         count = jnp.sum(where.astype(jnp.float32))
         soft_sum = temperature * temperature * kl_sum
         total_sum = alpha * soft_sum + (1.0 - alpha) * ce_sum

@@ -18,7 +18,7 @@ loss chunk by chunk over positions (losses.chunked_distill_loss, losses.chunked_
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,7 @@ from flax import nnx
 
 from distillc.runtime.config import RuntimeConfig
 from distillc.runtime.data.pipeline import DataError, DataPipeline, Shard
-from distillc.runtime.models.transformer import flops_per_token
+from distillc.runtime.models.transformer import Transformer, flops_per_token
 from distillc.runtime.train import losses
 from distillc.runtime.train.params import load_teacher
 
@@ -75,6 +75,20 @@ def packed(batch: dict) -> dict:
     """The model's packing arguments from a batch: attention stays inside a document and positions restart
     per document (data/pipeline.py). Batches without them (old caches) run as one sequence per row."""
     return {k: batch[k] for k in ("segment_ids", "positions") if k in batch}
+
+
+def student_token_sums(config: RuntimeConfig, student: Transformer, batch: dict, fields: dict,
+                       terms: Callable[[jax.Array, dict], tuple[jax.Array, ...]]) -> tuple[jax.Array, ...]:
+    """Runs the student and sums its per-token `terms(logits, fields)` (each 0 where fields["mask"] is
+    False) over the batch: from [B, T, V] logits (dense), or chunk by chunk without them (chunked),
+    as config.loss_path() says. The CE-only and offline objectives' one way to form logits."""
+    chunked = config.loss_path() == "chunked"
+    out = student(batch["inputs"], **packed(batch), return_hidden=chunked)
+    if chunked:
+        assert out.hidden is not None  # asked for with return_hidden
+        return losses.chunked_logit_sums(terms, out.hidden, student.head(), fields, chunk_size=config.loss_chunk_size)
+    assert out.logits is not None
+    return tuple(losses.masked_mean_parts(t, fields["mask"])[0] for t in terms(out.logits, fields))
 
 
 def _schedule_metrics(alpha, temperature, beta) -> dict:
@@ -135,19 +149,12 @@ class CrossEntropyObjective:
 
     def loss(self, student, signal, batch, weights):
         alpha, temperature, beta = weights
-        where, labels = batch["mask"], batch["labels"]
-        chunked = self.config.loss_path() == "chunked"
-        out = student(batch["inputs"], **packed(batch), return_hidden=chunked)
+        where = batch["mask"]
 
         def terms(logits, f):
             return (losses.cross_entropy(logits, f["labels"], f["mask"]),)
 
-        fields = {"labels": labels, "mask": where}
-        if chunked:
-            (ce_sum,) = losses.chunked_logit_sums(terms, out.hidden, student.head(), fields,
-                                                  chunk_size=self.config.loss_chunk_size)
-        else:
-            (ce_sum,) = (losses.masked_mean_parts(t, where)[0] for t in terms(out.logits, fields))
+        (ce_sum,) = student_token_sums(self.config, student, batch, {"labels": batch["labels"], "mask": where}, terms)
         count = jnp.sum(where.astype(jnp.float32))
         total_sum = (1.0 - alpha) * ce_sum
         metrics = {"hard_loss": (ce_sum, count), "total_loss": (total_sum, count),

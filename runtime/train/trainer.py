@@ -34,7 +34,7 @@ from distillc.runtime.config import RuntimeConfig
 from distillc.runtime.models.transformer import flops_per_token
 from distillc.runtime.train import distributed, metrics as metrics_lib, schedules
 from distillc.runtime.train.checkpoints import CheckpointError, TrainCheckpoints, param_differences
-from distillc.runtime.train.halts import Diverged, Halted, NonFiniteLoss  # noqa: F401  (re-exported)
+from distillc.runtime.train.halts import NonFiniteLoss
 from distillc.runtime.train.integrity import IntegrityError
 from distillc.runtime.train.hooks import CheckpointHook, DivergenceHook, EvalHook, Hook, LoggingHook
 from distillc.runtime.train.objectives import Objective, build_objective
