@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -116,17 +115,31 @@ class TestTokenizers:
         with pytest.raises(TokenizerError, match="unknown data.tokenizer"):
             load_tokenizer("gpt2")
 
-    @pytest.mark.skipif(importlib.util.find_spec("sentencepiece") is not None, reason="sentencepiece installed")
-    def test_sentencepiece_missing_says_what_to_install(self, tmp_path):
-        (tmp_path / "t.model").write_bytes(b"x")
-        with pytest.raises(TokenizerError, match="pip install sentencepiece"):
-            load_tokenizer(str(tmp_path / "t.model"))
+    @pytest.mark.parametrize("name, content, expect", [
+        ("t.model", b"\x00\x01not a protobuf", "not a readable sentencepiece model"),
+        ("t.model", b"aGVsbG8= 0\nd29ybGQ= x\n", "line 2 is not 'base64-token rank'"),
+        ("tokenizer.json", b"{}", "not a readable Hugging Face tokenizer.json"),
+    ])
+    def test_corrupt_tokenizer_file_is_one_clear_error(self, tmp_path, name, content, expect):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(TokenizerError, match=expect):
+            load_tokenizer(str(tmp_path / name))
 
-    @pytest.mark.skipif(importlib.util.find_spec("tokenizers") is not None, reason="tokenizers installed")
-    def test_hf_missing_says_what_to_install(self, tmp_path):
-        (tmp_path / "tokenizer.json").write_text("{}")
-        with pytest.raises(TokenizerError, match="pip install tokenizers"):
-            load_tokenizer(str(tmp_path / "tokenizer.json"))
+    def test_tiktoken_model_file(self, tmp_path):
+        """Llama 3's tokenizer.model is a tiktoken ranks file, not sentencepiece: read as tiktoken,
+        with the 256 special tokens after the ranks and <|begin_of_text|> / <|end_of_text|>."""
+        import base64
+
+        ranks = [bytes([b]) for b in range(256)] + [b"he", b"ll", b"hell", b"hello", b" w", b" wo"]
+        (tmp_path / "tokenizer.model").write_bytes(
+            b"".join(base64.b64encode(t) + b" %d\n" % i for i, t in enumerate(ranks)))
+        tok = load_tokenizer(str(tmp_path / "tokenizer.model"))
+        assert tok.vocab_size == len(ranks) + 256
+        assert (tok.bos_id, tok.eos_id) == (len(ranks), len(ranks) + 1)
+        ids = tok.encode("hello world <|eot_id|>")
+        assert ids[0] == ranks.index(b"hello") and ids[1] == ranks.index(b" wo")
+        assert tok.decode(ids) == "hello world <|eot_id|>"  # a special token's text stays text
+        assert max(ids) < len(ranks)
 
 
 def rows_of(batches):

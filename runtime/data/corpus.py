@@ -5,7 +5,7 @@ A source is one of
   English and code; ships with CPython, so nothing is downloaded), one document per topic, in
   key order;
 - a file: `.txt` (a document per paragraph: blank lines separate them), `.jsonl` / `.jsonl.gz` / `.jsonl.zst` (one document per line, its
-  `text_field`), `.parquet` (one document per row, its `text_field` column; needs pyarrow);
+  `text_field`), `.parquet` (one document per row, its `text_field` column);
 - a directory (the files above inside it, sorted by name), or a glob (`data/*.jsonl.gz`);
 - a list of any of these (read in the order given).
 Paths go through etils.epath, so gs:// works wherever an epath backend for it is installed.
@@ -114,11 +114,8 @@ def _open(path: str, kind: str) -> Any:
     if kind == "jsonl.gz":
         return gzip.GzipFile(fileobj=raw)
     if kind == "jsonl.zst":
-        try:
-            import zstandard  # type: ignore[import-not-found]  # optional dependency
-        except ImportError as e:
-            raise CorpusError(f"{path} is zstd-compressed, but the zstandard package is not installed: "
-                              "pip install zstandard") from e
+        import zstandard
+
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
     return raw
 
@@ -162,10 +159,8 @@ def _jsonl_documents(path: str, kind: str, text_field: str, start: int) -> Itera
 
 
 def _parquet_documents(path: str, text_field: str, start: int) -> Iterator[str]:
-    try:
-        import pyarrow.parquet as pq  # type: ignore[import-not-found]  # optional dependency
-    except ImportError as e:
-        raise CorpusError(f"{path} is a Parquet file, but pyarrow is not installed: pip install pyarrow") from e
+    import pyarrow.parquet as pq
+
     from etils import epath
 
     with epath.Path(path).open("rb") as raw:

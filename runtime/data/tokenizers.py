@@ -1,9 +1,9 @@
-"""Tokenizers named by `data.tokenizer`: 'byte', a sentencepiece `.model`, or an HF `tokenizer.json`.
+"""Tokenizers named by `data.tokenizer`: 'byte', a sentencepiece or tiktoken `.model`, an HF `tokenizer.json`.
 
 The byte tokenizer (vocab 256, id = UTF-8 byte) needs nothing and serves every local run. The
-other two wrap optional packages that are imported only when such a file is named, with an error
-that says what to install. Files are read through etils.epath, so gs:// paths work wherever an
-epath backend for them is installed.
+others wrap the sentencepiece, tiktoken and tokenizers packages (dependencies of distillc), imported
+only when such a file is named. A `.model` file is a sentencepiece protobuf or, as Llama 3 ships
+its `tokenizer.model`, a tiktoken ranks file (lines `base64-token rank`): told apart by content. Files are read through etils.epath, so gs:// paths work (gcsfs).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from distillc.compiler.diagnostics import one_line
 
 
 class TokenizerError(ValueError):
@@ -53,15 +55,14 @@ class ByteTokenizer:
 
 
 class SentencePieceTokenizer:
-    def __init__(self, path: str):
+    def __init__(self, path: str, data: bytes):
+        import sentencepiece as spm
+
         try:
-            import sentencepiece as spm  # optional dependency
-        except ImportError as e:
-            raise TokenizerError(
-                f"data.tokenizer {path!r} is a sentencepiece model, but the sentencepiece package is "
-                "not installed: pip install sentencepiece"
-            ) from e
-        self._sp = spm.SentencePieceProcessor(model_proto=_read_bytes(path))
+            self._sp = spm.SentencePieceProcessor(model_proto=data)
+        except RuntimeError as e:
+            raise TokenizerError(f"data.tokenizer {path!r} is not a readable sentencepiece model "
+                                 f"({one_line(str(e).strip())}); point it at the model's tokenizer.model") from e
         self.name = path
         self.vocab_size = int(self._sp.get_piece_size())
         bos, eos = int(self._sp.bos_id()), int(self._sp.eos_id())
@@ -77,14 +78,13 @@ class SentencePieceTokenizer:
 
 class HFTokenizer:
     def __init__(self, path: str):
+        from tokenizers import Tokenizer as _Tok
+
         try:
-            from tokenizers import Tokenizer as _Tok  # optional dependency
-        except ImportError as e:
-            raise TokenizerError(
-                f"data.tokenizer {path!r} is a Hugging Face tokenizer.json, but the tokenizers package "
-                "is not installed: pip install tokenizers"
-            ) from e
-        self._tok = _Tok.from_str(_read_bytes(path).decode("utf-8"))
+            self._tok = _Tok.from_str(_read_bytes(path).decode("utf-8"))
+        except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+            raise TokenizerError(f"data.tokenizer {path!r} is not a readable Hugging Face tokenizer.json "
+                                 f"({one_line(str(e).strip())}); point it at the model's tokenizer.json") from e
         self.name = path
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         self.bos_id = self._first_id("<s>", "<|begin_of_text|>", "<bos>")  # GPT-2 style BPEs have none
@@ -104,6 +104,57 @@ class HFTokenizer:
         return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)])
 
 
+# Llama 3's tokenizer.model: the pre-tokenizer split and the 256 special tokens that follow the
+# 128,000 ranks (meta-llama/llama3, llama/tokenizer.py)
+_LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                   r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_SPECIAL = (["<|begin_of_text|>", "<|end_of_text|>"]
+                   + [f"<|reserved_special_token_{i}|>" for i in range(4)]
+                   + ["<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"]
+                   + [f"<|reserved_special_token_{i}|>" for i in range(5, 251)])
+
+
+class TiktokenTokenizer:
+    """A tiktoken ranks file (Llama 3's tokenizer.model) with Llama 3's split pattern and special
+    tokens; <|begin_of_text|> before each document, <|end_of_text|> after (Llama 3's pretraining)."""
+
+    def __init__(self, path: str, data: bytes):
+        import base64
+
+        import tiktoken
+
+        ranks: dict[bytes, int] = {}
+        try:
+            for i, line in enumerate(data.splitlines(), 1):
+                if line.strip():
+                    tok, rank = line.split()
+                    ranks[base64.b64decode(tok, validate=True)] = int(rank)
+        except ValueError as e:
+            raise TokenizerError(f"data.tokenizer {path!r}: line {i} is not 'base64-token rank' ({one_line(str(e).strip())}); "
+                                 "point it at the model's tokenizer.model") from e
+        specials = {t: len(ranks) + k for k, t in enumerate(_LLAMA3_SPECIAL)}
+        self._enc = tiktoken.Encoding(name=path, pat_str=_LLAMA3_PATTERN, mergeable_ranks=ranks,
+                                      special_tokens=specials)
+        self.name = path
+        self.vocab_size = len(ranks) + len(specials)
+        self.bos_id: int | None = specials["<|begin_of_text|>"]
+        self.eos_id: int | None = specials["<|end_of_text|>"]
+
+    def encode(self, text: str) -> np.ndarray:
+        # special-token strings inside a document are text, never control tokens
+        return np.asarray(self._enc.encode(text, disallowed_special=()), dtype=np.int32)
+
+    def decode(self, ids) -> str:
+        return self._enc.decode([int(i) for i in np.asarray(ids).reshape(-1)])
+
+
+def _is_tiktoken(data: bytes) -> bool:
+    """A tiktoken ranks file starts with a printable 'base64 rank' line; a sentencepiece model is a
+    binary protobuf."""
+    first = data[:256].split(b"\n", 1)[0].split()
+    return len(first) == 2 and first[1].isdigit() and all(32 < c < 127 for c in first[0])
+
+
 def _read_bytes(path: str) -> bytes:
     from etils import epath
 
@@ -114,13 +165,14 @@ def _read_bytes(path: str) -> bytes:
 
 
 def load_tokenizer(name: str) -> Tokenizer:
-    """'byte' | '<path>.model' (sentencepiece) | '<path>.json' (HF tokenizers)."""
+    """'byte' | '<path>.model' (sentencepiece or tiktoken) | '<path>.json' (HF tokenizers)."""
     if name == "byte":
         return ByteTokenizer()
     if name.endswith(".model"):
-        return SentencePieceTokenizer(name)
+        data = _read_bytes(name)
+        return TiktokenTokenizer(name, data) if _is_tiktoken(data) else SentencePieceTokenizer(name, data)
     if name.endswith(".json"):
         return HFTokenizer(name)
     raise TokenizerError(
-        f"unknown data.tokenizer {name!r}: use 'byte', a sentencepiece .model file or an HF tokenizer.json"
+        f"unknown data.tokenizer {name!r}: use 'byte', a tokenizer.model (sentencepiece or tiktoken) or an HF tokenizer.json"
     )
