@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from distillc.runtime.arch import ModelArch
+from distillc.runtime.bounds import MAX_STEPS
 
 
 class _Model(BaseModel):
@@ -243,7 +244,7 @@ class Divergence(_Model):
 
 
 class Train(_Model):
-    steps: int = Field(gt=0)
+    steps: int = Field(gt=0, le=MAX_STEPS, description="Optimizer steps (the step counter is int32).")
     learning_rate: float = Field(gt=0)
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"

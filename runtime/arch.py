@@ -9,7 +9,7 @@ which architectures the runtime builds, and when the feature loss is on."""
 import math
 from typing import Iterable, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 AttentionKind = Literal["global", "local_global", "mla"]
 
@@ -64,6 +64,14 @@ class ModelArch(BaseModel):
     norm_eps: float = Field(1e-5, gt=0)
     max_seq_len: Optional[int] = Field(None, gt=0)
     source: str = Field("", description="Where the numbers come from.")
+
+    @model_validator(mode="after")
+    def _heads_group(self) -> "ModelArch":
+        """Grouped-query attention shares each key/value head among num_heads / num_kv_heads query
+        heads: the division must be exact (every reader of an arch, spec, catalog and runtime)."""
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        return self
 
     @property
     def shared_vocab(self) -> int:

@@ -17,13 +17,16 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distillc.runtime.arch import ModelArch, feature_loss_on  # noqa: F401  (part of the contract)
+from distillc.runtime.bounds import MAX_STEPS, alpha_problem, beta_problem, held_out_problem, temperature_problem
 
 CONFIG_VERSION = 1
 
 
 class _Frozen(BaseModel):
-    # defer_build: the schemas build on first use (`distillc validate` needs only runtime/arch.py)
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    # defer_build: the schemas build on first use (`distillc validate` needs only runtime/arch.py).
+    # No NaN or infinity anywhere; `load` below also makes the types strict ("4", true and 4.0 are
+    # not a step count), as the spec's are.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- schedules
@@ -42,7 +45,7 @@ class Schedule(_Frozen):
     kind: ScheduleKind
     start: float = 0.0
     end: float = 0.0
-    max_steps: int = Field(1, gt=0)
+    max_steps: int = Field(1, gt=0, le=MAX_STEPS)
     points: tuple[tuple[int, float], ...] = ()
 
     @model_validator(mode="after")
@@ -125,6 +128,17 @@ class LossConfig(_Frozen):
         """The feature loss (and the sow) exists iff beta is ever positive and layers were compiled."""
         return feature_loss_on(self.beta.bounds()) and bool(self.layer_pairs)
 
+    @model_validator(mode="after")
+    def _weights(self) -> "LossConfig":
+        """The spec's bounds (rules DC130/DC131, runtime/bounds.py) on every value a schedule takes
+        (ramps are monotone: their extremes are their bounds)."""
+        for name, schedule, problem in (("alpha", self.alpha, alpha_problem), ("beta", self.beta, beta_problem),
+                                        ("temperature", self.temperature, temperature_problem)):
+            for value in schedule.bounds():
+                if (why := problem(value)) is not None:
+                    raise ValueError(f"{name}: {why}")
+        return self
+
 
 class OfflineConfig(_Frozen):
     top_k: int = Field(gt=0)
@@ -175,9 +189,9 @@ class OptimizerConfig(_Frozen):
     decay: Literal["cosine", "linear", "constant"]
     end_learning_rate: float = Field(ge=0)
     weight_decay: float = Field(ge=0)
-    b1: float
-    b2: float
-    eps: float
+    b1: float = Field(ge=0, lt=1, description="Adam's first-moment decay.")
+    b2: float = Field(ge=0, lt=1, description="Adam's second-moment decay.")
+    eps: float = Field(gt=0, description="Adam's denominator floor (0 divides by zero on a zero gradient).")
     grad_clip: float = Field(ge=0, description="Global-norm clip; 0 disables.")
 
 
@@ -191,7 +205,7 @@ class DivergenceConfig(_Frozen):
 
 
 class TrainConfig(_Frozen):
-    steps: int = Field(gt=0)
+    steps: int = Field(gt=0, le=MAX_STEPS)
     checkpoint_every: int = Field(gt=0)
     log_every: int = Field(gt=0)
     eval_every: int = Field(ge=0, description="0 = evaluate only at the end.")
@@ -251,7 +265,9 @@ class RuntimeConfig(_Frozen):
     """Everything one runtime job needs; written as JSON by `distillc launch`."""
 
     version: Literal[1] = 1  # CONFIG_VERSION
-    name: str
+    name: str = Field(pattern=r"^[^/\\\x00-\x1f\x7f]+$",
+                      description="The run's name (the spec's or an ablation cell's): printed in every message and "
+                                  "log line, so non-empty, one line, no path separator.")
     mode: Literal["online", "offline"]
     stage: Literal["train", "save_topk"]
     scan_layers: bool
@@ -285,4 +301,25 @@ class RuntimeConfig(_Frozen):
             raise ValueError("teacher and student must carry their own roles")
         if self.mode == "offline" and self.offline is None:
             raise ValueError("offline mode needs an offline section")
+        if self.stage == "save_topk" and self.mode != "offline":
+            raise ValueError("stage save_topk writes the offline top-k cache: it needs mode offline")
+        if (why := held_out_problem(self.train.eval_every, self.data.eval_fraction, self.data.eval_source)) is not None:
+            raise ValueError(why)
+        shared = min(self.teacher.arch.shared_vocab, self.student.arch.shared_vocab)
+        if self.loss.compare_vocab > shared:
+            raise ValueError(f"loss.compare_vocab {self.loss.compare_vocab} exceeds the vocabulary both models "
+                             f"share ({shared}): the compiler sets it to min(teacher, student) real vocabulary")
+        for i, pair in enumerate(self.loss.layer_pairs):
+            for side, layer in (("teacher", pair.teacher), ("student", pair.student)):
+                n = getattr(self, side).arch.num_layers
+                if layer >= n:
+                    raise ValueError(f"loss.layer_pairs[{i}].{side} {layer} is out of range: the {side} has "
+                                     f"{n} layers (0..{n - 1})")
         return self
+
+
+def load(text: str) -> RuntimeConfig:
+    """A runtime config from its JSON text, with the spec's strictness: exact types (no "4", true
+    or 4.0 for an integer), no NaN or infinity (JSON's NaN / Infinity extensions included), every
+    bound above. Raises pydantic's ValidationError (main.load_config turns it into a message)."""
+    return RuntimeConfig.model_validate_json(text, strict=True)

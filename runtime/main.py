@@ -29,7 +29,7 @@ from typing import Callable
 
 from pydantic import ValidationError
 
-from distillc.runtime.config import RuntimeConfig
+from distillc.runtime.config import RuntimeConfig, load as parse_config
 
 EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_UNAVAILABLE = 0, 2, 3, 4
 
@@ -58,11 +58,11 @@ def load_config(path: str | Path) -> RuntimeConfig:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        data = json.loads(text)
+        json.loads(text)  # for the line and column of a syntax error
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
     try:
-        return RuntimeConfig.model_validate(data)
+        return parse_config(text)
     except ValidationError as e:
         lines = [f"{path}: not a valid runtime config ({e.error_count()} error(s)):"]
         for err in e.errors():
@@ -95,6 +95,7 @@ def run_train(config: RuntimeConfig, console: bool = True) -> None:
 
     if jax.process_index() == 0:
         ev = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.eval.items()) if k.endswith(("loss", "_ce", "kl_T1")))
+        ev = ev or "none (data.eval_fraction 0 and no data.eval_source)"
         resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
         print(f"{config.name}: trained to step {result.final_step}{resumed} in {result.wall_s:.1f} s; "
               f"held-out {ev}", flush=True)

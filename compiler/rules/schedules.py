@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 from distillc.compiler.diagnostics import Severity
 from distillc.compiler.registry import Finding, rule
 from distillc.compiler.rules._util import SCHEDULES, end_value, fmt, node, schedule_values, start_value
+from distillc.runtime.bounds import MIN_TEMPERATURE, alpha_problem, beta_problem, temperature_problem
 
 if TYPE_CHECKING:
     from distillc.compiler.check import Context
@@ -42,25 +43,25 @@ def weight_range(ctx: Context) -> Iterator[Finding]:
           alpha: {start: 1.0, end: 0.5, schedule: cosine}
     """
     assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
-    for path, value in schedule_values(ctx, "alpha"):
-        if not 0.0 <= value <= 1.0:
-            yield Finding(f"alpha {fmt(value)} is outside [0, 1]", path)
-    for path, value in schedule_values(ctx, "beta"):
-        if not value >= 0.0:
-            yield Finding(f"beta {fmt(value)} is negative", path)
+    for name, problem in (("alpha", alpha_problem), ("beta", beta_problem)):
+        for path, value in schedule_values(ctx, name):
+            if (why := problem(value)) is not None:
+                yield Finding(why, path)
 
 
 @rule(
     "DC131",
     Severity.ERROR,
-    "temperature not positive",
+    "temperature not positive, or too small to distil",
     needs=("loss",),
-    hint="Use a temperature > 0: 1 is the raw softmax, 2 is the usual starting point.",
+    hint=f"Use a temperature >= {MIN_TEMPERATURE:g}: 1 is the raw softmax, 2 is the usual starting point.",
 )
 def temperature_positive(ctx: Context) -> Iterator[Finding]:
     """The soft loss compares softmax(logits / T) of both models: T = 0 divides by zero, a
     negative T inverts the distributions (the least likely token becomes the most likely), and an
-    infinite one flattens both to uniform.
+    infinite one flattens both to uniform. Below 0.01 both softmaxes are one-hot in float32 and the
+    T^2 factor scales the term toward 0 (at 1e-30 it is exactly 0: CE alone trains). The runtime
+    config refuses the same values (runtime/bounds.py).
 
     Fails::
 
@@ -74,8 +75,8 @@ def temperature_positive(ctx: Context) -> Iterator[Finding]:
     """
     assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     for path, value in schedule_values(ctx, "temperature"):
-        if not (value > 0.0 and math.isfinite(value)):
-            yield Finding(f"temperature {fmt(value)} is not a positive finite number", path)
+        if (why := temperature_problem(value)) is not None:
+            yield Finding(why, path)
 
 
 @rule(
@@ -131,7 +132,7 @@ def temperature_low(ctx: Context) -> Iterator[Finding]:
     """
     assert ctx.spec.loss is not None  # needs: the registry runs the rule only then
     for path, value in schedule_values(ctx, "temperature"):
-        if 0.0 < value < 1.0:
+        if MIN_TEMPERATURE <= value < 1.0:
             yield Finding(f"temperature {fmt(value)} sharpens the teacher's distribution", path)
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Iterator
 from distillc.compiler.diagnostics import Severity
 from distillc.compiler.registry import Finding, rule
 from distillc.compiler.rules._util import finding, model_label, written
+from distillc.runtime.bounds import held_out_problem
 
 if TYPE_CHECKING:
     from distillc.compiler.check import Context
@@ -319,3 +320,37 @@ def data_source_or_sources(ctx: Context) -> Iterator[Finding]:
                       "data", "sources")
     elif d.source is None and not d.sources:
         yield finding(ctx, "data names no training documents: set data.source or data.sources", "data")
+
+
+@rule(
+    "DC147",
+    Severity.ERROR,
+    "evaluation without a held-out set",
+    needs=("data", "train"),
+    hint="Keep a held-out fraction (data.eval_fraction: 0.01) or name held-out files (data.eval_source), "
+    "or set train.eval_every: 0.",
+)
+def eval_without_held_out(ctx: Context) -> Iterator[Finding]:
+    """train.eval_every evaluates the held-out set every that many steps; with data.eval_fraction 0
+    and no data.eval_source there is none, and the runtime config refuses the pair
+    (runtime/bounds.py, the same check).
+
+    Fails::
+
+        data:
+          eval_fraction: 0
+        train:
+          eval_every: 100
+
+    Passes::
+
+        data:
+          eval_fraction: 0.01
+        train:
+          eval_every: 100
+    """
+    assert ctx.spec.data is not None and ctx.spec.train is not None  # needs: the registry runs the rule only then
+    d, tr = ctx.spec.data, ctx.spec.train
+    why = held_out_problem(tr.eval_every, d.eval_fraction, d.eval_source)
+    if why is not None:
+        yield finding(ctx, why, "train", "eval_every")
