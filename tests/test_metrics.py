@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distillc.runtime.train.metrics import TAGS, MetricsWriter, Window, read_jsonl, reduce_pairs
+from distillc.runtime.train.metrics import TAGS, MetricsWriter, Window, read_jsonl, reduce_pairs, scan_jsonl
 
 
 def test_window_weights_by_count_not_by_step():
@@ -84,3 +84,18 @@ def test_read_jsonl_ignores_a_torn_last_line(tmp_path):
     p = tmp_path / "m.jsonl"
     p.write_text(json.dumps({"step": 1}) + "\n" + '{"step": 2, "hard_lo')
     assert read_jsonl(p) == [{"step": 1}]
+
+
+def test_a_torn_line_with_junk_is_reported_and_repaired_before_appending(tmp_path, capsys):
+    """A half line plus bytes that are not UTF-8 (a writer killed mid-line, then garbage): the
+    reader skips and names it; a resumed writer drops it before appending, so the file stays
+    readable and every step appears once."""
+    p = tmp_path / "m.jsonl"
+    lines = [json.dumps({"step": s, "split": "train", "loss": 1.0}) for s in (1, 2, 3)]
+    p.write_bytes(("\n".join(lines) + "\n").encode() + b'{"step": 4, "spl\xff\xfe\x00junk')
+    assert scan_jsonl(p) == ([json.loads(x) for x in lines], [4])
+    w = MetricsWriter(str(p), str(tmp_path / "tb"), keep_through=3)
+    w.write(4, "train", {"loss": 0.5})
+    w.close()
+    assert "dropped 1 torn line(s) (line 4)" in capsys.readouterr().err
+    assert [r["step"] for r in read_jsonl(p)] == [1, 2, 3, 4] and scan_jsonl(p)[1] == []

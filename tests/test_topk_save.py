@@ -299,3 +299,20 @@ def test_a_damaged_manifest_is_one_clear_error(saved, tmp_path):
     path.write_text(json.dumps(m))
     with pytest.raises(ts.CacheError, match=r"manifest\.json is damaged or was edited \(split 'train' claims"):
         ts.TopKCache(cfg.offline.data_dir)
+
+
+def test_a_shard_damaged_after_the_start_check_stops_training_naming_it(saved, tmp_path, monkeypatch, capsys):
+    """Shards are verified when training opens them; one that changes afterwards (the start check
+    skipped here to stand for that) fails ArrayRecord's chunk hash while it is read: exit 2 naming
+    the shard, not a traceback from a reader thread."""
+    from distillc.runtime import main
+
+    cfg = copy_of(saved, tmp_path)
+    shard = sorted(Path(cfg.offline.data_dir).glob("train-*.arecord"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    monkeypatch.setattr(ts.TopKCache, "verify", lambda *a, **k: None)
+    assert main.run(train_config(cfg), ["test"], console=False) == main.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"{shard} record" in err and "the shard is damaged" in err and "Traceback" not in err

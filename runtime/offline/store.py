@@ -773,4 +773,9 @@ class CacheSource:
             raise CacheError(f"{self.cache.path}: no entry for shard {shard_name(self.split, p, c)}; the manifest "
                              "is damaged: re-run the save stage")
         path = self.cache.dir / shard_name(self.split, p, c)
-        return self.cache.spec.decode(self._source[key + pos], where=f"{path} record {pos}", expect_index=index)
+        try:
+            data = self._source[key + pos]
+        except RuntimeError as e:  # ArrayRecord's own chunk hashes: the file changed after it was verified
+            raise CacheError(f"{path} record {pos}: the shard is damaged ({str(e).splitlines()[0]}); restore it "
+                             "or re-run the save stage into an empty data_dir") from None
+        return self.cache.spec.decode(data, where=f"{path} record {pos}", expect_index=index)

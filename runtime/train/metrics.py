@@ -135,14 +135,18 @@ def _json_float(v: float):
 
 def cut_back(path: str | os.PathLike, step: int, finished: bool = False) -> int:
     """Drops the records a run restarting at `step` will write again: every step after it and, when
-    the run is `finished` (its final evaluation is redone), the evaluation at `step` too. Rewritten
-    through a temporary file, only when something is dropped; returns the number of records dropped."""
+    the run is `finished` (its final evaluation is redone), the evaluation at `step` too, and any torn
+    line (a writer killed mid-line, or junk), said on stderr. Rewritten through a temporary file,
+    only when something is dropped; returns the number of records dropped."""
     p = Path(path)
     if not p.exists():
         return 0
-    records = read_jsonl(p)
+    records, torn = scan_jsonl(p)
     kept = [r for r in records if _kept(r, step, finished)]
-    if len(kept) < len(records) or len(records) != len(p.read_text().splitlines()):  # a torn line goes too
+    if torn:
+        print(f"note: {p}: dropped {len(torn)} torn line(s) (line {', '.join(map(str, torn[:5]))}): "
+              "not whole JSON records, as a writer killed mid-line leaves", file=sys.stderr)
+    if len(kept) < len(records) or torn:
         tmp = p.with_name(f".{p.name}.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         tmp.replace(p)
@@ -156,15 +160,28 @@ def _kept(record: dict, step: int, finished: bool) -> bool:
     return at < step or (at == step and (record.get("split") == "train" or not finished))
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The records of a metrics.jsonl; a torn last line (a killed writer) is ignored."""
-    out = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+def scan_jsonl(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
+    """A metrics.jsonl's records, and the numbers of the lines that are not one (a torn last line
+    from a killed writer, bytes that are not UTF-8, junk): read as bytes, line by line, so one bad
+    line never hides the others."""
+    records, torn = [], []
+    for i, raw in enumerate(Path(path).read_bytes().split(b"\n"), 1):
+        if not raw.strip():
             continue
-    return out
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            torn.append(i)
+    return records, torn
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl; torn lines are skipped (`scan_jsonl` names them)."""
+    return scan_jsonl(path)[0]
 
 
 def final_eval(run_dir: str | os.PathLike, metric: str = "hard_loss") -> float | None:
