@@ -77,7 +77,7 @@ logging.getLogger("absl").addFilter(_OneLineOrbaxErrors())
 def _late_callback(exc_type: type[BaseException], exc: BaseException, tb: Any) -> bool:
     """A tensorstore read or write that completes after orbax closed its event loop (a failed save
     or restore) calls back into the closed loop; the C side prints that through sys.excepthook as a
-    traceback, once per pending operation. It is a consequence of the failure already reported."""
+    traceback (or as an unraisable exception), once per pending operation. It is a consequence of the failure already reported."""
     if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
         return False
     while tb is not None and tb.tb_next is not None:
@@ -94,6 +94,18 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> N
 
 
 sys.excepthook = _excepthook
+
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _unraisablehook(unraisable: Any) -> None:
+    """The same late callbacks, when the C side reports them as unraisable ("Exception ignored in:
+    None") instead of through sys.excepthook."""
+    if not _late_callback(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback):
+        _previous_unraisablehook(unraisable)
+
+
+sys.unraisablehook = _unraisablehook
 
 
 def _write_failed(directory: epath.Path, e: BaseException) -> CheckpointError:
