@@ -29,7 +29,7 @@ from tests.test_hf_models import FIXTURES, side
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("family", ["llama3.1", "qwen2.5", "qwen3", "gemma"])
+@pytest.mark.parametrize("family", ["llama3.1", "qwen2.5", "qwen3", "gemma", "gemma2", "gemma3"])
 def test_import_export_reproduces_the_tensors_and_config(tmp_path, family):
     out = tmp_path / "out"
     done = export_hf(str(FIXTURES / family), str(out), dtype="float32", max_shard_size="100KB")

@@ -83,6 +83,17 @@ def test_every_feature_is_exercised():
     assert archs["qwen2.5"].attention_bias and archs["qwen3"].qk_norm
     assert archs["qwen3"].head_dim * archs["qwen3"].num_heads != archs["qwen3"].emb_dim
     assert (FIXTURES / "llama3.1" / "model.safetensors.index.json").exists()  # sharded with an index
+    seq = goldens("gemma2")[0].shape[1]
+    g2, g3 = archs["gemma2"], archs["gemma3"]
+    assert g2.post_norms and g2.attn_logit_softcap and g2.final_logit_softcap and g2.tie_embeddings
+    assert (g2.attention, g2.local_global_ratio) == ("local_global", "1:1") and g2.sliding_window < seq
+    assert g2.query_pre_attn_scalar != g2.head_dim and g2.head_dim * g2.num_heads != g2.emb_dim
+    assert g2.num_kv_heads < g2.num_heads and g2.num_layers % 2  # GQA; the pattern restarts on layer 2
+    assert g3.post_norms and g3.qk_norm and g3.num_kv_heads == 1 and g3.attn_logit_softcap is None
+    assert (g3.attention, g3.local_global_ratio) == ("local_global", "5:1") and g3.sliding_window < seq
+    assert g3.local_layers() == (True,) * 5 + (False, True)  # layer 5 global, 6 local again
+    assert g3.rope_local_theta != g3.rope_theta and g3.rope_scaling is not None and g3.rope_scaling.kind == "linear"
+    assert g3.query_pre_attn_scalar != g3.head_dim
 
 
 def test_a_padded_vocabulary_loads_with_zero_rows():
@@ -93,6 +104,27 @@ def test_a_padded_vocabulary_loads_with_zero_rows():
     ours = forward(arch, str(FIXTURES / "gemma"), True, tokens)
     assert max_kl(golden, ours[..., :96]) <= MAX_KL
     np.testing.assert_array_equal(ours[..., 96:], 0.0)  # tied: the zero rows give zero logits
+
+
+@pytest.mark.parametrize("family, change", [
+    ("gemma2", {"attn_logit_softcap": None}),
+    ("gemma2", {"final_logit_softcap": None}),
+    ("gemma2", {"query_pre_attn_scalar": None}),
+    ("gemma3", {"attention": "global", "local_global_ratio": None, "sliding_window": None}),
+    ("gemma3", {"rope_local_theta": None}),
+    ("gemma3", {"rope_scaling": None}),
+], ids=["attn-softcap", "final-softcap", "query-scale", "window", "local-rope", "rope-scaling"])
+def test_each_gemma_feature_changes_the_logits(monkeypatch, family, change):
+    """Every gemma2/gemma3 convention moves the fixture's logits far past MAX_KL (so the goldens check
+    each), and a spec whose model lacks it is refused at load, naming the field."""
+    from distillc.runtime.convert import hf as hf_module
+
+    tokens, golden = goldens(family)
+    wrong = fixture_arch(family).model_copy(update=change)
+    assert set(change) & {d.split(":")[0] for d in hf_module.config_differences(
+        json.loads((FIXTURES / family / "config.json").read_text()), wrong)}
+    monkeypatch.setattr(hf_module, "config_differences", lambda config, arch: [])
+    assert max_kl(golden, forward(wrong, str(FIXTURES / family), True, tokens)) > 10 * MAX_KL
 
 
 def test_a_family_without_its_feature_differs():
