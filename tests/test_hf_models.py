@@ -127,6 +127,50 @@ def test_each_gemma_feature_changes_the_logits(monkeypatch, family, change):
     assert max_kl(golden, forward(wrong, str(FIXTURES / family), True, tokens)) > 10 * MAX_KL
 
 
+# google/gemma-2-{2b,9b,27b} config.json as published (transformers 4.42: no layer_types, no
+# tie_word_embeddings, rope_theta beside the rest), which the catalog entries must equal exactly
+GEMMA2_HF_COMMON = dict(model_type="gemma2", architectures=["Gemma2ForCausalLM"], vocab_size=256000,
+                        hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6,
+                        rope_theta=10000.0, sliding_window=4096, attn_logit_softcapping=50.0,
+                        final_logit_softcapping=30.0, attention_bias=False, max_position_embeddings=8192)
+GEMMA2_HF = {
+    "gemma2-2b": dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+                      num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256),
+    "gemma2-9b": dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42, num_attention_heads=16,
+                      num_key_value_heads=8, head_dim=256, query_pre_attn_scalar=256),
+    "gemma2-27b": dict(hidden_size=4608, intermediate_size=36864, num_hidden_layers=46, num_attention_heads=32,
+                       num_key_value_heads=16, head_dim=128, query_pre_attn_scalar=144),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GEMMA2_HF))
+def test_catalog_gemma2_equals_the_published_config(name):
+    from distillc.compiler.catalog import model
+    from distillc.runtime.convert.hf_config import config_differences
+
+    config = {**GEMMA2_HF_COMMON, **GEMMA2_HF[name]}
+    arch = model(name)
+    assert arch is not None and config_differences(config, arch) == []
+    assert config_differences({**config, "query_pre_attn_scalar": 224}, arch)  # a wrong scaling is caught
+
+
+def test_gemma3_transformers4_config_keys():
+    """gemma3_text as transformers 4 wrote it (rope_theta / rope_scaling for the global layers,
+    rope_local_base_freq, sliding_window_pattern, no layer_types): the catalog's gemma3-27b fields."""
+    from distillc.compiler.catalog import model
+    from distillc.runtime.convert.hf_config import config_differences
+
+    config = dict(model_type="gemma3_text", vocab_size=262144, hidden_size=5376, intermediate_size=21504,
+                  num_hidden_layers=62, num_attention_heads=32, num_key_value_heads=16, head_dim=128,
+                  hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, query_pre_attn_scalar=168,
+                  rope_theta=1000000.0, rope_local_base_freq=10000.0, rope_scaling={"rope_type": "linear", "factor": 8.0},
+                  sliding_window=1024, sliding_window_pattern=6, attn_logit_softcapping=None,
+                  final_logit_softcapping=None)
+    arch = model("gemma3-27b")
+    assert arch is not None and config_differences(config, arch) == []
+    assert arch.local_layers()[:12] == (True,) * 5 + (False,) + (True,) * 5 + (False,)
+
+
 def test_a_family_without_its_feature_differs():
     """The features matter: llama3.1 without its RoPE scaling, qwen2.5 without biases are far off."""
     tokens, golden = goldens("llama3.1")

@@ -20,17 +20,17 @@ if TYPE_CHECKING:
     needs=(),
     targets=("distillc",),
     hint="Compile for MaxText instead (`distillc launch SPEC --target maxtext`), or pick a dense model "
-    "with global attention (`distillc models`).",
+    "without MLA (`distillc models`).",
 )
 def runtime_cannot_build(ctx: Context) -> Iterator[Finding]:
-    """The distillc runtime builds dense decoders with global grouped-query attention. Mixture-of-
-    experts MLPs and the other attention kinds of the catalog (interleaved local/global as in
-    gemma2/gemma3, multi-head latent attention as in DeepSeek) are listed so that memory and
-    MaxText configs can be computed for them, but our runtime refuses them when it builds the model:
-    without this rule such a spec validates and fails on the cluster after the queue. Families whose
-    conventions the runtime does not build yet (gemma2/gemma3: soft-capping, post-block norms)
-    are refused too, until they reproduce transformers' logits: never a silently different
-    function. MaxText's trainer builds them, so `--target maxtext` is the way out.
+    """The distillc runtime builds dense decoders with grouped-query attention, global or
+    interleaved sliding-window/global (gemma2, gemma3: soft-capping, post-block norms, two RoPE
+    bases included, each family checked against transformers' logits). Mixture-of-experts MLPs and
+    multi-head latent attention (DeepSeek) are listed so that memory and MaxText configs can be
+    computed for them, but our runtime refuses them when it builds the model: without this rule
+    such a spec validates and fails on the cluster after the queue. A family whose conventions the
+    runtime does not reproduce exactly is refused too (never a silently different function).
+    MaxText's trainer builds them, so `--target maxtext` is the way out.
 
     Fails::
 

@@ -24,6 +24,12 @@ MODEL_TYPES: dict[str, tuple[str, ...]] = {
 _GEMMAS = ("gemma", "gemma2", "gemma3_text")  # (1 + w) norms, sqrt(D)-scaled embeddings
 _SANDWICH = ("gemma2", "gemma3_text")  # post-block norms, query_pre_attn_scalar, local/global layers
 _LAYER_TYPES = {"sliding_attention": True, "full_attention": False}
+# transformers' defaults for the keys a config.json may leave out (Gemma2Config, Gemma3TextConfig)
+_SANDWICH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma2": {"query_pre_attn_scalar": 256, "sliding_window": 4096, "final_logit_softcapping": 30.0,
+               "attn_logit_softcapping": 50.0},
+    "gemma3_text": {"query_pre_attn_scalar": 256, "sliding_window": 4096, "final_logit_softcapping": None},
+}
 _ANY_FAMILY = ("tiny", "inline")  # hand-described architectures: any model type of the decoder
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 
@@ -74,11 +80,12 @@ def _ratio(local: list[bool]) -> Optional[str]:
 def _sandwich_fields(config: dict, mt: str, unsupported: list[str]) -> dict[str, Any]:
     """gemma2 / gemma3_text: the interleaved local/global attention (sliding window, layer pattern,
     the local layers' RoPE base), query scaling and soft-capping, as transformers computes them."""
-    out: dict[str, Any] = dict(post_norms=True, query_pre_attn_scalar=float(config.get("query_pre_attn_scalar", 256)),
-                               final_logit_softcap=config.get("final_logit_softcapping"))
+    config = {**_SANDWICH_DEFAULTS[mt], **config}
+    out: dict[str, Any] = dict(post_norms=True, query_pre_attn_scalar=float(config["query_pre_attn_scalar"]),
+                               final_logit_softcap=config["final_logit_softcapping"])
     # gemma3's attention never passes attn_logit_softcapping to its kernel (transformers' Gemma3Attention):
     # the value some configs carry changes nothing, so the function has no cap
-    out["attn_logit_softcap"] = config.get("attn_logit_softcapping") if mt == "gemma2" else None
+    out["attn_logit_softcap"] = config["attn_logit_softcapping"] if mt == "gemma2" else None
     if config.get("use_bidirectional_attention"):
         unsupported.append("use_bidirectional_attention")
     local = _layer_pattern(config, mt, int(config["num_hidden_layers"]))
@@ -149,7 +156,8 @@ def hf_arch_fields(config: dict) -> dict[str, Any]:
             norm_eps=float(config.get("rms_norm_eps", 1e-6)),
             rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
             rope_scaling=scaling,
-            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            # transformers' Gemma configs tie by default (and Google's config.json files leave the key out)
+            tie_embeddings=bool(config.get("tie_word_embeddings", mt in _GEMMAS)),
             attention_bias=mt == "qwen2" or bool(config.get("attention_bias", False)),
             qk_norm=mt in ("qwen3", "gemma3_text"),
             activation=_ACTIVATIONS[act],
