@@ -344,3 +344,58 @@ def straddle_needs_pruned(ctx: Context) -> Iterator[Finding]:
     layers = ctx.spec.loss.layers
     if layers is not None and layers.strategy == "straddle_pruned" and not ctx.spec.student.pruned_layers:
         yield Finding("layers strategy straddle_pruned needs student.pruned_layers", ("loss", "layers", "strategy"))
+
+
+@rule(
+    "DC147",
+    Severity.ERROR,
+    "pruning breaks the local/global layer pattern",
+    needs=("teacher_arch", "student"),
+    hint="Prune whole repeats of the pattern from its start (gemma2: pairs 2k, 2k+1; gemma3: six layers "
+    "6k..6k+5), so that the kept layers keep it.",
+)
+def pruned_breaks_pattern(ctx: Context) -> Iterator[Finding]:
+    """A pruned student is the teacher minus `pruned_layers`, and its architecture is the
+    teacher's with fewer layers: its local (sliding-window) and global layers follow the same
+    `local_global_ratio` from layer 0 (gemma2: local, global, ...; gemma3: five local, one
+    global). Unless whole repeats of the pattern are removed, a kept teacher layer lands where the
+    student's pattern has the other kind, and the pruned model would run that layer's weights with
+    the wrong window and RoPE base: a silently different function from "the teacher minus those
+    layers".
+
+    Fails::
+
+        teacher:
+          model: gemma2-2b
+        student:
+          model: gemma2-2b
+          pruned_layers: [1]
+
+    Passes::
+
+        teacher:
+          model: gemma2-2b
+        student:
+          model: gemma2-2b
+          pruned_layers: [2, 3]
+    """
+    assert ctx.teacher_arch is not None and ctx.spec.student is not None  # needs: the registry runs the rule only then
+    t = ctx.teacher_arch
+    pruned = set(ctx.spec.student.pruned_layers)
+    if t.attention != "local_global" or not pruned or any(not 0 <= i < t.num_layers for i in pruned):
+        return  # nothing to break, or DC105 reports the index
+    kept = [i for i in range(t.num_layers) if i not in pruned]
+    if not kept:
+        return  # DC108
+    kinds = t.local_layers()
+    want = t.model_copy(update={"num_layers": len(kept)}).local_layers()
+    for j, (i, local) in enumerate(zip(kept, want)):
+        if kinds[i] != local:
+            kind = {True: "local", False: "global"}
+            yield Finding(
+                f"without layers {sorted(pruned)}, student layer {j} is teacher layer {i} ({kind[kinds[i]]}), but the "
+                f"{t.local_global_ratio} local/global pattern makes student layer {j} {kind[local]}",
+                ("student", "pruned_layers"),
+                key=True,
+            )
+            return
