@@ -476,6 +476,11 @@ def test_flops_per_token():
     assert M.flops_per_token(a, 128, causal=False) == pytest.approx(3 * (2 * n_matmul + attn))
     assert M.flops_per_token(a, 128) == pytest.approx(3 * (2 * n_matmul + attn / 2))
     assert M.flops_per_token(a, 128, training=False) == pytest.approx(2 * n_matmul + attn / 2)
+    # sliding windows: layers 0 and 2 local ("1:1"), window 16 of 128 keys
+    g = arch(attention="local_global", local_global_ratio="1:1", sliding_window=16)
+    local = 4 * 4 * 6 * (16 * 17 / 2 + (128 - 16) * 16) / 128  # exact sum over the 128 queries
+    assert M.flops_per_token(g, 128, training=False) == pytest.approx(2 * n_matmul + attn / 2 / 3 + 2 * local, rel=1e-2)
+    assert M.keys_per_query(128, 128) == M.keys_per_query(128, None) == 64
 
 
 # The real initializer compiles one random draw per (shape, dtype, stacked or not): this arch has

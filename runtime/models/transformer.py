@@ -504,17 +504,29 @@ def matmul_params(arch: ModelArch) -> int:
     return arch.num_layers * (attn + mlp) + d * arch.vocab_size
 
 
+def keys_per_query(seq_len: int, window: Optional[int], *, causal: bool = True) -> float:
+    """Keys one query attends to, averaged over the sequence, as model FLOPs count them: T (T / 2
+    when causal: the lower triangle) for global attention; for a causal sliding window of W < T
+    keys, (W (W + 1) / 2 + (T - W) W) / T, rounded as W - W^2 / (2T) so that it meets T / 2 at W = T."""
+    t = float(seq_len)
+    if window is None or window >= seq_len:
+        return t / 2.0 if causal else t
+    w = float(window)
+    return w - w * w / (2.0 * t) if causal else w
+
+
 def flops_per_token(arch: ModelArch, seq_len: int, *, training: bool = True, causal: bool = True) -> float:
     """Model FLOPs per token, for MFU.
 
-    forward = 2 * N_matmul + attention, attention = 2 * 2 * L * H * hd * T (QK^T and PV, each
-    2*T*hd multiply-adds per head per token), halved when causal (only the lower triangle is
-    needed). training = 3 * forward (backward = 2 * forward), i.e. the familiar 6N + 12*L*H*hd*T
-    (PaLM appendix B; 6N + 6*L*H*hd*T with the causal halving). Remat recomputation is not counted
-    (model FLOPs, not hardware FLOPs).
+    forward = 2 * N_matmul + attention, attention = sum over layers of 2 * 2 * H * hd * K (QK^T and
+    PV, each K*hd multiply-adds per head per token), K = the keys a query attends to: T, halved
+    when causal (only the lower triangle is needed), fewer on sliding-window layers
+    (`keys_per_query`; gemma2/gemma3's local layers). training = 3 * forward (backward = 2 *
+    forward), i.e. the familiar 6N + 12*L*H*hd*T (PaLM appendix B; 6N + 6*L*H*hd*T with the causal
+    halving). Remat recomputation is not counted (model FLOPs, not hardware FLOPs).
     """
-    attn = 4.0 * arch.num_layers * arch.num_heads * arch.head_dim * seq_len
-    if causal:
-        attn /= 2.0
+    per_key = 4.0 * arch.num_heads * arch.head_dim
+    attn = sum(per_key * keys_per_query(seq_len, arch.sliding_window if local else None, causal=causal)
+               for local in arch.local_layers())
     fwd = 2.0 * matmul_params(arch) + attn
     return 3.0 * fwd if training else fwd
