@@ -29,7 +29,7 @@ from flax import nnx
 from distillc.runtime.arch import ModelArch
 from distillc.runtime.config import MeshConfig, RuntimeConfig, SideConfig
 from distillc.runtime.convert.hf import (
-    INDEX, HFCheckpoint, arch_from_hf_config, hf_names, hf_shape, is_hf_checkpoint, to_hf,
+    INDEX, HFCheckpoint, arch_from_hf_config, config_differences, hf_names, hf_shape, is_hf_checkpoint, to_hf,
 )
 from distillc.runtime.train.checkpoints import CheckpointError
 
@@ -223,6 +223,10 @@ def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str =
     if target.exists():
         raise CheckpointError(f"{out!r} exists: export writes a new directory (remove it or choose another)")
     side = resolve_source(source, step, model)
+    config = hf_config(side.arch, dtype)
+    if why := config_differences(config, side.arch):  # e.g. an inline arch with conventions no model type has
+        raise CheckpointError(f"{side.arch.name} has no transformers config.json that computes it (written as "
+                              f"{config['model_type']}, it would read back with " + "; ".join(why) + ")")
     mesh = distributed.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     _, params = load_params(side, False, mesh)  # per-layer layout: one tensor per transformers name
     pure = nnx.to_pure_dict(params)
@@ -272,7 +276,7 @@ def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str =
                 weight_map.update({name: fname for name, _, _ in shard})
             (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                                 indent=2) + "\n")
-        (tmp / "config.json").write_text(json.dumps(hf_config(side.arch, dtype), indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps({"_from_model_config": True}, indent=2) + "\n")
         copied = []
         for f in tokenizer_sources(source):
