@@ -47,23 +47,23 @@ class TestDC100RuntimeCannotBuild:
         assert "DC100" not in codes(check_text(spec_text()))
 
 
-class TestDC147PrunedPattern:
+class TestDC148PrunedPattern:
     def test_fails_a_gemma3_layer_out_of_its_group(self):
         text = spec_text("teacher: {model: gemma3-4b}\nstudent: {model: gemma3-4b, pruned_layers: [0]}\n" + LLAMA_TOK)
-        d = find(check_text(text), "DC147")
+        d = find(check_text(text), "DC148")
         assert d.path == ("student", "pruned_layers") and d.is_error
         # teacher layer 5 (global) becomes student layer 4, which the 5:1 pattern makes local
         assert "student layer 4 is teacher layer 5 (global)" in d.message
 
     def test_fails_for_the_maxtext_target_too(self):
         text = spec_text("teacher: {model: gemma2-9b}\nstudent: {model: gemma2-9b, pruned_layers: [4]}\n" + LLAMA_TOK)
-        assert "DC147" in codes(check_text(text, target="maxtext"))
+        assert "DC148" in codes(check_text(text, target="maxtext"))
 
     def test_passes_whole_repeats(self):
         for model, pruned in (("gemma2-9b", "[40, 41]"), ("gemma3-4b", "[6, 7, 8, 9, 10, 11]"), ("llama3.1-8b", "[3]")):
             text = spec_text("teacher: {model: %s}\nstudent: {model: %s, pruned_layers: %s}\n" % (model, model, pruned)
                              + LLAMA_TOK)
-            assert "DC147" not in codes(check_text(text)), model
+            assert "DC148" not in codes(check_text(text)), model
 
 
 class TestDC101TokenizerMismatch:

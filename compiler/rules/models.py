@@ -347,7 +347,7 @@ def straddle_needs_pruned(ctx: Context) -> Iterator[Finding]:
 
 
 @rule(
-    "DC147",
+    "DC148",
     Severity.ERROR,
     "pruning breaks the local/global layer pattern",
     needs=("teacher_arch", "student"),
