@@ -15,18 +15,29 @@ AttentionKind = Literal["global", "local_global", "mla"]
 
 
 class RopeScaling(BaseModel):
-    """Llama 3.1's RoPE frequency scaling (Hugging Face `rope_scaling: {rope_type: llama3, ...}`):
-    wavelengths longer than original_max_position / low_freq_factor are divided by `factor`, those
-    shorter than original_max_position / high_freq_factor are kept, and the band between is
-    interpolated smoothly."""
+    """RoPE frequency scaling. `llama3` (Llama 3.1+, Hugging Face `rope_scaling: {rope_type: llama3,
+    ...}`): wavelengths longer than original_max_position / low_freq_factor are divided by `factor`,
+    those shorter than original_max_position / high_freq_factor are kept, and the band between is
+    interpolated smoothly. `linear` (Gemma 3's global layers, `rope_type: linear`): every frequency
+    divided by `factor` (positions interpolated)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
-    kind: Literal["llama3"] = "llama3"
+    kind: Literal["llama3", "linear"] = "llama3"
     factor: float = Field(gt=0)
-    low_freq_factor: float = Field(gt=0)
-    high_freq_factor: float = Field(gt=0)
-    original_max_position: int = Field(gt=0, description="HF original_max_position_embeddings.")
+    low_freq_factor: Optional[float] = Field(None, gt=0, description="llama3 only.")
+    high_freq_factor: Optional[float] = Field(None, gt=0, description="llama3 only.")
+    original_max_position: Optional[int] = Field(None, gt=0, description="HF original_max_position_embeddings (llama3 only).")
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> "RopeScaling":
+        """llama3 needs its three band parameters; linear has none (a stray one would be ignored)."""
+        band = (self.low_freq_factor, self.high_freq_factor, self.original_max_position)
+        if self.kind == "llama3" and any(x is None for x in band):
+            raise ValueError("llama3 rope scaling needs low_freq_factor, high_freq_factor and original_max_position")
+        if self.kind == "linear" and any(x is not None for x in band):
+            raise ValueError("linear rope scaling takes only factor")
+        return self
 
 
 class ModelArch(BaseModel):
@@ -55,12 +66,26 @@ class ModelArch(BaseModel):
     sliding_window: Optional[int] = Field(None, gt=0)
     tie_embeddings: bool = False
     rope_theta: float = Field(10000.0, gt=0)
-    rope_scaling: Optional[RopeScaling] = Field(None, description="Llama 3.1-style frequency scaling; None = plain RoPE.")
+    rope_scaling: Optional[RopeScaling] = Field(
+        None, description="RoPE frequency scaling (llama3 or linear); None = plain RoPE. With local_global "
+        "attention it applies to the global layers only (gemma3).")
+    rope_local_theta: Optional[float] = Field(
+        None, gt=0, description="RoPE base of the local (sliding-window) layers; None = rope_theta (gemma3: 10000, "
+        "its global layers 1e6).")
     attention_bias: bool = Field(False, description="q/k/v projections carry biases (qwen2.5).")
     qk_norm: bool = Field(False, description="RMSNorm over head_dim on queries and keys before RoPE (qwen3).")
     activation: Literal["silu", "gelu_tanh"] = Field("silu", description="Gated MLP activation: SwiGLU or GeGLU (gemma).")
     norm_plus_one: bool = Field(False, description="RMSNorm scales stored as w, applied as (1 + w) (gemma).")
     embed_scale: bool = Field(False, description="Embeddings times sqrt(emb_dim), rounded to the weight dtype (gemma).")
+    post_norms: bool = Field(False, description="RMSNorm on the attention and MLP outputs before each residual "
+                             "add: four norms per layer (gemma2/gemma3).")
+    query_pre_attn_scalar: Optional[float] = Field(
+        None, gt=0, description="Attention logits scaled by query_pre_attn_scalar^-1/2 instead of head_dim^-1/2 "
+        "(gemma2/gemma3; 27B: emb_dim / num_heads).")
+    attn_logit_softcap: Optional[float] = Field(
+        None, gt=0, description="Attention logits -> cap * tanh(logits / cap) before masking (gemma2: 50).")
+    final_logit_softcap: Optional[float] = Field(
+        None, gt=0, description="Output logits -> cap * tanh(logits / cap) (gemma2: 30).")
     norm_eps: float = Field(1e-5, gt=0)
     max_seq_len: Optional[int] = Field(None, gt=0)
     source: str = Field("", description="Where the numbers come from.")
@@ -77,6 +102,21 @@ class ModelArch(BaseModel):
     def shared_vocab(self) -> int:
         return self.real_vocab_size or self.vocab_size
 
+    @property
+    def attn_scale(self) -> float:
+        """The factor on q.k: query_pre_attn_scalar^-1/2 where given (gemma2/gemma3), else head_dim^-1/2."""
+        return float(self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    def local_layers(self) -> tuple[bool, ...]:
+        """Which layers attend through the sliding window (True) rather than globally. With
+        `local_global_ratio` "a:b" the pattern is a local layers then b global ones, repeated from
+        layer 0: gemma2's "1:1" makes the even layers local, gemma3's "5:1" every sixth layer global
+        (layers 5, 11, ...), as transformers' layer_types and MaxText's decoder blocks do."""
+        if self.attention != "local_global":
+            return (False,) * self.num_layers
+        local, glob = local_global_counts(self.local_global_ratio)
+        return tuple(i % (local + glob) < local for i in range(self.num_layers))
+
     def param_count(self) -> int:
         """Published count when known, else computed from the shapes (embeddings included)."""
         if self.params:
@@ -86,29 +126,46 @@ class ModelArch(BaseModel):
         attn += (h + 2 * kv) * hd if self.attention_bias else 0
         attn += 2 * hd if self.qk_norm else 0
         mlp = 3 * d * self.mlp_dim * self.num_experts + (d * self.num_experts if self.num_experts > 1 else 0)
-        layer = attn + mlp + 2 * d
+        layer = attn + mlp + (4 if self.post_norms else 2) * d
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.num_layers * layer + emb + d
 
 
+def local_global_counts(ratio: Optional[str]) -> tuple[int, int]:
+    """(local, global) layers per repeat of a local_global_ratio such as "5:1"; ValueError if unreadable."""
+    parts = (ratio or "").split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"local_global_ratio {ratio!r} is not 'LOCAL:GLOBAL' (e.g. '1:1', '5:1')")
+    local, glob = (int(p) for p in parts)
+    if local + glob == 0:
+        raise ValueError(f"local_global_ratio {ratio!r} has no layers")
+    return local, glob
+
+
 # Catalog families whose conventions this runtime does not build yet, with what is missing: refused
-# (DC100) until they are exact, never run as a silently different function. Every other family is
-# the decoder the ModelArch fields describe in full (RMSNorm or gemma's (1 + w) RMSNorm, rotate-half
-# RoPE with optional llama3 scaling, SwiGLU or GeGLU, q/k/v biases, q/k norms, scaled embeddings,
-# tied or untied embeddings), each checked against
-# transformers' logits (tests/test_hf_models.py); MoE families are refused by num_experts below.
-NOT_EXACT_FAMILIES: dict[str, str] = {
-    "gemma2": "GeGLU MLP, (1 + scale) and post-block norms, logit soft-capping, sliding windows",
-    "gemma3": "GeGLU MLP, (1 + scale) and post-block norms, q/k norms, sliding windows, two RoPE bases",
-}
+# (DC100) until they are exact, never run as a silently different function. Every family of the
+# catalog's dense models is now the decoder the ModelArch fields describe in full (RMSNorm or gemma's
+# (1 + w) RMSNorm, post-block norms, rotate-half RoPE with llama3 or linear scaling and a local base,
+# SwiGLU or GeGLU, q/k/v biases, q/k norms, scaled embeddings, query scaling, soft-capping, sliding
+# windows, tied or untied embeddings), each checked against transformers' logits
+# (tests/test_hf_models.py); MoE families are refused by num_experts below. A family whose
+# conventions change (a new release) is listed here until it is exact again.
+NOT_EXACT_FAMILIES: dict[str, str] = {}
 
 
 def unbuildable(arch: ModelArch) -> Optional[str]:
     """Why the distillc runtime cannot build `arch`, or None when it can. Part of the contract: the
     compiler's rule DC100 reports it at the spec's model (with `--target maxtext` as the way out)
     and runtime/models asserts it, so a spec never reaches a cluster to fail there."""
-    if arch.attention != "global":
-        return f"attention {arch.attention!r} (this runtime builds global attention only)"
+    if arch.attention == "mla":
+        return "attention 'mla' (this runtime builds global and interleaved local/global attention only)"
+    if arch.attention == "local_global":
+        if arch.sliding_window is None:
+            return "local_global attention without a sliding_window"
+        try:
+            local_global_counts(arch.local_global_ratio)
+        except ValueError as e:
+            return str(e)
     if arch.num_experts != 1:
         return f"mixture of experts (num_experts {arch.num_experts}; this runtime builds dense MLPs only)"
     if arch.family in NOT_EXACT_FAMILIES:

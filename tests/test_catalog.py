@@ -82,8 +82,8 @@ class TestModels:
         assert shape_params("mixtral-8x7b") == 46_702_792_704
         assert shape_params("qwen3-30b-a3b") == 30_532_122_624  # qwen3's q/k norms counted (qk_norm)
         assert shape_params("qwen2.5-7b") == 7_615_616_512  # q/k/v biases counted (attention_bias)
-        # gemma2 has 4 norms per layer where param_count() assumes 2; MaxText pads 128 vocab rows.
-        assert shape_params("gemma2-9b") == 9_241_705_984 - 42 * 2 * 3584 + (256128 - 256000) * 3584
+        # gemma2's 4 norms per layer counted (post_norms); MaxText pads 128 vocab rows.
+        assert shape_params("gemma2-9b") == 9_241_705_984 + (256128 - 256000) * 3584
 
 
 class TestTokenizers:

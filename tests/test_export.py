@@ -29,7 +29,7 @@ from tests.test_hf_models import FIXTURES, side
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("family", ["llama3.1", "qwen2.5", "qwen3", "gemma"])
+@pytest.mark.parametrize("family", ["llama3.1", "qwen2.5", "qwen3", "gemma", "gemma2", "gemma3"])
 def test_import_export_reproduces_the_tensors_and_config(tmp_path, family):
     out = tmp_path / "out"
     done = export_hf(str(FIXTURES / family), str(out), dtype="float32", max_shard_size="100KB")
@@ -44,6 +44,22 @@ def test_import_export_reproduces_the_tensors_and_config(tmp_path, family):
     assert hf_arch_fields(exported.config) == hf_arch_fields(original.config)
     assert exported.config["model_type"] == original.config["model_type"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_an_arch_no_transformers_config_computes_is_refused(tmp_path):
+    """A Llama-convention model with gemma2's sliding windows has no model type that computes it:
+    the export says so instead of writing a config.json that drops the windows."""
+    from distillc.runtime.convert.export import hf_config
+    from distillc.runtime.train.checkpoints import CheckpointError
+    from tests.test_hf_models import fixture_arch
+
+    arch = fixture_arch("llama2").model_copy(update={"family": "inline", "attention": "local_global",
+                                                     "local_global_ratio": "1:1", "sliding_window": 4})
+    with pytest.raises(CheckpointError, match="no transformers config.json that computes it.*sliding_window"):
+        export_hf(str(FIXTURES / "llama2"), str(tmp_path / "out"), model=arch)
+    assert not (tmp_path / "out").exists()
+    assert hf_config(fixture_arch("gemma2"), "float32")["layer_types"] == ["sliding_attention", "full_attention"] * 1 + [
+        "sliding_attention"]
 
 
 def test_tokenizer_files_travel_with_the_export(tmp_path):

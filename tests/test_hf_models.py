@@ -83,6 +83,17 @@ def test_every_feature_is_exercised():
     assert archs["qwen2.5"].attention_bias and archs["qwen3"].qk_norm
     assert archs["qwen3"].head_dim * archs["qwen3"].num_heads != archs["qwen3"].emb_dim
     assert (FIXTURES / "llama3.1" / "model.safetensors.index.json").exists()  # sharded with an index
+    seq = goldens("gemma2")[0].shape[1]
+    g2, g3 = archs["gemma2"], archs["gemma3"]
+    assert g2.post_norms and g2.attn_logit_softcap and g2.final_logit_softcap and g2.tie_embeddings
+    assert (g2.attention, g2.local_global_ratio) == ("local_global", "1:1") and g2.sliding_window < seq
+    assert g2.query_pre_attn_scalar != g2.head_dim and g2.head_dim * g2.num_heads != g2.emb_dim
+    assert g2.num_kv_heads < g2.num_heads and g2.num_layers % 2  # GQA; the pattern restarts on layer 2
+    assert g3.post_norms and g3.qk_norm and g3.num_kv_heads == 1 and g3.attn_logit_softcap is None
+    assert (g3.attention, g3.local_global_ratio) == ("local_global", "5:1") and g3.sliding_window < seq
+    assert g3.local_layers() == (True,) * 5 + (False, True)  # layer 5 global, 6 local again
+    assert g3.rope_local_theta != g3.rope_theta and g3.rope_scaling is not None and g3.rope_scaling.kind == "linear"
+    assert g3.query_pre_attn_scalar != g3.head_dim
 
 
 def test_a_padded_vocabulary_loads_with_zero_rows():
@@ -93,6 +104,71 @@ def test_a_padded_vocabulary_loads_with_zero_rows():
     ours = forward(arch, str(FIXTURES / "gemma"), True, tokens)
     assert max_kl(golden, ours[..., :96]) <= MAX_KL
     np.testing.assert_array_equal(ours[..., 96:], 0.0)  # tied: the zero rows give zero logits
+
+
+@pytest.mark.parametrize("family, change", [
+    ("gemma2", {"attn_logit_softcap": None}),
+    ("gemma2", {"final_logit_softcap": None}),
+    ("gemma2", {"query_pre_attn_scalar": None}),
+    ("gemma3", {"attention": "global", "local_global_ratio": None, "sliding_window": None}),
+    ("gemma3", {"rope_local_theta": None}),
+    ("gemma3", {"rope_scaling": None}),
+], ids=["attn-softcap", "final-softcap", "query-scale", "window", "local-rope", "rope-scaling"])
+def test_each_gemma_feature_changes_the_logits(monkeypatch, family, change):
+    """Every gemma2/gemma3 convention moves the fixture's logits far past MAX_KL (so the goldens check
+    each), and a spec whose model lacks it is refused at load, naming the field."""
+    from distillc.runtime.convert import hf as hf_module
+
+    tokens, golden = goldens(family)
+    wrong = fixture_arch(family).model_copy(update=change)
+    assert set(change) & {d.split(":")[0] for d in hf_module.config_differences(
+        json.loads((FIXTURES / family / "config.json").read_text()), wrong)}
+    monkeypatch.setattr(hf_module, "config_differences", lambda config, arch: [])
+    assert max_kl(golden, forward(wrong, str(FIXTURES / family), True, tokens)) > 10 * MAX_KL
+
+
+# google/gemma-2-{2b,9b,27b} config.json as published (transformers 4.42: no layer_types, no
+# tie_word_embeddings, rope_theta beside the rest), which the catalog entries must equal exactly
+GEMMA2_HF_COMMON = dict(model_type="gemma2", architectures=["Gemma2ForCausalLM"], vocab_size=256000,
+                        hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6,
+                        rope_theta=10000.0, sliding_window=4096, attn_logit_softcapping=50.0,
+                        final_logit_softcapping=30.0, attention_bias=False, max_position_embeddings=8192)
+GEMMA2_HF = {
+    "gemma2-2b": dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+                      num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256),
+    "gemma2-9b": dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42, num_attention_heads=16,
+                      num_key_value_heads=8, head_dim=256, query_pre_attn_scalar=256),
+    "gemma2-27b": dict(hidden_size=4608, intermediate_size=36864, num_hidden_layers=46, num_attention_heads=32,
+                       num_key_value_heads=16, head_dim=128, query_pre_attn_scalar=144),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GEMMA2_HF))
+def test_catalog_gemma2_equals_the_published_config(name):
+    from distillc.compiler.catalog import model
+    from distillc.runtime.convert.hf_config import config_differences
+
+    config = {**GEMMA2_HF_COMMON, **GEMMA2_HF[name]}
+    arch = model(name)
+    assert arch is not None and config_differences(config, arch) == []
+    assert config_differences({**config, "query_pre_attn_scalar": 224}, arch)  # a wrong scaling is caught
+
+
+def test_gemma3_transformers4_config_keys():
+    """gemma3_text as transformers 4 wrote it (rope_theta / rope_scaling for the global layers,
+    rope_local_base_freq, sliding_window_pattern, no layer_types): the catalog's gemma3-27b fields."""
+    from distillc.compiler.catalog import model
+    from distillc.runtime.convert.hf_config import config_differences
+
+    config = dict(model_type="gemma3_text", vocab_size=262144, hidden_size=5376, intermediate_size=21504,
+                  num_hidden_layers=62, num_attention_heads=32, num_key_value_heads=16, head_dim=128,
+                  hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, query_pre_attn_scalar=168,
+                  rope_theta=1000000.0, rope_local_base_freq=10000.0, rope_scaling={"rope_type": "linear", "factor": 8.0},
+                  sliding_window=1024, sliding_window_pattern=6, attn_logit_softcapping=None,
+                  final_logit_softcapping=None)
+    arch = model("gemma3-27b")
+    assert arch is not None and config_differences(config, arch) == []
+    assert arch.local_layers()[:12] == (True,) * 5 + (False,) + (True,) * 5 + (False,)
 
 
 def test_a_family_without_its_feature_differs():

@@ -45,8 +45,10 @@ class TestChooseLossImpl:
         assert cfg.model_copy(update={"loss_impl": "chunked"}).loss_path() == "chunked"
 
 
-def test_chunked_logit_sums_equal_dense_with_padding():
-    """T = 13 with chunks of 4: the last chunk is padded, and padding adds nothing."""
+@pytest.mark.parametrize("softcap", [None, 2.0], ids=["plain", "softcapped"])
+def test_chunked_logit_sums_equal_dense_with_padding(softcap):
+    """T = 13 with chunks of 4: the last chunk is padded, and padding adds nothing. With a final logit
+    soft-cap (gemma2) both paths see cap * tanh(z / cap)."""
     rng = np.random.default_rng(0)
     b, t, d, v = 2, 13, 8, 32
     hidden = jnp.asarray(rng.normal(size=(b, t, d)), jnp.float32)
@@ -61,10 +63,11 @@ def test_chunked_logit_sums_equal_dense_with_padding():
     fields = {"labels": labels, "mask": mask}
 
     def dense(h, w):
-        return tuple(jnp.sum(x) for x in terms(jnp.einsum("btd,dv->btv", h, w), fields))
+        z = jnp.einsum("btd,dv->btv", h, w)
+        return tuple(jnp.sum(x) for x in terms(z if softcap is None else softcap * jnp.tanh(z / softcap), fields))
 
     def chunked(h, w):
-        return losses.chunked_logit_sums(terms, h, w, fields, chunk_size=4)
+        return losses.chunked_logit_sums(terms, h, w, fields, chunk_size=4, softcap=softcap)
 
     for got, want in zip(chunked(hidden, head), dense(hidden, head)):
         assert abs(float(got) - float(want)) <= _tol(b * t, abs(float(want)))
@@ -133,6 +136,15 @@ def test_untied_head_and_different_vocab_sides(tmp_path):
     """The student's own head (untied) gets the same gradient on both paths."""
     student = arch("micro-untied", layers=2, d=32, heads=2, mlp=64).model_copy(update={"tie_embeddings": False})
     _compare_paths(make_config(tmp_path, alpha=0.5, student=student, teacher=MICRO))
+
+
+def test_soft_capped_sides_agree(tmp_path):
+    """gemma2-style final logit soft-caps (2 on the student, 3 on the teacher, small enough to bend these
+    logits): the objectives pass each side's cap to the chunked loss, so both paths train the same thing."""
+    student = arch("micro-capped", layers=2, d=32, heads=2, mlp=64).model_copy(update={"final_logit_softcap": 2.0})
+    teacher = MICRO.model_copy(update={"final_logit_softcap": 3.0})
+    _compare_paths(make_config(tmp_path, alpha=0.5, student=student, teacher=teacher))
+    _compare_paths(make_config(tmp_path / "ce", alpha=0.0, student=student, teacher=teacher))
 
 
 @pytest.mark.parametrize("sampling,loss", [("top_k", "tail_bucket"), ("top_k", "renormalized"), ("random", "sampled")])

@@ -394,6 +394,37 @@ def test_chunked_matches_float64_reference_and_teacher_is_frozen():
         assert float(g[1][idx[1:]]) == pytest.approx(fd, rel=1e-6)
 
 
+def test_chunked_soft_capped_logits_equal_dense():
+    """A final logit soft-cap on each side (gemma2): the chunked loss caps the student's and the
+    teacher's logits and its custom VJP passes through the cap, as the dense loss on capped logits."""
+    c = _hidden_case(seed=2)
+    labels, w, ht, wt = jnp.asarray(c.labels), jnp.asarray(c.w), f32(c.ht), f32(c.wt)
+    kw = dict(alpha=0.6, temperature=2.0, beta=0.0, feature_kind="l2", compare_vocab=13)
+
+    def cap(z, c):
+        return c * jnp.tanh(z / c)
+
+    def dense(hs, ws):
+        return L.distill_loss(ModelOutput(cap(hs @ ws, 2.0), None), ModelOutput(cap(ht @ wt, 3.0), None),
+                              labels, w, **kw)[0]
+
+    def chunked(hs, ws, caps=(2.0, 3.0)):
+        return L.chunked_distill_loss(ModelOutput(None, None, hs), ModelOutput(None, None, ht), labels, w,
+                                      student_head=ws, teacher_head=wt, chunk_size=3, student_softcap=caps[0],
+                                      teacher_softcap=caps[1], **kw)[0]
+
+    @jit
+    def run(hs, ws):
+        return (jax.value_and_grad(dense, argnums=(0, 1))(hs, ws), jax.value_and_grad(chunked, argnums=(0, 1))(hs, ws),
+                chunked(hs, ws, (None, None)))
+
+    (a, ga), (b, gb), uncapped = jax.tree.map(np.asarray, run(f32(c.hs), f32(c.ws)))
+    assert float(b) == pytest.approx(float(a), rel=1e-6)
+    for x, y in zip(ga, gb):
+        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-7)
+    assert abs(float(uncapped) - float(a)) > 1e-2  # the caps bend these logits (|z| up to ~5)
+
+
 def test_chunked_through_a_model_tied_head():
     """return_hidden + head(): the chunked loss gives the dense loss's parameter gradients (tied embeddings)."""
     from flax import nnx

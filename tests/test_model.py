@@ -63,53 +63,78 @@ def build(a: ModelArch, *, scan: bool, remat="none", seed=0) -> M.Transformer:
 # ----------------------------------------------------------------------------- float64 reference
 
 
-def np_forward(model: M.Transformer, toks, positions=None, segment_ids=None):
-    """Independent float64 implementation of the documented architecture (loop layers only)."""
-    a = model.arch
+def np_forward(model: M.Transformer, toks, positions=None, segment_ids=None, arch: ModelArch | None = None):
+    """Independent float64 implementation of the documented architecture (loop layers only),
+    gemma2/gemma3's conventions included: (1 + w) and post-block norms, scaled embeddings, GeGLU,
+    q/k norms, query_pre_attn_scalar, soft-capping, sliding windows (i - j < window) on the local
+    layers with their own RoPE base, linear RoPE scaling on the global ones. `arch`: another
+    architecture for the same weights (default the model's)."""
+    a = arch or model.arch
     f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
     toks = np.asarray(toks)
     b, t = toks.shape
     pos = np.broadcast_to(np.arange(t), (b, t)) if positions is None else np.asarray(positions)
 
     def rms(x, scale):
-        return x / np.sqrt((x * x).mean(-1, keepdims=True) + a.norm_eps) * f64(scale)
+        w = f64(scale)
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + a.norm_eps) * (1.0 + w if a.norm_plus_one else w)
+
+    def cap(x, c):
+        return x if c is None else c * np.tanh(x / c)
 
     half = a.head_dim // 2
-    freq = a.rope_theta ** (-np.arange(half) * 2.0 / a.head_dim)
-    ang = pos[..., None] * freq  # [B, T, hd/2]
-    sin, cos = np.sin(ang)[:, :, None], np.cos(ang)[:, :, None]
 
-    def rope(x):
-        x1, x2 = x[..., :half], x[..., half:]
-        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+    def rope_fn(theta, scaling):
+        freq = theta ** (-np.arange(half) * 2.0 / a.head_dim)
+        if scaling is not None:
+            assert scaling.kind == "linear"  # the reference covers linear scaling (llama3: tests/test_hf_models)
+            freq = freq / scaling.factor
+        ang = pos[..., None] * freq  # [B, T, hd/2]
+        sin, cos = np.sin(ang)[:, :, None], np.cos(ang)[:, :, None]
+
+        def rope(x):
+            x1, x2 = x[..., :half], x[..., half:]
+            return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+        return rope
 
     allowed = np.tril(np.ones((t, t), bool))[None]
     if segment_ids is not None:
         seg = np.asarray(segment_ids)
         allowed = allowed & (seg[:, :, None] == seg[:, None, :])
-    x = f64(model.embed[...])[toks]
+    near = np.subtract.outer(np.arange(t), np.arange(t)) < (a.sliding_window or t + 1)  # i - j < window
+    x = f64(model.embed[...])[toks] * (np.sqrt(a.emb_dim) if a.embed_scale else 1.0)
     group = a.num_heads // a.num_kv_heads
     feats = []
-    for layer in model.layers:
+    for layer, local in zip(model.layers, a.local_layers()):
+        rope = rope_fn(a.rope_local_theta or a.rope_theta, None) if local else rope_fn(a.rope_theta, a.rope_scaling)
         h = rms(x, layer.attn_norm.scale[...])
-        q = rope(np.einsum("btd,dnh->btnh", h, f64(layer.attn.q[...])))
-        k = rope(np.einsum("btd,dnh->btnh", h, f64(layer.attn.k[...])))
+        q = np.einsum("btd,dnh->btnh", h, f64(layer.attn.q[...]))
+        k = np.einsum("btd,dnh->btnh", h, f64(layer.attn.k[...]))
         v = np.einsum("btd,dnh->btnh", h, f64(layer.attn.v[...]))
+        if a.qk_norm:
+            q, k = rms(q, layer.attn.q_norm.scale[...]), rms(k, layer.attn.k_norm.scale[...])
+        q, k = rope(q), rope(k)
         k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)  # head n uses kv head n // group
-        s = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(a.head_dim)
-        s = np.where(allowed[:, None], s, -np.inf)
+        s = cap(np.einsum("btnh,bsnh->bnts", q, k) * float(a.query_pre_attn_scalar or a.head_dim) ** -0.5,
+                a.attn_logit_softcap)
+        s = np.where((allowed & near[None] if local else allowed)[:, None], s, -np.inf)
         p = np.exp(s - s.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
         ctx = np.einsum("bnts,bsnh->btnh", p, v)
         attn_out = np.einsum("btnh,nhd->btd", ctx, f64(layer.attn.o[...]))
         feats.append(attn_out)
-        x = x + attn_out
+        x = x + (rms(attn_out, layer.post_attn_norm.scale[...]) if a.post_norms else attn_out)
         h = rms(x, layer.mlp_norm.scale[...])
         g, u = h @ f64(layer.mlp.gate[...]), h @ f64(layer.mlp.up[...])
-        x = x + (g / (1 + np.exp(-g)) * u) @ f64(layer.mlp.down[...])
+        if a.activation == "gelu_tanh":
+            act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+        else:
+            act = g / (1 + np.exp(-g))
+        h = (act * u) @ f64(layer.mlp.down[...])
+        x = x + (rms(h, layer.post_mlp_norm.scale[...]) if a.post_norms else h)
     h = rms(x, model.final_norm.scale[...])
     w = f64(model.embed[...]).T if a.tie_embeddings else f64(model.lm_head[...])
-    return h @ w, np.stack(feats)
+    return cap(h @ w, a.final_logit_softcap), np.stack(feats)
 
 
 # ----------------------------------------------------------------------------- the models and one forward program
@@ -176,6 +201,100 @@ def test_matches_float64_reference(models, fwd_outs, name):
     # RoPE is relative: shifting every position leaves the logits unchanged (up to rounding)
     np.testing.assert_allclose(np_forward(m, REF_TOKS)[0], ref_logits, rtol=1e-8, atol=1e-8)
     assert (a.num_kv_heads, a.tie_embeddings) == {"gqa": (2, False), "mqa_tied": (1, True), "mha": (4, False)}[name]
+
+
+# ----------------------------------------------------------------------------- gemma2 / gemma3 conventions
+
+SANDWICH = dict(post_norms=True, norm_plus_one=True, embed_scale=True, activation="gelu_tanh", tie_embeddings=True,
+                attention="local_global")
+# gemma2-like: 1 local : 1 global, window 3 < T, both soft-caps, query_pre_attn_scalar != head_dim;
+# gemma3-like: 2 local : 1 global over 4 layers (the pattern restarts), window 3, q/k norms, MQA, local RoPE base
+# 1e4, global 1e6 with linear scaling 8, no caps
+GEMMA_ARCHS = {
+    "gemma2": arch(**SANDWICH, local_global_ratio="1:1", sliding_window=3, query_pre_attn_scalar=10.0,
+                   attn_logit_softcap=1.0, final_logit_softcap=2.0),
+    "gemma3": arch(**SANDWICH, num_layers=4, num_kv_heads=1, local_global_ratio="2:1", sliding_window=3,
+                   qk_norm=True, query_pre_attn_scalar=5.0, rope_theta=1e6, rope_local_theta=1e4,
+                   rope_scaling=M.RopeScaling(kind="linear", factor=8.0)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(GEMMA_ARCHS))
+def gemma_outs(request):
+    """scan and loop models of one gemma-like arch (the same weights), their forward (positions
+    shifted), a packed forward (two documents, windows shorter than both) and the two documents
+    alone, and the gradients of scan and loop: one compiled program."""
+    a = GEMMA_ARCHS[request.param]
+    scan, loop = pair(a)
+    (gs, ss), (gl, sl) = nnx.split(scan), nnx.split(loop)
+
+    def loss(g, st):
+        return jnp.mean(nnx.merge(g, st)(REF_TOKS, positions=REF_POS).logits ** 2)
+
+    @jax.jit
+    def run(ss, sl):
+        s, lo = nnx.merge(gs, ss), nnx.merge(gl, sl)
+        return {"scan": s(REF_TOKS, positions=REF_POS, feature_layers=(1, 0)),
+                "loop": lo(REF_TOKS, positions=REF_POS, feature_layers=(1, 0)),
+                "packed": s(PACK_TOKS, positions=PACK_POS, segment_ids=PACK_SEG).logits,
+                "first": s(PACK_TOKS[:, :4]).logits, "second": lo(PACK_TOKS[:, 4:]).logits,
+                "grad_scan": jax.grad(loss, argnums=1)(gs, ss), "grad_loop": jax.grad(loss, argnums=1)(gl, sl)}
+
+    return request.param, loop, jax.tree.map(np.asarray, run(ss, sl))
+
+
+def test_gemma_conventions_match_float64_reference(gemma_outs):
+    name, loop, out = gemma_outs
+    a = GEMMA_ARCHS[name]
+    assert a.sliding_window < REF_TOKS.shape[1] and any(a.local_layers()) and not all(a.local_layers())
+    ref_logits, ref_feats = np_forward(loop, REF_TOKS, positions=REF_POS)
+    for kind in ("scan", "loop"):
+        np.testing.assert_allclose(out[kind].logits, ref_logits, rtol=1e-4, atol=1e-5, err_msg=kind)
+        np.testing.assert_allclose(out[kind].features, ref_feats[[1, 0]], rtol=1e-4, atol=1e-5, err_msg=kind)
+    if a.final_logit_softcap is not None:
+        assert np.abs(ref_logits).max() < a.final_logit_softcap
+    # each convention matters: the reference without it is far from the model
+    for change in ({"attention": "global", "local_global_ratio": None, "sliding_window": None},
+                   {"attn_logit_softcap": None, "final_logit_softcap": None, "query_pre_attn_scalar": None,
+                    "rope_local_theta": None, "rope_scaling": None}):
+        other, _ = np_forward(loop, REF_TOKS, positions=REF_POS, arch=a.model_copy(update=change))
+        assert np.abs(other - out["scan"].logits).max() > 1e-3, change
+
+
+def test_gemma_packed_documents_never_attend_across(gemma_outs):
+    """Sliding windows and soft-caps with segment_ids: each document of a packed row computes what it
+    computes alone, and the float64 reference with the same segments agrees."""
+    name, loop, out = gemma_outs
+    a = GEMMA_ARCHS[name]
+    assert a.sliding_window < 4  # shorter than both documents: window and segment mask both bite
+    np.testing.assert_allclose(out["packed"][:, :4], out["first"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["packed"][:, 4:], out["second"], rtol=1e-4, atol=1e-5)
+    ref, _ = np_forward(loop, PACK_TOKS, positions=PACK_POS, segment_ids=PACK_SEG)
+    np.testing.assert_allclose(out["packed"], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_gemma_scan_and_loop_gradients_equal(gemma_outs):
+    """The scanned local/global choice (lax.cond on a per-layer flag) differentiates as the loop does."""
+    _, _, out = gemma_outs
+    gs, gl = out["grad_scan"], out["grad_loop"]
+    stacked = jax.tree.leaves(gs["layers"])
+    for i in range(len(gl["layers"])):  # float32 programs of another order: equal to 1e-4 of each leaf's scale
+        for x, y in zip(stacked, jax.tree.leaves(gl["layers"][i]), strict=True):
+            np.testing.assert_allclose(x[i], y, rtol=1e-4, atol=1e-4 * float(np.abs(y).max()))
+    # tied: the embedding's gradient sums the lookup's and the head's, rounded in another order
+    big = float(np.abs(gl["embed"][...]).max())
+    np.testing.assert_allclose(gs["embed"][...], gl["embed"][...], rtol=1e-4, atol=1e-5 * big)
+    assert big > 0
+
+
+def test_sliding_window_semantics():
+    """A query at i attends to keys j with i - j < window (transformers' sliding_window_overlay),
+    causal, and only inside its document."""
+    m = np.asarray(M.attention_mask(5, 5, 2, None))[0, 0]
+    assert m.tolist() == [[j <= i and i - j < 2 for j in range(5)] for i in range(5)]
+    seg = jnp.asarray([[1, 1, 2, 2, 2]])
+    packed = np.asarray(M.attention_mask(5, 5, 2, (seg[:, :, None] == seg[:, None, :])[:, None]))[0, 0]
+    assert packed[2].tolist() == [False, False, True, False, False]
 
 
 # ----------------------------------------------------------------------------- scan == loop
@@ -357,6 +476,11 @@ def test_flops_per_token():
     assert M.flops_per_token(a, 128, causal=False) == pytest.approx(3 * (2 * n_matmul + attn))
     assert M.flops_per_token(a, 128) == pytest.approx(3 * (2 * n_matmul + attn / 2))
     assert M.flops_per_token(a, 128, training=False) == pytest.approx(2 * n_matmul + attn / 2)
+    # sliding windows: layers 0 and 2 local ("1:1"), window 16 of 128 keys
+    g = arch(attention="local_global", local_global_ratio="1:1", sliding_window=16)
+    local = 4 * 4 * 6 * (16 * 17 / 2 + (128 - 16) * 16) / 128  # exact sum over the 128 queries
+    assert M.flops_per_token(g, 128, training=False) == pytest.approx(2 * n_matmul + attn / 2 / 3 + 2 * local, rel=1e-2)
+    assert M.keys_per_query(128, 128) == M.keys_per_query(128, None) == 64
 
 
 # The real initializer compiles one random draw per (shape, dtype, stacked or not): this arch has

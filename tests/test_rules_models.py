@@ -18,10 +18,11 @@ class TestDC100RuntimeCannotBuild:
         assert d.path == ("teacher", "model") and d.is_error
         assert "--target maxtext" in d.hint
 
-    def test_fails_interleaved_attention_student(self):
-        text = spec_text("teacher: {model: gemma2-27b}\nstudent: {model: gemma2-9b}\n" + LLAMA_TOK)
+    def test_fails_mla_on_both_sides(self):
+        text = spec_text("teacher: {model: deepseek3-671b}\nstudent: {model: deepseek2-16b}\n" + LLAMA_TOK)
         hits = [d for d in check_text(text).diagnostics if d.code == "DC100"]
         assert [d.path for d in hits] == [("teacher", "model"), ("student", "model")]
+        assert "attention 'mla'" in hits[0].message
 
     def test_fails_a_family_not_built_exactly(self, monkeypatch):
         from distillc.runtime import arch
@@ -33,7 +34,8 @@ class TestDC100RuntimeCannotBuild:
         assert "family 'gemma' exactly" in hits[0].message and "GeGLU (pretend)" in hits[0].message
 
     def test_passes_the_exact_families(self):
-        for pair in (("llama3.1-8b", "llama3.2-1b"), ("qwen2.5-7b", "qwen2.5-1.5b"), ("qwen3-8b", "qwen3-0.6b"), ("gemma-7b", "gemma-2b")):
+        for pair in (("llama3.1-8b", "llama3.2-1b"), ("qwen2.5-7b", "qwen2.5-1.5b"), ("qwen3-8b", "qwen3-0.6b"), ("gemma-7b", "gemma-2b"),
+                     ("gemma2-27b", "gemma2-2b"), ("gemma3-27b", "gemma3-4b")):
             text = spec_text("teacher: {model: %s}\nstudent: {model: %s}\n" % pair + LLAMA_TOK)
             assert "DC100" not in codes(check_text(text)), pair
 
@@ -43,6 +45,25 @@ class TestDC100RuntimeCannotBuild:
 
     def test_passes_dense_global_models(self):
         assert "DC100" not in codes(check_text(spec_text()))
+
+
+class TestDC148PrunedPattern:
+    def test_fails_a_gemma3_layer_out_of_its_group(self):
+        text = spec_text("teacher: {model: gemma3-4b}\nstudent: {model: gemma3-4b, pruned_layers: [0]}\n" + LLAMA_TOK)
+        d = find(check_text(text), "DC148")
+        assert d.path == ("student", "pruned_layers") and d.is_error
+        # teacher layer 5 (global) becomes student layer 4, which the 5:1 pattern makes local
+        assert "student layer 4 is teacher layer 5 (global)" in d.message
+
+    def test_fails_for_the_maxtext_target_too(self):
+        text = spec_text("teacher: {model: gemma2-9b}\nstudent: {model: gemma2-9b, pruned_layers: [4]}\n" + LLAMA_TOK)
+        assert "DC148" in codes(check_text(text, target="maxtext"))
+
+    def test_passes_whole_repeats(self):
+        for model, pruned in (("gemma2-9b", "[40, 41]"), ("gemma3-4b", "[6, 7, 8, 9, 10, 11]"), ("llama3.1-8b", "[3]")):
+            text = spec_text("teacher: {model: %s}\nstudent: {model: %s, pruned_layers: %s}\n" % (model, model, pruned)
+                             + LLAMA_TOK)
+            assert "DC148" not in codes(check_text(text)), model
 
 
 class TestDC101TokenizerMismatch:

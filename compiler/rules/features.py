@@ -367,7 +367,6 @@ def feature_hidden_size(ctx: Context) -> Iterator[Finding]:
     needs=("loss", "teacher", "student", "teacher_arch", "student_arch"),
     hint="Prefer logit-only distillation (beta: 0) for these models, or align only layers of the same kind "
     "with explicit pairs.",
-    targets=("maxtext",),
 )
 def feature_structure(ctx: Context) -> Iterator[Finding]:
     """Layer-for-layer alignment assumes layer i does the same kind of computation on both sides.
@@ -377,8 +376,9 @@ def feature_structure(ctx: Context) -> Iterator[Finding]:
     lines up. DeepSeek's MLA attends through a compressed latent KV and mixes dense and MoE
     layers, so an index does not name a comparable computation either; and not every attention
     implementation sows the out-projection activations the loss reads (the guide's "model
-    architecture doesn't sow" row). Self-distillation of the very same model is exempt. For
-    `--target distillc` the runtime does not build these models at all (DC100, an error).
+    architecture doesn't sow" row). Self-distillation of the very same model is exempt. Both
+    targets: the distillc runtime builds gemma2/gemma3 with the same interleaving (and refuses MLA
+    models outright, DC100).
 
     Fails::
 

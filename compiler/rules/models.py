@@ -20,17 +20,17 @@ if TYPE_CHECKING:
     needs=(),
     targets=("distillc",),
     hint="Compile for MaxText instead (`distillc launch SPEC --target maxtext`), or pick a dense model "
-    "with global attention (`distillc models`).",
+    "without MLA (`distillc models`).",
 )
 def runtime_cannot_build(ctx: Context) -> Iterator[Finding]:
-    """The distillc runtime builds dense decoders with global grouped-query attention. Mixture-of-
-    experts MLPs and the other attention kinds of the catalog (interleaved local/global as in
-    gemma2/gemma3, multi-head latent attention as in DeepSeek) are listed so that memory and
-    MaxText configs can be computed for them, but our runtime refuses them when it builds the model:
-    without this rule such a spec validates and fails on the cluster after the queue. Families whose
-    conventions the runtime does not build yet (gemma2/gemma3: soft-capping, post-block norms)
-    are refused too, until they reproduce transformers' logits: never a silently different
-    function. MaxText's trainer builds them, so `--target maxtext` is the way out.
+    """The distillc runtime builds dense decoders with grouped-query attention, global or
+    interleaved sliding-window/global (gemma2, gemma3: soft-capping, post-block norms, two RoPE
+    bases included, each family checked against transformers' logits). Mixture-of-experts MLPs and
+    multi-head latent attention (DeepSeek) are listed so that memory and MaxText configs can be
+    computed for them, but our runtime refuses them when it builds the model: without this rule
+    such a spec validates and fails on the cluster after the queue. A family whose conventions the
+    runtime does not reproduce exactly is refused too (never a silently different function).
+    MaxText's trainer builds them, so `--target maxtext` is the way out.
 
     Fails::
 
@@ -344,3 +344,58 @@ def straddle_needs_pruned(ctx: Context) -> Iterator[Finding]:
     layers = ctx.spec.loss.layers
     if layers is not None and layers.strategy == "straddle_pruned" and not ctx.spec.student.pruned_layers:
         yield Finding("layers strategy straddle_pruned needs student.pruned_layers", ("loss", "layers", "strategy"))
+
+
+@rule(
+    "DC148",
+    Severity.ERROR,
+    "pruning breaks the local/global layer pattern",
+    needs=("teacher_arch", "student"),
+    hint="Prune whole repeats of the pattern from its start (gemma2: pairs 2k, 2k+1; gemma3: six layers "
+    "6k..6k+5), so that the kept layers keep it.",
+)
+def pruned_breaks_pattern(ctx: Context) -> Iterator[Finding]:
+    """A pruned student is the teacher minus `pruned_layers`, and its architecture is the
+    teacher's with fewer layers: its local (sliding-window) and global layers follow the same
+    `local_global_ratio` from layer 0 (gemma2: local, global, ...; gemma3: five local, one
+    global). Unless whole repeats of the pattern are removed, a kept teacher layer lands where the
+    student's pattern has the other kind, and the pruned model would run that layer's weights with
+    the wrong window and RoPE base: a silently different function from "the teacher minus those
+    layers".
+
+    Fails::
+
+        teacher:
+          model: gemma2-2b
+        student:
+          model: gemma2-2b
+          pruned_layers: [1]
+
+    Passes::
+
+        teacher:
+          model: gemma2-2b
+        student:
+          model: gemma2-2b
+          pruned_layers: [2, 3]
+    """
+    assert ctx.teacher_arch is not None and ctx.spec.student is not None  # needs: the registry runs the rule only then
+    t = ctx.teacher_arch
+    pruned = set(ctx.spec.student.pruned_layers)
+    if t.attention != "local_global" or not pruned or any(not 0 <= i < t.num_layers for i in pruned):
+        return  # nothing to break, or DC105 reports the index
+    kept = [i for i in range(t.num_layers) if i not in pruned]
+    if not kept:
+        return  # DC108
+    kinds = t.local_layers()
+    want = t.model_copy(update={"num_layers": len(kept)}).local_layers()
+    for j, (i, local) in enumerate(zip(kept, want)):
+        if kinds[i] != local:
+            kind = {True: "local", False: "global"}
+            yield Finding(
+                f"without layers {sorted(pruned)}, student layer {j} is teacher layer {i} ({kind[kinds[i]]}), but the "
+                f"{t.local_global_ratio} local/global pattern makes student layer {j} {kind[local]}",
+                ("student", "pruned_layers"),
+                key=True,
+            )
+            return

@@ -29,14 +29,15 @@ from flax import nnx
 from distillc.runtime.arch import ModelArch
 from distillc.runtime.config import MeshConfig, RuntimeConfig, SideConfig
 from distillc.runtime.convert.hf import (
-    INDEX, HFCheckpoint, arch_from_hf_config, hf_names, hf_shape, is_hf_checkpoint, to_hf,
+    INDEX, HFCheckpoint, arch_from_hf_config, config_differences, hf_names, hf_shape, is_hf_checkpoint, to_hf,
 )
 from distillc.runtime.train.checkpoints import CheckpointError
 
 _ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 _NP_DTYPES: dict[str, Any] = {"float32": np.float32, "bfloat16": jnp.bfloat16, "float16": np.float16}
 _MODEL_TYPES = {"mistral": ("mistral", "MistralForCausalLM"), "qwen2.5": ("qwen2", "Qwen2ForCausalLM"),
-                "qwen3": ("qwen3", "Qwen3ForCausalLM"), "gemma": ("gemma", "GemmaForCausalLM")}
+                "qwen3": ("qwen3", "Qwen3ForCausalLM"), "gemma": ("gemma", "GemmaForCausalLM"),
+                "gemma2": ("gemma2", "Gemma2ForCausalLM"), "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
 
 
 # What transformers' AutoTokenizer reads from a model directory
@@ -93,9 +94,9 @@ def hf_config(arch: ModelArch, dtype: str) -> dict:
     }
     if arch.rope_scaling is not None:
         s = arch.rope_scaling
-        config["rope_scaling"] = {"rope_type": s.kind, "factor": s.factor, "low_freq_factor": s.low_freq_factor,
-                                  "high_freq_factor": s.high_freq_factor,
-                                  "original_max_position_embeddings": s.original_max_position}
+        config["rope_scaling"] = {"rope_type": s.kind, "factor": s.factor} if s.kind == "linear" else {
+            "rope_type": s.kind, "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+            "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_position}
     if model_type == "llama":
         config["attention_bias"] = False
         config["mlp_bias"] = False
@@ -104,7 +105,38 @@ def hf_config(arch: ModelArch, dtype: str) -> dict:
         config["attention_bias"] = arch.attention_bias
     if model_type == "mistral":
         config["sliding_window"] = None
+    if model_type in ("gemma", "gemma2", "gemma3_text"):
+        config["hidden_activation"] = config["hidden_act"]  # what transformers' Gemma configs read
+    if model_type in ("gemma2", "gemma3_text"):
+        config.update(_sandwich_config(arch))
     return config
+
+
+def _int_if_whole(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else x
+
+
+def _sandwich_config(arch: ModelArch) -> dict[str, Any]:
+    """gemma2 / gemma3_text's own config.json fields: query scaling, soft-caps, the sliding window and
+    the layer pattern (layer_types, which transformers 4.53+ and 5 read), and gemma3's two RoPE bases
+    in the keys both transformers 4 and 5 accept (rope_theta and rope_scaling for the global layers,
+    rope_local_base_freq for the local ones)."""
+    local = arch.local_layers()
+    out: dict[str, Any] = {
+        # an int where it is one: transformers' strict Gemma configs type it int
+        "query_pre_attn_scalar": _int_if_whole(arch.query_pre_attn_scalar or arch.head_dim),
+        "attn_logit_softcapping": arch.attn_logit_softcap,
+        "final_logit_softcapping": arch.final_logit_softcap,
+        "sliding_window": arch.sliding_window,
+        "layer_types": ["sliding_attention" if x else "full_attention" for x in local],
+        "attention_bias": False,
+    }
+    if arch.family == "gemma3":
+        out["rope_local_base_freq"] = arch.rope_local_theta or arch.rope_theta
+        if arch.local_global_ratio is not None:
+            a, b = (int(x) for x in arch.local_global_ratio.split(":"))
+            out["sliding_window_pattern"] = a + b
+    return out
 
 
 def _side(arch: ModelArch, checkpoint: str, fmt: str) -> SideConfig:
@@ -191,6 +223,10 @@ def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str =
     if target.exists():
         raise CheckpointError(f"{out!r} exists: export writes a new directory (remove it or choose another)")
     side = resolve_source(source, step, model)
+    config = hf_config(side.arch, dtype)
+    if why := config_differences(config, side.arch):  # e.g. an inline arch with conventions no model type has
+        raise CheckpointError(f"{side.arch.name} has no transformers config.json that computes it (written as "
+                              f"{config['model_type']}, it would read back with " + "; ".join(why) + ")")
     mesh = distributed.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     _, params = load_params(side, False, mesh)  # per-layer layout: one tensor per transformers name
     pure = nnx.to_pure_dict(params)
@@ -240,7 +276,7 @@ def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str =
                 weight_map.update({name: fname for name, _, _ in shard})
             (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                                 indent=2) + "\n")
-        (tmp / "config.json").write_text(json.dumps(hf_config(side.arch, dtype), indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps({"_from_model_config": True}, indent=2) + "\n")
         copied = []
         for f in tokenizer_sources(source):

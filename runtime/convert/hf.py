@@ -14,6 +14,8 @@ Layout (transformers' Linear weight is [out, in]; ours is [in, out] with heads s
   (gemma's norm weights are stored as w and applied as (1 + w) on both sides: copied as they are)
   gate/up/down_proj.weight [out, in]     -> mlp.gate/up/down [in, out]
   input/post_attention_layernorm.weight  -> attn_norm/mlp_norm.scale
+  gemma2/gemma3 (four norms): input_layernorm, post_attention_layernorm, pre_feedforward_layernorm,
+    post_feedforward_layernorm                -> attn_norm, post_attn_norm, mlp_norm, post_mlp_norm
   embed_tokens.weight [V, D] -> embed [V, D]; norm.weight -> final_norm.scale; lm_head.weight [V, D] -> lm_head [D, V]
 Transformers' Llama-family checkpoints already hold q/k in the rotate-half RoPE layout this runtime
 uses, so no permutation is applied.
@@ -213,6 +215,14 @@ LAYER_MAP: dict[tuple[str, ...], tuple[str, str]] = {
     ("mlp", "up"): ("mlp.up_proj.weight", "transpose"),
     ("mlp", "down"): ("mlp.down_proj.weight", "transpose"),
 }
+# gemma2/gemma3 (post_norms): four norms per layer, and transformers' post_attention_layernorm is the
+# norm on the attention output there, not the pre-MLP norm it is in Llama
+SANDWICH_MAP: dict[tuple[str, ...], tuple[str, str]] = {
+    **LAYER_MAP,
+    ("mlp_norm", "scale"): ("pre_feedforward_layernorm.weight", "same"),
+    ("post_attn_norm", "scale"): ("post_attention_layernorm.weight", "same"),
+    ("post_mlp_norm", "scale"): ("post_feedforward_layernorm.weight", "same"),
+}
 TOP_MAP: dict[tuple[str, ...], tuple[str, str]] = {
     ("embed",): ("model.embed_tokens.weight", "same"),
     ("final_norm", "scale"): ("model.norm.weight", "same"),
@@ -285,15 +295,18 @@ def _leaves(tree: Any, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:
 
 def hf_names(pure: dict, num_layers: int) -> Iterator[tuple[tuple, Optional[int], str, str]]:
     """(our path, layer or None for a stacked leaf, transformers name or {i} template, kind) of every
-    leaf of a pure-dict parameter tree (scanned or not)."""
-    for path, _ in _leaves(pure):
+    leaf of a pure-dict parameter tree (scanned or not). A tree whose layers have post-block norms
+    (gemma2/gemma3) names its norms as those families do (SANDWICH_MAP)."""
+    paths = [path for path, _ in _leaves(pure)]
+    layer_map = SANDWICH_MAP if any("post_attn_norm" in p for p in paths) else LAYER_MAP
+    for path in paths:
         if path[0] == "layers":
             if isinstance(path[1], int) or str(path[1]).isdigit():
                 rel, layer = path[2:], int(path[1])
-                suffix, kind = LAYER_MAP[rel]
+                suffix, kind = layer_map[rel]
                 yield path, layer, f"model.layers.{layer}.{suffix}", kind
             else:
-                suffix, kind = LAYER_MAP[path[1:]]
+                suffix, kind = layer_map[path[1:]]
                 yield path, None, "model.layers.{i}." + suffix, kind
         else:
             name, kind = TOP_MAP[path]

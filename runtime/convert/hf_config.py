@@ -18,6 +18,17 @@ MODEL_TYPES: dict[str, tuple[str, ...]] = {
     "qwen2": ("qwen2.5",),
     "qwen3": ("qwen3",),
     "gemma": ("gemma",),
+    "gemma2": ("gemma2",),
+    "gemma3_text": ("gemma3",),
+}
+_GEMMAS = ("gemma", "gemma2", "gemma3_text")  # (1 + w) norms, sqrt(D)-scaled embeddings
+_SANDWICH = ("gemma2", "gemma3_text")  # post-block norms, query_pre_attn_scalar, local/global layers
+_LAYER_TYPES = {"sliding_attention": True, "full_attention": False}
+# transformers' defaults for the keys a config.json may leave out (Gemma2Config, Gemma3TextConfig)
+_SANDWICH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma2": {"query_pre_attn_scalar": 256, "sliding_window": 4096, "final_logit_softcapping": 30.0,
+               "attn_logit_softcapping": 50.0},
+    "gemma3_text": {"query_pre_attn_scalar": 256, "sliding_window": 4096, "final_logit_softcapping": None},
 }
 _ANY_FAMILY = ("tiny", "inline")  # hand-described architectures: any model type of the decoder
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
@@ -27,12 +38,87 @@ class HFConfigError(ValueError):
     """A config.json of a model type or with a feature this runtime does not build."""
 
 
+def _rope_scaling(rope: dict, unsupported: list[str]) -> Optional[RopeScaling]:
+    """The RoPE scaling of one rope_parameters / rope_scaling entry (llama3 or linear), None for the
+    default; other kinds are appended to `unsupported`."""
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "llama3":
+        return RopeScaling(factor=rope["factor"], low_freq_factor=rope["low_freq_factor"],
+                           high_freq_factor=rope["high_freq_factor"],
+                           original_max_position=rope["original_max_position_embeddings"])
+    if kind == "linear":
+        return RopeScaling(kind="linear", factor=rope["factor"])
+    if kind != "default":
+        unsupported.append(f"rope_type {kind!r}")
+    return None
+
+
+def _layer_pattern(config: dict, mt: str, layers: int) -> list[bool]:
+    """Which layers attend through the sliding window (transformers' layer_types, or the default
+    pattern its gemma2 / gemma3_text config derives when config.json has none: gemma2 every even
+    layer, gemma3 all but every sliding_window_pattern-th)."""
+    types = config.get("layer_types")
+    if types is not None:
+        if len(types) != layers or any(t not in _LAYER_TYPES for t in types):
+            raise HFConfigError(f"{mt} config.json layer_types {types!r}: not {layers} of {sorted(_LAYER_TYPES)}")
+        return [_LAYER_TYPES[t] for t in types]
+    period = 2 if mt == "gemma2" else int(config.get("sliding_window_pattern") or 6)
+    return [bool((i + 1) % period) for i in range(layers)]
+
+
+def _ratio(local: list[bool]) -> Optional[str]:
+    """The local_global_ratio "a:b" whose repeat from layer 0 (a local layers, then b global) gives
+    exactly `local`, or None when no such ratio does (an irregular pattern this runtime does not build)."""
+    for period in range(1, len(local) + 1):
+        a = sum(local[:period])
+        if local[:a] != [True] * a or any(x != (i % period < a) for i, x in enumerate(local)):
+            continue
+        return f"{a}:{period - a}"
+    return None
+
+
+def _sandwich_fields(config: dict, mt: str, unsupported: list[str]) -> dict[str, Any]:
+    """gemma2 / gemma3_text: the interleaved local/global attention (sliding window, layer pattern,
+    the local layers' RoPE base), query scaling and soft-capping, as transformers computes them."""
+    config = {**_SANDWICH_DEFAULTS[mt], **config}
+    out: dict[str, Any] = dict(post_norms=True, query_pre_attn_scalar=float(config["query_pre_attn_scalar"]),
+                               final_logit_softcap=config["final_logit_softcapping"])
+    # gemma3's attention never passes attn_logit_softcapping to its kernel (transformers' Gemma3Attention):
+    # the value some configs carry changes nothing, so the function has no cap
+    out["attn_logit_softcap"] = config["attn_logit_softcapping"] if mt == "gemma2" else None
+    if config.get("use_bidirectional_attention"):
+        unsupported.append("use_bidirectional_attention")
+    local = _layer_pattern(config, mt, int(config["num_hidden_layers"]))
+    window = config.get("sliding_window")
+    if window is None or not any(local):
+        out.update(attention="global", local_global_ratio=None, sliding_window=None)
+    elif (ratio := _ratio(local)) is None:
+        unsupported.append(f"layer pattern {['local' if x else 'global' for x in local]}")
+    else:
+        out.update(attention="local_global", local_global_ratio=ratio, sliding_window=int(window))
+    rope = config.get("rope_parameters") or {}
+    if mt == "gemma3_text":
+        if "full_attention" in rope:  # transformers >= 5: one entry per layer type
+            glob, loc = dict(rope["full_attention"] or {}), dict(rope.get("sliding_attention") or {})
+        else:  # transformers 4: rope_theta / rope_scaling for the global layers, rope_local_base_freq
+            glob = {"rope_theta": config.get("rope_theta", 1e6), **(config.get("rope_scaling") or {})}
+            loc = {"rope_theta": config.get("rope_local_base_freq", 1e4)}
+        out.update(rope_theta=float(glob.get("rope_theta", 1e6)), rope_scaling=_rope_scaling(glob, unsupported),
+                   rope_local_theta=float(loc.get("rope_theta", 1e4)))
+        if _rope_scaling(loc, unsupported) is not None:
+            unsupported.append("rope scaling on the sliding-window layers")
+    return out
+
+
 def hf_arch_fields(config: dict) -> dict[str, Any]:
     """The ModelArch fields a transformers config.json determines."""
     mt = config.get("model_type")
+    if mt == "gemma3":
+        raise HFConfigError("model_type 'gemma3' is Gemma 3's multimodal checkpoint (Gemma3ForConditionalGeneration): "
+                            "this runtime builds the text decoder of gemma3_text checkpoints (Gemma3ForCausalLM)")
     if mt not in MODEL_TYPES:
         raise HFConfigError(f"model_type {mt!r} is not built by this runtime (built: {', '.join(MODEL_TYPES)})")
-    unsupported = []
+    unsupported: list[str] = []
     act = config.get("hidden_activation") or config.get("hidden_act") or "silu"
     if mt == "gemma" and act == "gelu":  # Gemma's own configs say gelu; transformers runs the tanh approximation
         act = "gelu_pytorch_tanh"
@@ -41,23 +127,25 @@ def hf_arch_fields(config: dict) -> dict[str, Any]:
     if config.get("mlp_bias"):
         unsupported.append("mlp_bias")
     window = config.get("sliding_window")
-    if window is not None and config.get("use_sliding_window", mt == "mistral"):
+    if mt not in _SANDWICH and window is not None and config.get("use_sliding_window", mt == "mistral"):
         unsupported.append(f"sliding_window {window}")
-    rope = dict(config.get("rope_parameters") or {})
-    rope.update(config.get("rope_scaling") or {})  # transformers < 5 wrote rope_scaling beside rope_theta
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    scaling = None
-    if kind == "llama3":
-        scaling = RopeScaling(factor=rope["factor"], low_freq_factor=rope["low_freq_factor"],
-                              high_freq_factor=rope["high_freq_factor"],
-                              original_max_position=rope["original_max_position_embeddings"])
-    elif kind != "default":
-        unsupported.append(f"rope_type {kind!r}")
+    try:
+        rope = dict(config.get("rope_parameters") or {})
+        if mt != "gemma3_text":  # gemma3's rope_parameters are per layer type (_sandwich_fields)
+            rope.update(config.get("rope_scaling") or {})  # transformers < 5 wrote rope_scaling beside rope_theta
+        scaling = None if mt == "gemma3_text" else _rope_scaling(rope, unsupported)
+        sandwich = _sandwich_fields(config, mt, unsupported) if mt in _SANDWICH else {}
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, HFConfigError):
+            raise
+        raise HFConfigError(f"{mt} config.json without a readable {e}") from e
+    if mt == "gemma2" and scaling is not None:  # one rotary table for every layer: not what the arch's scaling means
+        unsupported.append("rope scaling")
     if unsupported:
         raise HFConfigError(f"{mt} checkpoint with {', '.join(unsupported)}: not built by this runtime")
     try:
         heads = int(config["num_attention_heads"])
-        return dict(
+        fields = dict(
             vocab_size=int(config["vocab_size"]),
             num_layers=int(config["num_hidden_layers"]),
             emb_dim=int(config["hidden_size"]),
@@ -68,15 +156,26 @@ def hf_arch_fields(config: dict) -> dict[str, Any]:
             norm_eps=float(config.get("rms_norm_eps", 1e-6)),
             rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
             rope_scaling=scaling,
-            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            # transformers' Gemma configs tie by default (and Google's config.json files leave the key out)
+            tie_embeddings=bool(config.get("tie_word_embeddings", mt in _GEMMAS)),
             attention_bias=mt == "qwen2" or bool(config.get("attention_bias", False)),
-            qk_norm=mt == "qwen3",
+            qk_norm=mt in ("qwen3", "gemma3_text"),
             activation=_ACTIVATIONS[act],
-            norm_plus_one=mt == "gemma",
-            embed_scale=mt == "gemma",
+            norm_plus_one=mt in _GEMMAS,
+            embed_scale=mt in _GEMMAS,
+            post_norms=False,
+            query_pre_attn_scalar=None,
+            attn_logit_softcap=None,
+            final_logit_softcap=None,
+            attention="global",
+            local_global_ratio=None,
+            sliding_window=None,
+            rope_local_theta=None,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise HFConfigError(f"{mt} config.json without a readable {e}") from e
+    fields.update(sandwich)
+    return fields
 
 
 def arch_from_hf_config(config: dict, name: str) -> ModelArch:

@@ -4,8 +4,15 @@ RMSNorm -> grouped-query attention with RoPE -> residual -> RMSNorm -> SwiGLU ML
 layer; a final RMSNorm; tied or untied output embedding. The same class builds the tiny local models
 and the catalog's real shapes, with the variants the arch names: llama3 RoPE frequency scaling
 (Llama 3.1+), q/k/v biases (qwen2.5), q/k RMSNorm before RoPE (qwen3), GeGLU with (1 + w) norms
-and sqrt(D)-scaled embeddings (gemma). Each family is checked
-against transformers' logits (tests/test_hf_models.py); `arch.unbuildable` refuses the others.
+and sqrt(D)-scaled embeddings (gemma), and gemma2/gemma3's post-block norms, query scaling,
+attention and final logit soft-capping, and interleaved sliding-window (local) / global layers with
+their own RoPE bases. Each family is checked against transformers' logits
+(tests/test_hf_models.py); `arch.unbuildable` refuses the others.
+
+Attention goes through `jax.nn.dot_product_attention` (its `local_window_size` for sliding windows;
+cuDNN's fused kernel where asked), except for soft-capped layers (gemma2), which neither kernel
+caps: those run `softcapped_attention`, an XLA implementation holding what XLA's kernel holds.
+With stacked layers the local/global pattern is data (one flag per layer, `lax.cond` picks the kind).
 
 Layers are either stacked (`scan_layers=True`: created with `nnx.split_rngs` + `nnx.vmap`, run with
 `nnx.scan`, every parameter has a leading layer axis) or a plain Python list (a loop). Both compute
@@ -85,12 +92,16 @@ def rope_frequencies(head_dim: int, theta: float, scaling: Optional[RopeScaling]
     frequency_i = theta^(-2i / head_dim), i in [0, head_dim/2). With llama3 scaling (Llama 3.1+,
     HF `_compute_llama3_parameters`), for wavelength w_i = 2 pi / frequency_i and L the original
     context: w_i > L / low_freq_factor -> frequency_i / factor; w_i < L / high_freq_factor -> kept;
-    in between, s = (L / w_i - low) / (high - low) and frequency_i * ((1 - s) / factor + s).
+    in between, s = (L / w_i - low) / (high - low) and frequency_i * ((1 - s) / factor + s). With
+    linear scaling (Gemma 3's global layers) every frequency_i / factor.
     """
     freq = (1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))))
     freq = freq.astype(np.float32)
     if scaling is None:
         return freq
+    if scaling.kind == "linear":  # HF _compute_linear_scaling_rope_parameters: inv_freq / factor
+        return (freq / np.float32(scaling.factor)).astype(np.float32)
+    assert scaling.low_freq_factor and scaling.high_freq_factor and scaling.original_max_position  # RopeScaling checks
     factor, low, high = np.float32(scaling.factor), np.float32(scaling.low_freq_factor), np.float32(scaling.high_freq_factor)
     old = np.float32(scaling.original_max_position)
     low_wavelen, high_wavelen = old / low, old / high
@@ -123,8 +134,78 @@ def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
     return out.astype(x.dtype)
 
 
+class Rope(NamedTuple):
+    """The rotary tables of one forward: sin, cos [B, T, head_dim // 2] for the global layers and for
+    the local (sliding-window) ones, which gemma3 rotates with another base and without scaling
+    (the same arrays when the two agree)."""
+
+    sin: Array
+    cos: Array
+    local_sin: Array
+    local_cos: Array
+
+
+def soft_cap(x: Array, cap: Optional[float]) -> Array:
+    """cap * tanh(x / cap) (gemma2's attention and final logit soft-capping); x unchanged for None."""
+    if cap is None:
+        return x
+    return cap * jnp.tanh(x / cap)
+
+
+def attention_mask(t: int, s: int, window: Optional[int], mask: Optional[Array]) -> Array:
+    """Which keys each query may attend to, [B or 1, 1, T, S] bool: causal (key j <= query i), inside
+    the sliding window (i - j < window, transformers' sliding_window_overlay), and `mask` (packed
+    documents, [B, 1, T, S]) where given. Built from iotas, so XLA fuses it into its use."""
+    i = jnp.arange(t)[:, None]
+    j = jnp.arange(s)[None, :]
+    allowed = j <= i
+    if window is not None:
+        allowed = allowed & (i - j < window)
+    allowed = allowed[None, None]
+    return allowed if mask is None else allowed & mask
+
+
+def softcapped_attention(q: Array, k: Array, v: Array, *, scale: float, softcap: float, window: Optional[int],
+                         mask: Optional[Array]) -> Array:
+    """Grouped-query attention with gemma2's soft-capped logits, in XLA: softmax(mask(cap * tanh(q.k *
+    scale / cap))) v. `jax.nn.dot_product_attention` has no soft-capping (nor has cuDNN's fused
+    kernel), so these layers take this path on every backend. It holds the float32 logits [B, KV, G,
+    T, S] as XLA's `dot_product_attention` does, and no more: keys and values are not repeated per
+    query head (the group axis G = H / KV is an einsum axis) and the mask is [B or 1, 1, T, S].
+
+    q: [B, T, H, hd]; k, v: [B, S, KV, hd]; returns [B, T, H, hd] in v's dtype.
+    """
+    b, t, h, hd = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, h // kv, hd)
+    logits = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * jnp.float32(scale)
+    logits = soft_cap(logits, softcap)
+    allowed = attention_mask(t, k.shape[1], window, mask)[:, :, None]  # [B|1, 1, 1, T, S]
+    logits = jnp.where(allowed, logits, jnp.float32(-0.7 * np.finfo(np.float32).max))
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, h, hd)
+
+
+def attend(q: Array, k: Array, v: Array, *, scale: float, window: Optional[int], softcap: Optional[float],
+           mask: Optional[Array], impl: AttentionImpl) -> Array:
+    """Causal attention of rotated q [B, T, H, hd] over k, v [B, S, KV, hd], restricted to a sliding
+    window of `window` keys (i - j < window) and to `mask` (packed documents) where given.
+    Without soft-capping: `jax.nn.dot_product_attention` (cuDNN's fused kernel when asked and there
+    is no dense mask, which only the XLA kernel takes); with it: `softcapped_attention`."""
+    if softcap is not None:
+        return softcapped_attention(q, k, v, scale=scale, softcap=softcap, window=window, mask=mask)
+    local = None if window is None else (window - 1, 0)  # left keys besides the query itself, none right
+    if mask is None:
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, local_window_size=local,
+                                            implementation=impl)
+    # packed sequences: `mask` is causal within a segment already
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, local_window_size=local, implementation="xla")
+
+
 class Attention(nnx.Module):
-    """Causal grouped-query self-attention with RoPE; num_heads must be a multiple of num_kv_heads."""
+    """Causal grouped-query self-attention with RoPE; num_heads must be a multiple of num_kv_heads.
+    Interleaved local/global attention (gemma2/gemma3): each call says whether its layer is local
+    (a Python bool in a loop, a traced one in a scan, where `lax.cond` picks the branch)."""
 
     def __init__(self, arch: ModelArch, *, param_dtype, dtype, attention_impl: AttentionImpl, rngs: nnx.Rngs):
         d, h, kv, hd = arch.emb_dim, arch.num_heads, arch.num_kv_heads, arch.head_dim
@@ -134,7 +215,9 @@ class Attention(nnx.Module):
             raise ValueError(f"{arch.name}: head_dim={hd} must be even for RoPE")
         self.dtype = dtype
         self.head_dim = hd
-        self.rope_theta = arch.rope_theta
+        self.scale = arch.attn_scale
+        self.softcap = arch.attn_logit_softcap
+        self.window = arch.sliding_window if arch.attention == "local_global" else None
         self.attention_impl = attention_impl
         self.q = _param(rngs.params(), (d, h, hd), param_dtype, ("embed", "heads", "head_dim"), fan_in=d)
         self.k = _param(rngs.params(), (d, kv, hd), param_dtype, ("embed", "kv_heads", "head_dim"), fan_in=d)
@@ -148,11 +231,12 @@ class Attention(nnx.Module):
             self.k_bias = zeros(kv, ("kv_heads", "head_dim"))
             self.v_bias = zeros(kv, ("kv_heads", "head_dim"))
         self.qk_norm = arch.qk_norm
-        if arch.qk_norm:  # qwen3: RMSNorm over head_dim on queries and keys, before RoPE
-            self.q_norm = RMSNorm(hd, eps=arch.norm_eps, param_dtype=param_dtype, dtype=dtype)
-            self.k_norm = RMSNorm(hd, eps=arch.norm_eps, param_dtype=param_dtype, dtype=dtype)
+        if arch.qk_norm:  # qwen3, gemma3: RMSNorm over head_dim on queries and keys, before RoPE
+            kw = dict(eps=arch.norm_eps, param_dtype=param_dtype, dtype=dtype, plus_one=arch.norm_plus_one)
+            self.q_norm = RMSNorm(hd, **kw)
+            self.k_norm = RMSNorm(hd, **kw)
 
-    def __call__(self, x: Array, sin: Array, cos: Array, mask: Optional[Array]) -> Array:
+    def __call__(self, x: Array, rope: Rope, mask: Optional[Array], local: bool | Array = False) -> Array:
         dt = self.dtype
         q = jnp.einsum("btd,dnh->btnh", x, self.q[...].astype(dt))  # [B, T, H, hd]
         k = jnp.einsum("btd,dnh->btnh", x, self.k[...].astype(dt))  # [B, T, KV, hd]
@@ -161,11 +245,19 @@ class Attention(nnx.Module):
             q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
-        if mask is None:
-            ctx = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self.attention_impl)
-        else:  # packed sequences: causal within a segment; only the XLA kernel takes a dense mask
-            ctx = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+        def core(is_local: bool) -> Array:
+            sin, cos = (rope.local_sin, rope.local_cos) if is_local else (rope.sin, rope.cos)
+            qr, kr = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+            return attend(qr, kr, v, scale=self.scale, window=self.window if is_local else None,
+                          softcap=self.softcap, mask=mask, impl=self.attention_impl)
+
+        if self.window is None:  # global attention only
+            ctx = core(False)
+        elif isinstance(local, (bool, np.bool_)):  # a listed layer: its kind is static
+            ctx = core(bool(local))
+        else:  # a scanned layer: its kind is data
+            ctx = jax.lax.cond(local, lambda: core(True), lambda: core(False))
         return jnp.einsum("btnh,nhd->btd", ctx, self.o[...].astype(dt))  # [B, T, D]
 
 
@@ -189,25 +281,33 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    """Pre-norm residual block. Returns (new residual stream, attention out-projection output)."""
+    """Pre-norm residual block (with `post_norms`, gemma2/gemma3, the attention and MLP outputs are
+    normed again before their residual adds). Returns (new residual stream, attention out-projection
+    output)."""
 
     def __init__(self, arch: ModelArch, *, param_dtype, dtype, attention_impl: AttentionImpl, rngs: nnx.Rngs):
         kw = dict(param_dtype=param_dtype, dtype=dtype)
-        self.attn_norm = RMSNorm(arch.emb_dim, eps=arch.norm_eps, plus_one=arch.norm_plus_one, **kw)
+        norm = functools.partial(RMSNorm, arch.emb_dim, eps=arch.norm_eps, plus_one=arch.norm_plus_one, **kw)
+        self.attn_norm = norm()
         self.attn = Attention(arch, attention_impl=attention_impl, rngs=rngs, **kw)
-        self.mlp_norm = RMSNorm(arch.emb_dim, eps=arch.norm_eps, plus_one=arch.norm_plus_one, **kw)
+        self.mlp_norm = norm()
         self.mlp = MLP(arch, rngs=rngs, **kw)
+        self.post_norms = arch.post_norms
+        if arch.post_norms:
+            self.post_attn_norm = norm()
+            self.post_mlp_norm = norm()
 
-    def __call__(self, x: Array, sin: Array, cos: Array, mask: Optional[Array]) -> tuple[Array, Array]:
-        attn_out = self.attn(self.attn_norm(x), sin, cos, mask)  # [B, T, D]
-        x = x + attn_out
-        x = x + self.mlp(self.mlp_norm(x))
+    def __call__(self, x: Array, rope: Rope, mask: Optional[Array], local: bool | Array = False) -> tuple[Array, Array]:
+        attn_out = self.attn(self.attn_norm(x), rope, mask, local)  # [B, T, D]
+        x = x + (self.post_attn_norm(attn_out) if self.post_norms else attn_out)
+        h = self.mlp(self.mlp_norm(x))
+        x = x + (self.post_mlp_norm(h) if self.post_norms else h)
         return x, attn_out
 
 
 def _layer_apply(remat: Remat) -> Callable:
-    def apply(layer: DecoderLayer, x, sin, cos, mask):
-        return layer(x, sin, cos, mask)
+    def apply(layer: DecoderLayer, x, rope, mask, local):
+        return layer(x, rope, mask, local)
 
     if remat == "full":  # keep only the layer inputs; recompute everything in the backward pass
         return nnx.remat(apply)
@@ -225,8 +325,8 @@ class Transformer(nnx.Module):
     """Decoder-only Llama-family transformer.
 
     Args:
-      arch: the architecture (catalog entry). Only `attention: global` and dense MLPs
-        (`num_experts == 1`) are built here; other kinds raise ValueError.
+      arch: the architecture (catalog entry). Global or interleaved local/global attention and dense
+        MLPs (`num_experts == 1`) are built here; other kinds raise ValueError (`arch.unbuildable`).
       scan_layers: stack the layers (leading layer axis, `nnx.scan`) or keep a Python list.
       param_dtype: dtype the parameters are stored in.
       dtype: activation (compute) dtype; norms, RoPE, softmax and logits are float32 regardless.
@@ -296,7 +396,8 @@ class Transformer(nnx.Module):
             causal = jnp.tril(jnp.ones((t, t), dtype=jnp.bool_))
             same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, T]
             mask = (causal[None] & same)[:, None]  # [B, 1, T, T]
-        sin, cos = rope_tables(positions, self.arch.head_dim, self.arch.rope_theta, self.arch.rope_scaling)
+        rope = self.rope(positions)
+        local_flags = self.arch.local_layers()
 
         x = self.embed[...][tokens]  # [B, T, D]
         if self.arch.embed_scale:  # gemma: sqrt(D) rounded to the weight dtype, as transformers does
@@ -314,32 +415,32 @@ class Transformer(nnx.Module):
             slots = np.full((n,), len(wanted), np.int32)
             slots[wanted] = np.arange(len(wanted), dtype=np.int32)
 
-            @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
-            def body_kept(carry, layer, slot):
+            @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=nnx.Carry)
+            def body_kept(carry, layer, slot, local):
                 x, kept = carry
-                x, attn_out = apply(layer, x, sin, cos, mask)
+                x, attn_out = apply(layer, x, rope, mask, local)
                 if kept is not None:
                     kept = kept.at[slot].set(attn_out, mode="drop")
                 return x, kept
 
             kept = jnp.zeros((len(wanted),) + x.shape, x.dtype) if collect else None
-            x, kept = body_kept((x, kept), self.layers, jnp.asarray(slots))  # kept: [U, B, T, D] or None
+            x, kept = body_kept((x, kept), self.layers, jnp.asarray(slots), jnp.asarray(local_flags))  # kept: [U, B, T, D] or None
             order = [wanted.index(i) for i in feature_layers]
             features = None if kept is None else kept if order == list(range(len(wanted))) else kept[np.asarray(order)]
         elif self.scan_layers:  # half the layers or more selected: the stacked scan output is cheaper
 
-            @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
-            def body(x, layer):
-                x, attn_out = apply(layer, x, sin, cos, mask)
+            @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
+            def body(x, layer, local):
+                x, attn_out = apply(layer, x, rope, mask, local)
                 return x, attn_out
 
-            x, per_layer = body(x, self.layers)  # [L, B, T, D]
+            x, per_layer = body(x, self.layers, jnp.asarray(local_flags))  # [L, B, T, D]
             features = per_layer[np.asarray(feature_layers)]
         else:
             assert isinstance(self.layers, nnx.List)
             by_layer: dict[int, Array] = {}
             for i, layer in enumerate(self.layers):
-                x, attn_out = apply(layer, x, sin, cos, mask)
+                x, attn_out = apply(layer, x, rope, mask, local_flags[i])
                 if i in feature_layers:
                     by_layer[i] = attn_out
             features = jnp.stack([by_layer[i] for i in feature_layers]) if collect else None
@@ -348,10 +449,23 @@ class Transformer(nnx.Module):
         if return_hidden:
             return ModelOutput(logits=None, features=features, hidden=h)
         logits = jnp.einsum("btd,dv->btv", h, self.head(), preferred_element_type=jnp.float32)
-        return ModelOutput(logits=logits.astype(jnp.float32), features=features)
+        return ModelOutput(logits=soft_cap(logits.astype(jnp.float32), self.arch.final_logit_softcap),
+                           features=features)
+
+    def rope(self, positions: Array) -> Rope:
+        """The rotary tables for `positions` [B, T]: the global layers' (rope_theta, rope_scaling) and
+        the local layers' (rope_local_theta or rope_theta, never scaled: gemma3's local layers)."""
+        a = self.arch
+        sin, cos = rope_tables(positions, a.head_dim, a.rope_theta, a.rope_scaling)
+        if a.attention != "local_global" or ((a.rope_local_theta or a.rope_theta) == a.rope_theta
+                                             and a.rope_scaling is None):
+            return Rope(sin, cos, sin, cos)
+        local_sin, local_cos = rope_tables(positions, a.head_dim, a.rope_local_theta or a.rope_theta)
+        return Rope(sin, cos, local_sin, local_cos)
 
     def head(self) -> Array:
-        """The output projection [D, V] in the activation dtype (E^T when embeddings are tied)."""
+        """The output projection [D, V] in the activation dtype (E^T when embeddings are tied). The
+        logits are `soft_cap(hidden @ head, arch.final_logit_softcap)`: chunked losses apply the cap."""
         w = self.embed[...].T if self.arch.tie_embeddings else self.lm_head[...]
         return w.astype(self.dtype)
 
@@ -390,17 +504,29 @@ def matmul_params(arch: ModelArch) -> int:
     return arch.num_layers * (attn + mlp) + d * arch.vocab_size
 
 
+def keys_per_query(seq_len: int, window: Optional[int], *, causal: bool = True) -> float:
+    """Keys one query attends to, averaged over the sequence, as model FLOPs count them: T (T / 2
+    when causal: the lower triangle) for global attention; for a causal sliding window of W < T
+    keys, (W (W + 1) / 2 + (T - W) W) / T, rounded as W - W^2 / (2T) so that it meets T / 2 at W = T."""
+    t = float(seq_len)
+    if window is None or window >= seq_len:
+        return t / 2.0 if causal else t
+    w = float(window)
+    return w - w * w / (2.0 * t) if causal else w
+
+
 def flops_per_token(arch: ModelArch, seq_len: int, *, training: bool = True, causal: bool = True) -> float:
     """Model FLOPs per token, for MFU.
 
-    forward = 2 * N_matmul + attention, attention = 2 * 2 * L * H * hd * T (QK^T and PV, each
-    2*T*hd multiply-adds per head per token), halved when causal (only the lower triangle is
-    needed). training = 3 * forward (backward = 2 * forward), i.e. the familiar 6N + 12*L*H*hd*T
-    (PaLM appendix B; 6N + 6*L*H*hd*T with the causal halving). Remat recomputation is not counted
-    (model FLOPs, not hardware FLOPs).
+    forward = 2 * N_matmul + attention, attention = sum over layers of 2 * 2 * H * hd * K (QK^T and
+    PV, each K*hd multiply-adds per head per token), K = the keys a query attends to: T, halved
+    when causal (only the lower triangle is needed), fewer on sliding-window layers
+    (`keys_per_query`; gemma2/gemma3's local layers). training = 3 * forward (backward = 2 *
+    forward), i.e. the familiar 6N + 12*L*H*hd*T (PaLM appendix B; 6N + 6*L*H*hd*T with the causal
+    halving). Remat recomputation is not counted (model FLOPs, not hardware FLOPs).
     """
-    attn = 4.0 * arch.num_layers * arch.num_heads * arch.head_dim * seq_len
-    if causal:
-        attn /= 2.0
+    per_key = 4.0 * arch.num_heads * arch.head_dim
+    attn = sum(per_key * keys_per_query(seq_len, arch.sliding_window if local else None, causal=causal)
+               for local in arch.local_layers())
     fwd = 2.0 * matmul_params(arch) + attn
     return 3.0 * fwd if training else fwd

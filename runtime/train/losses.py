@@ -252,6 +252,8 @@ def chunked_distill_loss(
     feature_kind: Literal["cosine", "l2"] = "cosine",
     compare_vocab: int,
     chunk_size: int = 256,
+    student_softcap: Optional[float] = None,
+    teacher_softcap: Optional[float] = None,
 ) -> tuple[Array, Metrics]:
     """`distill_loss` on logits = hidden @ head, without ever holding [B, T, V] logits.
 
@@ -274,6 +276,9 @@ def chunked_distill_loss(
       student_head, teacher_head: [D_side, V_side] output projections (`model.head()`); the
         teacher's is frozen.
       chunk_size: sequence positions per chunk (T is padded up to a multiple; padding is masked).
+      student_softcap, teacher_softcap: each side's final logit soft-cap (`arch.final_logit_softcap`,
+        gemma2): its logits are cap * tanh((hidden @ head) / cap), and the student's gradient passes
+        through the cap's derivative 1 - (z / cap)^2.
       Others as `distill_loss`.
     """
     hs, ht = student_out.hidden, teacher_out.hidden  # [B, T, Ds], [B, T, Dt]
@@ -298,18 +303,27 @@ def chunked_distill_loss(
 
     ht = jax.lax.stop_gradient(ht)
     teacher_head = jax.lax.stop_gradient(teacher_head)
-    logit_sum, sums = _fused_logit_sums(int(compare_vocab), chunks(hs), student_head, chunks(ht), teacher_head,
+    caps = (None if student_softcap is None else float(student_softcap),
+            None if teacher_softcap is None else float(teacher_softcap))
+    logit_sum, sums = _fused_logit_sums(int(compare_vocab), caps, chunks(hs), student_head, chunks(ht), teacher_head,
                                         chunks(labels.astype(jnp.int32)), chunks(mask), alpha, temperature)
     kl_sum, ce_sum, kl1_sum, tce_sum = (jax.lax.stop_gradient(x) for x in sums)
     return _assemble(student_out, teacher_out, where, logit_sum, kl_sum, ce_sum, kl1_sum, tce_sum, count,
                      alpha=alpha, temperature=temperature, beta=beta, feature_kind=feature_kind, dt=dt)
 
 
-def _chunk(vc, hs, ws, ht, wt, labels, mask, alpha, temperature, with_grad):
-    """One chunk: hs [B, c, Ds], ht [B, c, Dt], labels/mask [B, c]. Sums (+ gradient pieces)."""
+def _capped(z: Array, cap: Optional[float]) -> Array:
+    """cap * tanh(z / cap) (a final logit soft-cap, gemma2), z unchanged for None."""
+    return z if cap is None else cap * jnp.tanh(z / cap)
+
+
+def _chunk(vc, caps, hs, ws, ht, wt, labels, mask, alpha, temperature, with_grad):
+    """One chunk: hs [B, c, Ds], ht [B, c, Dt], labels/mask [B, c]; caps: (student, teacher) final
+    logit soft-caps or None. Sums (+ gradient pieces)."""
     acc = jnp.promote_types(hs.dtype, jnp.float32)
     zs = jnp.einsum("bcd,dv->bcv", hs, ws.astype(hs.dtype), preferred_element_type=acc)  # [B, c, Vs]
     zt = jnp.einsum("bcd,dv->bcv", ht, wt.astype(ht.dtype), preferred_element_type=acc).astype(acc)  # [B, c, Vt]
+    zs, zt = _capped(zs, caps[0]), _capped(zt, caps[1])
     zs_c, zt_c = zs[..., :vc], zt[..., :vc]
 
     def kl(t_, s_, temp):
@@ -333,19 +347,21 @@ def _chunk(vc, hs, ws, ht, wt, labels, mask, alpha, temperature, with_grad):
     onehot = (jnp.arange(zs.shape[-1]) == labels[..., None]).astype(acc)  # [B, c, Vs]
     g = (1.0 - alpha) * (jnp.exp(zs - lse_s[..., None]) - onehot)
     g = g.at[..., :vc].add(alpha * temperature * (jnp.exp(log_q) - p))
+    if caps[0] is not None:  # through the cap: d(cap tanh(u / cap))/du = 1 - (z / cap)^2
+        g = g * (1.0 - jnp.square(zs / caps[0]))
     g = (g * mask[..., None]).astype(hs.dtype)  # cast like autodiff's transpose of a low-precision matmul
     dh = jnp.einsum("bcv,dv->bcd", g, ws.astype(hs.dtype), preferred_element_type=acc).astype(hs.dtype)
     dw = jnp.einsum("bcd,bcv->dv", hs, g, preferred_element_type=acc)  # [Ds, Vs]
     return logit_sum, sums, dh, dw
 
 
-def _scan_chunks(vc, hs, ws, ht, wt, labels, mask, alpha, temperature, with_grad):
+def _scan_chunks(vc, caps, hs, ws, ht, wt, labels, mask, alpha, temperature, with_grad):
     acc = jnp.promote_types(hs.dtype, jnp.float32)
     zero = jnp.zeros((), acc)
     init = (zero, (zero,) * 4) + ((jnp.zeros(ws.shape, acc),) if with_grad else ())
 
     def body(carry, xs):
-        out = _chunk(vc, xs[0], ws, xs[1], wt, xs[2], xs[3], alpha, temperature, with_grad)
+        out = _chunk(vc, caps, xs[0], ws, xs[1], wt, xs[2], xs[3], alpha, temperature, with_grad)
         new = (carry[0] + out[0], tuple(a + b for a, b in zip(carry[1], out[1])))
         if with_grad:
             return new + (carry[2] + out[3],), out[2]
@@ -354,22 +370,22 @@ def _scan_chunks(vc, hs, ws, ht, wt, labels, mask, alpha, temperature, with_grad
     return jax.lax.scan(body, init, (hs, ht, labels, mask))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused_logit_sums(vc, hs, ws, ht, wt, labels, mask, alpha, temperature):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fused_logit_sums(vc, caps, hs, ws, ht, wt, labels, mask, alpha, temperature):
     """(alpha T^2 sum KL_T + (1 - alpha) sum CE, (sum KL_T, sum CE_s, sum KL_1, sum CE_t)) over chunks.
 
     hs [nc, B, c, Ds], ht [nc, B, c, Dt], labels/mask [nc, B, c]; ws [Ds, Vs], wt [Dt, Vt].
     """
-    (logit_sum, sums), _ = _scan_chunks(vc, hs, ws, ht, wt, labels, mask, alpha, temperature, False)
+    (logit_sum, sums), _ = _scan_chunks(vc, caps, hs, ws, ht, wt, labels, mask, alpha, temperature, False)
     return logit_sum, sums
 
 
-def _fused_fwd(vc, hs, ws, ht, wt, labels, mask, alpha, temperature):
-    (logit_sum, sums, dw), dh = _scan_chunks(vc, hs, ws, ht, wt, labels, mask, alpha, temperature, True)
+def _fused_fwd(vc, caps, hs, ws, ht, wt, labels, mask, alpha, temperature):
+    (logit_sum, sums, dw), dh = _scan_chunks(vc, caps, hs, ws, ht, wt, labels, mask, alpha, temperature, True)
     return (logit_sum, sums), (dh, dw, ws)  # ws only for its dtype (a live parameter: no extra memory)
 
 
-def _fused_bwd(vc, res, cts):
+def _fused_bwd(vc, caps, res, cts):
     dh, dw, ws = res
     ws_dtype = ws.dtype
     ct = cts[0]  # only the objective is differentiable; the metric sums are stop_gradient-ed
@@ -388,8 +404,10 @@ def chunked_logit_sums(
     fields: dict[str, Array],
     *,
     chunk_size: int,
+    softcap: Optional[float] = None,
 ) -> tuple[Array, ...]:
     """Sums over all positions of the per-token `terms(logits, fields)`, with logits = hidden @ head
+    (soft-capped by `softcap` where the model caps its logits, gemma2's arch.final_logit_softcap)
     formed one chunk of positions at a time, so [B, T, V] logits never exist at once.
 
     The generic fused path (cross-entropy only, the offline objectives): each chunk's logits are
@@ -423,7 +441,7 @@ def chunked_logit_sums(
     @jax.checkpoint
     def one(h: Array, f: dict[str, Array]) -> tuple[Array, ...]:
         z = jnp.einsum("bcd,dv->bcv", h, head.astype(h.dtype), preferred_element_type=acc)  # [B, c, V]
-        return tuple(jnp.sum(x) for x in terms(z, f))
+        return tuple(jnp.sum(x) for x in terms(_capped(z, softcap), f))
 
     xs = (chunks(hidden), {k: chunks(v, "constant" if k == "mask" else "edge") for k, v in fields.items()})
     first = jax.eval_shape(one, xs[0][0], {k: v[0] for k, v in xs[1].items()})

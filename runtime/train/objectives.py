@@ -86,7 +86,8 @@ def student_token_sums(config: RuntimeConfig, student: Transformer, batch: dict,
     out = student(batch["inputs"], **packed(batch), return_hidden=chunked)
     if chunked:
         assert out.hidden is not None  # asked for with return_hidden
-        return losses.chunked_logit_sums(terms, out.hidden, student.head(), fields, chunk_size=config.loss_chunk_size)
+        return losses.chunked_logit_sums(terms, out.hidden, student.head(), fields, chunk_size=config.loss_chunk_size,
+                                         softcap=student.arch.final_logit_softcap)
     assert out.logits is not None
     return tuple(losses.masked_mean_parts(t, fields["mask"])[0] for t in terms(out.logits, fields))
 
@@ -130,7 +131,9 @@ class OnlineObjective:
         if self.chunked:
             t_out, t_head = signal
             return losses.chunked_distill_loss(out, t_out, batch["labels"], batch["mask"], student_head=student.head(),
-                                               teacher_head=t_head, chunk_size=self.config.loss_chunk_size, **common)
+                                               teacher_head=t_head, chunk_size=self.config.loss_chunk_size,
+                                               student_softcap=self.config.student.arch.final_logit_softcap,
+                                               teacher_softcap=self.config.teacher.arch.final_logit_softcap, **common)
         return losses.distill_loss(out, signal, batch["labels"], batch["mask"], **common)
 
 
