@@ -27,7 +27,7 @@ from distillc.runtime.train import distributed
 from distillc.runtime.train.checkpoints import CheckpointError, save_params
 from distillc.runtime.train.params import init_params, load_params
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, xla_env
 from tests.runtime_configs import make_config
 from tests.test_hf_models import FIXTURES, MAX_KL, fixture_arch, forward, goldens, max_kl, side
 
@@ -83,6 +83,41 @@ def test_fixtures_hold_what_the_conventions_undo():
                                   _params(fixture_arch("qwen2.5"), str(FIXTURES / "qwen2.5"), False)["['layers'][0]['attn']['q']"])
     assert "['decoder']['layers']['self_attention']['key_norm']['scale']" in _stored(MT / "qwen3-scanned")
     assert json.loads((MT / "SOURCE.json").read_text())["converter"].startswith("maxtext.checkpoint_conversion.to_maxtext")
+
+
+SHARDED_CHECK = """
+import json, jax
+from flax import nnx
+from tests.test_hf_models import fixture_arch, forward, goldens, max_kl, side
+from tests.test_maxtext import MT
+from tests.runtime_configs import make_config
+from distillc.runtime.train import distributed
+from distillc.runtime.train.params import load_params
+assert jax.device_count() == 8
+tokens, golden = goldens("llama3.1")
+arch = fixture_arch("llama3.1")
+out = {}
+for stored in ("scanned", "unscanned"):
+    path = str(MT / f"llama3.1-{stored}")
+    mesh = distributed.make_mesh(make_config("/tmp/unused", mesh=(1, 4, 2)).mesh)
+    _, params = load_params(side(arch, path), True, mesh)
+    q = nnx.to_pure_dict(params)["layers"]["attn"]["q"]
+    out[stored] = {"kl": max_kl(golden, forward(arch, path, True, tokens, mesh_shape=(1, 4, 2))), "q": list(q.shape),
+                   "shard": sorted({tuple(s.data.shape) for s in q.addressable_shards})}
+print(json.dumps(out))
+"""
+
+
+def test_sharded_load_on_a_mesh_equals_transformers():
+    """fsdp 4 x tensor 2 over 8 host devices: Orbax restores each device's shard, the conventions
+    are undone on the mesh, and each device holds its slice of q."""
+    out = subprocess.run([sys.executable, "-c", SHARDED_CHECK], env=xla_env(8), cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for stored in ("scanned", "unscanned"):
+        assert result[stored]["kl"] <= MAX_KL
+        assert result[stored]["q"] == [2, 64, 4, 16] and result[stored]["shard"] == [[2, 16, 2, 16]]
 
 
 @pytest.mark.parametrize("where", ["checkpoint dir", "step dir", "items"])
