@@ -47,8 +47,12 @@ def _params(arch, path: str, scan: bool = True, fmt=None) -> dict:
 def _stored(path: Path) -> dict:
     """Every array of a MaxText checkpoint, by its path under params/params."""
     ckptr = ocp.PyTreeCheckpointer()
+    items = items_dir(str(path))
     try:
-        tree = ckptr.restore(items_dir(str(path)))
+        meta = ckptr.metadata(items)
+        meta = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+        tree = ckptr.restore(items, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
     finally:
         ckptr.close()
     return {jax.tree_util.keystr(k): np.asarray(v)
@@ -207,6 +211,10 @@ def test_bfloat16_export_is_the_rounded_tensors(tmp_path):
     for name, x in ours.items():
         assert x.dtype == ml_dtypes.bfloat16, name
         np.testing.assert_array_equal(x, f32[name].astype(ml_dtypes.bfloat16), err_msg=name)
+    # and a bfloat16 checkpoint loads into a float32 run (cast on the mesh) to nearly the same logits
+    tokens, golden = goldens("qwen3")
+    ours_logits = forward(fixture_arch("qwen3"), str(tmp_path / "mt"), True, tokens)
+    assert max_kl(golden, ours_logits) < 1e-3 and (ours_logits.argmax(-1) == golden.argmax(-1)).mean() > 0.9
 
 
 def test_export_refuses_an_existing_out(tmp_path):
@@ -284,7 +292,15 @@ def test_cli_round_trip_through_maxtext_with_model(tmp_path):
     after = _params(arch, str(tmp_path / "hf"))
     for name in before:
         np.testing.assert_array_equal(before[name], after[name], err_msg=name)
-    assert not (tmp_path / "out").exists()
+    # distillc logits on the MaxText checkpoint (--model) equals it on the original
+    tokens = tmp_path / "tokens.jsonl"
+    tokens.write_text(json.dumps({"prompt": "p", "tokens": [1, 2, 3, 250, 7]}) + "\n")
+    mine = _cli("logits", str(tmp_path / "ckpt"), "--golden", str(tokens), "--model", "tiny-student-xs",
+                "--out", str(tmp_path / "ours.jsonl"))
+    assert mine.returncode == 0, mine.stderr
+    check = _cli("logits", str(tmp_path / "mt" / "0"), "--golden", str(tmp_path / "ours.jsonl"), "--model",
+                 "tiny-student-xs", "--max-kl", "1e-12")
+    assert check.returncode == 0 and "max KL 0.000e+00" in check.stdout, check.stdout + check.stderr
 
 
 def test_cli_logits_reads_a_maxtext_checkpoint(tmp_path):
@@ -292,3 +308,18 @@ def test_cli_logits_reads_a_maxtext_checkpoint(tmp_path):
     shutil.copyfile(FIXTURES / "qwen3" / "golden.jsonl", golden)
     out = _cli("logits", str(MT / "qwen3-scanned"), "--golden", str(golden))
     assert out.returncode == 2 and "--model" in out.stderr
+
+
+# ----------------------------------------------------------------------------- validate (no jax)
+
+
+def test_validate_accepts_format_maxtext_and_checks_a_local_path(tmp_path):
+    from tests.conftest import check_text, codes, find, spec_text
+
+    for path in (MT / "qwen3-scanned" / "0" / "items", MT / "qwen3-scanned"):
+        text = spec_text(f"student:\n  checkpoint: {path}\n  format: maxtext\n")
+        result = check_text(text)
+        assert not [d for d in result.diagnostics if d.is_error], [d.message for d in result.diagnostics]
+        assert not {"DC180", "DC181", "DC182"} & set(codes(result))
+    missing = spec_text(f"student:\n  checkpoint: {tmp_path / 'nope'}\n  format: maxtext\n")
+    assert find(check_text(missing), "DC180").is_error
