@@ -29,8 +29,9 @@ here) and four conventions, undone on load and applied on export (`Convention`):
     stored times sqrt(D) (MaxText divides tied logits by sqrt(D) instead of scaling the lookup).
 
 Loading restores each array with Orbax directly onto its device shards (the target shardings come
-from the run's mesh), then one jitted function moves the layer axis, undoes the conventions and lays
-the result onto the run's layout (scanned or not) and shardings. Every mismatch (a missing tensor, a
+from the run's mesh), then a jitted function per parameter moves the layer axis, undoes the
+conventions and lays the result onto the run's layout (scanned or not) and shardings, freeing the
+restored tensors as it goes. Every mismatch (a missing tensor, a
 tensor the architecture has no place for, a wrong shape) is one CheckpointError naming the path and
 the MaxText tensor.
 """
@@ -353,8 +354,9 @@ def _mt_sharding(leaf: Any, run_scanned: bool, stored_scanned: bool, layered: bo
 def load_maxtext_params(path: str, arch: ModelArch, abstract: dict, scan_layers: bool) -> dict:
     """Our pure-dict parameter tree (scanned when `scan_layers`) read from the MaxText checkpoint at
     `path` onto the shardings and dtypes of `abstract` (a pure dict of ShapeDtypeStructs with
-    shardings): Orbax restores each tensor onto its device shards, then one jitted function undoes
-    MaxText's conventions and lays the layers out as this run holds them."""
+    shardings): parameter by parameter, Orbax restores the MaxText tensor(s) onto device shards, a
+    jitted function undoes MaxText's conventions and lays the layers out as this run holds them,
+    and the restored tensors are freed (peak: about the model plus one parameter)."""
     items, params = stored_params(path)
     where = str(items)
     stored_scanned = is_scanned(params, where)
@@ -370,62 +372,73 @@ def load_maxtext_params(path: str, arch: ModelArch, abstract: dict, scan_layers:
     want = expected(arch, stored_scanned, per_layer_shape)
     check_tree(where, arch, params, want)
 
-    # restore MaxText's tensors as stored (dtype included) onto shardings derived from the run's
-    target: dict = {}
-    restore_args: dict = {}
-    for mt_path, (e, shape) in want.items():
-        meta = _get(params, mt_path)
-        dtype = getattr(meta, "dtype", None) or our_leaf(e).dtype
-        sharding = _mt_sharding(our_leaf(e), scan_layers, stored_scanned, e.layered)
-        _set(target, mt_path, jax.ShapeDtypeStruct(shape, dtype, sharding=sharding))
-        _set(restore_args, mt_path, ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype))
-    ckptr = ocp.PyTreeCheckpointer()
-    try:
-        restored = ckptr.restore(items, args=ocp.args.PyTreeRestore(
-            item={"params": {"params": target}}, restore_args={"params": {"params": restore_args}},
-            partial_restore=True))["params"]["params"]
-    except (ValueError, KeyError, OSError) as e:
-        raise CheckpointError(f"{where}: Orbax could not restore it ({str(e)[:300]})") from e
-    finally:
-        ckptr.close()
+    def restore(names: list[Path_]) -> list[Any]:
+        """MaxText's tensors `names` as stored (dtype included), each restored by Orbax onto the
+        shardings derived from the run's: one entry's tensors at a time, so the staging buffers of
+        a restore never hold more than one parameter."""
+        target: dict = {}
+        restore_args: dict = {}
+        for mt_path in names:
+            ent, shape = want[mt_path]
+            dtype = getattr(_get(params, mt_path), "dtype", None) or our_leaf(ent).dtype
+            sharding = _mt_sharding(our_leaf(ent), scan_layers, stored_scanned, ent.layered)
+            _set(target, mt_path, jax.ShapeDtypeStruct(shape, dtype, sharding=sharding))
+            _set(restore_args, mt_path, ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype))
+        try:
+            got = ckptr.restore(items, args=ocp.args.PyTreeRestore(
+                item={"params": {"params": target}}, restore_args={"params": {"params": restore_args}},
+                partial_restore=True))["params"]["params"]
+        except (ValueError, KeyError, OSError) as err:
+            raise CheckpointError(f"{where}: Orbax could not restore {tensor_name(names[0])!r} ({str(err)[:300]})") from err
+        return [_get(got, n) for n in names]
 
     conv = convention(arch)
-    layer_entries = [e for e in entries(arch, stored_scanned)]
 
-    def convert(tree: dict) -> dict:
-        out: dict = {}
-        for e in layer_entries:
-            dtype = our_leaf(e).dtype
-            if not e.layered:
-                _set(out, e.ours, to_ours(e.kind, _get(tree, e.mt), arch, conv).astype(dtype))
-                continue
-            if stored_scanned:
-                stacked = jnp.moveaxis(to_ours(e.kind, _get(tree, e.mt), arch, conv), SCAN_AXIS, 0).astype(dtype)
-                if scan_layers:
-                    _set(out, ("layers",) + e.ours, stacked)
-                else:
-                    for i in range(arch.num_layers):
-                        _set(out, ("layers", i) + e.ours, stacked[i])
-            else:
-                per = [to_ours(e.kind, _get(tree, tuple(p.format(i=i) for p in e.mt)), arch, conv).astype(dtype)
-                       for i in range(arch.num_layers)]
-                if scan_layers:
-                    _set(out, ("layers",) + e.ours, jnp.stack(per))
-                else:
-                    for i, x in enumerate(per):
-                        _set(out, ("layers", i) + e.ours, x)
-        return out
+    def load_entry(ent: Entry, out: dict) -> None:
+        """One entry's tensors restored, converted into our leaf (or one leaf per layer of an
+        unscanned run) on the run's shardings, and freed."""
+        names = [ent.mt] if not ent.layered or stored_scanned else \
+            [tuple(p.format(i=i) for p in ent.mt) for i in range(arch.num_layers)]
+        sources = restore(names)
+        if ent.layered and not scan_layers:
+            for i in range(arch.num_layers):
+                leaf = our_leaf(ent, i)
+                fn = _converter(ent, arch, conv, stored_scanned, False, leaf.dtype, i)
+                _set(out, ("layers", i) + ent.ours, jax.jit(fn, out_shardings=leaf.sharding)(sources))
+        else:
+            leaf = our_leaf(ent)
+            fn = _converter(ent, arch, conv, stored_scanned, ent.layered, leaf.dtype, None)
+            _set(out, (("layers",) if ent.layered else ()) + ent.ours, jax.jit(fn, out_shardings=leaf.sharding)(sources))
+        for x in sources:  # every leaf made from them exists now
+            x.delete()
 
-    shardings = jax.tree.map(lambda a: a.sharding, _int_layer_keys(abstract))
-    return jax.jit(convert, out_shardings=shardings)(restored)
+    out: dict = {}
+    ckptr = ocp.PyTreeCheckpointer()
+    try:
+        for ent in entries(arch, stored_scanned):
+            load_entry(ent, out)
+    finally:
+        ckptr.close()
+    return out
 
 
-def _int_layer_keys(tree: dict) -> dict:
-    """`tree` with unscanned layer keys as ints, as nnx's pure dicts have them."""
-    layers = tree.get("layers")
-    if isinstance(layers, dict) and layers and all(str(k).isdigit() for k in layers):
-        return {**tree, "layers": {int(k): v for k, v in layers.items()}}
-    return tree
+def _converter(e: Entry, arch: ModelArch, conv: Convention, stored_scanned: bool, stacked_out: bool, dtype: Any,
+               layer: Optional[int]) -> Callable[[list], Any]:
+    """The jitted body turning the MaxText tensor(s) of one entry into one of our leaves: the whole
+    stack (`stacked_out`), one `layer`, or a top-level tensor."""
+
+    def fn(sources: list) -> Any:
+        if not e.layered:
+            return to_ours(e.kind, sources[0], arch, conv).astype(dtype)
+        if stored_scanned:
+            x = sources[0] if layer is None else jnp.take(sources[0], layer, axis=SCAN_AXIS)
+            x = to_ours(e.kind, x, arch, conv).astype(dtype)
+            return jnp.moveaxis(x, SCAN_AXIS, 0) if stacked_out else x
+        if stacked_out:
+            return jnp.stack([to_ours(e.kind, x, arch, conv).astype(dtype) for x in sources])
+        return to_ours(e.kind, sources[0 if layer is None else layer], arch, conv).astype(dtype)
+
+    return fn
 
 
 # ----------------------------------------------------------------------------- export
@@ -444,22 +457,27 @@ class ExportedMaxText:
 def maxtext_tree(pure: dict, arch: ModelArch, scanned: bool, dtype: Any,
                  fetch: Callable[[Any], np.ndarray] = lambda x: np.asarray(jax.device_get(x))) -> dict:
     """MaxText's params/params tree (numpy arrays in `dtype`) from our pure-dict parameters
-    (`pure` scanned when `scanned`, i.e. with stacked layers)."""
+    (`pure` scanned when `scanned`, i.e. with stacked layers), one tensor at a time (each fetched,
+    converted and cast without further copies)."""
     conv = convention(arch)
     out: dict = {}
+
+    def cast(x: Any) -> np.ndarray:
+        return np.asarray(x).astype(dtype, copy=False)
+
     for e in entries(arch, scanned):
         if not e.layered:
-            _set(out, e.mt, np.asarray(to_maxtext(e.kind, fetch(_get(pure, e.ours)), arch, conv)).astype(dtype))
+            _set(out, e.mt, cast(to_maxtext(e.kind, fetch(_get(pure, e.ours)), arch, conv)))
             continue
         layers = pure["layers"]
         if scanned:
-            x = to_maxtext(e.kind, fetch(_get(layers, e.ours)), arch, conv)
-            _set(out, e.mt, np.ascontiguousarray(np.moveaxis(np.asarray(x), 0, SCAN_AXIS)).astype(dtype))
+            x = cast(to_maxtext(e.kind, fetch(_get(layers, e.ours)), arch, conv))
+            _set(out, e.mt, np.ascontiguousarray(np.moveaxis(x, 0, SCAN_AXIS)))
+            del x
         else:
             for i in range(arch.num_layers):
                 layer = layers[i] if i in layers else layers[str(i)]
-                x = to_maxtext(e.kind, fetch(_get(layer, e.ours)), arch, conv)
-                _set(out, tuple(p.format(i=i) for p in e.mt), np.asarray(x).astype(dtype))
+                _set(out, tuple(p.format(i=i) for p in e.mt), cast(to_maxtext(e.kind, fetch(_get(layer, e.ours)), arch, conv)))
     return out
 
 
@@ -509,6 +527,9 @@ def export_maxtext(source: str, out: str, *, step: Optional[int] = None, dtype: 
     mesh = distributed.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     _, params = load_params(side, scanned, mesh)
     tree = maxtext_tree(nnx.to_pure_dict(params), side.arch, scanned, dtypes[dtype])
+    for x in jax.tree.leaves(params):  # the MaxText tree is all Orbax needs from here on
+        x.delete()
+    del params
     items = save_maxtext(out, tree)
     arrays = [a for _, a in _leaves(tree)]
     return ExportedMaxText(out, items, scanned, len(arrays), sum(a.nbytes for a in arrays), side.arch)
