@@ -217,6 +217,14 @@ def test_bfloat16_export_is_the_rounded_tensors(tmp_path):
     assert max_kl(golden, ours_logits) < 1e-3 and (ours_logits.argmax(-1) == golden.argmax(-1)).mean() > 0.9
 
 
+def test_export_of_a_scaled_llama_needs_the_maxtext_model(tmp_path):
+    """config.json cannot tell Llama 3.1 (interleaved in MaxText) from 3.3 (rotate-half): --model decides."""
+    with pytest.raises(CheckpointError, match="--model"):
+        export_maxtext(str(FIXTURES / "llama3.1"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    export_maxtext(str(FIXTURES / "llama2"), str(tmp_path / "llama2"), dtype="float32")  # no scaling: no doubt
+
+
 def test_export_refuses_an_existing_out(tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(CheckpointError, match="exists"):

@@ -524,6 +524,11 @@ def export_maxtext(source: str, out: str, *, step: Optional[int] = None, dtype: 
     if _abs(out).exists():
         raise CheckpointError(f"{out!r} exists: export writes a new directory (remove it or choose another)")
     side = resolve_source(source, step, model)
+    if model is None and side.format == "hf" and side.arch.family.startswith("llama") and side.arch.rope_scaling:
+        # config.json cannot tell Llama 3.1 (MaxText: interleaved RoPE) from 3.2/3.3 (rotate-half)
+        raise CheckpointError(f"{source!r} is a Llama 3.x checkpoint with RoPE scaling, whose MaxText layout depends "
+                              "on the MaxText model: name it with --model (llama3.1-8b/70b/405b: interleaved RoPE "
+                              "pairs; llama3.3-70b, llama3.2-1b: rotate-half)")
     mesh = distributed.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     _, params = load_params(side, scanned, mesh)
     tree = maxtext_tree(nnx.to_pure_dict(params), side.arch, scanned, dtypes[dtype])
