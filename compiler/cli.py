@@ -451,6 +451,7 @@ def _catalog_model(model: Optional[str]):
 
 class ExportTarget(str, Enum):
     hf = "hf"
+    maxtext = "maxtext"
 
 
 class ExportDtype(str, Enum):
@@ -463,16 +464,34 @@ class ExportDtype(str, Enum):
 def export(
     source: str = typer.Argument(..., help="A run directory, a Hugging Face directory, or a distillc parameter checkpoint."),
     out: str = typer.Argument(..., help="The directory to write (must not exist; written atomically)."),
-    to: ExportTarget = typer.Option(..., "--to", help="Output format: hf (safetensors + index + config.json)."),
+    to: ExportTarget = typer.Option(..., "--to", help="Output format: hf (safetensors + index + config.json) or maxtext "
+                                    "(an Orbax checkpoint OUT/0/items, MaxText's load_parameters_path)."),
     step: Optional[int] = typer.Option(None, "--step", help="A run's saved step (default: the latest)."),
     dtype: ExportDtype = typer.Option(ExportDtype.bfloat16, "--dtype", help="Parameter dtype written."),
     max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB."),
-    model: Optional[str] = typer.Option(None, "--model", help="Catalog model of SOURCE when it has no config.json or manifest."),
+    model: Optional[str] = typer.Option(None, "--model", help="Catalog model of SOURCE when it has no config.json or manifest "
+                                        "(a MaxText SOURCE); for --to maxtext, the MaxText model it is for."),
+    unscanned: bool = typer.Option(False, "--unscanned", help="--to maxtext: one entry per layer (MaxText scan_layers: false)."),
 ) -> None:
-    """Export parameters as a Hugging Face directory that transformers' from_pretrained loads."""
+    """Export parameters as a Hugging Face directory that transformers' from_pretrained loads, or as a
+    MaxText checkpoint that MaxText restores (load_parameters_path=OUT/0/items)."""
     arch = _catalog_model(model)
-    from distillc.runtime.convert.export import export_hf
     from distillc.runtime.train.checkpoints import CheckpointError
+
+    if to == ExportTarget.maxtext:
+        from distillc.runtime.convert.maxtext import convention, export_maxtext
+
+        try:
+            mt = export_maxtext(source, out, step=step, dtype=dtype.value, model=arch, scanned=not unscanned)
+        except CheckpointError as e:
+            raise fail(str(e))
+        conv = convention(mt.arch)
+        typer.echo(f"exported {mt.arch.name} ({mt.tensors} tensors, {mt.bytes / 1e6:.1f} MB {dtype.value}, "
+                   f"{'scanned' if mt.scanned else 'unscanned'}) to {mt.items} (MaxText load_parameters_path; "
+                   f"query {'scaled by 1/sqrt(head_dim)' if conv.scale_query else 'unscaled'}, RoPE "
+                   f"{'interleaved (llama3.1)' if conv.rope_interleaved else 'rotate-half'})")
+        return
+    from distillc.runtime.convert.export import export_hf
 
     try:
         done = export_hf(source, out, step=step, dtype=dtype.value, max_shard_size=max_shard_size, model=arch)
@@ -489,7 +508,7 @@ class LogitsDtype(str, Enum):
 
 @app.command()
 def logits(
-    checkpoint: str = typer.Argument(..., help="A Hugging Face directory, a run directory, or a parameter checkpoint (with --model)."),
+    checkpoint: str = typer.Argument(..., help="A Hugging Face directory, a run directory, or a MaxText or parameter checkpoint (with --model)."),
     golden: Optional[str] = typer.Option(None, "--golden", help="MaxText golden file: JSON lines {prompt, tokens, logits}."),
     out: Optional[str] = typer.Option(None, "--out", help="Write our logits for the golden's tokens in the same format."),
     max_kl: float = typer.Option(1e-4, "--max-kl", help="Exit 1 when a prompt's max KL(golden || ours) exceeds this."),

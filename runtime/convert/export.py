@@ -5,8 +5,8 @@ beside a Hugging Face SOURCE, or a run's data.tokenizer file), written atomicall
 temporary sibling directory renamed onto OUT when complete, so OUT is either absent or whole.
 
 SOURCE is a distillc run directory (its student: the latest step, or --step N), a Hugging Face
-directory (a dtype conversion or a re-shard), or a distillc parameter checkpoint (then `model`
-names its architecture). Parameters are gathered one tensor at a time into the shard being written;
+directory (a dtype conversion or a re-shard), a MaxText checkpoint or a distillc parameter
+checkpoint (for these two `model` names the architecture). `--to maxtext` is convert/maxtext.py. Parameters are gathered one tensor at a time into the shard being written;
 the loaded model itself is held on one device (host memory on CPU) while exporting.
 """
 
@@ -31,6 +31,7 @@ from distillc.runtime.config import MeshConfig, RuntimeConfig, SideConfig
 from distillc.runtime.convert.hf import (
     INDEX, HFCheckpoint, arch_from_hf_config, config_differences, hf_names, hf_shape, is_hf_checkpoint, to_hf,
 )
+from distillc.runtime.convert.maxtext import is_maxtext_checkpoint
 from distillc.runtime.train.checkpoints import CheckpointError
 
 _ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
@@ -162,14 +163,20 @@ def tokenizer_sources(source: str) -> list[Path]:
 
 
 def resolve_source(source: str, step: Optional[int], model: Optional[ModelArch]) -> SideConfig:
-    """What SOURCE holds, as a side to load: a run's student, a Hugging Face directory, or a
-    parameter checkpoint of `model`."""
+    """What SOURCE holds, as a side to load: a run's student, a Hugging Face directory, a MaxText
+    checkpoint of `model` (.../<step>/items, a step or a checkpoint directory), or a parameter
+    checkpoint of `model`."""
     path = Path(source)
     if "://" not in source and not path.exists():
         raise CheckpointError(f"{source!r} does not exist")
     if is_hf_checkpoint(source):
         arch = model or arch_from_hf_config(HFCheckpoint(source).config, path.name or "model")
         return _side(arch, source, "hf")
+    if is_maxtext_checkpoint(source):  # MaxText records no architecture: --model names it
+        if model is None:
+            raise CheckpointError(f"{source!r} is a MaxText checkpoint, which records no architecture: name it "
+                                  "with --model (a catalog model, e.g. llama3.1-8b)")
+        return _side(model, source, "maxtext")
     manifest = path / "manifest.json"
     if manifest.exists():
         try:

@@ -16,6 +16,7 @@ from flax import nnx
 from distillc.runtime.config import SideConfig
 from distillc.runtime.convert.hf import is_hf_checkpoint, load_hf_params
 from distillc.runtime.convert.layout import keep_layers, restack_layers, stored_scan_layers
+from distillc.runtime.convert.maxtext import is_maxtext_checkpoint, load_maxtext_params
 from distillc.runtime.models.sharding import partition_specs
 from distillc.runtime.models.transformer import build_model
 from distillc.runtime.train import distributed
@@ -53,16 +54,20 @@ def init_params(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
 def load_params(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
     """One side's parameters: restored from side.checkpoint (cast to its weight dtype, onto this
     run's layer layout and shardings) in `side.format`, or the format detected (a directory with
-    config.json and *.safetensors is a Hugging Face checkpoint, anything else distillc's own); or
+    config.json and *.safetensors is a Hugging Face checkpoint, an Orbax tree holding
+    params/params/decoder a MaxText one, anything else distillc's own); or
     randomly initialized from its init seed when no checkpoint is given. A missing or mismatched
     checkpoint is a CheckpointError (exit 2)."""
     if side.checkpoint is None:
         return init_params(side, scan_layers, mesh)
     graphdef, abs_params, shardings = model_shardings(side, scan_layers, mesh)
-    fmt = side.format or ("hf" if is_hf_checkpoint(side.checkpoint) else "distillc")
-    if fmt == "maxtext":
-        raise CheckpointError(f"{side.role}.checkpoint {side.checkpoint!r}: the maxtext format is not loaded yet; "
-                              "convert it to Hugging Face format with MaxText's checkpoint conversion and set format: hf")
+    fmt = side.format or ("hf" if is_hf_checkpoint(side.checkpoint) else
+                          "maxtext" if is_maxtext_checkpoint(side.checkpoint) else "distillc")
+    if fmt == "maxtext":  # restored onto device shards by Orbax, conventions undone (convert/maxtext.py)
+        target = jax.tree.map(lambda x: x, abs_params)
+        nnx.replace_by_pure_dict(target, load_maxtext_params(side.checkpoint, side.arch, nnx.to_pure_dict(abs_params),
+                                                             scan_layers))
+        return graphdef, target
     if fmt == "hf":  # streamed: each device reads its own slices (convert/hf.py)
         target = jax.tree.map(lambda x: x, abs_params)
         nnx.replace_by_pure_dict(target, load_hf_params(side.checkpoint, side.arch, nnx.to_pure_dict(abs_params)))

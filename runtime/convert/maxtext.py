@@ -1,0 +1,540 @@
+"""MaxText Orbax checkpoints in and out (`format: maxtext`, `distillc export SOURCE --to maxtext OUT`).
+
+What MaxText writes (learned from its checkpoint_conversion code: to_maxtext.py with
+utils/param_mapping.py's hooks, and standalone_scripts/llama_or_mistral_ckpt.py; and from the decoder
+layers that read it: layers/attentions.py, layers/embeddings.py, layers/decoders.py, models/*.py):
+
+  <dir>/<step>/items/          an Orbax PyTree (ocdbt + zarr3) holding {"step", "params": {"params": P}}
+  P = {"token_embedder": {"embedding": [V, D]},
+       "decoder": {"decoder_norm": {"scale": [D]},
+                   "logits_dense": {"kernel": [D, V]},        (absent when logits_via_embedding: tied)
+                   "layers": {...per-layer tree, every leaf stacked on axis 1...}   (scan_layers: true)
+                   or "layers_0": {...}, "layers_1": {...}, ...}                   (scan_layers: false)
+  per layer: self_attention/{query,key,value}/kernel [D, N|K, hd], self_attention/out/kernel [N, hd, D],
+             self_attention/{query,key,value}/bias [N|K, hd] (qwen2.5), self_attention/{query,key}_norm/scale
+             [hd] (qwen3), pre_self_attention_layer_norm/scale and post_self_attention_layer_norm/scale [D]
+             (gemma: pre_self_attention_norm, pre_ffw_norm), mlp/wi_0 (gate), wi_1 (up) [D, F], mlp/wo [F, D].
+
+These are this runtime's own layouts except for the layer axis (1 in MaxText, `param_scan_axis`, 0
+here) and four conventions, undone on load and applied on export (`Convention`):
+  - query scaling: MaxText's Llama-2 block (llama2/3/3.1/3.3, mistral) and gemma apply no 1/sqrt(hd)
+    in attention; the converters fold it into the query kernel (`scale_query_layer`,
+    `query / sqrt(head_dim)`). Qwen blocks scale at run time (`query_pre_attn_scalar`), so their
+    kernels are stored unscaled.
+  - RoPE layout: Llama 3.1 (MaxText's LLaMARotaryEmbedding, chosen by model_name llama3.1-*) rotates
+    interleaved pairs (x0, x1), (x2, x3), ...; its converters interleave the q/k head_dim axis
+    (`adjust_rope`, `permute_to_match_maxtext_rope`). Every other family uses the rotate-half
+    RotaryEmbedding, the same layout as transformers and this runtime: no permutation.
+  - gemma: RMSNorm scales stored as (1 + w) (MaxText's gemma norm has no offset), and the embedding
+    stored times sqrt(D) (MaxText divides tied logits by sqrt(D) instead of scaling the lookup).
+
+Loading restores each array with Orbax directly onto its device shards (the target shardings come
+from the run's mesh), then a jitted function per parameter moves the layer axis, undoes the
+conventions and lays the result onto the run's layout (scanned or not) and shardings, freeing the
+restored tensors as it goes. Every mismatch (a missing tensor, a
+tensor the architecture has no place for, a wrong shape) is one CheckpointError naming the path and
+the MaxText tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.sharding import NamedSharding, PartitionSpec
+
+from distillc.runtime.arch import ModelArch
+from distillc.runtime.train.checkpoints import CheckpointError
+
+ITEMS = "items"
+SCAN_AXIS = 1  # MaxText's param_scan_axis
+Path_ = tuple[str, ...]
+
+
+# ----------------------------------------------------------------------------- conventions
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How one family's tensors differ in a MaxText checkpoint from this runtime's (see module doc)."""
+
+    scale_query: bool  # query kernel (and bias) stored times 1/sqrt(head_dim)
+    rope_interleaved: bool  # q/k head_dim axis stored as interleaved pairs
+    norm_plus_one: bool  # norm scales stored as 1 + w
+    embed_times_sqrt_d: bool  # embedding stored times sqrt(emb_dim)
+    attn_norm: str  # MaxText names of the two per-layer norms
+    mlp_norm: str
+
+
+def convention(arch: ModelArch) -> Convention:
+    """The MaxText conventions of `arch`'s family: gemma's block, the Qwen blocks (query scaled at run
+    time), or the Llama-2 block (llama*, mistral, and architectures MaxText has no name for), whose
+    Llama 3.1 variant alone interleaves RoPE pairs."""
+    family = arch.family
+    if family == "gemma":
+        return Convention(True, False, True, True, "pre_self_attention_norm", "pre_ffw_norm")
+    qwen = family.startswith("qwen")
+    return Convention(not qwen, family == "llama3.1", False, False,
+                      "pre_self_attention_layer_norm", "post_self_attention_layer_norm")
+
+
+# our per-layer path -> (MaxText per-layer path, what the conventions do to it)
+LAYER_MAP: dict[Path_, tuple[Path_, str]] = {
+    ("attn", "q"): (("self_attention", "query", "kernel"), "query"),
+    ("attn", "k"): (("self_attention", "key", "kernel"), "key"),
+    ("attn", "v"): (("self_attention", "value", "kernel"), "plain"),
+    ("attn", "o"): (("self_attention", "out", "kernel"), "plain"),
+    ("attn", "q_bias"): (("self_attention", "query", "bias"), "query"),
+    ("attn", "k_bias"): (("self_attention", "key", "bias"), "key"),
+    ("attn", "v_bias"): (("self_attention", "value", "bias"), "plain"),
+    ("attn", "q_norm", "scale"): (("self_attention", "query_norm", "scale"), "rope"),
+    ("attn", "k_norm", "scale"): (("self_attention", "key_norm", "scale"), "rope"),
+    ("attn_norm", "scale"): (("{attn_norm}", "scale"), "norm"),
+    ("mlp_norm", "scale"): (("{mlp_norm}", "scale"), "norm"),
+    ("mlp", "gate"): (("mlp", "wi_0", "kernel"), "plain"),
+    ("mlp", "up"): (("mlp", "wi_1", "kernel"), "plain"),
+    ("mlp", "down"): (("mlp", "wo", "kernel"), "plain"),
+}
+TOP_MAP: dict[Path_, tuple[Path_, str]] = {
+    ("embed",): (("token_embedder", "embedding"), "embed"),
+    ("final_norm", "scale"): (("decoder", "decoder_norm", "scale"), "norm"),
+    ("lm_head",): (("decoder", "logits_dense", "kernel"), "plain"),
+}
+
+
+def _mt_layer_path(rel: Path_, conv: Convention) -> Path_:
+    return tuple(p.format(attn_norm=conv.attn_norm, mlp_norm=conv.mlp_norm) for p in rel)
+
+
+def interleave(x: Any) -> Any:
+    """Rotate-half layout (x0..x_{h-1} | x_h..x_{2h-1}) -> interleaved pairs (x0, x_h, x1, x_{h+1}, ...)
+    on the last axis: MaxText's `adjust_rope` towards MaxText."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    half = x.shape[-1] // 2
+    return xp.stack([x[..., :half], x[..., half:]], axis=-1).reshape(x.shape)
+
+
+def deinterleave(x: Any) -> Any:
+    """Interleaved pairs -> rotate-half layout (evens then odds): MaxText's `adjust_rope` towards
+    Hugging Face, the inverse of `interleave`."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    return xp.concatenate([x[..., ::2], x[..., 1::2]], axis=-1)
+
+
+def to_ours(kind: str, x: Any, arch: ModelArch, conv: Convention) -> Any:
+    """One tensor from MaxText's conventions to ours (float32 arithmetic, as MaxText's hooks do)."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    if kind in ("query", "key", "rope") and conv.rope_interleaved:
+        x = deinterleave(x)
+    if kind == "query" and conv.scale_query:
+        x = x.astype(xp.float32) * np.float32(math.sqrt(arch.head_dim))
+    if kind == "norm" and conv.norm_plus_one:
+        x = x.astype(xp.float32) - np.float32(1.0)
+    if kind == "embed" and conv.embed_times_sqrt_d:
+        x = x.astype(xp.float32) / np.float32(math.sqrt(arch.emb_dim))
+    return x
+
+
+def to_maxtext(kind: str, x: Any, arch: ModelArch, conv: Convention) -> Any:
+    """One tensor from our conventions to MaxText's (the inverse of `to_ours`)."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    if kind == "query" and conv.scale_query:
+        x = x.astype(xp.float32) * np.float32(1.0 / math.sqrt(arch.head_dim))
+    if kind in ("query", "key", "rope") and conv.rope_interleaved:
+        x = interleave(x)
+    if kind == "norm" and conv.norm_plus_one:
+        x = x.astype(xp.float32) + np.float32(1.0)
+    if kind == "embed" and conv.embed_times_sqrt_d:
+        x = x.astype(xp.float32) * np.float32(math.sqrt(arch.emb_dim))
+    return x
+
+
+# ----------------------------------------------------------------------------- names
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One of our parameters and where it lives in a MaxText checkpoint: `ours` (a path in our pure
+    dict; layer entries use the per-layer path), `mt` (the MaxText path under params/params, with
+    `{i}` standing for the layer of an unscanned checkpoint), its convention kind, and whether it is
+    a per-layer tensor."""
+
+    ours: Path_
+    mt: Path_
+    kind: str
+    layered: bool
+
+
+def entries(arch: ModelArch, scanned: bool) -> list[Entry]:
+    """Every parameter of `arch` with its MaxText location in a scanned or unscanned checkpoint."""
+    conv = convention(arch)
+    out = []
+    for ours, (mt, kind) in TOP_MAP.items():
+        if ours == ("lm_head",) and arch.tie_embeddings:
+            continue
+        out.append(Entry(ours, mt, kind, False))
+    for ours, (rel, kind) in LAYER_MAP.items():
+        if ours[-1] in ("q_bias", "k_bias", "v_bias") and not arch.attention_bias:
+            continue
+        if ours[1:2] in (("q_norm",), ("k_norm",)) and not arch.qk_norm:
+            continue
+        root = ("decoder", "layers") if scanned else ("decoder", "layers_{i}")
+        out.append(Entry(ours, root + _mt_layer_path(rel, conv), kind, True))
+    return out
+
+
+def mt_shape(entry: Entry, shape: tuple[int, ...], scanned: bool, num_layers: int) -> tuple[int, ...]:
+    """The MaxText shape of one of our tensors of per-layer (or top-level) `shape`."""
+    if entry.layered and scanned:
+        return shape[:SCAN_AXIS] + (num_layers,) + shape[SCAN_AXIS:]
+    return shape
+
+
+def tensor_name(path: Path_) -> str:
+    """A MaxText tensor's name as its tools print it: params/params/decoder/layers/..."""
+    return "/".join(("params", "params") + path)
+
+
+# ----------------------------------------------------------------------------- the checkpoint on disk
+
+
+def _abs(path: str) -> epath.Path:
+    p = epath.Path(path)
+    return p if "://" in str(path) or p.is_absolute() else epath.Path(os.path.abspath(path))
+
+
+def items_dir(path: str) -> epath.Path:
+    """The Orbax item directory a MaxText checkpoint path names: `.../<step>/items` itself, a step
+    directory (its `items`), or a checkpoint directory (its latest step's `items`)."""
+    p = _abs(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    if (p / "_METADATA").exists():
+        return p
+    if (p / ITEMS / "_METADATA").exists():
+        return p / ITEMS
+    steps = [int(c.name) for c in p.iterdir() if c.name.isdigit() and (c / ITEMS / "_METADATA").exists()]
+    if not steps:
+        raise CheckpointError(f"checkpoint {path!r} is not a MaxText checkpoint: no <step>/items with Orbax "
+                              "metadata (give .../<step>/items, the step directory, or the checkpoint directory)")
+    return p / str(max(steps)) / ITEMS
+
+
+def _tree_metadata(items: epath.Path) -> dict:
+    ckptr = ocp.PyTreeCheckpointer()
+    try:
+        meta = ckptr.metadata(items)
+    except (ValueError, KeyError, OSError, FileNotFoundError) as e:
+        raise CheckpointError(f"{items}: unreadable Orbax metadata ({e})") from e
+    finally:
+        ckptr.close()
+    tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+    if not isinstance(tree, dict):
+        raise CheckpointError(f"{items}: no parameter tree in its Orbax metadata")
+    return tree
+
+
+def stored_params(path: str) -> tuple[epath.Path, dict]:
+    """(items directory, the metadata tree under params/params) of a MaxText checkpoint."""
+    items = items_dir(path)
+    tree = _tree_metadata(items)
+    params = tree.get("params", {})
+    params = params.get("params") if isinstance(params, dict) else None
+    if not isinstance(params, dict) or "decoder" not in params:
+        raise CheckpointError(f"{items}: not a MaxText checkpoint (no params/params/decoder; top-level entries: "
+                              f"{', '.join(sorted(map(str, tree))[:6])})")
+    return items, params
+
+
+def is_maxtext_checkpoint(path: str) -> bool:
+    """A MaxText Orbax checkpoint (what `format` detection calls maxtext): an items, step or checkpoint
+    directory whose tree holds params/params/decoder."""
+    try:
+        stored_params(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def is_scanned(params: dict, where: str) -> bool:
+    """Whether a MaxText parameter tree stacks its layers (decoder/layers) or lists them
+    (decoder/layers_0, ...)."""
+    decoder = params["decoder"]
+    if "layers" in decoder:
+        return True
+    if "layers_0" in decoder:
+        return False
+    raise CheckpointError(f"{where}: the decoder holds neither layers (scanned) nor layers_0 (unscanned)")
+
+
+def _leaves(tree: Any, prefix: Path_ = ()) -> Iterator[tuple[Path_, Any]]:
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _leaves(v, prefix + (str(k),))
+    else:
+        yield prefix, tree
+
+
+def _get(tree: dict, path: Path_) -> Any:
+    for k in path:
+        if not isinstance(tree, dict) or k not in tree:
+            return None
+        tree = tree[k]
+    return tree
+
+
+def _set(tree: dict, path: tuple, value: Any) -> None:
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
+
+
+def expected(arch: ModelArch, scanned: bool, shapes: dict[Path_, tuple[int, ...]]) -> dict[Path_, tuple[Entry, tuple[int, ...]]]:
+    """MaxText path (layers numbered) -> (entry, MaxText shape) for every tensor `arch` needs;
+    `shapes`: our per-layer (or top-level) shape of each entry's `ours` path."""
+    out = {}
+    for e in entries(arch, scanned):
+        shape = mt_shape(e, shapes[e.ours], scanned, arch.num_layers)
+        if "{i}" in "/".join(e.mt):
+            for i in range(arch.num_layers):
+                out[tuple(p.format(i=i) for p in e.mt)] = (e, shape)
+        else:
+            out[e.mt] = (e, shape)
+    return out
+
+
+def check_tree(where: str, arch: ModelArch, params: dict, want: dict[Path_, tuple[Entry, tuple[int, ...]]]) -> None:
+    """One CheckpointError naming the first problem: a tensor missing, one `arch` has no place for
+    (another family's checkpoint: biases, q/k norms, an untied head), or a shape that disagrees."""
+    have = {p: m for p, m in _leaves(params)}
+    for path, (_, shape) in want.items():
+        if path not in have:
+            raise CheckpointError(f"{where}: has no tensor {tensor_name(path)!r}, which {arch.name} needs "
+                                  f"(shape {shape}; is it another family's or another depth's checkpoint?)")
+        got = tuple(getattr(have[path], "shape", ()) or ())
+        if got != shape:
+            raise CheckpointError(f"{where}: tensor {tensor_name(path)!r} has shape {got}; {arch.name} needs {shape}")
+    extra = sorted(p for p in have if p not in want)
+    if extra:
+        raise CheckpointError(f"{where}: holds {len(extra)} tensor(s) {arch.name} has no place for, e.g. "
+                              f"{', '.join(tensor_name(p) for p in extra[:3])} (is it another family's checkpoint?)")
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def _spec(sharding: Any, ndim: int) -> tuple:
+    spec = tuple(sharding.spec) if isinstance(sharding, NamedSharding) else ()
+    return spec + (None,) * (ndim - len(spec))
+
+
+def _mt_sharding(leaf: Any, run_scanned: bool, stored_scanned: bool, layered: bool) -> Any:
+    """The sharding to restore a MaxText tensor with, from the run's sharding of the same parameter:
+    the same mesh axes per dimension, the layer axis moved (or added, or dropped) as MaxText stores it."""
+    sharding = leaf.sharding
+    if not isinstance(sharding, NamedSharding):
+        return sharding
+    spec = _spec(sharding, len(leaf.shape))
+    if layered:
+        per = spec[1:] if run_scanned else spec
+        layer = spec[0] if run_scanned else None
+        spec = per[:SCAN_AXIS] + (layer,) + per[SCAN_AXIS:] if stored_scanned else per
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
+
+
+def load_maxtext_params(path: str, arch: ModelArch, abstract: dict, scan_layers: bool) -> dict:
+    """Our pure-dict parameter tree (scanned when `scan_layers`) read from the MaxText checkpoint at
+    `path` onto the shardings and dtypes of `abstract` (a pure dict of ShapeDtypeStructs with
+    shardings): parameter by parameter, Orbax restores the MaxText tensor(s) onto device shards, a
+    jitted function undoes MaxText's conventions and lays the layers out as this run holds them,
+    and the restored tensors are freed (peak: about the model plus one parameter)."""
+    items, params = stored_params(path)
+    where = str(items)
+    stored_scanned = is_scanned(params, where)
+    leaves = dict(_leaves(abstract))
+
+    def our_leaf(e: Entry, i: int = 0) -> Any:
+        if not e.layered:
+            return leaves[e.ours]
+        return leaves[("layers",) + e.ours] if scan_layers else leaves[("layers", str(i)) + e.ours]
+
+    per_layer_shape = {e.ours: tuple(our_leaf(e).shape[1:] if e.layered and scan_layers else our_leaf(e).shape)
+                       for e in entries(arch, stored_scanned)}
+    want = expected(arch, stored_scanned, per_layer_shape)
+    check_tree(where, arch, params, want)
+
+    def restore(names: list[Path_]) -> list[Any]:
+        """MaxText's tensors `names` as stored (dtype included), each restored by Orbax onto the
+        shardings derived from the run's: one entry's tensors at a time, so the staging buffers of
+        a restore never hold more than one parameter."""
+        target: dict = {}
+        restore_args: dict = {}
+        for mt_path in names:
+            ent, shape = want[mt_path]
+            dtype = getattr(_get(params, mt_path), "dtype", None) or our_leaf(ent).dtype
+            sharding = _mt_sharding(our_leaf(ent), scan_layers, stored_scanned, ent.layered)
+            _set(target, mt_path, jax.ShapeDtypeStruct(shape, dtype, sharding=sharding))
+            _set(restore_args, mt_path, ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype))
+        try:
+            got = ckptr.restore(items, args=ocp.args.PyTreeRestore(
+                item={"params": {"params": target}}, restore_args={"params": {"params": restore_args}},
+                partial_restore=True))["params"]["params"]
+        except (ValueError, KeyError, OSError) as err:
+            raise CheckpointError(f"{where}: Orbax could not restore {tensor_name(names[0])!r} ({str(err)[:300]})") from err
+        return [_get(got, n) for n in names]
+
+    conv = convention(arch)
+
+    def load_entry(ent: Entry, out: dict) -> None:
+        """One entry's tensors restored, converted into our leaf (or one leaf per layer of an
+        unscanned run) on the run's shardings, and freed."""
+        names = [ent.mt] if not ent.layered or stored_scanned else \
+            [tuple(p.format(i=i) for p in ent.mt) for i in range(arch.num_layers)]
+        sources = restore(names)
+        if ent.layered and not scan_layers:
+            for i in range(arch.num_layers):
+                leaf = our_leaf(ent, i)
+                fn = _converter(ent, arch, conv, stored_scanned, False, leaf.dtype, i)
+                _set(out, ("layers", i) + ent.ours, jax.jit(fn, out_shardings=leaf.sharding)(sources))
+        else:
+            leaf = our_leaf(ent)
+            fn = _converter(ent, arch, conv, stored_scanned, ent.layered, leaf.dtype, None)
+            _set(out, (("layers",) if ent.layered else ()) + ent.ours, jax.jit(fn, out_shardings=leaf.sharding)(sources))
+        for x in sources:  # every leaf made from them exists now
+            x.delete()
+
+    out: dict = {}
+    ckptr = ocp.PyTreeCheckpointer()
+    try:
+        for ent in entries(arch, stored_scanned):
+            load_entry(ent, out)
+    finally:
+        ckptr.close()
+    return out
+
+
+def _converter(e: Entry, arch: ModelArch, conv: Convention, stored_scanned: bool, stacked_out: bool, dtype: Any,
+               layer: Optional[int]) -> Callable[[list], Any]:
+    """The jitted body turning the MaxText tensor(s) of one entry into one of our leaves: the whole
+    stack (`stacked_out`), one `layer`, or a top-level tensor."""
+
+    def fn(sources: list) -> Any:
+        if not e.layered:
+            return to_ours(e.kind, sources[0], arch, conv).astype(dtype)
+        if stored_scanned:
+            x = sources[0] if layer is None else jnp.take(sources[0], layer, axis=SCAN_AXIS)
+            x = to_ours(e.kind, x, arch, conv).astype(dtype)
+            return jnp.moveaxis(x, SCAN_AXIS, 0) if stacked_out else x
+        if stacked_out:
+            return jnp.stack([to_ours(e.kind, x, arch, conv).astype(dtype) for x in sources])
+        return to_ours(e.kind, sources[0 if layer is None else layer], arch, conv).astype(dtype)
+
+    return fn
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@dataclass(frozen=True)
+class ExportedMaxText:
+    out: str
+    items: str
+    scanned: bool
+    tensors: int
+    bytes: int
+    arch: ModelArch
+
+
+def maxtext_tree(pure: dict, arch: ModelArch, scanned: bool, dtype: Any,
+                 fetch: Callable[[Any], np.ndarray] = lambda x: np.asarray(jax.device_get(x))) -> dict:
+    """MaxText's params/params tree (numpy arrays in `dtype`) from our pure-dict parameters
+    (`pure` scanned when `scanned`, i.e. with stacked layers), one tensor at a time (each fetched,
+    converted and cast without further copies)."""
+    conv = convention(arch)
+    out: dict = {}
+
+    def cast(x: Any) -> np.ndarray:
+        return np.asarray(x).astype(dtype, copy=False)
+
+    for e in entries(arch, scanned):
+        if not e.layered:
+            _set(out, e.mt, cast(to_maxtext(e.kind, fetch(_get(pure, e.ours)), arch, conv)))
+            continue
+        layers = pure["layers"]
+        if scanned:
+            x = cast(to_maxtext(e.kind, fetch(_get(layers, e.ours)), arch, conv))
+            _set(out, e.mt, np.ascontiguousarray(np.moveaxis(x, 0, SCAN_AXIS)))
+            del x
+        else:
+            for i in range(arch.num_layers):
+                layer = layers[i] if i in layers else layers[str(i)]
+                _set(out, tuple(p.format(i=i) for p in e.mt), cast(to_maxtext(e.kind, fetch(_get(layer, e.ours)), arch, conv)))
+    return out
+
+
+def save_maxtext(out: str, tree: dict, step: int = 0) -> str:
+    """Writes `tree` as MaxText's converters do (an Orbax CheckpointManager step `step` whose item
+    `items` holds {"step", "params": {"params": tree}}, ocdbt + zarr3), into a temporary sibling
+    directory renamed onto `out` when complete. Returns the items path (MaxText's
+    load_parameters_path)."""
+    target = _abs(out)
+    if target.exists():
+        raise CheckpointError(f"{out!r} exists: export writes a new directory (remove it or choose another)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = epath.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=str(target.parent)))
+    try:
+        handler = ocp.PyTreeCheckpointHandler(use_ocdbt=True, use_zarr3=True)
+        mngr = ocp.CheckpointManager(tmp, item_names=(ITEMS,), item_handlers={ITEMS: handler},
+                                     options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
+        try:
+            mngr.save(step, args=ocp.args.Composite(**{ITEMS: ocp.args.PyTreeSave(
+                {"step": step, "params": {"params": tree}})}))
+            mngr.wait_until_finished()
+        finally:
+            mngr.close()
+        os.replace(str(tmp), str(target))
+    except BaseException:
+        shutil.rmtree(str(tmp), ignore_errors=True)
+        raise
+    return str(target / str(step) / ITEMS)
+
+
+def export_maxtext(source: str, out: str, *, step: Optional[int] = None, dtype: str = "bfloat16",
+                   model: Optional[ModelArch] = None, scanned: bool = True) -> ExportedMaxText:
+    """Writes SOURCE's parameters (a run, a Hugging Face directory, a MaxText or distillc checkpoint)
+    to OUT as a MaxText checkpoint: OUT/0/items, scanned (layer axis 1) unless `scanned` is False."""
+    from distillc.runtime.config import MeshConfig
+    from distillc.runtime.convert.export import resolve_source
+    from distillc.runtime.train import distributed
+    from distillc.runtime.train.params import load_params
+    from flax import nnx
+
+    dtypes: dict[str, Any] = {"float32": np.float32, "bfloat16": jnp.bfloat16, "float16": np.float16}
+    if dtype not in dtypes:
+        raise CheckpointError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
+    if _abs(out).exists():
+        raise CheckpointError(f"{out!r} exists: export writes a new directory (remove it or choose another)")
+    side = resolve_source(source, step, model)
+    if model is None and side.format == "hf" and side.arch.family.startswith("llama") and side.arch.rope_scaling:
+        # config.json cannot tell Llama 3.1 (MaxText: interleaved RoPE) from 3.2/3.3 (rotate-half)
+        raise CheckpointError(f"{source!r} is a Llama 3.x checkpoint with RoPE scaling, whose MaxText layout depends "
+                              "on the MaxText model: name it with --model (llama3.1-8b/70b/405b: interleaved RoPE "
+                              "pairs; llama3.3-70b, llama3.2-1b: rotate-half)")
+    mesh = distributed.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    _, params = load_params(side, scanned, mesh)
+    tree = maxtext_tree(nnx.to_pure_dict(params), side.arch, scanned, dtypes[dtype])
+    for x in jax.tree.leaves(params):  # the MaxText tree is all Orbax needs from here on
+        x.delete()
+    del params
+    items = save_maxtext(out, tree)
+    arrays = [a for _, a in _leaves(tree)]
+    return ExportedMaxText(out, items, scanned, len(arrays), sum(a.nbytes for a in arrays), side.arch)
