@@ -197,3 +197,29 @@ def test_other_architectures_are_refused(tmp_path):
         _load(arch_of("tiny-llama-f32"), str(bad))
 
 
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def test_data_tokenizer_may_name_the_gguf_file():
+    """The tiny fixtures carry a byte-level BPE of 96 symbols (no merges): 'B', 'C', ... are ids 0, 1, ..."""
+    from distillc.runtime.data.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(str(FIXTURES / "tiny-llama-f32.gguf"))
+    assert tok.vocab_size == 96
+    assert tok.encode("BCD").tolist() == [0, 1, 2] and tok.decode([0, 1, 2]) == "BCD"
+
+
+def test_a_tokenizer_this_does_not_build_is_a_tokenizer_error(tmp_path):
+    from distillc.runtime.data.tokenizers import TokenizerError, load_tokenizer
+
+    data = (FIXTURES / "tiny-llama-f32.gguf").read_bytes()
+    key = b"tokenizer.ggml.model" + struct.pack("<I", 8) + struct.pack("<Q", 4) + b"gpt2"
+    assert key in data
+    bad = tmp_path / "spm.gguf"
+    bad.write_bytes(data.replace(key, key[:-4] + b"bert"))
+    with pytest.raises(TokenizerError, match=r"spm\.gguf: tokenizer.ggml.model 'bert' is not built from GGUF"):
+        load_tokenizer(str(bad))
+    with pytest.raises(TokenizerError, match=r"nope\.gguf' does not exist"):
+        load_tokenizer(str(tmp_path / "nope.gguf"))

@@ -26,9 +26,6 @@ truncated or corrupt one, a metadata field or a tensor shape that disagrees with
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Protocol
 
@@ -142,22 +139,11 @@ def is_gguf_checkpoint(path: str) -> bool:
 
 
 def local_copy(path: str) -> str:
-    """A local file holding the GGUF at `path`: the path itself, or for a remote (gs://) path a copy
-    in the temporary directory (GGUF is read through a memory map, so it must be local; the models
-    shipped this way are small)."""
-    if "://" not in path:
-        if not os.path.isfile(path):
-            raise CheckpointError(f"checkpoint {path!r} does not exist (a GGUF checkpoint is one .gguf file)")
-        return path
-    from etils import epath
-
-    src = epath.Path(path)
-    if not src.exists():
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
-    fd, local = tempfile.mkstemp(suffix=gguf_meta.SUFFIX, prefix="distillc-")
-    with os.fdopen(fd, "wb") as out, src.open("rb") as f:
-        shutil.copyfileobj(f, out, 1 << 24)
-    return local
+    """gguf_meta.local_copy, its errors as CheckpointError (exit 2)."""
+    try:
+        return gguf_meta.local_copy(path)
+    except gguf_meta.GGUFError as e:
+        raise CheckpointError(str(e)) from e
 
 
 def _type_sizes() -> dict[int, tuple[int, int]]:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import mmap
 import os
+import shutil
 import struct
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
@@ -249,3 +251,22 @@ def local_header(path: str, fmt: Optional[str]) -> Optional[GGUFHeader]:
     if not os.path.isfile(path):
         raise GGUFError(f"{path!r} does not exist (a GGUF checkpoint is one .gguf file)")
     return read_header(path)
+
+
+def local_copy(path: str) -> str:
+    """A local file holding the GGUF at `path`: the path itself, or for a remote (gs://) path a copy
+    in the temporary directory (GGUF is read through a memory map, so it must be local; the models
+    shipped this way are small). GGUFError when it does not exist."""
+    if "://" not in path:
+        if not os.path.isfile(path):
+            raise GGUFError(f"checkpoint {path!r} does not exist (a GGUF checkpoint is one .gguf file)")
+        return path
+    from etils import epath
+
+    src = epath.Path(path)
+    if not src.exists():
+        raise GGUFError(f"checkpoint {path!r} does not exist")
+    fd, local = tempfile.mkstemp(suffix=SUFFIX, prefix="distillc-")
+    with os.fdopen(fd, "wb") as out, src.open("rb") as f:
+        shutil.copyfileobj(f, out, 1 << 24)
+    return local
