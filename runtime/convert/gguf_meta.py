@@ -243,13 +243,14 @@ def arch_from_gguf(header: GGUFHeader, name: str) -> ModelArch:
 
 
 def local_header(path: str, fmt: Optional[str]) -> Optional[GGUFHeader]:
-    """The header of a local GGUF checkpoint (`fmt` gguf, or None and a .gguf path) for the
-    compiler's checks; None for remote paths and other formats. GGUFError when it is missing or
-    unreadable."""
+    """The header of an existing local GGUF checkpoint (`fmt` gguf, or None and a .gguf path) for
+    the compiler's checks; None for remote paths, missing files (DC180 reports a missing student;
+    a teacher's file is fetched before the run, which stops at start, exit 2, without it) and other
+    formats. GGUFError when it is unreadable."""
     if "://" in path or not (fmt == "gguf" or (fmt is None and is_gguf_path(path))):
         return None
     if not os.path.isfile(path):
-        raise GGUFError(f"{path!r} does not exist (a GGUF checkpoint is one .gguf file)")
+        return None
     return read_header(path)
 
 
