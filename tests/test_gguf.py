@@ -223,3 +223,15 @@ def test_a_tokenizer_this_does_not_build_is_a_tokenizer_error(tmp_path):
         load_tokenizer(str(bad))
     with pytest.raises(TokenizerError, match=r"nope\.gguf' does not exist"):
         load_tokenizer(str(tmp_path / "nope.gguf"))
+
+
+def test_logits_and_export_take_a_gguf_source(tmp_path):
+    """`distillc logits FILE.gguf` / `distillc export FILE.gguf`: the architecture comes from the header."""
+    from distillc.runtime.convert.export import resolve_source
+
+    s = resolve_source(str(FIXTURES / "tiny-llama-quant.gguf"), None, None)
+    assert s.format == "gguf" and s.arch == arch_of("tiny-llama-quant").model_copy(update={"name": s.arch.name})
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all, but long enough")
+    with pytest.raises(CheckpointError, match=r"bad\.gguf: not a GGUF file"):
+        resolve_source(str(bad), None, None)
