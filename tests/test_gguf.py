@@ -235,3 +235,19 @@ def test_logits_and_export_take_a_gguf_source(tmp_path):
     bad.write_bytes(b"not a gguf file at all, but long enough")
     with pytest.raises(CheckpointError, match=r"bad\.gguf: not a GGUF file"):
         resolve_source(str(bad), None, None)
+
+
+def test_local_launch_restores_a_gguf_teacher_and_never_trains_into_its_path(tmp_path):
+    """`--local` trains and caches a teacher only at a distillc path that is still empty; a .gguf
+    path is a published model: restored as it is, and a missing one is the loader's exit 2."""
+    from distillc.runtime.local import LocalReport, ensure_teacher
+
+    cfg = make_config(tmp_path / "run", teacher=arch_of("tiny-llama-f32"),
+                      teacher_checkpoint=str(FIXTURES / "tiny-llama-f32.gguf"))
+    assert ensure_teacher(cfg, LocalReport(), console=False) == "restored"
+    missing = make_config(tmp_path / "run2", teacher=arch_of("tiny-llama-f32"),
+                          teacher_checkpoint=str(tmp_path / "not-fetched.gguf"))
+    assert ensure_teacher(missing, LocalReport(), console=False) == "restored"
+    assert not (tmp_path / "not-fetched.gguf").exists()
+    with pytest.raises(CheckpointError, match=r"not-fetched\.gguf' does not exist"):
+        _load(arch_of("tiny-llama-f32"), str(tmp_path / "not-fetched.gguf"))

@@ -63,9 +63,14 @@ print(json.dumps({"rc": rc, "heavy": sorted({m.split('.')[0] for m in sys.module
 
 
 def test_validate_reads_a_gguf_without_numpy_or_the_gguf_package(tmp_path):
+    """The header is read (DC183 reports the field) and neither numpy nor gguf (nor jax) is imported."""
     spec = tmp_path / "s.yaml"
-    spec.write_text(spec_text(f"teacher:\n  model: {TINY_INLINE}\n  checkpoint: {ROOT / TINY}\n"))
+    inline = TINY_INLINE.replace("num_kv_heads: 2", "num_kv_heads: 4")
+    spec.write_text(spec_text(f"teacher:\n  model: {inline}\n  checkpoint: {ROOT / TINY}\n"))
     out = subprocess.run([sys.executable, "-c", PROBE, "validate", str(spec), "--format", "json"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["rc"] == 0 and result["heavy"] == []
+    *diagnostics, last = out.stdout.strip().splitlines()
+    result = json.loads(last)
+    found = [d for d in json.loads("\n".join(diagnostics)) if d["code"] == "DC183"]
+    assert result["rc"] == 1 and result["heavy"] == []
+    assert len(found) == 1 and "num_kv_heads: checkpoint 2, model 4" in found[0]["message"]
