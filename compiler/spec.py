@@ -137,9 +137,10 @@ class Overrides(_Model):
 class Side(_Model):
     model: ModelRef = Field(description="Catalog name (see `distillc models`) or an inline architecture.")
     checkpoint: Optional[str] = Field(
-        None, description="Checkpoint path (gs:// or local): a Hugging Face directory or a distillc checkpoint.")
-    format: Optional[Literal["hf", "maxtext", "distillc"]] = Field(
-        None, description="Checkpoint format; detected from the path when absent (config.json + *.safetensors = hf).")
+        None, description="Checkpoint path (gs:// or local): a Hugging Face directory, a .gguf file or a distillc checkpoint.")
+    format: Optional[Literal["hf", "maxtext", "distillc", "gguf"]] = Field(
+        None, description="Checkpoint format; detected from the path when absent (config.json + *.safetensors = hf, "
+        "*.gguf = gguf).")
     pruned_layers: list[int] = Field(
         [], description="Student only: teacher layers removed to make this student."
     )

@@ -88,7 +88,7 @@ def _piecewise(points: tuple[tuple[int, float], ...], step: float) -> float:
 # ---------------------------------------------------------------- sides, loss, data
 
 Dtype = Literal["float32", "bfloat16"]
-CheckpointFormat = Literal["hf", "maxtext", "distillc"]
+CheckpointFormat = Literal["hf", "maxtext", "distillc", "gguf"]
 
 
 class SideConfig(_Frozen):
@@ -97,7 +97,7 @@ class SideConfig(_Frozen):
     role: Literal["teacher", "student"]
     arch: ModelArch
     checkpoint: Optional[str] = Field(None, description="Checkpoint to restore; None = random init (see train/params).")
-    format: Optional[CheckpointFormat] = Field(None, description="hf | maxtext | distillc; None = detected from the path.")
+    format: Optional[CheckpointFormat] = Field(None, description="hf | maxtext | distillc | gguf; None = detected from the path.")
     weight_dtype: Dtype
     activation_dtype: Dtype
     remat: Literal["none", "minimal", "full"]

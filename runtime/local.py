@@ -169,6 +169,7 @@ def ensure_teacher(cfg: RuntimeConfig, report: LocalReport, console: bool,
     """Trains and caches the teacher when its local checkpoint path does not exist yet (or is an
     empty directory); says which happened. A path that holds anything else is the user's: an error
     (CheckpointError), never a place to train a teacher into."""
+    from distillc.runtime.convert.gguf_meta import is_gguf_path
     from distillc.runtime.convert.hf import is_hf_checkpoint
     from distillc.runtime.train.checkpoints import CheckpointError, is_checkpoint, save_params
     from distillc.runtime.train.rundir import open_run, write_text_atomic
@@ -181,7 +182,8 @@ def ensure_teacher(cfg: RuntimeConfig, report: LocalReport, console: bool,
         return "restored"
     if path in report.teachers:  # an offline spec's second stage: said once, as stage one found it
         return report.teachers[path]
-    if cfg.teacher.format == "hf" or is_hf_checkpoint(path):  # a published model: loaded, never trained here
+    if (cfg.teacher.format in ("hf", "gguf") or is_hf_checkpoint(path)
+            or (cfg.teacher.format is None and is_gguf_path(path))):  # a published model: loaded, never trained here
         report.teachers[path] = "restored"
         return "restored"
     if is_checkpoint(path):

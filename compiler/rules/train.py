@@ -219,7 +219,7 @@ def local_path_on_cluster(ctx: Context) -> Iterator[Finding]:
 BUILTIN_SOURCES = ("pydoc_topics",)
 REMOTE_SCHEMES = ("gs", "s3")
 SOURCE_SUFFIXES = (".txt", ".jsonl", ".gz", ".zst", ".parquet")  # .jsonl.gz, .jsonl.zst
-TOKENIZER_SUFFIXES = (".model", ".json")
+TOKENIZER_SUFFIXES = (".model", ".json", ".gguf")  # .gguf: the byte-level BPE in its metadata
 _SCHEME = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*)://(.*)\Z", re.S)
 
 
@@ -248,7 +248,7 @@ def _path_problem(key: tuple, value: str) -> str | None:
     tail = value.rstrip("/").rsplit("/", 1)[-1]
     suffix = "." + tail.rsplit(".", 1)[-1].lower() if "." in tail else ""
     if key == ("data", "tokenizer") and suffix not in TOKENIZER_SUFFIXES:
-        return "is neither 'byte' nor a sentencepiece .model or HF tokenizer .json file"
+        return "is neither 'byte' nor a sentencepiece .model, an HF tokenizer .json or a .gguf file"
     if _is_source(key) and suffix and not value.endswith("/") and suffix not in SOURCE_SUFFIXES and "*" not in tail:
         return (f"is a {suffix} file; the runtime reads .txt, .jsonl, .jsonl.gz, .jsonl.zst and .parquet files "
                 "(or a directory or glob of them)")
@@ -260,13 +260,14 @@ def _path_problem(key: tuple, value: str) -> str | None:
     Severity.ERROR,
     "malformed path",
     needs=(),
-    hint="Use builtin:pydoc_topics, a local path or gs://bucket/...; a tokenizer is 'byte', a .model or a .json file.",
+    hint="Use builtin:pydoc_topics, a local path or gs://bucket/...; a tokenizer is 'byte', a .model, a .json or a .gguf file.",
 )
 def malformed_path(ctx: Context) -> Iterator[Finding]:
     """Paths are read by the runtime on the accelerator hosts, long after validation: a typo
     there costs a queued job. The runtime reads local paths and gs:// (s3:// with a backend);
     data.source (and each of data.sources, data.eval_source) also takes builtin:<name>, and reads
-    .txt, .jsonl(.gz/.zst) and .parquet files, directories and globs of them; data.tokenizer is 'byte', a sentencepiece .model or an HF tokenizer.json. Validation
+    .txt, .jsonl(.gz/.zst) and .parquet files, directories and globs of them; data.tokenizer is 'byte', a sentencepiece .model, an HF tokenizer.json or a GGUF checkpoint
+    (the tokenizer in its metadata). Validation
     checks the form only: it never touches the filesystem or the network.
 
     Fails::

@@ -32,6 +32,7 @@ from distillc.runtime.convert.hf import (
     INDEX, HFCheckpoint, arch_from_hf_config, config_differences, hf_names, hf_shape, is_hf_checkpoint, to_hf,
 )
 from distillc.runtime.convert.maxtext import is_maxtext_checkpoint
+from distillc.runtime.convert.gguf_meta import GGUFError, arch_from_gguf, is_gguf_path, local_copy, read_header
 from distillc.runtime.train.checkpoints import CheckpointError
 
 _ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
@@ -147,8 +148,8 @@ def _side(arch: ModelArch, checkpoint: str, fmt: str) -> SideConfig:
 
 def tokenizer_sources(source: str) -> list[Path]:
     """The tokenizer files to ship with an export: those beside a Hugging Face SOURCE, or a run's
-    `data.tokenizer` when it is a file (an HF tokenizer.json or a sentencepiece .model); none for
-    the byte tokenizer."""
+    `data.tokenizer` when it is a file (an HF tokenizer.json, a sentencepiece .model, or a .gguf
+    whose tokenizer is written out as tokenizer.json); none for the byte tokenizer."""
     path = Path(source)
     if "://" in source:
         return []
@@ -163,15 +164,21 @@ def tokenizer_sources(source: str) -> list[Path]:
 
 
 def resolve_source(source: str, step: Optional[int], model: Optional[ModelArch]) -> SideConfig:
-    """What SOURCE holds, as a side to load: a run's student, a Hugging Face directory, a MaxText
-    checkpoint of `model` (.../<step>/items, a step or a checkpoint directory), or a parameter
-    checkpoint of `model`."""
+    """What SOURCE holds, as a side to load: a run's student, a Hugging Face directory, a GGUF file,
+    a MaxText checkpoint of `model` (.../<step>/items, a step or a checkpoint directory), or a
+    parameter checkpoint of `model`."""
     path = Path(source)
     if "://" not in source and not path.exists():
         raise CheckpointError(f"{source!r} does not exist")
     if is_hf_checkpoint(source):
         arch = model or arch_from_hf_config(HFCheckpoint(source).config, path.name or "model")
         return _side(arch, source, "hf")
+    if is_gguf_path(source):  # llama.cpp's GGUF: the architecture from its header (convert/gguf_meta.py)
+        try:
+            arch = model or arch_from_gguf(read_header(local_copy(source)), path.stem or "model")
+        except GGUFError as e:
+            raise CheckpointError(str(e)) from e
+        return _side(arch, source, "gguf")
     if is_maxtext_checkpoint(source):  # MaxText records no architecture: --model names it
         if model is None:
             raise CheckpointError(f"{source!r} is a MaxText checkpoint, which records no architecture: name it "
@@ -287,6 +294,12 @@ def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str =
         (tmp / "generation_config.json").write_text(json.dumps({"_from_model_config": True}, indent=2) + "\n")
         copied = []
         for f in tokenizer_sources(source):
+            if f.suffix.lower() == ".gguf":  # the tokenizer in a GGUF file's metadata, as tokenizer.json
+                from distillc.runtime.convert.gguf_tokenizer import write_tokenizer_json
+
+                write_tokenizer_json(str(f), str(tmp / "tokenizer.json"))
+                copied.append("tokenizer.json")
+                continue
             name = "tokenizer.model" if f.suffix == ".model" else "tokenizer.json" if f.suffix == ".json" and \
                 f.name not in TOKENIZER_FILES else f.name
             shutil.copyfile(f, tmp / name)

@@ -1,4 +1,5 @@
-"""Tokenizers named by `data.tokenizer`: 'byte', a sentencepiece or tiktoken `.model`, an HF `tokenizer.json`.
+"""Tokenizers named by `data.tokenizer`: 'byte', a sentencepiece or tiktoken `.model`, an HF `tokenizer.json`,
+or a `.gguf` checkpoint (the byte-level BPE in its metadata, runtime/convert/gguf_tokenizer.py).
 
 The byte tokenizer (vocab 256, id = UTF-8 byte) needs nothing and serves every local run. The
 others wrap the sentencepiece, tiktoken and tokenizers packages (dependencies of distillc), imported
@@ -77,11 +78,12 @@ class SentencePieceTokenizer:
 
 
 class HFTokenizer:
-    def __init__(self, path: str):
+    def __init__(self, path: str, text: str | None = None):
+        """The tokenizer.json at `path`, or its `text` when given (built from a GGUF file's metadata)."""
         from tokenizers import Tokenizer as _Tok
 
         try:
-            self._tok = _Tok.from_str(_read_bytes(path).decode("utf-8"))
+            self._tok = _Tok.from_str(text if text is not None else _read_bytes(path).decode("utf-8"))
         except Exception as e:  # tokenizers raises a bare Exception on a malformed file
             raise TokenizerError(f"data.tokenizer {path!r} is not a readable Hugging Face tokenizer.json "
                                  f"({one_line(str(e).strip())}); point it at the model's tokenizer.json") from e
@@ -165,7 +167,7 @@ def _read_bytes(path: str) -> bytes:
 
 
 def load_tokenizer(name: str) -> Tokenizer:
-    """'byte' | '<path>.model' (sentencepiece or tiktoken) | '<path>.json' (HF tokenizers)."""
+    """'byte' | '<path>.model' (sentencepiece or tiktoken) | '<path>.json' (HF tokenizers) | '<path>.gguf'."""
     if name == "byte":
         return ByteTokenizer()
     if name.endswith(".model"):
@@ -173,6 +175,15 @@ def load_tokenizer(name: str) -> Tokenizer:
         return TiktokenTokenizer(name, data) if _is_tiktoken(data) else SentencePieceTokenizer(name, data)
     if name.endswith(".json"):
         return HFTokenizer(name)
+    if name.lower().endswith(".gguf"):  # the byte-level BPE a GGUF checkpoint carries (convert/gguf_tokenizer.py)
+        from distillc.runtime.convert.gguf_meta import GGUFError, local_copy
+        from distillc.runtime.convert.gguf_tokenizer import GGUFTokenizerError, tokenizer_json
+
+        try:
+            return HFTokenizer(name, tokenizer_json(local_copy(name)))
+        except (GGUFTokenizerError, GGUFError) as e:
+            raise TokenizerError(f"data.tokenizer: {e}") from e
     raise TokenizerError(
-        f"unknown data.tokenizer {name!r}: use 'byte', a tokenizer.model (sentencepiece or tiktoken) or an HF tokenizer.json"
+        f"unknown data.tokenizer {name!r}: use 'byte', a tokenizer.model (sentencepiece or tiktoken), an HF "
+        "tokenizer.json or a .gguf checkpoint (its byte-level BPE)"
     )

@@ -14,6 +14,7 @@ import jax
 from flax import nnx
 
 from distillc.runtime.config import SideConfig
+from distillc.runtime.convert.gguf import is_gguf_checkpoint, load_gguf_params
 from distillc.runtime.convert.hf import is_hf_checkpoint, load_hf_params
 from distillc.runtime.convert.layout import keep_layers, restack_layers, stored_scan_layers
 from distillc.runtime.convert.maxtext import is_maxtext_checkpoint, load_maxtext_params
@@ -54,23 +55,25 @@ def init_params(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
 def load_params(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
     """One side's parameters: restored from side.checkpoint (cast to its weight dtype, onto this
     run's layer layout and shardings) in `side.format`, or the format detected (a directory with
-    config.json and *.safetensors is a Hugging Face checkpoint, an Orbax tree holding
-    params/params/decoder a MaxText one, anything else distillc's own); or
+    config.json and *.safetensors is a Hugging Face checkpoint, a .gguf file llama.cpp's GGUF, an
+    Orbax tree holding params/params/decoder a MaxText one, anything else distillc's own); or
     randomly initialized from its init seed when no checkpoint is given. A missing or mismatched
     checkpoint is a CheckpointError (exit 2)."""
     if side.checkpoint is None:
         return init_params(side, scan_layers, mesh)
     graphdef, abs_params, shardings = model_shardings(side, scan_layers, mesh)
-    fmt = side.format or ("hf" if is_hf_checkpoint(side.checkpoint) else
-                          "maxtext" if is_maxtext_checkpoint(side.checkpoint) else "distillc")
+    fmt = side.format or ("gguf" if is_gguf_checkpoint(side.checkpoint)
+                          else "hf" if is_hf_checkpoint(side.checkpoint)
+                          else "maxtext" if is_maxtext_checkpoint(side.checkpoint) else "distillc")
     if fmt == "maxtext":  # restored onto device shards by Orbax, conventions undone (convert/maxtext.py)
         target = jax.tree.map(lambda x: x, abs_params)
         nnx.replace_by_pure_dict(target, load_maxtext_params(side.checkpoint, side.arch, nnx.to_pure_dict(abs_params),
                                                              scan_layers))
         return graphdef, target
-    if fmt == "hf":  # streamed: each device reads its own slices (convert/hf.py)
+    if fmt in ("hf", "gguf"):  # streamed: each device reads its own slices (convert/hf.py, convert/gguf.py)
+        load = load_hf_params if fmt == "hf" else load_gguf_params
         target = jax.tree.map(lambda x: x, abs_params)
-        nnx.replace_by_pure_dict(target, load_hf_params(side.checkpoint, side.arch, nnx.to_pure_dict(abs_params)))
+        nnx.replace_by_pure_dict(target, load(side.checkpoint, side.arch, nnx.to_pure_dict(abs_params)))
         return graphdef, target
     try:
         tree = stored_tree(side.checkpoint)  # read once: the layout here, the comparison in restore_params

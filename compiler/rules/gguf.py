@@ -1,0 +1,92 @@
+"""Rules about GGUF checkpoints (llama.cpp's format), DC183-DC184: read with the header reader the
+runtime uses (runtime/convert/gguf_meta.py: struct over a memory map, no numpy, no gguf package), so
+`validate` stays fast."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+from distillc.compiler.diagnostics import Severity
+from distillc.compiler.registry import Finding, rule
+from distillc.runtime.convert.gguf_meta import GGUFError, arch_differences, is_gguf_path, local_header
+
+if TYPE_CHECKING:
+    from distillc.compiler.check import Context
+
+
+@rule(
+    "DC183",
+    Severity.ERROR,
+    "GGUF checkpoint holds another model",
+    needs=(),
+    targets=("distillc",),
+    hint="Point the checkpoint at the .gguf file of the model the spec names, or name the model the file holds "
+    "(an inline architecture with the values of its llama.* metadata).",
+)
+def gguf_mismatch(ctx: Context) -> Iterator[Finding]:
+    """A GGUF checkpoint (`format: gguf`, or a path ending in .gguf) is one file a published model
+    ships as, loaded as it is (never trained into by `--local`). Its header must describe
+    the model the spec names: general.architecture llama (llama and mistral families), and every
+    field that changes the function (layers, widths, heads, vocabulary, RMSNorm eps and RoPE theta
+    as float32, tied embeddings when the file has no output.weight) must equal the catalog's or
+    inline values. The runtime refuses a mismatch when it starts; this reports each field before
+    anything is queued. Existing local files only: a gs:// file, or a local one not fetched yet, is
+    checked by the runtime at start (a missing student checkpoint is DC180).
+
+    Fails::
+
+        teacher:
+          model: tiny-teacher
+          checkpoint: tests/fixtures/gguf/tiny-llama-f32.gguf
+
+    Passes::
+
+        teacher:
+          model: tiny-teacher
+          checkpoint: gs://bucket/gguf/tiny-teacher.gguf
+    """
+    for role, arch in (("teacher", ctx.teacher_arch), ("student", ctx.student_arch)):
+        side = getattr(ctx.spec, role)
+        if side is None or side.checkpoint is None or side.format not in (None, "gguf"):
+            continue
+        try:
+            header = local_header(side.checkpoint, side.format)
+            if header is None or arch is None:
+                continue
+            why = arch_differences(header, arch)
+        except GGUFError as e:
+            why = [str(e)]
+        for field in why:
+            yield Finding(f"{role}.checkpoint {side.checkpoint!r}: {field}", (role, "checkpoint"))
+
+
+@rule(
+    "DC184",
+    Severity.ERROR,
+    "MaxText cannot load a GGUF checkpoint",
+    needs=(),
+    targets=("maxtext",),
+    hint="Run the distillc target, which loads GGUF files, or convert the model to a MaxText checkpoint "
+    "(.../0/items) and point the checkpoint there.",
+)
+def gguf_for_maxtext(ctx: Context) -> Iterator[Finding]:
+    """MaxText's trainer restores `load_parameters_path` as an Orbax checkpoint; a GGUF file there
+    fails on the cluster after the queue. The distillc runtime loads it directly.
+
+    Fails::
+
+        teacher:
+          checkpoint: gs://bucket/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+    Passes::
+
+        teacher:
+          checkpoint: gs://bucket/llama3.1-8b/0/items
+    """
+    for role in ("teacher", "student"):
+        side = getattr(ctx.spec, role)
+        if side is None or side.checkpoint is None:
+            continue
+        if side.format == "gguf" or (side.format is None and is_gguf_path(side.checkpoint)):
+            yield Finding(f"{role}.checkpoint {side.checkpoint!r} is a GGUF file, which MaxText's "
+                          "load_parameters_path cannot restore", (role, "checkpoint"))

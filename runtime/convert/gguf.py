@@ -1,0 +1,284 @@
+"""GGUF checkpoints (llama.cpp's format: one .gguf file), read through the `gguf` package.
+
+The header is checked first (convert/gguf_meta.py: the architecture against the spec's, every
+tensor inside the file), then `gguf.GGUFReader` maps the tensors and `gguf.quants.dequantize`
+turns each one's blocks (F32, F16, BF16, Q8_0, Q4_0, Q4_1, K-quants, ...) into float32. Every
+parameter is built with `jax.make_array_from_callback` on the run's mesh; a callback dequantizes
+only the rows (output features) its device slice needs, since quantization blocks run along a
+row: a slice of rows is cheap, a slice of columns costs whole rows. So host memory beyond the model
+stays within one tensor's dequantized rows.
+
+Names and layout (ggml's dims are [in, out], so the numpy view is [out, in], as in transformers):
+  token_embd.weight [V, D] -> embed;  output.weight [V, D] -> lm_head [D, V] (absent when tied)
+  output_norm.weight -> final_norm.scale
+  blk.N.attn_norm / ffn_norm.weight -> attn_norm / mlp_norm.scale
+  blk.N.attn_q / attn_k / attn_v.weight [N*hd, D] -> attn.q / k / v [D, N, hd]
+  blk.N.attn_output.weight [D, H*hd] -> attn.o [H, hd, D]
+  blk.N.ffn_gate / ffn_up.weight [F, D], ffn_down.weight [D, F] -> mlp.gate / up / down [in, out]
+llama.cpp's converter (convert_hf_to_gguf.py, LlamaModel.permute) reorders the rows of q and k in
+each head from transformers' rotate-half RoPE layout to ggml's interleaved pairs:
+  W.reshape(n_head, 2, hd // 2, D).swapaxes(1, 2)    (n_head_kv heads for k)
+so GGUF row 2*j + t of a head is transformers' row t*hd/2 + j; `Unpermuted` reads it back.
+
+Every mistake is a CheckpointError naming the path and the tensor (exit 2): a missing file, a
+truncated or corrupt one, a metadata field or a tensor shape that disagrees with the spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Protocol
+
+import jax
+import numpy as np
+
+from distillc.runtime.arch import ModelArch
+from distillc.runtime.convert import gguf_meta
+from distillc.runtime.convert.hf import hf_shape, read_ours
+from distillc.runtime.train.checkpoints import CheckpointError
+
+# our per-layer path -> (GGUF name suffix, layout kind as convert/hf.py reads it)
+LAYER_MAP: dict[tuple[str, ...], tuple[str, str]] = {
+    ("attn", "q"): ("attn_q.weight", "in_heads"),
+    ("attn", "k"): ("attn_k.weight", "in_heads"),
+    ("attn", "v"): ("attn_v.weight", "in_heads"),
+    ("attn", "o"): ("attn_output.weight", "out_heads"),
+    ("attn_norm", "scale"): ("attn_norm.weight", "same"),
+    ("mlp_norm", "scale"): ("ffn_norm.weight", "same"),
+    ("mlp", "gate"): ("ffn_gate.weight", "transpose"),
+    ("mlp", "up"): ("ffn_up.weight", "transpose"),
+    ("mlp", "down"): ("ffn_down.weight", "transpose"),
+}
+TOP_MAP: dict[tuple[str, ...], tuple[str, str]] = {
+    ("embed",): ("token_embd.weight", "same"),
+    ("final_norm", "scale"): ("output_norm.weight", "same"),
+    ("lm_head",): ("output.weight", "transpose"),
+}
+
+
+class Source(Protocol):
+    """What convert/hf.read_ours reads from: a named tensor with a numpy shape and a sliced read."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def file(self) -> Any: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> Any: ...
+
+    def read(self, index: tuple[slice, ...] = ()) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor of a GGUF file, dequantized to float32 on read. `blocks` is the reader's memory
+    map: [rows, bytes per row] for quantized types (rows = the outer dims), the values otherwise."""
+
+    name: str
+    file: str
+    shape: tuple[int, ...]  # numpy order: ggml dims reversed
+    blocks: np.ndarray
+    qtype: Any
+    dtype: Any = np.float32
+
+    def read(self, index: tuple[slice, ...] = ()) -> np.ndarray:
+        """`index` of the tensor (a slice per axis), dequantizing only the rows it selects."""
+        from gguf.quants import dequantize
+
+        idx = tuple(index) + (slice(None),) * (len(self.shape) - len(index))
+        if len(self.shape) == 1:
+            return np.asarray(dequantize(self.blocks[idx[0]], self.qtype), np.float32).reshape(-1)
+        rows = self.blocks.reshape(self.shape[0], -1)[idx[0]]
+        out = np.asarray(dequantize(rows, self.qtype), np.float32).reshape((-1,) + self.shape[1:])
+        return np.ascontiguousarray(out[(slice(None),) + idx[1:]])
+
+
+@dataclass(frozen=True)
+class Unpermuted:
+    """A q or k weight with llama.cpp's per-head row permutation undone (see the module docstring).
+    Reads must cover whole heads along the rows, as convert/hf.read_ours's `in_heads` reads do."""
+
+    inner: GGUFTensor
+    head_dim: int
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def file(self) -> str:
+        return self.inner.file
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.inner.shape
+
+    @property
+    def dtype(self) -> Any:
+        return self.inner.dtype
+
+    def read(self, index: tuple[slice, ...] = ()) -> np.ndarray:
+        rows = index[0] if index else slice(None)
+        start, stop, _ = rows.indices(self.shape[0])
+        hd = self.head_dim
+        if start % hd or stop % hd:
+            raise ValueError(f"{self.name}: rows {start}:{stop} do not cover whole heads of {hd}")
+        x = self.inner.read((slice(start, stop),) + tuple(index[1:]))
+        n = (stop - start) // hd
+        return x.reshape(n, hd // 2, 2, -1).swapaxes(1, 2).reshape(x.shape)
+
+
+def is_gguf_checkpoint(path: str) -> bool:
+    """What `format` detection calls gguf: a path ending in .gguf (local or remote)."""
+    return gguf_meta.is_gguf_path(path)
+
+
+def local_copy(path: str) -> str:
+    """gguf_meta.local_copy, its errors as CheckpointError (exit 2)."""
+    try:
+        return gguf_meta.local_copy(path)
+    except gguf_meta.GGUFError as e:
+        raise CheckpointError(str(e)) from e
+
+
+def _type_sizes() -> dict[int, tuple[int, int]]:
+    """ggml type -> (values per block, bytes per block), from the gguf package."""
+    from gguf import GGML_QUANT_SIZES
+
+    return {int(k): v for k, v in GGML_QUANT_SIZES.items()}
+
+
+def check_extents(header: gguf_meta.GGUFHeader) -> None:
+    """Every tensor lies inside the file with a type the gguf package reads: a truncated file is an
+    error naming the first tensor past its end."""
+    sizes = _type_sizes()
+    for t in sorted(header.tensors.values(), key=lambda t: t.offset):
+        if t.ggml_type not in sizes:
+            raise CheckpointError(f"{header.path}: tensor {t.name!r} has ggml type {t.ggml_type}, which the gguf "
+                                  "package does not read")
+        per_block, block_bytes = sizes[t.ggml_type]
+        n = 1
+        for d in t.dims:
+            n *= d
+        if t.dims and t.dims[0] % per_block:
+            raise CheckpointError(f"{header.path}: tensor {t.name!r}: {t.dims[0]} values per row is not a "
+                                  f"multiple of its block size {per_block}")
+        end = t.offset + n // per_block * block_bytes
+        if end > header.size:
+            raise CheckpointError(f"{header.path}: truncated: tensor {t.name!r} ends at byte {end} of a "
+                                  f"{header.size}-byte file")
+
+
+class GGUFCheckpoint:
+    """A GGUF file: its header (checked) and each tensor, mapped by `gguf.GGUFReader`."""
+
+    def __init__(self, path: str):
+        self.path = path
+        local = local_copy(path)
+        try:
+            self.header = gguf_meta.read_header(local)
+        except gguf_meta.GGUFError as e:
+            raise CheckpointError(str(e)) from e
+        check_extents(self.header)
+        from gguf import GGUFReader
+
+        try:
+            reader = GGUFReader(local)
+        except (ValueError, IndexError, OSError) as e:  # the reader's own checks of a corrupt file
+            raise CheckpointError(f"{path}: corrupt GGUF file ({e})") from e
+        self.tensors: dict[str, GGUFTensor] = {
+            t.name: GGUFTensor(t.name, path, tuple(int(d) for d in reversed(t.shape)), t.data, t.tensor_type)
+            for t in reader.tensors}
+
+    def tensor(self, name: str) -> GGUFTensor:
+        if name not in self.tensors:
+            raise CheckpointError(f"checkpoint {self.path!r} has no tensor {name!r}")
+        return self.tensors[name]
+
+
+def _leaves(tree: Any, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _leaves(v, prefix + (k,))
+    else:
+        yield prefix, tree
+
+
+def _set(tree: dict, path: tuple, value: Any) -> None:
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
+
+
+def gguf_names(abstract: dict) -> list[tuple[tuple, Optional[int], str, str]]:
+    """(our path, layer or None for a stacked leaf, GGUF name or {i} template, kind) of every leaf of
+    a pure-dict parameter tree (scanned or not)."""
+    out: list[tuple[tuple, Optional[int], str, str]] = []
+    for path, _ in _leaves(abstract):
+        if path[0] != "layers":
+            name, kind = TOP_MAP[path]
+            out.append((path, None, name, kind))
+        elif isinstance(path[1], int) or str(path[1]).isdigit():
+            suffix, kind = LAYER_MAP[path[2:]]
+            out.append((path, int(path[1]), f"blk.{int(path[1])}.{suffix}", kind))
+        else:
+            suffix, kind = LAYER_MAP[path[1:]]
+            out.append((path, None, "blk.{i}." + suffix, kind))
+    return out
+
+
+def load_gguf_params(path: str, arch: ModelArch, abstract: dict) -> dict:
+    """Our pure-dict parameter tree, read from the GGUF file at `path` onto the shardings and
+    dtypes of `abstract` (a pure dict of ShapeDtypeStructs with shardings, scanned or not)."""
+    ckpt = GGUFCheckpoint(path)
+    try:
+        why = gguf_meta.arch_differences(ckpt.header, arch)
+    except gguf_meta.GGUFError as e:
+        raise CheckpointError(str(e)) from e
+    if why:
+        raise CheckpointError(f"checkpoint {path!r} does not match {arch.name}: " + "; ".join(why))
+    leaves = dict(_leaves(abstract))
+    out: dict = {}
+    used: set[str] = set()
+    for our, _, name, kind in gguf_names(abstract):
+        leaf = leaves[our]
+        stacked = "{i}" in name
+        shape = tuple(leaf.shape[1:] if stacked else leaf.shape)
+        names = [name.format(i=i) for i in range(leaf.shape[0])] if stacked else [name]
+        sources: list[Source] = []
+        for n in names:
+            t = ckpt.tensor(n)
+            if t.shape != hf_shape(kind, shape):
+                raise CheckpointError(f"{path}: tensor {n!r} has shape {t.shape}; {arch.name} needs {hf_shape(kind, shape)}")
+            if n.endswith("attn_q.weight") or n.endswith("attn_k.weight"):
+                sources.append(Unpermuted(t, arch.head_dim))
+            else:
+                sources.append(t)
+        used.update(names)
+        _set(out, our, _make(leaf, sources, kind, shape, stacked))
+    extra = sorted(ckpt.tensors.keys() - used)
+    if extra:
+        raise CheckpointError(f"checkpoint {path!r} holds {len(extra)} tensor(s) {arch.name} has no place for, "
+                              f"e.g. {', '.join(extra[:3])}")
+    return out
+
+
+def _make(leaf: Any, sources: list[Source], kind: str, shape: tuple[int, ...], stacked: bool) -> jax.Array:
+    """One parameter on its sharding, each device's slice read (and dequantized) by its callback."""
+    dtype = leaf.dtype
+
+    def cb(index: tuple[slice, ...]) -> np.ndarray:
+        index = tuple(index)
+        if not stacked:
+            return read_ours(sources[0], kind, shape, index[: len(shape)]).astype(dtype)  # type: ignore[arg-type]
+        layers = range(*index[0].indices(len(sources)))
+        return np.stack([read_ours(sources[i], kind, shape, index[1:]).astype(dtype)  # type: ignore[arg-type]
+                         for i in layers])
+
+    make: Callable = jax.make_array_from_callback
+    return make(tuple(leaf.shape), leaf.sharding, cb)

@@ -1,0 +1,76 @@
+"""DC183/DC184: GGUF checkpoints at validate time, read by the header reader the runtime uses
+(no numpy, no gguf package, no jax: validate stays fast)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT, check_text, codes, find, spec_text
+
+TINY = "tests/fixtures/gguf/tiny-llama-f32.gguf"
+TINY_INLINE = ("{num_layers: 2, emb_dim: 64, num_heads: 4, num_kv_heads: 2, head_dim: 16, mlp_dim: 96, "
+               "vocab_size: 96, tokenizer: byte, tie_embeddings: false, norm_eps: 1.0e-5, rope_theta: 10000.0}")
+
+
+def test_matching_inline_architecture_passes():
+    text = spec_text(f"teacher:\n  model: {TINY_INLINE}\n  checkpoint: {TINY}\n")
+    assert "DC183" not in codes(check_text(text))
+
+
+def test_each_disagreeing_field_is_reported_at_the_checkpoint():
+    inline = TINY_INLINE.replace("num_kv_heads: 2", "num_kv_heads: 4").replace("norm_eps: 1.0e-5", "norm_eps: 1.0e-6")
+    text = spec_text(f"teacher:\n  model: {inline}\n  checkpoint: {TINY}\n  format: gguf\n")
+    messages = [d.message for d in check_text(text).diagnostics if d.code == "DC183"]
+    assert any("num_kv_heads: checkpoint 2, model 4" in m for m in messages)
+    assert any("norm_eps: checkpoint" in m and "model 1e-06" in m for m in messages)
+    assert len(messages) == 2
+    assert find(check_text(text), "DC183").path == ("teacher", "checkpoint")
+
+
+def test_a_corrupt_file_is_reported(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\3\0\0\0" + b"\xff" * 16)
+    text = spec_text(f"teacher:\n  model: {TINY_INLINE}\n  checkpoint: {bad}\n")
+    d = find(check_text(text), "DC183")
+    assert "bad.gguf: truncated GGUF header" in d.message
+
+
+def test_missing_student_gguf_is_dc180_and_a_missing_teacher_is_left_to_the_runtime(tmp_path):
+    missing = tmp_path / "none.gguf"
+    text = spec_text(f"student:\n  checkpoint: {missing}\n")
+    assert "DC180" in codes(check_text(text)) and "DC183" not in codes(check_text(text))
+    text = spec_text(f"teacher:\n  model: {TINY_INLINE}\n  checkpoint: {missing}\n")
+    assert "DC183" not in codes(check_text(text))
+
+
+def test_maxtext_target_refuses_gguf():
+    text = spec_text("teacher:\n  checkpoint: gs://b/m.gguf\n")
+    assert "DC184" in codes(check_text(text, target="maxtext"))
+    assert "DC184" not in codes(check_text(text))
+
+
+PROBE = """
+import json, sys
+from distillc.compiler.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as exc:
+    rc = exc.code
+print(json.dumps({"rc": rc, "heavy": sorted({m.split('.')[0] for m in sys.modules} & {"jax", "numpy", "gguf"})}))
+"""
+
+
+def test_validate_reads_a_gguf_without_numpy_or_the_gguf_package(tmp_path):
+    """The header is read (DC183 reports the field) and neither numpy nor gguf (nor jax) is imported."""
+    spec = tmp_path / "s.yaml"
+    inline = TINY_INLINE.replace("num_kv_heads: 2", "num_kv_heads: 4")
+    spec.write_text(spec_text(f"teacher:\n  model: {inline}\n  checkpoint: {ROOT / TINY}\n"))
+    out = subprocess.run([sys.executable, "-c", PROBE, "validate", str(spec), "--format", "json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    *diagnostics, last = out.stdout.strip().splitlines()
+    result = json.loads(last)
+    found = [d for d in json.loads("\n".join(diagnostics)) if d["code"] == "DC183"]
+    assert result["rc"] == 1 and result["heavy"] == []
+    assert len(found) == 1 and "num_kv_heads: checkpoint 2, model 4" in found[0]["message"]
