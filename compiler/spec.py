@@ -231,6 +231,9 @@ class Data(_Model):
     eval_tokens: int = Field(1_000_000, gt=0, description="The held-out set stops after this many tokens.")
     packing: bool = True
     shuffle_seed: int = 0
+    prepared: Optional[str] = Field(
+        None, description="A directory for `distillc data prepare` to write the tokenized, packed shards to; "
+        "training then reads them instead of the sources (local or gs://).")
 
 
 class Divergence(_Model):

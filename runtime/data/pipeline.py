@@ -36,7 +36,9 @@ import grain
 import numpy as np
 
 from distillc.runtime.config import DataConfig
-from distillc.runtime.data.corpus import CorpusError, expand, held_out, read_documents
+from distillc.runtime.data.corpus import CorpusError, Document, expand, held_out, read_documents
+from distillc.runtime.data.prepared import Prepared, PreparedError, prepared_dir
+from distillc.runtime.data.prepared import train_dataset as prepared_train_dataset
 from distillc.runtime.data.tokenizers import Tokenizer, load_tokenizer
 
 Batch = dict[str, np.ndarray]  # inputs, labels, segment_ids, positions [B, T] int32; mask [B, T] bool
@@ -88,10 +90,10 @@ class DocumentIterator(grain.DatasetIterator):
         super().__init__()
         self._ds = ds
         self._epoch, self._file, self._doc = 0, 0, 0  # the next document: epoch, file in order, index in file
-        self._reader: Iterator[str] | None = None
+        self._reader: Iterator[Document] | None = None
         self._yielded_in_epoch = False
 
-    def __next__(self) -> str:
+    def __next__(self) -> Document:
         ds = self._ds
         while True:
             if ds.epochs is not None and self._epoch >= ds.epochs:
@@ -138,8 +140,15 @@ class Tokenize:
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
 
-    def __call__(self, text: str) -> dict[str, np.ndarray]:
+    def __call__(self, text: Document) -> dict[str, np.ndarray]:
         tok = self.tokenizer
+        if not isinstance(text, str):  # pre-tokenized (an ArrayRecord `tokens` record): the ids as they are
+            ids = np.asarray(text, np.int32)
+            if ids.size and int(ids.max()) >= tok.vocab_size:
+                raise DataError(f"a pre-tokenized document holds token id {int(ids.max())}, outside the "
+                                f"{tok.vocab_size}-token vocabulary of data.tokenizer {tok.name!r}: set "
+                                "data.tokenizer to the tokenizer the corpus was made with")
+            return {"inputs": ids[:-1], "labels": ids[1:]}
         if tok.eos_id is None:
             text = text + DOC_SEPARATOR
         ids = tok.encode(text)
@@ -210,7 +219,7 @@ class DocumentRowsIterator(grain.DatasetIterator):
 class DataIterator:
     """The training batches of one process, with a checkpointable state (see the module docstring)."""
 
-    def __init__(self, inner: grain.DatasetIterator, layout: dict[str, int]):
+    def __init__(self, inner: grain.DatasetIterator, layout: dict[str, Any]):
         self._it, self._layout = inner, layout
 
     def __iter__(self) -> "DataIterator":
@@ -254,6 +263,21 @@ class DataPipeline:
         self.shard = shard
         self.local_batch_size = cfg.global_batch_size // shard.count
         self.tokenizer = tokenizer or load_tokenizer(cfg.tokenizer)
+        self._eval_rows: list[dict[str, np.ndarray]] | None = None
+        self.prepared: Prepared | None = None
+        where = prepared_dir(cfg)
+        if where is not None:  # the rows come from `distillc data prepare`'s shards, checked against the spec
+            self.prepared = Prepared(where)
+            named_itself = cfg.prepared is None  # data.source is the prepared directory: no sources to compare
+            if len(cfg.mixture()) > 1:
+                raise PreparedError("data.prepared holds one prepared stream; data.sources is a weighted mixture: "
+                                    "remove data.prepared to stream the mixture, or train on one source")
+            self.train_files = [] if named_itself else [(expand(cfg.mixture()[0].source, "data.source"), 1.0)]
+            self.eval_files = (expand(cfg.eval_source, "data.eval_source")
+                               if cfg.eval_source is not None and not named_itself else None)
+            self.prepared.check(cfg, self.tokenizer, None if named_itself else self.train_files[0][0],
+                                self.eval_files)
+            return
         self.train_files = [(expand(w.source, "data.sources" if cfg.sources else "data.source"), w.weight)
                             for w in cfg.mixture()]
         self.eval_files = expand(cfg.eval_source, "data.eval_source") if cfg.eval_source is not None else None
@@ -262,10 +286,11 @@ class DataPipeline:
                 print(f"warning: {len(files)} file(s) for {shard.count} processes: each process reads every file "
                       "and keeps every P-th document (split the corpus into more files to read less)",
                       file=sys.stderr)
-        self._eval_rows: list[dict[str, np.ndarray]] | None = None
 
     @property
     def has_eval(self) -> bool:
+        if self.prepared is not None:
+            return self.prepared.records("eval") > 0
         return self.eval_files is not None or self.cfg.eval_fraction > 0
 
     def _documents(self, files: list[str], keep: str, shard: Shard, epochs: int | None, name: str) -> DocumentDataset:
@@ -288,7 +313,11 @@ class DataPipeline:
         return [self._documents(files, keep, self.shard, None, "data.source") for files, _ in self.train_files]
 
     def train_dataset(self) -> grain.IterDataset:
-        """Infinite: this shard's batches, epoch after epoch (files reordered each epoch)."""
+        """Infinite: this shard's batches, epoch after epoch (files reordered each epoch; prepared rows
+        index-shuffled each epoch)."""
+        if self.prepared is not None:
+            return prepared_train_dataset(self.prepared.source("train"), self.cfg.shuffle_seed,
+                                          self.local_batch_size, self.shard.index, self.shard.count)
         parts = self.train_dataset_documents()
         docs = parts[0] if len(parts) == 1 else grain.IterDataset.mix(parts, [w for _, w in self.train_files])
         rows = self._rows(docs)
@@ -298,8 +327,10 @@ class DataPipeline:
 
     def train_iterator(self, skip_batches: int = 0) -> DataIterator:
         """A checkpointable iterator over this process's training batches (after `skip_batches`)."""
-        layout = {"processes": self.shard.count, "process": self.shard.index,
+        layout: dict[str, Any] = {"processes": self.shard.count, "process": self.shard.index,
                   "local_batch_size": self.local_batch_size, "seq_len": self.cfg.seq_len}
+        if self.prepared is not None:  # a state of other prepared rows (or of the streaming pipeline) is refused
+            layout["prepared"] = self.prepared.digest
         it = DataIterator(self.train_dataset().__iter__(), layout)
         for _ in range(skip_batches):
             next(it)
@@ -308,6 +339,9 @@ class DataPipeline:
     def eval_rows(self) -> list[dict[str, np.ndarray]]:
         """The held-out rows, the same on every process: held-out documents in file order, packed, until
         data.eval_tokens real tokens (read once, kept: the set is bounded)."""
+        if self._eval_rows is None and self.prepared is not None:
+            src = self.prepared.source("eval")
+            self._eval_rows = [src[i] for i in range(len(src))]
         if self._eval_rows is None:
             self._eval_rows = []
             if self.has_eval:
@@ -347,4 +381,4 @@ def _empty_row(seq_len: int) -> dict[str, np.ndarray]:
             "mask": np.zeros(seq_len, np.bool_)}
 
 
-__all__ = ["Batch", "CorpusError", "DataError", "DataIterator", "DataPipeline", "Shard"]
+__all__ = ["Batch", "CorpusError", "DataError", "PreparedError", "DataIterator", "DataPipeline", "Shard"]

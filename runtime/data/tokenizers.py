@@ -176,3 +176,14 @@ def load_tokenizer(name: str) -> Tokenizer:
     raise TokenizerError(
         f"unknown data.tokenizer {name!r}: use 'byte', a tokenizer.model (sentencepiece or tiktoken) or an HF tokenizer.json"
     )
+
+
+def tokenizer_fingerprint(name: str) -> dict[str, str]:
+    """Identity of data.tokenizer: its name and a sha256 of its definition (the file's bytes; for the
+    byte tokenizer, of its fixed definition). The prepared-data and top-k manifests record it, so data
+    tokenized by one file is never read as if by another."""
+    import hashlib
+
+    if name == "byte":
+        return {"name": name, "sha256": hashlib.sha256(b"distillc byte tokenizer: UTF-8 bytes 0..255").hexdigest()}
+    return {"name": name, "sha256": hashlib.sha256(_read_bytes(name)).hexdigest()}
