@@ -334,6 +334,7 @@ def _data_config(d: Data) -> DataConfig:
         packing=d.packing,
         shuffle_seed=d.shuffle_seed,
         prepared=d.prepared,
+        workers=d.workers,
     )
 
 

@@ -135,6 +135,24 @@ class TestPrepare:
         assert shards(out) == shards(prepared)
         assert Prepared(str(out)).digest == Prepared(str(prepared)).digest
 
+    def test_killed_after_the_training_rows_resumes_with_the_held_out_rows(self, prepared, tmp_path, monkeypatch):
+        from distillc.runtime.data import prepared as prep_mod
+
+        out, real = tmp_path / "p", prep_mod._write_shard
+
+        def dies_at_eval(out_, split, *a):
+            if split == "eval":
+                raise KeyboardInterrupt  # the process is stopped here
+            return real(out_, split, *a)
+
+        monkeypatch.setattr(prep_mod, "_write_shard", dies_at_eval)
+        with pytest.raises(KeyboardInterrupt):
+            prepare(cfg(), str(out), rows_per_shard=ROWS_PER_SHARD, log=quiet)
+        monkeypatch.setattr(prep_mod, "_write_shard", real)
+        assert json.loads((out / "progress.json").read_text())["train_complete"]
+        prepare(cfg(), str(out), rows_per_shard=ROWS_PER_SHARD, log=quiet)
+        assert shards(out) == shards(prepared)
+
     def test_a_damaged_finished_shard_is_redone(self, prepared, tmp_path):
         out = tmp_path / "p"
         prepare(cfg(), str(out), rows_per_shard=ROWS_PER_SHARD, log=quiet, stop_after_shards=3)
@@ -271,3 +289,34 @@ train: {{steps: 4, learning_rate: 0.001}}
         r = self.run(tmp_path, 32, False)
         assert r.exit_code == 2 and "set data.prepared" in r.output
 
+
+class TestWorkers:
+    """data.workers: tokenization in worker processes gives the same batches and states as in-process."""
+
+    def test_same_batches_and_states_for_any_worker_count(self, tmp_path):
+        f = tmp_path / "c.jsonl"
+        f.write_text("".join(json.dumps({"text": f"document {i} " + "xy" * (i % 37)}) + "\n" for i in range(2000)))
+        base = cfg(source=str(f), eval_fraction=0.0, seq_len=64)
+        inproc = DataPipeline(base).train_iterator()
+        want = [next(inproc) for _ in range(12)]
+        pooled = DataPipeline(base.model_copy(update={"workers": 2})).train_iterator()
+        got = [next(pooled) for _ in range(6)]
+        state = json.loads(json.dumps(pooled.get_state()))
+        assert all(same(a, b) for a, b in zip(want[:6], got))
+        resumed = DataPipeline(base).train_iterator()  # in-process, from the workers' state
+        resumed.set_state(state)
+        assert all(same(a, next(resumed)) for a in want[6:])
+
+    def test_worker_errors_reach_the_caller(self, tmp_path):
+        f = tmp_path / "t.arecord"
+        write_arecord(f, [json.dumps({"tokens": [1, 2]}).encode()] * 3 + [json.dumps({"tokens": [1, 999]}).encode()])
+        it = DataPipeline(cfg(source=str(f), eval_fraction=0.0, workers=2)).train_iterator()
+        with pytest.raises(DataError, match="token id 999"):
+            next(it)
+
+    def test_a_state_of_the_previous_pipeline_is_refused(self):
+        it = DataPipeline(cfg()).train_iterator()
+        state = it.get_state()
+        state["layout"].pop("state_version")
+        with pytest.raises(DataError, match="resume with the same"):
+            DataPipeline(cfg()).train_iterator().set_state(state)

@@ -3,7 +3,8 @@
     documents (DocumentDataset: this process's files, read lazily, in a seeded order per epoch;
                the held-out documents, chosen by hash, left out)
       -> mixture (grain IterDataset.mix, by weight, when data.sources names several)
-      -> tokenize (bos/eos per tokenizer; inputs = doc[:-1], labels = doc[1:])
+      -> tokenize (bos/eos per tokenizer; inputs = doc[:-1], labels = doc[1:]), 256 documents at a
+         time, in this process or in data.workers worker processes (workers.py), in document order
       -> pack (grain ConcatThenSplitIterDataset: rows of seq_len with segment_ids and positions)
          or, packing off, each document cut alone into padded rows
       -> window shuffle (grain WindowShuffleIterDataset, seeded) -> batch of local_batch_size
@@ -40,9 +41,12 @@ from distillc.runtime.data.corpus import CorpusError, Document, expand, held_out
 from distillc.runtime.data.prepared import Prepared, PreparedError, prepared_dir
 from distillc.runtime.data.prepared import train_dataset as prepared_train_dataset
 from distillc.runtime.data.tokenizers import Tokenizer, load_tokenizer
+from distillc.runtime.data.workers import TokenizeChunks
 
 Batch = dict[str, np.ndarray]  # inputs, labels, segment_ids, positions [B, T] int32; mask [B, T] bool
 DOC_SEPARATOR = "\n\n"  # ends every document for tokenizers without an eos token (byte)
+# 2: tokenization in chunks (workers.TokenizeChunks); a state of version 1 does not restore into it
+STATE_VERSION = 2
 SHUFFLE_WINDOW_TOKENS = 1 << 20  # rows held by the window shuffle: this many tokens' worth (about 17 MB)
 
 
@@ -301,7 +305,8 @@ class DataPipeline:
 
     def _rows(self, docs: grain.IterDataset) -> grain.IterDataset:
         s = self.cfg.seq_len
-        ds = docs.map(Tokenize(self.tokenizer)).filter(_has_pairs)
+        # in chunks, in this process or data.workers processes: the same rows and states for any count
+        ds = TokenizeChunks(docs, Tokenize(self.tokenizer), self.cfg.tokenizer, self.cfg.workers).filter(_has_pairs)
         if self.cfg.packing:
             packed = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"inputs": s, "labels": s})
             return packed.map(_row)
@@ -327,7 +332,7 @@ class DataPipeline:
 
     def train_iterator(self, skip_batches: int = 0) -> DataIterator:
         """A checkpointable iterator over this process's training batches (after `skip_batches`)."""
-        layout: dict[str, Any] = {"processes": self.shard.count, "process": self.shard.index,
+        layout: dict[str, Any] = {"state_version": STATE_VERSION, "processes": self.shard.count, "process": self.shard.index,
                   "local_batch_size": self.local_batch_size, "seq_len": self.cfg.seq_len}
         if self.prepared is not None:  # a state of other prepared rows (or of the streaming pipeline) is refused
             layout["prepared"] = self.prepared.digest

@@ -280,7 +280,10 @@ def prepare(cfg: DataConfig, out: str, *, rows_per_shard: Optional[int] = None,
                              done_manifest["efficiency"], done_manifest["digest"])
 
     shards: list[dict[str, Any]] = []
-    state = None
+    state, train_complete = None, False
+    if "://" not in out:  # shards a killed prepare was writing: never part of the result
+        for stale in Path(out).glob(".*.arecord.tmp"):
+            stale.unlink()
     if progress is not None:
         diff = differences(progress["identity"], ident)
         if diff:
@@ -288,16 +291,17 @@ def prepare(cfg: DataConfig, out: str, *, rows_per_shard: Optional[int] = None,
                                 "prepare into another directory (data.prepared), or delete this one")
         shards = _kept_shards(out, progress["train"], log)
         state = shards[-1]["state_after"] if shards else None
+        train_complete = bool(progress.get("train_complete")) and len(shards) == len(progress["train"])
         if shards:
             log(f"prepare: resuming after {len(shards)} finished shard(s) ({sum(e['records'] for e in shards)} rows)")
 
     keep = "all" if pipe.eval_files is not None else "train"
     docs = pipe._documents(files, keep, Shard(), 1, "data.source")
     it = pipe._rows(docs).__iter__()
-    if state is not None:
+    if state is not None and not train_complete:
         it.set_state(_tuples(state))
     resumed = len(shards)
-    written, buffer, finished = 0, [], False
+    written, buffer, finished = 0, [], train_complete  # the whole stream was written: only eval and the manifest remain
     while not finished:
         row = next(it, None)
         if row is not None:
@@ -308,7 +312,8 @@ def prepare(cfg: DataConfig, out: str, *, rows_per_shard: Optional[int] = None,
             entry["state_after"] = it.get_state()
             shards.append(entry)
             buffer = []
-            _write_json_atomic(f"{out}/progress.json", {"format": FORMAT, "identity": ident, "train": shards})
+            _write_json_atomic(f"{out}/progress.json", {"format": FORMAT, "identity": ident, "train": shards,
+                                                        "train_complete": finished})
             written += 1
             if stop_after_shards is not None and written >= stop_after_shards and not finished:
                 return PrepareResult(out, False, resumed, {}, float("nan"), "")
