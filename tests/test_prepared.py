@@ -320,3 +320,28 @@ class TestWorkers:
         state["layout"].pop("state_version")
         with pytest.raises(DataError, match="resume with the same"):
             DataPipeline(cfg()).train_iterator().set_state(state)
+
+
+def test_batch_encoding_gives_the_ids_of_one_at_a_time(tmp_path):
+    """Tokenize.many hands the texts to the HF batch encoder: the same examples as one by one, with
+    the family's markers, and pre-tokenized documents kept in their place."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from distillc.runtime.data.pipeline import Tokenize
+    from distillc.runtime.data.tokenizers import load_tokenizer
+
+    texts = [f"the teacher {i} distils the student, layer {i * 7} of the model" for i in range(50)]
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenize(load_tokenizer(str(tmp_path / "tokenizer.json")))
+    docs = texts[:5] + [np.asarray([3, 4, 5], np.int32)] + texts[5:9]
+    many = tok.many(docs)
+    for ex, d in zip(many, docs):
+        if isinstance(d, str):  # <s> + the ids of encoding this text alone + </s>
+            ids = np.concatenate([ex["inputs"], ex["labels"][-1:]]).tolist()
+            assert ids == [0] + tok.tokenizer.encode(d).tolist() + [1]
+            assert len(ids) > 3
+    assert many[5]["inputs"].tolist() == [3, 4]

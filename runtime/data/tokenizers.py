@@ -100,6 +100,10 @@ class HFTokenizer:
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """Many texts in one call: the tokenizers library encodes them in parallel (Rust threads)."""
+        return [np.asarray(e.ids, dtype=np.int32) for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)])
 
@@ -146,6 +150,13 @@ class TiktokenTokenizer:
 
     def decode(self, ids) -> str:
         return self._enc.decode([int(i) for i in np.asarray(ids).reshape(-1)])
+
+
+def encode_batch(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:
+    """The tokenizer's batch encoder where it has one (HF tokenizer.json), else one text at a time;
+    the same ids either way."""
+    batch = getattr(tokenizer, "encode_batch", None)
+    return batch(texts) if batch is not None and texts else [tokenizer.encode(t) for t in texts]
 
 
 def _is_tiktoken(data: bytes) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import weakref
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import grain
 import numpy as np
@@ -28,7 +28,7 @@ CHUNK_DOCS = 256  # documents tokenized together: the unit of work, and of re-re
 
 Example = dict[str, np.ndarray]
 
-_WORKER_TOKENIZE: Optional[Callable[[Any], Example]] = None
+_WORKER_TOKENIZE: Optional[Any] = None  # the worker's pipeline.Tokenize
 
 
 def _init_worker(tokenizer_name: str) -> None:
@@ -42,13 +42,14 @@ def _init_worker(tokenizer_name: str) -> None:
 
 def _tokenize_in_worker(docs: list[Any]) -> list[Example]:
     assert _WORKER_TOKENIZE is not None  # set by _init_worker
-    return [_WORKER_TOKENIZE(d) for d in docs]
+    return _WORKER_TOKENIZE.many(docs)
 
 
 class TokenizeChunks(grain.IterDataset):
-    """The parent's documents tokenized by `tokenize` (in-process) or by `workers` processes."""
+    """The parent's documents tokenized by `tokenize` (a pipeline.Tokenize: in-process) or by `workers`
+    processes."""
 
-    def __init__(self, parent: grain.IterDataset, tokenize: Callable[[Any], Example], tokenizer_name: str,
+    def __init__(self, parent: grain.IterDataset, tokenize: Any, tokenizer_name: str,
                  workers: int, chunk_docs: int = CHUNK_DOCS):
         super().__init__(parent)
         self.tokenize, self.tokenizer_name = tokenize, tokenizer_name
@@ -78,7 +79,7 @@ class TokenizeChunksIterator(grain.DatasetIterator):
     def _tokenize(self, docs: list[Any]) -> list[Example]:
         ds = self._ds
         if ds.workers == 0 or len(docs) < 2:
-            return [ds.tokenize(d) for d in docs]
+            return ds.tokenize.many(docs)
         # contiguous slices, one or a few per worker, joined back in order
         n = max(1, -(-len(docs) // (ds.workers * 2)))
         parts = self._executor().map(_tokenize_in_worker, [docs[i : i + n] for i in range(0, len(docs), n)])
