@@ -361,7 +361,8 @@ def data_prepare(
     """Tokenize and pack SPEC's data.source once into ArrayRecord shards and a manifest.json
     (docs/data.md, "Prepared data"); training with data.prepared set reads them. A killed prepare
     resumes from its finished shards; a directory prepared for other settings is exit 2, naming
-    each differing field. The work runs in the distillc runtime (this command imports no jax)."""
+    each differing field. The spec is validated first; the work then runs in the distillc runtime
+    (Grain, which imports jax, and the tokenizer libraries), imported only then, as `launch --local` does."""
     from distillc.compiler import launch
 
     sel, ign = _split_codes(select), _split_codes(ignore)
