@@ -314,6 +314,16 @@ class TestWorkers:
         with pytest.raises(DataError, match="token id 999"):
             next(it)
 
+    def test_a_worker_imports_no_grain_or_jax(self):
+        import subprocess
+        import sys
+
+        code = ("import sys; from distillc.runtime.data.examples import init_worker, tokenize_in_worker; "
+                "init_worker('byte'); assert tokenize_in_worker(['ab'])[0]['labels'].tolist() == [98, 10, 10]; "
+                "print(sorted({m.split('.')[0] for m in sys.modules} & {'grain', 'jax', 'jaxlib', 'flax'}))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "[]"
+
     def test_a_state_of_the_previous_pipeline_is_refused(self):
         it = DataPipeline(cfg()).train_iterator()
         state = it.get_state()

@@ -40,19 +40,14 @@ from distillc.runtime.config import DataConfig
 from distillc.runtime.data.corpus import CorpusError, Document, expand, held_out, read_documents
 from distillc.runtime.data.prepared import Prepared, PreparedError, prepared_dir
 from distillc.runtime.data.prepared import train_dataset as prepared_train_dataset
-from distillc.runtime.data.tokenizers import Tokenizer, encode_batch, load_tokenizer
+from distillc.runtime.data.examples import DOC_SEPARATOR, DataError, Tokenize  # noqa: F401  (re-exported)
+from distillc.runtime.data.tokenizers import Tokenizer, load_tokenizer
 from distillc.runtime.data.workers import TokenizeChunks
 
 Batch = dict[str, np.ndarray]  # inputs, labels, segment_ids, positions [B, T] int32; mask [B, T] bool
-DOC_SEPARATOR = "\n\n"  # ends every document for tokenizers without an eos token (byte)
 # 2: tokenization in chunks (workers.TokenizeChunks); a state of version 1 does not restore into it
 STATE_VERSION = 2
 SHUFFLE_WINDOW_TOKENS = 1 << 20  # rows held by the window shuffle: this many tokens' worth (about 17 MB)
-
-
-class DataError(ValueError):
-    """The data cannot make the configured batches (empty split, shards that do not divide the batch,
-    a checkpointed data state from another layout)."""
 
 
 @dataclass(frozen=True)
@@ -136,43 +131,6 @@ class DocumentIterator(grain.DatasetIterator):
 
 
 # ---------------------------------------------------------------- tokens and rows
-
-
-class Tokenize:
-    """doc -> {"inputs": ids[:-1], "labels": ids[1:]} with bos/eos (or a blank line) around it."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, text: Document) -> dict[str, np.ndarray]:
-        return self.many([text])[0]
-
-    def many(self, docs: Sequence[Document]) -> list[dict[str, np.ndarray]]:
-        """Several documents at once: the texts go to the tokenizer's batch encoder (HF tokenizers
-        encode a batch on all cores, in Rust); the same ids as one at a time."""
-        tok = self.tokenizer
-        texts = [d + DOC_SEPARATOR if tok.eos_id is None else d for d in docs if isinstance(d, str)]
-        encoded = iter(encode_batch(tok, texts))
-        return [self._example(next(encoded)) if isinstance(d, str) else self._pretokenized(d) for d in docs]
-
-    def _pretokenized(self, doc: np.ndarray) -> dict[str, np.ndarray]:
-        """A pre-tokenized document (an ArrayRecord `tokens` record): the ids as they are."""
-        tok = self.tokenizer
-        ids = np.asarray(doc, np.int32)
-        if ids.size and int(ids.max()) >= tok.vocab_size:
-            raise DataError(f"a pre-tokenized document holds token id {int(ids.max())}, outside the "
-                            f"{tok.vocab_size}-token vocabulary of data.tokenizer {tok.name!r}: set "
-                            "data.tokenizer to the tokenizer the corpus was made with")
-        return {"inputs": ids[:-1], "labels": ids[1:]}
-
-    def _example(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        tok = self.tokenizer
-        head = [tok.bos_id] if tok.bos_id is not None else []
-        tail = [tok.eos_id] if tok.eos_id is not None else []
-        if head or tail:
-            ids = np.concatenate([np.asarray(head, np.int32), ids, np.asarray(tail, np.int32)])
-        ids = ids.astype(np.int32)
-        return {"inputs": ids[:-1], "labels": ids[1:]}
 
 
 def _has_pairs(example: dict[str, np.ndarray]) -> bool:

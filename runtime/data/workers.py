@@ -11,7 +11,9 @@ another data.workers. Restoring re-reads and re-tokenizes at most one chunk.
 Why a pool of our own rather than Grain's `mp_prefetch`: mp_prefetch gives each worker a slice of
 the dataset and interleaves their outputs, so the order (and the packed rows) would depend on the
 worker count; here the workers only tokenize and the order stays the reader's. Workers are spawned
-(never forked: the training process holds JAX's threads), once per iterator, and shut down with it.
+(never forked: the training process holds JAX's threads), once per iterator, and shut down with it;
+they import examples.py and the tokenizer library only (no Grain, no jax), so they start in about
+a second.
 """
 
 from __future__ import annotations
@@ -24,26 +26,11 @@ from typing import Any, Optional
 import grain
 import numpy as np
 
+from distillc.runtime.data.examples import init_worker, tokenize_in_worker
+
 CHUNK_DOCS = 256  # documents tokenized together: the unit of work, and of re-reading on restore
 
 Example = dict[str, np.ndarray]
-
-_WORKER_TOKENIZE: Optional[Any] = None  # the worker's pipeline.Tokenize
-
-
-def _init_worker(tokenizer_name: str) -> None:
-    """Loads the tokenizer once per worker process (by name: tokenizer objects need not pickle)."""
-    global _WORKER_TOKENIZE
-    from distillc.runtime.data.pipeline import Tokenize
-    from distillc.runtime.data.tokenizers import load_tokenizer
-
-    _WORKER_TOKENIZE = Tokenize(load_tokenizer(tokenizer_name))
-
-
-def _tokenize_in_worker(docs: list[Any]) -> list[Example]:
-    assert _WORKER_TOKENIZE is not None  # set by _init_worker
-    return _WORKER_TOKENIZE.many(docs)
-
 
 class TokenizeChunks(grain.IterDataset):
     """The parent's documents tokenized by `tokenize` (a pipeline.Tokenize: in-process) or by `workers`
@@ -72,7 +59,7 @@ class TokenizeChunksIterator(grain.DatasetIterator):
         if self._pool is None:
             ds = self._ds
             self._pool = ProcessPoolExecutor(ds.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(ds.tokenizer_name,))
+                                             initializer=init_worker, initargs=(ds.tokenizer_name,))
             weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
         return self._pool
 
@@ -82,7 +69,7 @@ class TokenizeChunksIterator(grain.DatasetIterator):
             return ds.tokenize.many(docs)
         # contiguous slices, one or a few per worker, joined back in order
         n = max(1, -(-len(docs) // (ds.workers * 2)))
-        parts = self._executor().map(_tokenize_in_worker, [docs[i : i + n] for i in range(0, len(docs), n)])
+        parts = self._executor().map(tokenize_in_worker, [docs[i : i + n] for i in range(0, len(docs), n)])
         return [ex for part in parts for ex in part]
 
     def _next_chunk(self) -> None:
