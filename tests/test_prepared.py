@@ -93,6 +93,13 @@ class TestArrayRecordSources:
         with pytest.raises(CorpusError, match=r"record 2: neither JSON nor UTF-8"):
             next(read_documents(str(f), start=2))
 
+    def test_a_file_that_is_not_array_record(self, tmp_path):
+        f = tmp_path / "bad.arecord"
+        for content in (b"not an ArrayRecord file", np.random.default_rng(0).bytes(70_000)):
+            f.write_bytes(content)
+            with pytest.raises(CorpusError, match=r"bad.arecord: not a readable ArrayRecord file .*replace or remove"):
+                next(read_documents(str(f)))
+
     def test_a_prepared_shard_named_as_a_file_points_at_its_directory(self, prepared):
         with pytest.raises(CorpusError, match="point data.source .* at the prepared directory"):
             next(read_documents(str(prepared / "train-00000.arecord")))

@@ -201,14 +201,29 @@ def _arecord_documents(path: str, text_field: str, start: int) -> Iterator[Docum
 
     if not epath.Path(path).exists():
         raise CorpusError(f"{path}: no such file; check data.source")
-    reader = ArrayRecordReader(path)
+    def unreadable(e: RuntimeError) -> CorpusError:  # not an ArrayRecord file, or a truncated one
+        return CorpusError(f"{path}: not a readable ArrayRecord file ({e}); replace or remove it")
+
     try:
+        reader = ArrayRecordReader(path)
         n = reader.num_records()
+    except RuntimeError as e:
+        raise unreadable(e) from None
+    if not reader.ok():  # what a file that is not ArrayRecord (or lost its footer) gives: no error, no records
+        raise unreadable(RuntimeError("the reader reports a bad file"))
+    try:
         for lo in range(start, n, 1024):
-            for i, raw in enumerate(reader.read(list(range(lo, min(lo + 1024, n)))), lo):
+            try:
+                raws = reader.read(list(range(lo, min(lo + 1024, n))))
+            except RuntimeError as e:
+                raise unreadable(e) from None
+            for i, raw in enumerate(raws, lo):
                 yield _arecord_document(path, i, raw, text_field)
     finally:
-        reader.close()
+        try:
+            reader.close()
+        except RuntimeError:  # a damaged file also fails to close; the reading error says what to do
+            pass
 
 
 def _arecord_document(path: str, index: int, raw: bytes, text_field: str) -> Document:
