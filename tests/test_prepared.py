@@ -228,6 +228,12 @@ class TestTrainingFromPrepared:
         with pytest.raises(DataError, match="resume with the same"):
             DataPipeline(cfg(prepared=str(prepared))).train_iterator().set_state(streaming.get_state())
 
+    def test_a_corpus_directory_with_another_manifest_is_a_corpus(self, tmp_path):
+        (tmp_path / "manifest.json").write_text('{"format": "someone-elses"}')
+        (tmp_path / "a.jsonl").write_text(json.dumps({"text": "hello there " * 20}) + "\n")
+        p = DataPipeline(cfg(source=str(tmp_path), eval_fraction=0.0, global_batch_size=1))
+        assert p.prepared is None and p.train_files[0][0] == [str(tmp_path / "a.jsonl")]
+
     def test_source_naming_the_prepared_directory(self, prepared):
         named = next(DataPipeline(cfg(source=str(prepared))).train_iterator())
         assert same(named, next(DataPipeline(cfg(prepared=str(prepared))).train_iterator()))

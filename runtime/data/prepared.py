@@ -355,9 +355,14 @@ def prepared_dir(cfg: DataConfig) -> Optional[str]:
     from etils import epath
 
     path = epath.Path(cfg.source)
-    if path.is_dir() and (path / "manifest.json").exists():
-        return cfg.source.rstrip("/")
-    return None
+    manifest = path / "manifest.json"
+    if not (path.is_dir() and manifest.exists()):
+        return None
+    try:  # a corpus directory may hold some other manifest.json: then it is read as a corpus
+        ours = json.loads(manifest.read_text()).get("format") == FORMAT
+    except (ValueError, AttributeError):
+        ours = False
+    return cfg.source.rstrip("/") if ours else None
 
 
 class Prepared:
