@@ -1,13 +1,19 @@
 """Input pipeline at scale (issue 14): peak RSS, time to the first batch, tokens/s, packing efficiency.
 
     python bench/data_bench.py [--sizes-mb 100 1000] [--batches 200] [--seq-len 2048] [--batch 16]
+                               [--formats jsonl parquet] [--tokenizers byte bpe] [--prepared]
 
 Generates synthetic .jsonl corpora of the given sizes (random English-like words, documents of
-200-20000 bytes) in a temp dir, then for each size runs the training pipeline (byte tokenizer,
-packing on) in a fresh subprocess and prints a table: peak RSS of that process, seconds from
-constructing the pipeline to the first batch, tokens/s over all the batches (the first included), and packing
-efficiency (real tokens / row slots). Not yet here: the Parquet copies and the HF BPE tokenizer
-(the `tokenizers` package is not a dependency).
+200-20000 bytes) and their Parquet copies (row groups of 4096 documents) in a temp dir, and a
+byte-level BPE tokenizer.json (8,192 tokens, trained with the `tokenizers` library on the first
+5 MB of the corpus). Then for each corpus, format and tokenizer it runs the training pipeline
+(packing on) in a fresh subprocess and prints a table: that process's peak RSS (its own VmHWM;
+tokenizer workers not counted), seconds from constructing the pipeline to the first batch, tokens/s
+over all the batches (the first included) and after the first batch, and packing efficiency (real
+tokens / row slots). BPE rows run once per --workers value (data.workers: tokenizer worker
+processes; 0 tokenizes in the process, with the tokenizers library's own batch threads). With
+--prepared it also prepares the smallest corpus (`distillc data prepare`'s runtime half, byte
+tokenizer) and reads the prepared shards the same way.
 """
 
 from __future__ import annotations
@@ -24,14 +30,15 @@ WORDS = ("the of and to in is for that with as on by this are be from at or it a
          "function return class module import data model token layer loss teacher student").split()
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 from distillc.runtime.config import DataConfig
 from distillc.runtime.data.pipeline import DataPipeline
-path, seq, batch, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+path, seq, batch, n, tok, prepared, workers = sys.argv[1:8]
+seq, batch, n = int(seq), int(batch), int(n)
 t_import = time.perf_counter()
-cfg = DataConfig(source=path, tokenizer="byte", seq_len=seq, global_batch_size=batch, eval_fraction=0.0,
-                 packing=True, shuffle_seed=0)
+cfg = DataConfig(source=path, tokenizer=tok, seq_len=seq, global_batch_size=batch, eval_fraction=0.0,
+                 packing=True, shuffle_seed=0, prepared=prepared or None, workers=int(workers))
 it = DataPipeline(cfg).train_iterator()
 b = next(it)
 t_first = time.perf_counter()
@@ -40,9 +47,12 @@ for _ in range(n):
     b = next(it)
     real += int(b["mask"].sum()); slots += b["mask"].size
 t_end = time.perf_counter()
+# VmHWM: this process's own peak (ru_maxrss would include the parent's RSS at fork time)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"import_s": t_import - t0, "first_batch_s": t_first - t_import,
                   "tokens_per_s": (n + 1) * seq * batch / (t_end - t_import),  # first batch included
-                  "packing": real / slots, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "steady_tokens_per_s": n * seq * batch / (t_end - t_first),  # after the first batch
+                  "packing": real / slots, "peak_rss_mb": hwm / 1024}))
 """
 
 
@@ -57,26 +67,85 @@ def make_corpus(path: Path, mb: int, seed: int = 0) -> None:
             written += len(line)
 
 
+def make_parquet(jsonl: Path, out: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with jsonl.open() as f:
+        texts = [json.loads(line)["text"] for line in f]
+    pq.write_table(pa.table({"text": texts}), out, row_group_size=4096)
+
+
+def make_bpe(jsonl: Path, out: Path, vocab: int = 8192, sample_bytes: int = 5_000_000) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    def sample():
+        n = 0
+        with jsonl.open() as f:
+            for line in f:
+                yield json.loads(line)["text"]
+                n += len(line)
+                if n >= sample_bytes:
+                    return
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(sample(), trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
+                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(out))
+
+
+def run_child(path: Path, args, tokenizer: str, prepared: str = "", workers: int = 0) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(path), str(args.seq_len), str(args.batch),
+                          str(args.batches), tokenizer, prepared, str(workers)], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--formats", nargs="+", default=["jsonl", "parquet"], choices=["jsonl", "parquet"])
+    ap.add_argument("--tokenizers", nargs="+", default=["byte", "bpe"], choices=["byte", "bpe"])
+    ap.add_argument("--prepared", action="store_true")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0], help="data.workers values to run (BPE rows)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        bpe = Path(tmp) / "tokenizer.json"
         for mb in args.sizes_mb:
             path = Path(tmp) / f"corpus_{mb}mb.jsonl"
             make_corpus(path, mb)
-            out = subprocess.run([sys.executable, "-c", CHILD, str(path), str(args.seq_len), str(args.batch),
-                                  str(args.batches)], capture_output=True, text=True, check=True)
-            rows.append((mb, json.loads(out.stdout.strip().splitlines()[-1])))
-            path.unlink()
-    print(f"{'corpus':>8}  {'peak RSS':>9}  {'first batch':>11}  {'tokens/s (byte)':>15}  {'packing':>7}")
-    for mb, r in rows:
-        print(f"{mb:>6}MB  {r['peak_rss_mb']:>7.0f}MB  {r['first_batch_s']:>10.2f}s  {r['tokens_per_s']:>15,.0f}  "
-              f"{100 * r['packing']:>6.2f}%")
+            if "bpe" in args.tokenizers and not bpe.exists():
+                make_bpe(path, bpe)
+            files = {"jsonl": path}
+            if "parquet" in args.formats:
+                files["parquet"] = Path(tmp) / f"corpus_{mb}mb.parquet"
+                make_parquet(path, files["parquet"])
+            for fmt in args.formats:
+                for tok in args.tokenizers:
+                    name = "byte" if tok == "byte" else str(bpe)
+                    for w in (args.workers if tok == "bpe" else [0]):
+                        rows.append((mb, fmt, tok, w, run_child(files[fmt], args, name, workers=w)))
+            if args.prepared and mb == min(args.sizes_mb):
+                from distillc.runtime.config import DataConfig
+                from distillc.runtime.data.prepared import prepare
+
+                cfg = DataConfig(source=str(path), tokenizer="byte", seq_len=args.seq_len, global_batch_size=args.batch,
+                                 eval_fraction=0.0, packing=True, shuffle_seed=0)
+                prepare(cfg, str(Path(tmp) / "prepared"), log=lambda _: None)
+                rows.append((mb, "prepared", "byte", 0, run_child(path, args, "byte", str(Path(tmp) / "prepared"))))
+            for f in files.values():
+                f.unlink()
+    print(f"{'corpus':>8}  {'format':>8}  {'tokenizer':>9}  {'workers':>7}  {'peak RSS':>9}  {'first batch':>11}  "
+          f"{'tokens/s':>12}  {'after 1st':>12}  {'packing':>7}")
+    for mb, fmt, tok, w, r in rows:
+        print(f"{mb:>6}MB  {fmt:>8}  {tok:>9}  {w:>7}  {r['peak_rss_mb']:>7.0f}MB  {r['first_batch_s']:>10.2f}s  "
+              f"{r['tokens_per_s']:>12,.0f}  {r['steady_tokens_per_s']:>12,.0f}  {100 * r['packing']:>6.2f}%")
 
 
 if __name__ == "__main__":

@@ -344,6 +344,48 @@ def _diagnostics_or_exit(compiled_front, diags, fmt: DataFormat, empty: dict) ->
         raise typer.Exit(EXIT_ERRORS)
 
 
+data_app = typer.Typer(help="Data tools: `prepare` tokenizes and packs a spec's sources once.",
+                       no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    spec: Path = typer.Argument(..., help="The spec whose data section to prepare.", show_default=False),
+    out: Optional[str] = typer.Option(None, "--out", help="Directory to write (default: the spec's data.prepared)."),
+    rows_per_shard: Optional[int] = typer.Option(None, "--rows-per-shard", min=1,
+                                                 help="Rows per ArrayRecord shard (default: about 64 MB of rows)."),
+    select: Optional[List[str]] = typer.Option(None, "--select", help=SELECT_HELP),
+    ignore: Optional[List[str]] = typer.Option(None, "--ignore", help=IGNORE_HELP),
+) -> None:
+    """Tokenize and pack SPEC's data.source once into ArrayRecord shards and a manifest.json
+    (docs/data.md, "Prepared data"); training with data.prepared set reads them. A killed prepare
+    resumes from its finished shards; a directory prepared for other settings is exit 2, naming
+    each differing field. The spec is validated first; the work then runs in the distillc runtime
+    (Grain, which imports jax, and the tokenizer libraries), imported only then, as `launch --local` does."""
+    from distillc.compiler import launch
+
+    sel, ign = _split_codes(select), _split_codes(ignore)
+    _check_selectors(sel, ign)
+    try:
+        fr = launch.front(spec, None, None, "distillc", sel, ign)
+        ctx = launch.planned(fr)
+        diags = list(launch.plan_diagnostics(fr, ctx, stopped=ctx.plan is None))
+        _diagnostics_or_exit(fr, diags, DataFormat.text, {})
+    except launch.UsageError as exc:
+        raise fail(str(exc))
+    assert ctx.plan is not None
+    data = ctx.plan.configs[0].data  # every workload of a plan reads the same data section
+    where = out or data.prepared
+    if where is None:
+        raise fail(f"{spec}: set data.prepared (where training will read the prepared shards) or pass --out DIR")
+    try:
+        from distillc.runtime.data.prepared import run_prepare
+    except ImportError as exc:
+        raise fail(f"the distillc runtime is not available ({exc}); install distillc with its runtime dependencies")
+    raise typer.Exit(run_prepare(data, where, rows_per_shard))
+
+
 @app.command()
 def plan(
     spec: Path = typer.Argument(..., help="The spec to resolve.", show_default=False),

@@ -405,7 +405,7 @@ class TopkStorage:
     eval_fraction: float
     slot_bytes: int  # 4 id + value bytes (+ 2 count for random sampling)
     header_bytes: int
-    token_bytes: int  # input, label, mask, label logit
+    token_bytes: int  # input, label, mask, segment id, position, label logit
     grid_bytes: int  # tail lse + slope per cached temperature
 
     @property
@@ -524,7 +524,8 @@ def plan_text(plan: Plan, spec: Spec) -> str:
                      f"{st.seq_len}) x {st.bytes_per_token:.1f} B/token = {_bytes(st.train_bytes)} before compression")
         temps = "temperature" if st.grid == 1 else "temperatures"
         lines.append(f"         per token: {st.slots} slots x (4 id + {value} value{count}) + {st.grid} {temps} x {st.grid_bytes} "
-                     f"(tail lse + slope) + {st.token_bytes} (input, label, mask, label logit) + {st.header_bytes}/{st.seq_len} header")
+                     f"(tail lse + slope) + {st.token_bytes} (input, label, mask, segment id, position, label logit) + "
+                     f"{st.header_bytes}/{st.seq_len} header")
         if cfg.data.eval_fraction > 0:
             lines.append(f"         + held-out split: {_bytes(st.eval_batch_bytes)} per global batch of eval windows "
                          f"(data.eval_fraction {cfg.data.eval_fraction:g} of the corpus)")

@@ -333,6 +333,8 @@ def _data_config(d: Data) -> DataConfig:
         eval_tokens=d.eval_tokens,
         packing=d.packing,
         shuffle_seed=d.shuffle_seed,
+        prepared=d.prepared,
+        workers=d.workers,
     )
 
 

@@ -233,6 +233,11 @@ class Data(_Model):
     eval_tokens: int = Field(1_000_000, gt=0, description="The held-out set stops after this many tokens.")
     packing: bool = True
     shuffle_seed: int = 0
+    workers: int = Field(0, ge=0, description="Tokenizer worker processes per host (0: in the training process); "
+                         "the batches are the same for any count.")
+    prepared: Optional[str] = Field(
+        None, description="A directory for `distillc data prepare` to write the tokenized, packed shards to; "
+        "training then reads them instead of the sources (local or gs://).")
 
 
 class Divergence(_Model):

@@ -176,6 +176,10 @@ class DataConfig(_Frozen):
     text_field: str = Field("text", description="The jsonl field / Parquet column that holds a document's text.")
     eval_source: Optional[SourceNames] = Field(None, description="Held-out documents; then eval_fraction is unused.")
     eval_tokens: int = Field(1_000_000, gt=0, description="The held-out set stops after this many tokens.")
+    workers: int = Field(0, ge=0, description="Tokenizer worker processes (0: in the training process); the "
+                                              "batches and the data state are the same for any count.")
+    prepared: Optional[str] = Field(None, description="A directory of `distillc data prepare` shards: written "
+                                                      "there by prepare, read instead of the sources by training.")
 
     def mixture(self) -> tuple[WeightedSource, ...]:
         """The training sources with their weights (one source: weight 1)."""

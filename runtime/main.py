@@ -108,14 +108,15 @@ def user_errors() -> tuple[type[Exception], ...]:
     from distillc.runtime.train.rundir import RunDirError
     from distillc.runtime.data.corpus import CorpusError
     from distillc.runtime.data.pipeline import DataError
+    from distillc.runtime.data.prepared import PreparedError
     from distillc.runtime.train.distributed import MeshError
     from distillc.runtime.data.tokenizers import TokenizerError
     from distillc.runtime.offline.store import CacheError
     from distillc.runtime.train.run_lock import LockHeld
 
     # OSError: a full disk, a permission, a run directory under a file (its message names the path)
-    return (CacheError, CheckpointError, CorpusError, DataError, LockHeld, MeshError, OSError, RunDirError,
-            TokenizerError)
+    return (CacheError, CheckpointError, CorpusError, DataError, LockHeld, MeshError, OSError, PreparedError,
+            RunDirError, TokenizerError)
 
 
 def run(config: RuntimeConfig, argv: list[str], *, console: bool = True, restart: bool = False,

@@ -49,9 +49,9 @@ class TestPlan:
 
     def test_offline_cache_storage(self, tmp_path):
         # hand-computed from runtime/offline/store.py's record layout: 60-byte header; per token
-        # 4 input + 4 label + 1 mask + 4 label logit, k x (4 id + value bytes), G x (4 lse + 4 slope)
+        # 4 input + 4 label + 1 mask + 4 segment id + 4 position + 4 label logit, k x (4 id + value bytes), G x (4 lse + 4 slope)
         doc = json.loads(run("plan", GOLDEN_INPUTS / "offline.yaml", "--format", "json").stdout)["topk_storage"]
-        assert doc["record_bytes"] == 60 + 2048 * (13 + 64 * (4 + 4) + 1 * 8)
+        assert doc["record_bytes"] == 60 + 2048 * (21 + 64 * (4 + 4) + 1 * 8)
         assert (doc["header_bytes"], doc["slot_bytes"]) == (60, 8)  # read from the record spec, not re-derived
         assert doc["train_tokens"] == 5000 * 256 * 2048 and doc["train_bytes"] == 5000 * 256 * doc["record_bytes"]
         assert doc["eval_bytes_per_batch"] == 0  # eval_fraction 0
@@ -63,9 +63,9 @@ class TestPlan:
         assert r.exit_code == 0, r.output
         doc = json.loads(r.stdout)["topk_storage"]
         # bfloat16 values: 2 bytes; T 2 -> 1 is beta 0.5 -> 1.0 in steps of at most 0.125: 5 temperatures
-        assert doc["temperature_grid"] == 5 and doc["record_bytes"] == 60 + 2048 * (13 + 64 * (4 + 2) + 5 * 8)
+        assert doc["temperature_grid"] == 5 and doc["record_bytes"] == 60 + 2048 * (21 + 64 * (4 + 2) + 5 * 8)
         text = run("plan", spec).stdout
-        assert "2,621,440,000 training tokens (5000 steps x 256 x 2048) x 437.0 B/token" in text
+        assert "2,621,440,000 training tokens (5000 steps x 256 x 2048) x 445.0 B/token" in text
         assert "64 slots x (4 id + 2 (bfloat16) value) + 5 temperatures x 8" in text
         online = json.loads(run("plan", GOLDEN_INPUTS / "pruning.yaml", "--format", "json").stdout)
         assert online["topk_storage"] is None

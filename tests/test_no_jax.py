@@ -53,3 +53,9 @@ print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(%r))))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_data_prepare_help_imports_no_jax():
+    # the command itself hands the work to the runtime (grain, which imports jax) only when it runs
+    out = _probe("data", "prepare", "--help")
+    assert out["rc"] == 0 and out["heavy"] == []

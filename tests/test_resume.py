@@ -35,9 +35,15 @@ def _start(config_path: Path, env: dict) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def _write(tmp_path: Path, name: str) -> tuple[Path, Path]:
+def _write(tmp_path: Path, name: str, prepared: bool = False) -> tuple[Path, Path]:
     cfg = make_config(tmp_path / name, name="resume", alpha=0.5, temperature=2.0, steps=STEPS,
                       checkpoint_every=EVERY, log_every=1, lr=3e-3, warmup=10)
+    if prepared:  # the same data read from `distillc data prepare`'s shards (prepared once per test)
+        from distillc.runtime.data.prepared import prepare
+
+        if not (tmp_path / "prepared" / "manifest.json").exists():
+            prepare(cfg.data, str(tmp_path / "prepared"), rows_per_shard=2000, log=lambda _: None)
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"prepared": str(tmp_path / "prepared")})})
     path = tmp_path / f"{name}.json"
     path.write_text(cfg.model_dump_json())
     return path, tmp_path / name
@@ -51,17 +57,18 @@ def _by_step(run_dir: Path) -> dict[int, list[dict]]:
     return out
 
 
-def test_losses_after_kill_and_resume_equal_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("prepared", [False, True], ids=["streaming", "prepared"])
+def test_losses_after_kill_and_resume_equal_an_uninterrupted_run(tmp_path, prepared):
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    ref_cfg, ref_dir = _write(tmp_path, "uninterrupted")
+    ref_cfg, ref_dir = _write(tmp_path, "uninterrupted", prepared)
     ref = _start(ref_cfg, env)
     out, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err
     expected = _by_step(ref_dir)
     assert sorted(expected) == list(range(1, STEPS + 1))
 
-    cfg, run_dir = _write(tmp_path, "killed")
+    cfg, run_dir = _write(tmp_path, "killed", prepared)
     proc = _start(cfg, env)
     first_ckpt = run_dir / "checkpoints" / str(EVERY)  # renamed into place only when complete
     deadline = time.time() + 600
@@ -89,3 +96,4 @@ def test_losses_after_kill_and_resume_equal_an_uninterrupted_run(tmp_path):
         (rec,) = after[step]
         for k in KEYS:
             assert rec[k] == expected[step][0][k], (step, k, rec[k], expected[step][0][k])
+        assert 0.99 < rec["packing_efficiency"] <= 1.0  # packed rows: (nearly) every slot a real token

@@ -105,6 +105,10 @@ class TestDC145MalformedPath:
             ("teacher: {checkpoint: 'gs:///x'}", ("teacher", "checkpoint"), "gs:///x"),
             ("train: {output_dir: ''}", ("train", "output_dir"), "output_dir:"),
             ("student: {checkpoint: ' /tmp/x'}", ("student", "checkpoint"), "' /tmp/x'"),
+            ("data: {prepared: 'gs://b/prep/*'}", ("data", "prepared"), "gs://b/prep/*"),
+            ("data: {prepared: /data/corpus.jsonl}", ("data", "prepared"), "/data/corpus.jsonl"),
+            ("data: {prepared: 'builtin:prep'}", ("data", "prepared"), "builtin:prep"),
+            ("data: {prepared: 'ftp://b/prep'}", ("data", "prepared"), "ftp://b/prep"),
         ],
     )
     def test_fails(self, fragment, key, needle):
@@ -126,10 +130,22 @@ class TestDC145MalformedPath:
             "data: {source: [gs://bucket/a/*.jsonl.gz, /data/b.parquet, /data/c.jsonl.zst]}",
             "data: {source: null, sources: [{source: gs://b/x.jsonl, weight: 2}], eval_source: /data/ev.txt}",
             "teacher: {checkpoint: 's3://bucket/ckpt/0/items'}",
+            "data: {source: [gs://bucket/a.arecord, /data/b.array_record], prepared: gs://bucket/prepared/v1}",
+            "data: {prepared: /data/prepared/}",
         ],
     )
     def test_passes(self, fragment):
         assert "DC145" not in codes(check_text(spec_text(fragment)))
+
+    def test_suffixes_match_the_runtime(self):
+        from distillc.compiler.rules.train import SOURCE_SUFFIXES
+        from distillc.runtime.data.corpus import SUFFIXES
+
+        assert {"." + s.rsplit(".", 1)[-1] for s in SUFFIXES} == set(SOURCE_SUFFIXES)
+
+    def test_prepared_is_a_local_path_on_a_cluster(self):
+        text = spec_text("data: {prepared: /data/prepared}\n" + CLUSTER)
+        assert ("data", "prepared") in [d.path for d in check_text(text).diagnostics if d.code == "DC144"]
 
     def test_builtins_match_the_runtime(self):
         from distillc.compiler.rules.train import BUILTIN_SOURCES

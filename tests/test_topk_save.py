@@ -70,13 +70,17 @@ def shard_bytes(d) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(Path(d).glob("*.arecord"))}
 
 
-def teacher_logits(cfg, inputs):
+def teacher_logits(cfg, recs, packed=True):
+    """The teacher's float64-cast logits for cache records, with their segment ids and positions (as
+    the save stage runs it) or, packed=False, as one sequence per row."""
     from distillc.runtime.train import distributed
     from distillc.runtime.train.params import load_teacher
     from flax import nnx
 
     graphdef, params = load_teacher(cfg.teacher, cfg.scan_layers, distributed.make_mesh(cfg.mesh))
-    return np.asarray(nnx.merge(graphdef, params)(jnp.asarray(inputs)).logits, np.float64)
+    kw = {k: jnp.asarray(np.stack([r[k] for r in recs])) for k in ("segment_ids", "positions")} if packed else {}
+    return np.asarray(nnx.merge(graphdef, params)(jnp.asarray(np.stack([r["inputs"] for r in recs])), **kw).logits,
+                      np.float64)
 
 
 def lse64(x):
@@ -93,7 +97,7 @@ def test_saved_top_k_and_tail_match_the_teachers_full_logits(saved):
     assert res.records == {"train": STEPS * 4, "eval": cache.records("eval")} and cache.records("eval") > 0
     assert len(cache.temperatures) > 3  # the cosine schedule's grid
     recs = [cache.read("train", r) for r in (0, 5, 23)]
-    z = teacher_logits(cfg, np.stack([r["inputs"] for r in recs]))  # [3, L, V]
+    z = teacher_logits(cfg, recs)  # [3, L, V]
     zc = z - z.max(-1, keepdims=True)
     # The cache and this test run the teacher's float32 forward separately (other batch shapes, other
     # programs): the logits agree to rounding over the forward's summed terms (tests/tolerances.py);
@@ -115,6 +119,59 @@ def test_saved_top_k_and_tail_match_the_teachers_full_logits(saved):
             w = np.exp(x - lse64(x)[:, None])
             np.testing.assert_allclose(rec["lse_slope"][:, g], np.sum(np.where(tail, w * zr, 0), -1), rtol=0, atol=atol_slope)
         np.testing.assert_allclose(rec["label_logit"], np.take_along_axis(zr, rec["labels"][:, None], -1)[:, 0], rtol=0, atol=atol_logit)
+
+
+def short_documents(root, cfg: RuntimeConfig) -> RuntimeConfig:
+    """cfg reading a corpus of short documents: most rows of seq_len 16 hold two or three of them."""
+    path = Path(root) / "short.jsonl"
+    path.write_text("".join(json.dumps({"text": f"doc {i}: " + "ab" * (i % 5)}) + "\n" for i in range(400)))
+    data = cfg.data.model_copy(update={"source": str(path), "eval_fraction": 0.0})
+    return cfg.model_copy(update={"data": data})
+
+
+def test_records_keep_documents_apart_as_online(tmp_path):
+    """The cache records carry the rows' segment ids and positions, the teacher ran with them (each
+    document alone, as online), and offline training batches hand them to the student."""
+    from distillc.runtime.data.pipeline import DataPipeline
+
+    cfg = short_documents(tmp_path, offline_config(tmp_path, steps=2))
+    topk_save.save_topk(cfg, shard_bytes=SHARD_BYTES, log=quiet)
+    cache = ts.TopKCache(cfg.offline.data_dir)
+    want = next(DataPipeline(cfg.data).train_iterator())
+    recs = [cache.read("train", r) for r in range(4)]
+    for k in ("segment_ids", "positions"):
+        np.testing.assert_array_equal(np.stack([r[k] for r in recs]), want[k])
+    assert max(int(r["segment_ids"].max()) for r in recs) >= 2  # rows that hold several documents
+    z = teacher_logits(cfg, recs)
+    zc = z - z.max(-1, keepdims=True)
+    top = np.stack([r["values"][:, 0] for r in recs])
+    np.testing.assert_allclose(top, 0.0, atol=1e-6)  # centred
+    np.testing.assert_array_equal(np.stack([r["indices"][:, 0] for r in recs]), zc.argmax(-1))
+    crossing = teacher_logits(cfg, recs, packed=False)  # attention across documents: other logits
+    later = np.stack([r["segment_ids"] for r in recs]) >= 2
+    assert np.abs(crossing - z)[later].max() > 1e-3
+    batch = next(topk_train.CachedData(cache, train_config(cfg), topk_train.Shard()).train_iterator())
+    for k in ("segment_ids", "positions"):
+        np.testing.assert_array_equal(batch[k], want[k])
+
+
+def test_a_cache_from_prepared_rows_records_their_digest(tmp_path):
+    from distillc.runtime.data.prepared import prepare
+
+    cfg = short_documents(tmp_path, offline_config(tmp_path, steps=2))
+    prepare(cfg.data, str(tmp_path / "prep"), rows_per_shard=50, log=quiet)
+    from_prepared = cfg.model_copy(update={"data": cfg.data.model_copy(update={"prepared": str(tmp_path / "prep")})})
+    topk_save.save_topk(from_prepared, shard_bytes=SHARD_BYTES, log=quiet)
+    cache = ts.TopKCache(cfg.offline.data_dir)
+    assert cache.provenance["data"]["prepared"] == ts.prepared_digest(from_prepared.data)
+    topk_train.open_cache(train_config(from_prepared))  # the rows it was saved from: opens
+    shutil.rmtree(tmp_path / "prep")
+    prepare(cfg.data, str(tmp_path / "prep"), rows_per_shard=60, log=quiet)  # the same rows, another manifest
+    with pytest.raises(ts.CacheError, match=r"prepared data \(manifest digest\): cache '[0-9a-f]{64}', spec "
+                                            r"'[0-9a-f]{64}'"):
+        topk_train.open_cache(train_config(from_prepared))
+    with pytest.raises(ts.CacheError, match=r"prepared data \(manifest digest\): cache '[0-9a-f]{64}', spec None"):
+        topk_train.open_cache(train_config(cfg))  # streaming now
 
 
 def test_unique_counts():

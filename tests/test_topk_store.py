@@ -36,6 +36,8 @@ def fake_record(spec: ts.RecordSpec, index: int) -> dict[str, np.ndarray]:
         "inputs": rng.integers(0, 256, L).astype(np.int32),
         "labels": rng.integers(0, 256, L).astype(np.int32),
         "mask": rng.random(L) > 0.2,
+        "segment_ids": np.sort(rng.integers(1, 4, L)).astype(np.int32),
+        "positions": rng.integers(0, L, L).astype(np.int32),
         "indices": rng.integers(0, 256, (L, S)).astype(np.int32),
         "values": -np.sort(rng.random((L, S)), axis=-1).astype(np.float32),
         "lse": rng.standard_normal((L, G)).astype(np.float32),

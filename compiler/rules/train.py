@@ -156,6 +156,8 @@ def _paths(ctx: Context) -> Iterator[tuple[tuple, str]]:
         for i, w in enumerate(d.sources or []):
             for value in [w.source] if isinstance(w.source, str) else w.source:
                 yield ("data", "sources", i, "source"), value
+        if d.prepared is not None:
+            yield ("data", "prepared"), d.prepared
         yield ("data", "tokenizer"), d.tokenizer
     if sp.offline is not None and sp.offline.data_dir is not None:
         yield ("offline", "data_dir"), sp.offline.data_dir
@@ -218,7 +220,7 @@ def local_path_on_cluster(ctx: Context) -> Iterator[Finding]:
 # What the runtime reads (runtime/data/corpus.py, runtime/data/tokenizers.py): kept in sync by test_rules_train.
 BUILTIN_SOURCES = ("pydoc_topics",)
 REMOTE_SCHEMES = ("gs", "s3")
-SOURCE_SUFFIXES = (".txt", ".jsonl", ".gz", ".zst", ".parquet")  # .jsonl.gz, .jsonl.zst
+SOURCE_SUFFIXES = (".txt", ".jsonl", ".gz", ".zst", ".parquet", ".arecord", ".array_record")  # .jsonl.gz, .jsonl.zst
 TOKENIZER_SUFFIXES = (".model", ".json", ".gguf")  # .gguf: the byte-level BPE in its metadata
 _SCHEME = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*)://(.*)\Z", re.S)
 
@@ -236,6 +238,8 @@ def _path_problem(key: tuple, value: str) -> str | None:
         return None
     if key == ("data", "tokenizer") and value == "byte":
         return None
+    if key == ("data", "prepared") and (value.startswith("builtin:") or any(c in value for c in "*?[")):
+        return "is not a directory path (data.prepared is where `distillc data prepare` writes its shards)"
     m = _SCHEME.match(value)
     if m:
         scheme, rest = m.group(1).lower(), m.group(2)
@@ -250,8 +254,10 @@ def _path_problem(key: tuple, value: str) -> str | None:
     if key == ("data", "tokenizer") and suffix not in TOKENIZER_SUFFIXES:
         return "is neither 'byte' nor a sentencepiece .model, an HF tokenizer .json or a .gguf file"
     if _is_source(key) and suffix and not value.endswith("/") and suffix not in SOURCE_SUFFIXES and "*" not in tail:
-        return (f"is a {suffix} file; the runtime reads .txt, .jsonl, .jsonl.gz, .jsonl.zst and .parquet files "
-                "(or a directory or glob of them)")
+        return (f"is a {suffix} file; the runtime reads .txt, .jsonl, .jsonl.gz, .jsonl.zst, .parquet and "
+                ".arecord files (or a directory or glob of them, or a prepared directory)")
+    if key == ("data", "prepared") and suffix in SOURCE_SUFFIXES:
+        return f"names a {suffix} file; data.prepared is a directory (where `distillc data prepare` writes)"
     return None
 
 
@@ -266,9 +272,11 @@ def malformed_path(ctx: Context) -> Iterator[Finding]:
     """Paths are read by the runtime on the accelerator hosts, long after validation: a typo
     there costs a queued job. The runtime reads local paths and gs:// (s3:// with a backend);
     data.source (and each of data.sources, data.eval_source) also takes builtin:<name>, and reads
-    .txt, .jsonl(.gz/.zst) and .parquet files, directories and globs of them; data.tokenizer is 'byte', a sentencepiece .model, an HF tokenizer.json or a GGUF checkpoint
-    (the tokenizer in its metadata). Validation
-    checks the form only: it never touches the filesystem or the network.
+    .txt, .jsonl(.gz/.zst), .parquet and ArrayRecord (.arecord) files, directories and globs of them,
+    or a directory `distillc data prepare` wrote; data.prepared is a directory (no glob, no builtin,
+    no corpus-file suffix); data.tokenizer is 'byte', a sentencepiece or tiktoken .model, an HF
+    tokenizer.json or a GGUF checkpoint (the tokenizer in its metadata). Validation checks the form
+    only: it never touches the filesystem or the network.
 
     Fails::
 

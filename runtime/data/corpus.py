@@ -5,7 +5,9 @@ A source is one of
   English and code; ships with CPython, so nothing is downloaded), one document per topic, in
   key order;
 - a file: `.txt` (a document per paragraph: blank lines separate them), `.jsonl` / `.jsonl.gz` / `.jsonl.zst` (one document per line, its
-  `text_field`), `.parquet` (one document per row, its `text_field` column);
+  `text_field`), `.parquet` (one document per row, its `text_field` column), `.arecord` /
+  `.array_record` (ArrayRecord: one document per record, a JSON object with `text_field` or with
+  pre-tokenized `tokens`, or plain UTF-8 text);
 - a directory (the files above inside it, sorted by name), or a glob (`data/*.jsonl.gz`);
 - a list of any of these (read in the order given).
 Paths go through etils.epath, so gs:// works wherever an epath backend for it is installed.
@@ -21,10 +23,15 @@ import gzip
 import hashlib
 import io
 import json
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, Union
+
+import numpy as np
 
 BUILTINS = ("pydoc_topics",)
-SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet", ".arecord", ".array_record")
+PREPARED_MAGIC = b"DCPR"  # the first bytes of a `distillc data prepare` record (runtime/data/prepared.py)
+
+Document = Union[str, np.ndarray]  # text, or a pre-tokenized document (int32 ids, used as they are)
 GLOB_CHARS = "*?["
 
 
@@ -85,7 +92,7 @@ def _split_glob(source: str) -> tuple[str, str, str]:
     return source[:cut] or "/", "/", source[cut + 1:]
 
 
-def read_documents(path: str, text_field: str = "text", start: int = 0) -> Iterator[str]:
+def read_documents(path: str, text_field: str = "text", start: int = 0) -> Iterator[Document]:
     """One file's documents, lazily, from document `start` on (documents before it are skipped,
     not parsed). An empty or whitespace-only jsonl line is not a document."""
     if path.startswith("builtin:"):
@@ -99,6 +106,8 @@ def read_documents(path: str, text_field: str = "text", start: int = 0) -> Itera
             yield from _paragraphs(path, start)
         elif kind == "parquet":
             yield from _parquet_documents(path, text_field, start)
+        elif kind in ("arecord", "array_record"):
+            yield from _arecord_documents(path, text_field, start)
         else:
             yield from _jsonl_documents(path, kind or "jsonl", text_field, start)
     except CorpusError:
@@ -182,10 +191,70 @@ def _parquet_documents(path: str, text_field: str, start: int) -> Iterator[str]:
             n += rows
 
 
-def held_out(text: str, fraction: float) -> bool:
-    """Whether a document belongs to the held-out split: by a hash of its text, so the split needs no
-    pass over the corpus, is the same for any process count, and duplicates land on one side."""
+def _arecord_documents(path: str, text_field: str, start: int) -> Iterator[Document]:
+    """An ArrayRecord file's documents, record by record (read in chunks of 1024 records). A record is
+    a JSON object with a string `text_field` or an integer list `tokens` (pre-tokenized: the ids are
+    the document, markers included), or else UTF-8 text."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    from etils import epath
+
+    if not epath.Path(path).exists():
+        raise CorpusError(f"{path}: no such file; check data.source")
+    def unreadable(e: RuntimeError) -> CorpusError:  # not an ArrayRecord file, or a truncated one
+        return CorpusError(f"{path}: not a readable ArrayRecord file ({e}); replace or remove it")
+
+    try:
+        reader = ArrayRecordReader(path)
+        n = reader.num_records()
+    except RuntimeError as e:
+        raise unreadable(e) from None
+    if not reader.ok():  # what a file that is not ArrayRecord (or lost its footer) gives: no error, no records
+        raise unreadable(RuntimeError("the reader reports a bad file"))
+    try:
+        for lo in range(start, n, 1024):
+            try:
+                raws = reader.read(list(range(lo, min(lo + 1024, n))))
+            except RuntimeError as e:
+                raise unreadable(e) from None
+            for i, raw in enumerate(raws, lo):
+                yield _arecord_document(path, i, raw, text_field)
+    finally:
+        try:
+            reader.close()
+        except RuntimeError:  # a damaged file also fails to close; the reading error says what to do
+            pass
+
+
+def _arecord_document(path: str, index: int, raw: bytes, text_field: str) -> Document:
+    where = f"{path} record {index}"
+    if raw[:4] == PREPARED_MAGIC:
+        raise CorpusError(f"{where} is a packed row of `distillc data prepare`: point data.source (or "
+                          "data.prepared) at the prepared directory, not at its shards")
+    if raw[:1] == b"{":
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CorpusError(f"{where}: starts like JSON but is not ({e}); fix or remove the record") from e
+        if isinstance(obj, dict) and isinstance(obj.get(text_field), str):
+            return obj[text_field]
+        tokens = obj.get("tokens") if isinstance(obj, dict) else None
+        if isinstance(tokens, list) and all(isinstance(t, int) and t >= 0 for t in tokens):
+            return np.asarray(tokens, np.int32)
+        raise CorpusError(f"{where}: expected a string field {text_field!r} (data.text_field) or a list of "
+                          "non-negative integer 'tokens'")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{where}: neither JSON nor UTF-8 text ({e}); fix or remove the record") from e
+
+
+def held_out(doc: Document, fraction: float) -> bool:
+    """Whether a document belongs to the held-out split: by a hash of its text (of its int32 ids when
+    pre-tokenized), so the split needs no pass over the corpus, is the same for any process count,
+    and duplicates land on one side."""
     if fraction <= 0:
         return False
-    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8", errors="replace"), digest_size=8).digest(), "big")
+    data = doc.encode("utf-8", errors="replace") if isinstance(doc, str) else np.asarray(doc, "<i4").tobytes()
+    h = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
     return h < fraction * 2**64

@@ -3,7 +3,8 @@
     documents (DocumentDataset: this process's files, read lazily, in a seeded order per epoch;
                the held-out documents, chosen by hash, left out)
       -> mixture (grain IterDataset.mix, by weight, when data.sources names several)
-      -> tokenize (bos/eos per tokenizer; inputs = doc[:-1], labels = doc[1:])
+      -> tokenize (bos/eos per tokenizer; inputs = doc[:-1], labels = doc[1:]), 256 documents at a
+         time, in this process or in data.workers worker processes (workers.py), in document order
       -> pack (grain ConcatThenSplitIterDataset: rows of seq_len with segment_ids and positions)
          or, packing off, each document cut alone into padded rows
       -> window shuffle (grain WindowShuffleIterDataset, seeded) -> batch of local_batch_size
@@ -36,17 +37,17 @@ import grain
 import numpy as np
 
 from distillc.runtime.config import DataConfig
-from distillc.runtime.data.corpus import CorpusError, expand, held_out, read_documents
+from distillc.runtime.data.corpus import CorpusError, Document, expand, held_out, read_documents
+from distillc.runtime.data.prepared import Prepared, PreparedError, prepared_dir
+from distillc.runtime.data.prepared import train_dataset as prepared_train_dataset
+from distillc.runtime.data.examples import DOC_SEPARATOR, DataError, Tokenize  # noqa: F401  (re-exported)
 from distillc.runtime.data.tokenizers import Tokenizer, load_tokenizer
+from distillc.runtime.data.workers import TokenizeChunks
 
 Batch = dict[str, np.ndarray]  # inputs, labels, segment_ids, positions [B, T] int32; mask [B, T] bool
-DOC_SEPARATOR = "\n\n"  # ends every document for tokenizers without an eos token (byte)
+# 2: tokenization in chunks (workers.TokenizeChunks); a state of version 1 does not restore into it
+STATE_VERSION = 2
 SHUFFLE_WINDOW_TOKENS = 1 << 20  # rows held by the window shuffle: this many tokens' worth (about 17 MB)
-
-
-class DataError(ValueError):
-    """The data cannot make the configured batches (empty split, shards that do not divide the batch,
-    a checkpointed data state from another layout)."""
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,10 @@ class DocumentIterator(grain.DatasetIterator):
         super().__init__()
         self._ds = ds
         self._epoch, self._file, self._doc = 0, 0, 0  # the next document: epoch, file in order, index in file
-        self._reader: Iterator[str] | None = None
+        self._reader: Iterator[Document] | None = None
         self._yielded_in_epoch = False
 
-    def __next__(self) -> str:
+    def __next__(self) -> Document:
         ds = self._ds
         while True:
             if ds.epochs is not None and self._epoch >= ds.epochs:
@@ -130,25 +131,6 @@ class DocumentIterator(grain.DatasetIterator):
 
 
 # ---------------------------------------------------------------- tokens and rows
-
-
-class Tokenize:
-    """doc -> {"inputs": ids[:-1], "labels": ids[1:]} with bos/eos (or a blank line) around it."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, text: str) -> dict[str, np.ndarray]:
-        tok = self.tokenizer
-        if tok.eos_id is None:
-            text = text + DOC_SEPARATOR
-        ids = tok.encode(text)
-        head = [tok.bos_id] if tok.bos_id is not None else []
-        tail = [tok.eos_id] if tok.eos_id is not None else []
-        if head or tail:
-            ids = np.concatenate([np.asarray(head, np.int32), ids, np.asarray(tail, np.int32)])
-        ids = ids.astype(np.int32)
-        return {"inputs": ids[:-1], "labels": ids[1:]}
 
 
 def _has_pairs(example: dict[str, np.ndarray]) -> bool:
@@ -210,7 +192,7 @@ class DocumentRowsIterator(grain.DatasetIterator):
 class DataIterator:
     """The training batches of one process, with a checkpointable state (see the module docstring)."""
 
-    def __init__(self, inner: grain.DatasetIterator, layout: dict[str, int]):
+    def __init__(self, inner: grain.DatasetIterator, layout: dict[str, Any]):
         self._it, self._layout = inner, layout
 
     def __iter__(self) -> "DataIterator":
@@ -254,6 +236,21 @@ class DataPipeline:
         self.shard = shard
         self.local_batch_size = cfg.global_batch_size // shard.count
         self.tokenizer = tokenizer or load_tokenizer(cfg.tokenizer)
+        self._eval_rows: list[dict[str, np.ndarray]] | None = None
+        self.prepared: Prepared | None = None
+        where = prepared_dir(cfg)
+        if where is not None:  # the rows come from `distillc data prepare`'s shards, checked against the spec
+            self.prepared = Prepared(where)
+            named_itself = cfg.prepared is None  # data.source is the prepared directory: no sources to compare
+            if len(cfg.mixture()) > 1:
+                raise PreparedError("data.prepared holds one prepared stream; data.sources is a weighted mixture: "
+                                    "remove data.prepared to stream the mixture, or train on one source")
+            self.train_files = [] if named_itself else [(expand(cfg.mixture()[0].source, "data.source"), 1.0)]
+            self.eval_files = (expand(cfg.eval_source, "data.eval_source")
+                               if cfg.eval_source is not None and not named_itself else None)
+            self.prepared.check(cfg, self.tokenizer, None if named_itself else self.train_files[0][0],
+                                self.eval_files)
+            return
         self.train_files = [(expand(w.source, "data.sources" if cfg.sources else "data.source"), w.weight)
                             for w in cfg.mixture()]
         self.eval_files = expand(cfg.eval_source, "data.eval_source") if cfg.eval_source is not None else None
@@ -262,10 +259,11 @@ class DataPipeline:
                 print(f"warning: {len(files)} file(s) for {shard.count} processes: each process reads every file "
                       "and keeps every P-th document (split the corpus into more files to read less)",
                       file=sys.stderr)
-        self._eval_rows: list[dict[str, np.ndarray]] | None = None
 
     @property
     def has_eval(self) -> bool:
+        if self.prepared is not None:
+            return self.prepared.records("eval") > 0
         return self.eval_files is not None or self.cfg.eval_fraction > 0
 
     def _documents(self, files: list[str], keep: str, shard: Shard, epochs: int | None, name: str) -> DocumentDataset:
@@ -276,7 +274,8 @@ class DataPipeline:
 
     def _rows(self, docs: grain.IterDataset) -> grain.IterDataset:
         s = self.cfg.seq_len
-        ds = docs.map(Tokenize(self.tokenizer)).filter(_has_pairs)
+        # in chunks, in this process or data.workers processes: the same rows and states for any count
+        ds = TokenizeChunks(docs, Tokenize(self.tokenizer), self.cfg.tokenizer, self.cfg.workers).filter(_has_pairs)
         if self.cfg.packing:
             packed = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"inputs": s, "labels": s})
             return packed.map(_row)
@@ -288,7 +287,11 @@ class DataPipeline:
         return [self._documents(files, keep, self.shard, None, "data.source") for files, _ in self.train_files]
 
     def train_dataset(self) -> grain.IterDataset:
-        """Infinite: this shard's batches, epoch after epoch (files reordered each epoch)."""
+        """Infinite: this shard's batches, epoch after epoch (files reordered each epoch; prepared rows
+        index-shuffled each epoch)."""
+        if self.prepared is not None:
+            return prepared_train_dataset(self.prepared.source("train"), self.cfg.shuffle_seed,
+                                          self.local_batch_size, self.shard.index, self.shard.count)
         parts = self.train_dataset_documents()
         docs = parts[0] if len(parts) == 1 else grain.IterDataset.mix(parts, [w for _, w in self.train_files])
         rows = self._rows(docs)
@@ -298,8 +301,10 @@ class DataPipeline:
 
     def train_iterator(self, skip_batches: int = 0) -> DataIterator:
         """A checkpointable iterator over this process's training batches (after `skip_batches`)."""
-        layout = {"processes": self.shard.count, "process": self.shard.index,
+        layout: dict[str, Any] = {"state_version": STATE_VERSION, "processes": self.shard.count, "process": self.shard.index,
                   "local_batch_size": self.local_batch_size, "seq_len": self.cfg.seq_len}
+        if self.prepared is not None:  # a state of other prepared rows (or of the streaming pipeline) is refused
+            layout["prepared"] = self.prepared.digest
         it = DataIterator(self.train_dataset().__iter__(), layout)
         for _ in range(skip_batches):
             next(it)
@@ -308,6 +313,9 @@ class DataPipeline:
     def eval_rows(self) -> list[dict[str, np.ndarray]]:
         """The held-out rows, the same on every process: held-out documents in file order, packed, until
         data.eval_tokens real tokens (read once, kept: the set is bounded)."""
+        if self._eval_rows is None and self.prepared is not None:
+            src = self.prepared.source("eval")
+            self._eval_rows = [src[i] for i in range(len(src))]
         if self._eval_rows is None:
             self._eval_rows = []
             if self.has_eval:
@@ -347,4 +355,4 @@ def _empty_row(seq_len: int) -> dict[str, np.ndarray]:
             "mask": np.zeros(seq_len, np.bool_)}
 
 
-__all__ = ["Batch", "CorpusError", "DataError", "DataIterator", "DataPipeline", "Shard"]
+__all__ = ["Batch", "CorpusError", "DataError", "PreparedError", "DataIterator", "DataPipeline", "Shard"]

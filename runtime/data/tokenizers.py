@@ -102,6 +102,10 @@ class HFTokenizer:
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """Many texts in one call: the tokenizers library encodes them in parallel (Rust threads)."""
+        return [np.asarray(e.ids, dtype=np.int32) for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)])
 
@@ -150,6 +154,13 @@ class TiktokenTokenizer:
         return self._enc.decode([int(i) for i in np.asarray(ids).reshape(-1)])
 
 
+def encode_batch(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:
+    """The tokenizer's batch encoder where it has one (HF tokenizer.json), else one text at a time;
+    the same ids either way."""
+    batch = getattr(tokenizer, "encode_batch", None)
+    return batch(texts) if batch is not None and texts else [tokenizer.encode(t) for t in texts]
+
+
 def _is_tiktoken(data: bytes) -> bool:
     """A tiktoken ranks file starts with a printable 'base64 rank' line; a sentencepiece model is a
     binary protobuf."""
@@ -187,3 +198,14 @@ def load_tokenizer(name: str) -> Tokenizer:
         f"unknown data.tokenizer {name!r}: use 'byte', a tokenizer.model (sentencepiece or tiktoken), an HF "
         "tokenizer.json or a .gguf checkpoint (its byte-level BPE)"
     )
+
+
+def tokenizer_fingerprint(name: str) -> dict[str, str]:
+    """Identity of data.tokenizer: its name and a sha256 of its definition (the file's bytes; for the
+    byte tokenizer, of its fixed definition). The prepared-data and top-k manifests record it, so data
+    tokenized by one file is never read as if by another."""
+    import hashlib
+
+    if name == "byte":
+        return {"name": name, "sha256": hashlib.sha256(b"distillc byte tokenizer: UTF-8 bytes 0..255").hexdigest()}
+    return {"name": name, "sha256": hashlib.sha256(_read_bytes(name)).hexdigest()}

@@ -53,7 +53,8 @@ TEACHER_FIELDS = {  # record field -> batch key
 
 
 def _batch_row(rec: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    out = {"inputs": rec["inputs"], "labels": rec["labels"], "mask": rec["mask"]}
+    # segment_ids and positions reach the student as online (objectives.packed): documents stay apart
+    out = {k: rec[k] for k in ("inputs", "labels", "mask", "segment_ids", "positions")}
     for field, key in TEACHER_FIELDS.items():
         if field in rec:
             a = rec[field]

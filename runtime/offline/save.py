@@ -215,7 +215,9 @@ def save_topk(
     @jax.jit
     def step(params, batch, record_ids):
         teacher = nnx.merge(graphdef, params)
-        logits = teacher(batch["inputs"]).logits[..., :vocab]  # [B, L, V]
+        # packed rows: the teacher sees each document alone, as the online teacher does (objectives.packed)
+        logits = teacher(batch["inputs"], segment_ids=batch["segment_ids"],
+                         positions=batch["positions"]).logits[..., :vocab]  # [B, L, V]
         return capture(logits, batch["labels"], record_ids, spec=spec, betas=betas,
                        capture_temperature=off.capture_temperature, seed=config.train.seed)
 
@@ -238,13 +240,14 @@ def save_topk(
                 writer.abort()
                 return SaveResult(data_dir, False, resumed, {}, float("nan"), time.perf_counter() - t_start, float("nan"))
             t0 = time.perf_counter()
-            gbatch = distributed.global_batch({"inputs": local["inputs"], "labels": local["labels"]}, mesh, G)
+            gbatch = distributed.global_batch({k: local[k] for k in ("inputs", "labels", "segment_ids", "positions")},
+                                              mesh, G)
             ids = distributed.global_batch({"ids": np.arange(n * G + shard.index * b, n * G + (shard.index + 1) * b)},
                                            mesh, G)["ids"]
             out = {k: _local_rows(v) for k, v in step(params, gbatch, ids).items()}
             rows = []
             for j in range(b):
-                rec = {"inputs": local["inputs"][j], "labels": local["labels"][j], "mask": local["mask"][j]}
+                rec = {k: local[k][j] for k in ("inputs", "labels", "mask", "segment_ids", "positions")}
                 rec.update({k: v[j] for k, v in out.items()})
                 rows.append(spec.encode(n * G + shard.index * b + j, rec))
             writer.add_batch(n, rows)

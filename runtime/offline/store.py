@@ -18,7 +18,8 @@ A record (little-endian; `RecordSpec`):
     header  magic b"DCTK", format version u16, kind u8 (0 top_k, 1 random), value dtype u8
             (0 float32, 1 bfloat16), seq_len u32, slots u32, grid u32, record index u64,
             sha256 of the sequence (inputs, labels, mask bytes) 32 bytes
-    body    inputs int32[L] | labels int32[L] | mask uint8[L] | indices int32[L, S] |
+    body    inputs int32[L] | labels int32[L] | mask uint8[L] | segment_ids int32[L] |
+            positions int32[L] | indices int32[L, S] |
             values dtype[L, S] | counts uint16[L, S] (random only) | lse f32[L, G] |
             lse_slope f32[L, G] | label_logit f32[L]
 
@@ -48,10 +49,10 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from distillc.runtime.config import RuntimeConfig, Schedule
+from distillc.runtime.config import DataConfig, RuntimeConfig, Schedule
 
 FORMAT = "distillc-topk"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: records carry segment_ids and positions (packed documents stay apart offline too)
 MAGIC = b"DCTK"
 # One record per chunk (random access by Grain), zstd for the index/token bytes. Fixed here so the
 # same input always gives the same bytes; recorded in the manifest.
@@ -105,6 +106,8 @@ class RecordSpec:
             ("inputs", np.dtype("<i4"), (L,)),
             ("labels", np.dtype("<i4"), (L,)),
             ("mask", np.dtype(np.uint8), (L,)),
+            ("segment_ids", np.dtype("<i4"), (L,)),
+            ("positions", np.dtype("<i4"), (L,)),
             ("indices", np.dtype("<i4"), (L, S)),
             ("values", _np_dtype(self.value_dtype), (L, S)),
         ]
@@ -132,8 +135,8 @@ class RecordSpec:
 
     @property
     def token_bytes(self) -> int:
-        """Bytes per token outside the slots and the grid: input, label, mask, label logit."""
-        return self._itemsizes("inputs", "labels", "mask", "label_logit")
+        """Bytes per token outside the slots and the grid: input, label, mask, segment id, position, label logit."""
+        return self._itemsizes("inputs", "labels", "mask", "segment_ids", "positions", "label_logit")
 
     @property
     def grid_bytes(self) -> int:
@@ -224,6 +227,15 @@ def tokenizer_fingerprint(name: str) -> dict[str, str]:
     return {"name": name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
 
 
+def prepared_digest(data: DataConfig) -> Optional[str]:
+    """The digest of the prepared data a config reads (data.prepared, or a prepared data.source), or
+    None when it streams its sources: the cache's records are those rows, so the two must match."""
+    from distillc.runtime.data.prepared import Prepared, prepared_dir
+
+    where = prepared_dir(data)
+    return None if where is None else Prepared(where).digest
+
+
 def checkpoint_fingerprint(path: Optional[str]) -> Optional[str]:
     """sha256 of an Orbax checkpoint's commit record (_CHECKPOINT_METADATA, which carries its commit
     time) and _METADATA: changes whenever the checkpoint is written again. None when there is no
@@ -276,6 +288,7 @@ def provenance(config: RuntimeConfig) -> dict[str, Any]:
             "packing": config.data.packing,
             "shuffle_seed": config.data.shuffle_seed,
             "eval_fraction": config.data.eval_fraction,
+            "prepared": prepared_digest(config.data),
         },
         "distillc_version": __version__,
     }
@@ -663,6 +676,10 @@ class TopKCache:
         for key in ("source", "seq_len", "packing", "shuffle_seed", "eval_fraction"):
             if prov["data"][key] != getattr(data, key):
                 differ(f"data.{key}", prov["data"][key], getattr(data, key), resave)
+        prepared = prepared_digest(data)  # the records are rows of these prepared shards, in their order
+        if prov["data"].get("prepared") != prepared:
+            differ("prepared data (manifest digest)", prov["data"].get("prepared"), prepared,
+                   "the cache was saved from other rows; " + resave)
         need = (steps if steps is not None else config.train.steps) * data.global_batch_size
         if self.records("train") < need:
             differ("training records", self.records("train"), need,

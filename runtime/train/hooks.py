@@ -2,7 +2,8 @@
 
 The loop only steps and reads results back; everything periodic is a hook:
 
-    LoggingHook     every train.log_every: reduce the window, throughput, MFU, metrics.jsonl/TensorBoard
+    LoggingHook     every train.log_every: reduce the window, throughput, MFU, packing efficiency (real
+                    tokens / row slots), metrics.jsonl/TensorBoard
     CheckpointHook  every train.checkpoint_every and at the last step
     EvalHook        every train.eval_every (not at the last step: the final evaluation follows the loop)
     DivergenceHook  every step's results: a loss spike or a collapsed gradient stops the run (exit 3)
@@ -72,6 +73,8 @@ class LoggingHook(Hook):
         values = self.window.reduce()
         values["step_time_s"] = dt / max(self.steps, 1)
         values["tokens_per_sec"] = self.tokens_per_step * self.steps / dt
+        if "tokens" in values:  # real (unmasked) tokens per step, over the window
+            values["packing_efficiency"] = values["tokens"] / self.tokens_per_step  # of the batch's row slots
         if self.peak_flops:
             values["mfu"] = self.model_flops_per_token * values["tokens_per_sec"] / self.peak_flops
         self.writer.write(step, "train", values)

@@ -41,6 +41,7 @@ TAGS = {
     "tokens_per_sec": "perf/tokens_per_sec",
     "step_time_s": "perf/step_time_s",
     "mfu": "perf/mfu",
+    "packing_efficiency": "data/packing_efficiency",
 }
 
 # Derived metrics: name -> the cross-entropy whose exp it is.
@@ -268,9 +269,10 @@ class Progress:
 def _short(v: Mapping[str, float]) -> str:
     parts = []
     for k, label in (("total_loss", "loss"), ("hard_loss", "ce"), ("kl_T1", "kl"),
-                     ("tokens_per_sec", "tok/s")):
+                     ("tokens_per_sec", "tok/s"), ("packing_efficiency", "pack")):
         if k in v and np.isfinite(v[k]):
-            parts.append(f"{label} {v[k]:.4g}" if k != "tokens_per_sec" else f"{label} {v[k]:,.0f}")
+            fmt = {"tokens_per_sec": f"{v[k]:,.0f}", "packing_efficiency": f"{v[k]:.1%}"}.get(k, f"{v[k]:.4g}")
+            parts.append(f"{label} {fmt}")
     return "  ".join(parts)
 
 

@@ -1,0 +1,496 @@
+"""Prepared data: the spec's sources tokenized and packed once (`distillc data prepare SPEC`).
+
+A prepared directory (`data.prepared`, or a `data.source` that holds such a manifest):
+
+    manifest.json           written last, atomically: the identity (below), the splits' shards
+                            (records, bytes, sha256) and `digest`, a sha256 of all of it
+    progress.json           while preparing: the identity, the finished shards and, after each
+                            training shard, the pipeline's Grain state (atomic rewrites)
+    train-00000.arecord ... the training rows in stream order: one pass over the source files in the
+                            order given, tokenized and packed by the same code as streaming training
+    eval-00000.arecord ...  the held-out rows (data.eval_fraction by hash, or data.eval_source), up
+                            to data.eval_tokens real tokens
+    .<name>.tmp             a shard being written, renamed into place when complete
+
+A record is one row: magic b"DCPR", format version u16, seq_len u32, then inputs, labels,
+segment_ids and positions, int32[seq_len] each, little-endian (mask = segment_ids > 0).
+
+The identity is what the rows depend on: the tokenizer (name and sha256 of its file), vocabulary
+size, bos/eos ids, seq_len, packing, text_field, the source files with their sizes, the held-out
+settings, the rows per shard and PIPELINE_VERSION (the tokenize/pack code). Preparing again into a
+directory with another identity is a DataError naming each differing field; with the same identity
+a killed prepare resumes after its last finished shard (shards are re-hashed first, a damaged one
+and everything after it redone) and a finished one is left as it is.
+
+Training reads the shards instead of the sources: row r of the training stream is row
+perm_e(r mod N) of the N prepared rows in epoch e = r // N (Grain's index shuffle seeded with
+data.shuffle_seed, a new order each epoch), global batches of consecutive stream rows, process p
+taking its block. The iterator's state is one index, so a resumed run continues with exactly the
+next batch. Each shard's sha256 is checked the first time a row of it is read.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import grain
+import numpy as np
+
+from distillc.runtime.config import DataConfig
+from distillc.runtime.data.corpus import PREPARED_MAGIC
+from distillc.runtime.data.tokenizers import Tokenizer, tokenizer_fingerprint
+
+FORMAT = "distillc-prepared"
+FORMAT_VERSION = 1
+# The tokenize/pack code (pipeline.Tokenize, the packer): bump when it would make other rows.
+PIPELINE_VERSION = 1
+WRITER_OPTIONS = "group_size:1"  # one record per chunk: random access by row
+SHARD_BYTES = 64 << 20  # target size of a shard (rows of 16 bytes per position)
+ROW_FIELDS = ("inputs", "labels", "segment_ids", "positions")
+SPLITS = ("train", "eval")
+_HEADER = struct.Struct("<4sHI")
+
+Row = dict[str, np.ndarray]
+
+
+class PreparedError(ValueError):
+    """Prepared data that cannot be used (missing, damaged, made for other settings); the message
+    names the place and the fix. The runtime reports it as a user error (exit 2)."""
+
+
+# ---------------------------------------------------------------- records and files
+
+
+def encode_row(row: Row, seq_len: int) -> bytes:
+    parts = [_HEADER.pack(PREPARED_MAGIC, FORMAT_VERSION, seq_len)]
+    for name in ROW_FIELDS:
+        a = np.asarray(row[name])
+        if a.shape != (seq_len,):
+            raise ValueError(f"row field {name!r} has shape {a.shape}, expected ({seq_len},)")
+        parts.append(np.ascontiguousarray(a, dtype="<i4").tobytes())
+    return b"".join(parts)
+
+
+def decode_row(data: bytes, seq_len: int, where: str) -> Row:
+    if len(data) != _HEADER.size + 16 * seq_len:
+        raise PreparedError(f"{where}: a record of {len(data)} bytes, expected {_HEADER.size + 16 * seq_len} "
+                            f"(seq_len {seq_len}); the shard is damaged: delete it and run `distillc data prepare` again")
+    magic, version, length = _HEADER.unpack_from(data, 0)
+    if (magic, version, length) != (PREPARED_MAGIC, FORMAT_VERSION, seq_len):
+        raise PreparedError(f"{where}: not a version-{FORMAT_VERSION} prepared row of seq_len {seq_len} "
+                            f"(header {magic!r}, {version}, {length}); run `distillc data prepare` again")
+    a = np.frombuffer(data, "<i4", offset=_HEADER.size).reshape(4, seq_len).astype(np.int32)
+    row: Row = dict(zip(ROW_FIELDS, a))
+    return {**row, "mask": row["segment_ids"] > 0}
+
+
+def file_sha256(path: str) -> tuple[str, int]:
+    from etils import epath
+
+    h, n = hashlib.sha256(), 0
+    with epath.Path(path).open("rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+    """Local: a temporary file fsynced and renamed over the target; gs://: one object write (atomic there)."""
+    from etils import epath
+
+    text = json.dumps(obj, indent=1, sort_keys=True) + "\n"
+    if "://" in path:
+        epath.Path(path).write_text(text)
+        return
+    tmp = Path(path).parent / f".{Path(path).name}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> Optional[dict]:
+    from etils import epath
+
+    p = epath.Path(path)
+    if not p.exists():
+        return None
+    try:
+        obj = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PreparedError(f"{path}: not JSON ({e}); delete the prepared directory and prepare again") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise PreparedError(f"{path}: not a {FORMAT} manifest; point data.prepared at a directory that "
+                            "`distillc data prepare` wrote (or an empty one)")
+    return obj
+
+
+def digest(obj: dict) -> str:
+    """sha256 of a manifest's canonical JSON without its own digest: what the top-k cache records."""
+    body = {k: v for k, v in obj.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- identity
+
+
+def identity(cfg: DataConfig, tokenizer: Tokenizer, files: list[str], eval_files: Optional[list[str]],
+             rows_per_shard: int) -> dict[str, Any]:
+    """What the prepared rows depend on (module docstring); compared field by field on resume."""
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "pipeline_version": PIPELINE_VERSION,
+        "tokenizer": tokenizer_fingerprint(cfg.tokenizer), "vocab_size": tokenizer.vocab_size,
+        "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
+        "seq_len": cfg.seq_len, "packing": cfg.packing, "text_field": cfg.text_field,
+        "sources": [{"path": f, "bytes": _size(f)} for f in files],
+        "eval": {"fraction": cfg.eval_fraction, "tokens": cfg.eval_tokens,
+                 "source": None if eval_files is None else [{"path": f, "bytes": _size(f)} for f in eval_files]},
+        "rows_per_shard": rows_per_shard,
+    }
+
+
+def _size(path: str) -> Optional[int]:
+    if path.startswith("builtin:"):
+        return None
+    from etils import epath
+
+    return int(epath.Path(path).stat().length)
+
+
+def differences(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """'field: prepared X, now Y' for every identity field that differs."""
+    out = []
+    for key in sorted(set(was) | set(now)):
+        if was.get(key) != now.get(key):
+            out.append(f"{key}: prepared {_short(was.get(key))}, now {_short(now.get(key))}")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def default_rows_per_shard(seq_len: int) -> int:
+    return max(1, SHARD_BYTES // (16 * seq_len))
+
+
+# ---------------------------------------------------------------- writing
+
+
+@dataclass
+class PrepareResult:
+    out: str
+    skipped: bool  # the directory already held this prepared data
+    resumed_shards: int  # finished training shards kept from an earlier, interrupted prepare
+    records: dict[str, int]
+    efficiency: float  # real tokens / row slots of the training rows
+    digest: str
+
+
+def _shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.arecord"
+
+
+def _write_shard(out: str, split: str, index: int, rows: list[Row], seq_len: int) -> dict[str, Any]:
+    """One shard, written to a temporary name and renamed into place when complete; its entry."""
+    import tempfile
+
+    from array_record.python.array_record_module import ArrayRecordWriter
+    from etils import epath
+
+    name = _shard_name(split, index)
+    remote = "://" in out
+    tmp = str(Path(tempfile.mkdtemp(prefix="distillc-prepare-")) / name) if remote else f"{out}/.{name}.tmp"
+    writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
+    if not writer.ok():
+        raise PreparedError(f"cannot open {tmp} for writing")
+    for row in rows:
+        writer.write(encode_row(row, seq_len))
+    writer.close()
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    sha, size = file_sha256(tmp)
+    if remote:
+        epath.Path(f"{out}/{name}").write_bytes(Path(tmp).read_bytes())
+        Path(tmp).unlink()
+    else:
+        os.replace(tmp, f"{out}/{name}")
+    tokens = int(sum(int(r["mask"].sum()) for r in rows))
+    return {"file": name, "records": len(rows), "bytes": size, "sha256": sha, "tokens": tokens}
+
+
+def _kept_shards(out: str, entries: list[dict[str, Any]], log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The longest prefix of finished shards whose files still hash as recorded."""
+    kept = []
+    for e in entries:
+        try:
+            sha, size = file_sha256(f"{out}/{e['file']}")
+        except FileNotFoundError:
+            sha, size = "", 0
+        if (sha, size) != (e["sha256"], e["bytes"]):
+            log(f"prepare: {out}/{e['file']} is missing or damaged; redoing it and the shards after it")
+            break
+        kept.append(e)
+    return kept
+
+
+def prepare(cfg: DataConfig, out: str, *, rows_per_shard: Optional[int] = None,
+            log: Callable[[str], None] = print, stop_after_shards: Optional[int] = None) -> PrepareResult:
+    """Tokenizes and packs cfg's sources into `out` (or resumes, or finds it done); see the module
+    docstring. stop_after_shards: return after writing that many training shards in this call, as a
+    killed prepare would leave the directory (for resume tests)."""
+    from etils import epath
+
+    from distillc.runtime.data.pipeline import DataPipeline, Shard, _tuples
+
+    if cfg.sources and len(cfg.sources) > 1:
+        raise PreparedError("data.sources is a weighted mixture: `distillc data prepare` prepares one stream "
+                            "(data.source, a path, glob or list); prepare each source into its own directory "
+                            "and train on one, or train from the sources directly")
+    out = out.rstrip("/")
+    stream = cfg.model_copy(update={"prepared": None})
+    pipe = DataPipeline(stream, Shard())
+    files = pipe.train_files[0][0]
+    done_manifest = _read_json(f"{out}/manifest.json")
+    progress = _read_json(f"{out}/progress.json")
+    earlier = done_manifest or progress
+    # no --rows-per-shard: keep the layout an earlier prepare into this directory chose
+    n_shard = rows_per_shard or (earlier["identity"]["rows_per_shard"] if earlier else default_rows_per_shard(cfg.seq_len))
+    ident = identity(cfg, pipe.tokenizer, files, pipe.eval_files, n_shard)
+    epath.Path(out).mkdir(parents=True, exist_ok=True)
+    if done_manifest is not None:
+        diff = differences(done_manifest["identity"], ident)
+        if diff:
+            raise PreparedError(f"{out} holds data prepared for other settings ({'; '.join(diff)}): prepare into "
+                                "another directory (data.prepared), or delete this one")
+        train = done_manifest["splits"]["train"]
+        log(f"prepare: {out} is complete ({train['records']} training rows); nothing to do")
+        return PrepareResult(out, True, 0, {s: done_manifest["splits"][s]["records"] for s in SPLITS},
+                             done_manifest["efficiency"], done_manifest["digest"])
+
+    shards: list[dict[str, Any]] = []
+    state, train_complete = None, False
+    if "://" not in out:  # shards a killed prepare was writing: never part of the result
+        for stale in Path(out).glob(".*.arecord.tmp"):
+            stale.unlink()
+    if progress is not None:
+        diff = differences(progress["identity"], ident)
+        if diff:
+            raise PreparedError(f"{out} holds an unfinished prepare for other settings ({'; '.join(diff)}): "
+                                "prepare into another directory (data.prepared), or delete this one")
+        shards = _kept_shards(out, progress["train"], log)
+        state = shards[-1]["state_after"] if shards else None
+        train_complete = bool(progress.get("train_complete")) and len(shards) == len(progress["train"])
+        if shards:
+            log(f"prepare: resuming after {len(shards)} finished shard(s) ({sum(e['records'] for e in shards)} rows)")
+
+    keep = "all" if pipe.eval_files is not None else "train"
+    docs = pipe._documents(files, keep, Shard(), 1, "data.source")
+    it = pipe._rows(docs).__iter__()
+    if state is not None and not train_complete:
+        it.set_state(_tuples(state))
+    resumed = len(shards)
+    written, buffer, finished = 0, [], train_complete  # the whole stream was written: only eval and the manifest remain
+    while not finished:
+        row = next(it, None)
+        if row is not None:
+            buffer.append(row)
+        finished = row is None
+        if buffer and (len(buffer) == n_shard or finished):
+            entry = _write_shard(out, "train", len(shards), buffer, cfg.seq_len)
+            entry["state_after"] = it.get_state()
+            shards.append(entry)
+            buffer = []
+            _write_json_atomic(f"{out}/progress.json", {"format": FORMAT, "identity": ident, "train": shards,
+                                                        "train_complete": finished})
+            written += 1
+            if stop_after_shards is not None and written >= stop_after_shards and not finished:
+                return PrepareResult(out, False, resumed, {}, float("nan"), "")
+    if not shards:
+        raise PreparedError(f"{out}: the sources hold no training documents (all held out, or empty): add data "
+                            "or lower data.eval_fraction")
+    eval_rows = pipe.eval_rows()
+    eval_shards = [_write_shard(out, "eval", i, eval_rows[a : a + n_shard], cfg.seq_len)
+                   for i, a in enumerate(range(0, len(eval_rows), n_shard))]
+    records = sum(e["records"] for e in shards)
+    tokens = sum(e["tokens"] for e in shards)
+    manifest: dict[str, Any] = {
+        "format": FORMAT, "identity": ident, "efficiency": tokens / (records * cfg.seq_len),
+        "splits": {
+            "train": {"records": records, "tokens": tokens,
+                      "shards": [{k: v for k, v in e.items() if k != "state_after"} for e in shards]},
+            "eval": {"records": len(eval_rows), "tokens": sum(e["tokens"] for e in eval_shards), "shards": eval_shards},
+        },
+    }
+    manifest["digest"] = digest(manifest)
+    _write_json_atomic(f"{out}/manifest.json", manifest)
+    epath.Path(f"{out}/progress.json").unlink(missing_ok=True)
+    log(f"prepare: {out} complete: {records} training rows in {len(shards)} shard(s), {len(eval_rows)} held-out "
+        f"rows, packing efficiency {manifest['efficiency']:.2%}, digest {manifest['digest'][:16]}")
+    return PrepareResult(out, False, resumed, {"train": records, "eval": len(eval_rows)}, manifest["efficiency"],
+                         manifest["digest"])
+
+
+# ---------------------------------------------------------------- reading
+
+
+def prepared_dir(cfg: DataConfig) -> Optional[str]:
+    """Where cfg's prepared data is: data.prepared, or a data.source directory holding a prepared
+    manifest (the prepared data named as a source). None: stream from the sources."""
+    if cfg.prepared is not None:
+        return cfg.prepared.rstrip("/")
+    if cfg.sources or cfg.source.startswith("builtin:") or any(c in cfg.source for c in "*?[,"):
+        return None
+    from etils import epath
+
+    path = epath.Path(cfg.source)
+    manifest = path / "manifest.json"
+    if not (path.is_dir() and manifest.exists()):
+        return None
+    try:  # a corpus directory may hold some other manifest.json: then it is read as a corpus
+        ours = json.loads(manifest.read_text()).get("format") == FORMAT
+    except (ValueError, AttributeError):
+        ours = False
+    return cfg.source.rstrip("/") if ours else None
+
+
+class Prepared:
+    """A finished prepared directory: its manifest, checks against a DataConfig, and the splits' rows."""
+
+    def __init__(self, path: str):
+        self.path = path
+        manifest = _read_json(f"{path}/manifest.json")
+        if manifest is None:
+            unfinished = _read_json(f"{path}/progress.json") is not None
+            what = "an unfinished prepare (no manifest.json)" if unfinished else "no prepared data (no manifest.json)"
+            raise PreparedError(f"data.prepared {path!r} holds {what}: run `distillc data prepare SPEC` first "
+                                "(it resumes an unfinished one)")
+        self.manifest = manifest
+        self.identity: dict[str, Any] = manifest["identity"]
+        self.digest: str = manifest["digest"]
+        if digest(manifest) != self.digest:
+            raise PreparedError(f"{path}/manifest.json: its content does not match its digest (edited or damaged): "
+                                "prepare again into an empty directory")
+
+    def check(self, cfg: DataConfig, tokenizer: Tokenizer, files: Optional[list[str]],
+              eval_files: Optional[list[str]]) -> None:
+        """The manifest against the spec: every mismatch in one error. `files` None: the spec names
+        the prepared directory itself as its source, so there are no sources to compare."""
+        ident = self.identity
+        want = {"tokenizer sha256": tokenizer_fingerprint(cfg.tokenizer)["sha256"], "data.seq_len": cfg.seq_len,
+                "data.packing": cfg.packing, "vocabulary size": tokenizer.vocab_size,
+                "pipeline version": PIPELINE_VERSION, "format version": FORMAT_VERSION}
+        have = {"tokenizer sha256": ident["tokenizer"]["sha256"], "data.seq_len": ident["seq_len"],
+                "data.packing": ident["packing"], "vocabulary size": ident["vocab_size"],
+                "pipeline version": ident["pipeline_version"], "format version": ident["format_version"]}
+        if files is not None:
+            want.update({"data.source files": files, "data.text_field": cfg.text_field,
+                         "data.eval_fraction": cfg.eval_fraction, "data.eval_tokens": cfg.eval_tokens,
+                         "data.eval_source files": eval_files})
+            have.update({"data.source files": [s["path"] for s in ident["sources"]],
+                         "data.text_field": ident["text_field"], "data.eval_fraction": ident["eval"]["fraction"],
+                         "data.eval_tokens": ident["eval"]["tokens"],
+                         "data.eval_source files": None if ident["eval"]["source"] is None
+                         else [s["path"] for s in ident["eval"]["source"]]})
+        diff = [f"{k}: prepared {_short(have[k])}, spec {_short(want[k])}" for k in want if have[k] != want[k]]
+        if diff:
+            raise PreparedError(f"{self.path} was prepared for other settings ({'; '.join(diff)}): run "
+                                "`distillc data prepare SPEC` into another directory, or fix the spec")
+
+    def records(self, split: str) -> int:
+        return int(self.manifest["splits"][split]["records"])
+
+    def source(self, split: str) -> "PreparedSource":
+        return PreparedSource(self, split)
+
+
+class PreparedSource:
+    """Random access to one split's rows (Grain's ArrayRecordDataSource over its shards); a shard's
+    sha256 is checked the first time one of its rows is read, so a damaged shard is an error naming
+    it, never rows of it."""
+
+    def __init__(self, prepared: Prepared, split: str):
+        from grain.python import ArrayRecordDataSource
+
+        self.prepared, self.split = prepared, split
+        self.seq_len = int(prepared.identity["seq_len"])
+        self._entries = prepared.manifest["splits"][split]["shards"]
+        self._starts, total = [], 0
+        for e in self._entries:
+            self._starts.append(total)
+            total += e["records"]
+        self._len = total
+        paths = [f"{prepared.path}/{e['file']}" for e in self._entries]
+        self._source = ArrayRecordDataSource(paths) if paths else None
+        self._verified: set[int] = set()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _verify(self, shard: int) -> None:
+        with self._lock:
+            if shard in self._verified:
+                return
+            e = self._entries[shard]
+            path = f"{self.prepared.path}/{e['file']}"
+            try:
+                sha, size = file_sha256(path)
+            except FileNotFoundError:
+                raise PreparedError(f"{path}: missing; run `distillc data prepare SPEC` again (it redoes missing "
+                                    "shards)") from None
+            if (sha, size) != (e["sha256"], e["bytes"]):
+                raise PreparedError(f"{path}: sha256 {sha[:16]}... ({size} bytes), the manifest says "
+                                    f"{e['sha256'][:16]}... ({e['bytes']} bytes): the shard is damaged; delete "
+                                    f"{self.prepared.path}/manifest.json and this shard, then run `distillc data "
+                                    "prepare SPEC` again")
+            self._verified.add(shard)
+
+    def __getitem__(self, index: int) -> Row:
+        index = int(index)
+        if not 0 <= index < self._len or self._source is None:
+            raise IndexError(f"{self.split} row {index} out of range [0, {self._len})")
+        shard = bisect.bisect_right(self._starts, index) - 1
+        self._verify(shard)
+        where = f"{self.prepared.path}/{self._entries[shard]['file']} record {index - self._starts[shard]}"
+        return decode_row(self._source[index], self.seq_len, where)
+
+
+def train_dataset(source: PreparedSource, seed: int, local_batch_size: int, shard_index: int,
+                  shard_count: int) -> grain.IterDataset:
+    """This process's training batches: the rows index-shuffled per epoch, global batches of consecutive
+    shuffled rows, this process's block of each (module docstring)."""
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+    ds = ds.batch(local_batch_size, drop_remainder=True)[shard_index::shard_count]
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=8))
+
+
+__all__ = ["Prepared", "PreparedError", "PrepareResult", "prepare", "prepared_dir", "train_dataset"]
+
+
+def run_prepare(cfg: DataConfig, out: str, rows_per_shard: Optional[int] = None) -> int:
+    """`distillc data prepare`'s runtime half (the compiler CLI stays free of grain and the tokenizer
+    libraries): prepare, and report bad input as one message with exit 2, never a traceback."""
+    import sys
+
+    from distillc.runtime.data.corpus import CorpusError
+    from distillc.runtime.data.pipeline import DataError
+    from distillc.runtime.data.tokenizers import TokenizerError
+
+    try:
+        prepare(cfg, out, rows_per_shard=rows_per_shard, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except (CorpusError, DataError, PreparedError, TokenizerError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
