@@ -28,6 +28,12 @@ LLAMA2_INLINE = ("{num_layers: 2, emb_dim: 64, num_heads: 4, num_kv_heads: 4, he
 
 
 class TestDC181HFConfigMismatch:
+    def test_a_path_the_os_refuses_is_not_an_internal_error(self):
+        """A checkpoint name longer than the OS allows (ENAMETOOLONG from the probe): not a Hugging
+        Face directory this can read; never DC900 (found by tests/test_fuzz_validate.py)."""
+        text = spec_text("teacher:\n  model: tiny-teacher\n  checkpoint: " + "a" * 300 + "\n")
+        assert not {"DC181", "DC900"} & set(codes(check_text(text)))
+
     def test_fails_each_disagreeing_field_at_the_checkpoint(self, monkeypatch):
         monkeypatch.chdir(ROOT)
         text = spec_text(f"teacher:\n  model: tiny-teacher\n  checkpoint: {FIXTURES}/llama2\n")

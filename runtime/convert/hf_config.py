@@ -204,9 +204,10 @@ def local_config(path: str) -> Optional[dict]:
     """The config.json of a local Hugging Face directory (config.json beside *.safetensors), or
     None for anything else (remote paths, other formats); HFConfigError when it is unreadable."""
     root = Path(path)
-    if "://" in path or not (root / "config.json").is_file():
-        return None
-    if not any(root.glob("*.safetensors")):
+    try:
+        if "://" in path or not (root / "config.json").is_file() or not any(root.glob("*.safetensors")):
+            return None
+    except OSError:  # a name too long, a permission: not a directory this reads (the runtime says why)
         return None
     try:
         config = json.loads((root / "config.json").read_text())
