@@ -142,6 +142,16 @@ class TestTokenizers:
         assert max(ids) < len(ranks)
 
 
+@pytest.fixture
+def tiny_corpus_window(monkeypatch):
+    """A shuffle window for corpora of a few hundred bytes: the default holds 2^20 tokens, which a
+    tiny corpus fills only by cycling through it thousands of times (a minute of reading before the
+    first batch), and what these tests check does not depend on the window's size."""
+    from distillc.runtime.data import pipeline
+
+    monkeypatch.setattr(pipeline, "SHUFFLE_WINDOW_TOKENS", 1 << 11)
+
+
 def rows_of(batches):
     return [{k: b[k][i] for k in b} for b in batches for i in range(len(b["inputs"]))]
 
@@ -161,7 +171,7 @@ class TestPipeline:
             np.testing.assert_array_equal(pos[1:][same], pos[:-1][same] + 1)
             assert (pos[1:][~same & (seg[1:] > 0)] == 0).all()  # a new document starts at position 0
 
-    def test_documents_get_their_own_segments(self, tmp_path):
+    def test_documents_get_their_own_segments(self, tmp_path, tiny_corpus_window):
         (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["abc", "defgh", "ij"] * 30))
         p = DataPipeline(cfg(source=str(tmp_path / "d.jsonl"), eval_fraction=0.0, seq_len=16, global_batch_size=2))
         rows = rows_of([next(p.train_iterator()) for _ in range(3)])
@@ -202,7 +212,7 @@ class TestPipeline:
         with pytest.raises(DataError, match="older distillc"):
             DataPipeline(cfg()).train_iterator().set_state({"next_index": 3})
 
-    def test_processes_read_their_own_files(self, tmp_path):
+    def test_processes_read_their_own_files(self, tmp_path, tiny_corpus_window):
         """Each epoch the files are permuted (seeded) and dealt out: disjoint per process, all covered."""
         for i in range(5):
             jsonl(tmp_path / f"part{i}.jsonl", [f"file {i} doc {j} " * 3 for j in range(20)])
@@ -217,7 +227,7 @@ class TestPipeline:
         text = bytes(int(t) for t in next(p.train_iterator())["inputs"].reshape(-1)).decode()
         assert any(f"file {i} " in text for i in range(5))
 
-    def test_fewer_files_than_processes_split_documents(self, tmp_path):
+    def test_fewer_files_than_processes_split_documents(self, tmp_path, tiny_corpus_window):
         jsonl(tmp_path / "one.jsonl", [f"doc{j:03d}." for j in range(40)])
         texts = []
         for s in range(2):
@@ -228,7 +238,7 @@ class TestPipeline:
         even = {f"doc{j:03d}" for j in range(0, 40, 2)}
         assert any(d in texts[0] for d in even) and not any(d in texts[1] for d in even)
 
-    def test_held_out_documents_never_train(self, tmp_path):
+    def test_held_out_documents_never_train(self, tmp_path, tiny_corpus_window):
         import re
 
         jsonl(tmp_path / "d.jsonl", [f"<doc{i:04d}>" for i in range(300)])
