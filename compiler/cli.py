@@ -552,25 +552,47 @@ class LogitsDtype(str, Enum):
 def logits(
     checkpoint: str = typer.Argument(..., help="A Hugging Face directory, a run directory, or a MaxText or parameter checkpoint (with --model)."),
     golden: Optional[str] = typer.Option(None, "--golden", help="MaxText golden file: JSON lines {prompt, tokens, logits}."),
-    out: Optional[str] = typer.Option(None, "--out", help="Write our logits for the golden's tokens in the same format."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write our logits for the golden's (or the prompts') tokens in the same format."),
     max_kl: float = typer.Option(1e-4, "--max-kl", help="Exit 1 when a prompt's max KL(golden || ours) exceeds this."),
     model: Optional[str] = typer.Option(None, "--model", help="Catalog model of CHECKPOINT when it has no config.json or manifest."),
     dtype: LogitsDtype = typer.Option(LogitsDtype.float32, "--dtype", help="Weights and activations dtype."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="New goldens from text instead of --golden: prompts separated by ';'."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="With --prompts: 'byte', a tokenizer.model, a tokenizer.json or a .gguf."),
 ) -> None:
-    """Compare our forward pass with golden logits (MaxText's forward_pass_logit_checker format)."""
-    if golden is None:
-        raise fail("give --golden FILE.jsonl (the tokens to run, and the logits to compare with)")
+    """Compare our forward pass with golden logits (MaxText's forward_pass_logit_checker format), or
+    make new goldens from text (--prompts, --tokenizer, --out)."""
+    if (golden is None) == (prompts is None):
+        raise fail("give --golden FILE.jsonl (the tokens to run, and the logits to compare with), or --prompts "
+                   "'a;b' --tokenizer PATH (new goldens from text), not both")
+    if prompts is not None and tokenizer is None:
+        raise fail("--prompts needs --tokenizer: 'byte', the model's tokenizer.model, tokenizer.json or .gguf")
+    if prompts is None and tokenizer is not None:
+        raise fail("--tokenizer goes with --prompts (a golden file carries its tokens)")
     arch = _catalog_model(model)
-    from distillc.runtime.convert.logits import compare, read_golden, run_logits, write_rows
+    from distillc.runtime.convert.logits import (compare, read_golden, rows_from_prompts, run_logits, split_prompts,
+                                                 top_next, write_rows)
     from distillc.runtime.train.checkpoints import CheckpointError
 
+    tok = None
     try:
-        rows = read_golden(golden)
+        if prompts is not None:
+            assert tokenizer is not None
+            rows, tok = rows_from_prompts(split_prompts(prompts), tokenizer)
+        else:
+            assert golden is not None
+            rows = read_golden(golden)
         ours = run_logits(checkpoint, rows, model=arch, dtype=dtype.value)
         if out is not None:
             write_rows(out, rows, ours)
     except CheckpointError as e:
         raise fail(str(e))
+    if tok is not None:
+        for r, x in zip(rows, ours):
+            nxt = "  ".join(f"{i}:{t!r} {p:.3f}" for i, t, p in top_next(x, tok))
+            typer.echo(f"{r.prompt[:40]!r:<44} {len(r.tokens)} tokens; next: {nxt}")
+        if out is not None:
+            typer.echo(f"wrote {len(rows)} golden rows to {out}")
+        return
     worst = 0.0
     for r, x in zip(rows, ours):
         if r.logits is None:

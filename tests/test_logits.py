@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from distillc.runtime.convert.logits import compare, read_golden, run_logits, write_rows
+from distillc.runtime.convert.logits import (compare, read_golden, rows_from_prompts, run_logits, split_prompts,
+                                             top_next, write_rows)
 from distillc.runtime.train.checkpoints import CheckpointError
 
 from tests.conftest import ROOT
@@ -59,3 +60,46 @@ def test_token_outside_the_vocabulary_is_an_error(tmp_path):
     golden.write_text('{"prompt": "x", "tokens": [1, 500]}\n')
     with pytest.raises(CheckpointError, match="token id 500"):
         run_logits(str(FIXTURES / "llama2"), read_golden(str(golden)))
+
+
+def test_prompts_make_goldens_that_round_trip_with_kl_0(tmp_path):
+    """--prompts --tokenizer --out writes MaxText's golden format; --golden on that file passes
+    with KL 0, and the tokens are the tokenizer's (no bos for the byte tokenizer)."""
+    out = tmp_path / "new.jsonl"
+    made = _cli(str(FIXTURES / "llama3.1-byte"), "--prompts", "hello;the cat", "--tokenizer", "byte", "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.count("next:") == 2 and f"wrote 2 golden rows to {out}" in made.stdout
+    rows = read_golden(str(out))
+    assert [(r.prompt, r.tokens) for r in rows] == [("hello", list(b"hello")), ("the cat", list(b"the cat"))]
+    assert all(r.logits is not None and r.logits.shape == (len(r.tokens), 256) for r in rows)
+    again = _cli(str(FIXTURES / "llama3.1-byte"), "--golden", str(out), "--max-kl", "0")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("max KL 0.000e+00") == 2
+
+
+def test_prompts_put_bos_first_when_the_tokenizer_has_one(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<s>": 0, "</s>": 1, "a": 2, "b": 3, "[UNK]": 4}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    rows, loaded = rows_from_prompts(split_prompts("a b;b"), str(tmp_path / "tokenizer.json"))
+    assert [r.tokens for r in rows] == [[0, 2, 3], [0, 3]]
+    ours = run_logits(str(FIXTURES / "llama2"), rows)
+    top = top_next(ours[0], loaded, k=3)
+    assert len(top) == 3 and top[0][2] >= top[1][2] >= top[2][2]
+    assert top[0][1] == loaded.decode([top[0][0]])
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--prompts", "a", "--tokenizer", "/nonexistent/distillc/tokenizer.json"), "/nonexistent/distillc/tokenizer.json"),
+    (("--prompts", "a"), "--prompts needs --tokenizer"),
+    (("--prompts", "a;;b", "--tokenizer", "byte"), "prompt 2 of 3 is empty"),
+    (("--prompts", "", "--tokenizer", "byte"), "prompt 1 of 1 is empty"),
+    (("--tokenizer", "byte"), "give --golden"),
+])
+def test_prompts_errors_exit_2_with_one_line(args, message):
+    p = _cli(str(FIXTURES / "llama3.1-byte"), *args)
+    assert p.returncode == 2, p.stdout
+    assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr

@@ -3,6 +3,8 @@ forward_pass_logit_checker. Golden files use MaxText's format: one JSON object p
 {"prompt": str, "tokens": [int], "logits": [[float] * V] * len(tokens)} (float32). Our forward
 pass runs on the same tokens; per prompt we report max over positions of KL(golden || ours), the
 max |logit difference| and top-1 agreement. `--out` writes our logits in the same format.
+`--prompts "a;b" --tokenizer PATH` makes new goldens from text instead: each prompt tokenized by
+the runtime's tokenizers (bos first when the tokenizer has one), our logits written with --out.
 """
 
 from __future__ import annotations
@@ -62,6 +64,46 @@ def read_golden(path: str) -> list[Row]:
     if not rows:
         raise CheckpointError(f"golden file {path!r} has no rows")
     return rows
+
+
+def split_prompts(prompts: str) -> list[str]:
+    """The prompts of `--prompts "a;b"`; an empty one (";;", a trailing ';') is an error, since a
+    row without tokens has no logits to compare."""
+    parts = prompts.split(";")
+    for i, p in enumerate(parts, 1):
+        if not p.strip():
+            raise CheckpointError(f"--prompts: prompt {i} of {len(parts)} is empty; separate non-empty prompts with ';'")
+    return parts
+
+
+def rows_from_prompts(prompts: list[str], tokenizer_name: str) -> tuple[list[Row], Any]:
+    """Golden rows (tokens, no logits) for text prompts, tokenized as training tokenizes data: the
+    runtime's tokenizers (runtime/data/tokenizers.py), bos first when the tokenizer has one. Also
+    returns the tokenizer, to decode the next tokens. A tokenizer that cannot be loaded, or a
+    prompt that tokenizes to nothing, is a CheckpointError naming it."""
+    from distillc.runtime.data.tokenizers import TokenizerError, load_tokenizer
+
+    try:
+        tok = load_tokenizer(tokenizer_name)
+    except TokenizerError as e:
+        raise CheckpointError(f"--tokenizer: {e}") from e
+    rows = []
+    for p in prompts:
+        ids = [int(t) for t in tok.encode(p)]
+        if tok.bos_id is not None:
+            ids = [int(tok.bos_id)] + ids
+        if not ids:
+            raise CheckpointError(f"--prompts: {p!r} tokenizes to no tokens with {tokenizer_name!r}")
+        rows.append(Row(p, ids, None))
+    return rows, tok
+
+
+def top_next(logits: np.ndarray, tokenizer: Any, k: int = 5) -> list[tuple[int, str, float]]:
+    """The k most likely next tokens after the last position: id, decoded text and probability
+    (the id too, since a lone byte of a multi-byte character decodes to U+FFFD)."""
+    last = _log_softmax(logits[-1:])[0]
+    ids = np.argsort(-last, kind="stable")[:k]
+    return [(int(i), tokenizer.decode([int(i)]), float(np.exp(last[i]))) for i in ids]
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
