@@ -57,3 +57,31 @@ def test_hf_tiny_spec_distils_exports_and_reloads(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.asarray(nnx.merge(graphdef, params)(x).logits),
                                   np.asarray(nnx.merge(graphdef, result.params)(x).logits))
     assert (FIXTURES / "llama3.1-byte" / "config.json").exists()
+
+
+def test_a_shipped_tokenizer_other_than_data_tokenizer_stops_the_run_with_exit_2(tmp_path, monkeypatch, capsys):
+    """The runtime's side of DC185, for the paths validate does not read (gs://): before the Hugging
+    Face teacher is loaded, its tokenizer.json is compared with data.tokenizer; exit 2, one line
+    naming both files."""
+    import shutil
+
+    from distillc.compiler.launch import compile_launch
+    from distillc.runtime.main import EXIT_USAGE, run
+
+    monkeypatch.chdir(ROOT)
+    compiled = compile_launch(ROOT / "specs" / "hf-tiny.yaml", cluster_name=None, local=True)
+    (cfg,) = compiled.build.plan.configs
+    ckpt = tmp_path / "teacher"
+    shutil.copytree(FIXTURES / "llama3.1-byte", ckpt)
+    shutil.copy(ROOT / "tests" / "fixtures" / "tokenizers" / "hf" / "tokenizer.json", ckpt / "tokenizer.json")
+    other = ROOT / "tests" / "fixtures" / "tokenizers" / "other.json"
+    run_dir = tmp_path / "run"
+    cfg = cfg.model_copy(update=dict(
+        teacher=cfg.teacher.model_copy(update={"checkpoint": str(ckpt)}),
+        data=cfg.data.model_copy(update={"tokenizer": str(other)}),
+        output=cfg.output.model_copy(update=dict(run_dir=str(run_dir), checkpoint_dir=str(run_dir / "checkpoints"),
+                                                 tensorboard_dir=str(run_dir / "tensorboard"),
+                                                 metrics_file=str(run_dir / "metrics.jsonl")))))
+    assert run(cfg, ["test"], console=False) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(other) in err and str(ckpt / "tokenizer.json") in err

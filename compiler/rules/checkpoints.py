@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Iterator
 from distillc.compiler.diagnostics import Severity
 from distillc.compiler.registry import Finding, rule
 from distillc.runtime.convert.hf_config import HFConfigError, config_differences, local_config
+from distillc.runtime.convert.shipped_tokenizer import tokenizer_disagreement
 
 if TYPE_CHECKING:
     from distillc.compiler.check import Context
@@ -129,3 +130,52 @@ def hf_checkpoint_for_maxtext(ctx: Context) -> Iterator[Finding]:
         if hf:
             yield Finding(f"{role}.checkpoint {side.checkpoint!r} is a Hugging Face checkpoint, which MaxText's "
                           "load_parameters_path cannot restore", (role, "checkpoint"))
+
+
+@rule(
+    "DC185",
+    Severity.ERROR,
+    "data.tokenizer is not the tokenizer the checkpoint ships",
+    needs=(),
+    hint="Point data.tokenizer at the tokenizer.json (or tokenizer.model) beside the checkpoint's config.json, "
+    "or point the checkpoint at a model trained with data.tokenizer.",
+)
+def shipped_tokenizer_mismatch(ctx: Context) -> Iterator[Finding]:
+    """A Hugging Face checkpoint's token ids mean what the tokenizer shipped beside it says; data
+    tokenized by another file feeds the model ids it reads as other tokens, and nothing fails (the
+    vocabulary sizes can be equal). When a side's checkpoint is a local directory holding
+    config.json and tokenizer.json (or tokenizer.model) and data.tokenizer names a local file of the
+    same kind, their sha256 must match; data.tokenizer 'byte' disagrees with a shipped tokenizer
+    unless the model's own tokenizer (catalog or inline) is byte. Local paths only, hashed only
+    when both are files (a few MB: milliseconds); gs:// paths are checked by the runtime before it
+    loads the checkpoint (exit 2, naming both files). A .gguf data.tokenizer, or a kind the
+    checkpoint does not ship, is not compared.
+
+    Fails::
+
+        teacher:
+          checkpoint: tests/fixtures/tokenizers/hf
+        data:
+          tokenizer: tests/fixtures/tokenizers/other.json
+
+    Passes::
+
+        teacher:
+          checkpoint: tests/fixtures/tokenizers/hf
+        data:
+          tokenizer: tests/fixtures/tokenizers/hf/tokenizer.json
+    """
+    data = ctx.spec.data
+    if data is None:
+        return  # DC012 reports the missing section
+    for role, arch in (("teacher", ctx.teacher_arch), ("student", ctx.student_arch)):
+        side = getattr(ctx.spec, role)
+        if side is None or side.checkpoint is None or side.format not in (None, "hf") or not side.checkpoint.strip():
+            continue
+        try:
+            why = tokenizer_disagreement(role, side.checkpoint, data.tokenizer,
+                                         arch.tokenizer if arch is not None else None, local_only=True)
+        except OSError:
+            continue  # a file it cannot read (a permission): the runtime's loader says why, at start
+        if why is not None:
+            yield Finding(why, (role, "checkpoint"))

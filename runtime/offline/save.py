@@ -194,7 +194,9 @@ def save_topk(
         return SaveResult(data_dir, True, {}, {s: done.records(s) for s in done.manifest["splits"]}, float("nan"),
                           time.perf_counter() - t_start, _bytes_per_token(done))
 
-    from distillc.runtime.train.params import load_teacher
+    from distillc.runtime.train.params import check_tokenizer, load_teacher
+
+    check_tokenizer(config.teacher, config.data.tokenizer)
 
     mesh = distributed.make_mesh(config.mesh)
     shard = distributed.data_shard(mesh, config.data.global_batch_size)

@@ -29,7 +29,7 @@ from distillc.runtime.config import RuntimeConfig
 from distillc.runtime.data.pipeline import DataError, DataPipeline, Shard
 from distillc.runtime.models.transformer import Transformer, flops_per_token
 from distillc.runtime.train import losses
-from distillc.runtime.train.params import load_teacher
+from distillc.runtime.train.params import check_tokenizer, load_teacher
 
 Weights = tuple[jax.Array, jax.Array, jax.Array]  # (alpha, temperature, beta) at this step
 
@@ -177,6 +177,7 @@ def build_objective(config: RuntimeConfig, mesh, shard: Shard) -> Objective:
         check_vocab(config, data.tokenizer.vocab_size)
         return CrossEntropyObjective(config, data)
     if config.mode == "online":
+        check_tokenizer(config.teacher, config.data.tokenizer)  # before the data is read
         data = DataPipeline(config.data, shard)
         check_vocab(config, data.tokenizer.vocab_size)
         graphdef, frozen = load_teacher(config.teacher, config.scan_layers, mesh)

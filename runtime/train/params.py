@@ -18,6 +18,7 @@ from distillc.runtime.convert.gguf import is_gguf_checkpoint, load_gguf_params
 from distillc.runtime.convert.hf import is_hf_checkpoint, load_hf_params
 from distillc.runtime.convert.layout import keep_layers, restack_layers, stored_scan_layers
 from distillc.runtime.convert.maxtext import is_maxtext_checkpoint, load_maxtext_params
+from distillc.runtime.convert.shipped_tokenizer import tokenizer_disagreement
 from distillc.runtime.models.sharding import partition_specs
 from distillc.runtime.models.transformer import build_model
 from distillc.runtime.train import distributed
@@ -93,6 +94,20 @@ def load_params(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:
         return target
 
     return graphdef, jax.jit(restack, out_shardings=shardings)(loaded)
+
+
+def check_tokenizer(side: SideConfig, data_tokenizer: str) -> None:
+    """A Hugging Face checkpoint's shipped tokenizer.json / tokenizer.model must be `data.tokenizer`
+    (by sha256; 'byte' only for a byte-level model): validate checks local paths (DC185), this
+    checks gs:// ones too before the side is loaded. A CheckpointError (exit 2) names both files."""
+    if side.checkpoint is None:
+        return
+    if (side.format or ("hf" if is_hf_checkpoint(side.checkpoint) else None)) != "hf":
+        return
+    why = tokenizer_disagreement(side.role, side.checkpoint, data_tokenizer, side.arch.tokenizer, local_only=False)
+    if why is not None:
+        raise CheckpointError(f"{why}; point data.tokenizer at the checkpoint's tokenizer file, or the checkpoint at a "
+                              "model trained with data.tokenizer")
 
 
 def load_teacher(side: SideConfig, scan_layers: bool, mesh) -> tuple[Any, Any]:

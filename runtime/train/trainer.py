@@ -38,7 +38,7 @@ from distillc.runtime.train.halts import NonFiniteLoss
 from distillc.runtime.train.integrity import IntegrityError
 from distillc.runtime.train.hooks import CheckpointHook, DivergenceHook, EvalHook, Hook, LoggingHook
 from distillc.runtime.train.objectives import Objective, build_objective
-from distillc.runtime.train.params import load_student
+from distillc.runtime.train.params import check_tokenizer, load_student
 from distillc.runtime.train.run_lock import RunLock
 
 # Halt-code bits: term name -> the metric whose sum must be finite ("teacher": the teacher's own CE,
@@ -162,6 +162,7 @@ class Trainer:
 
     def __post_init__(self):
         cfg = self.config
+        check_tokenizer(cfg.student, cfg.data.tokenizer)  # before anything is loaded (the teacher: build_objective)
         self.mesh = distributed.make_mesh(cfg.mesh)
         self.shard = distributed.data_shard(self.mesh, cfg.data.global_batch_size)
         self.objective = build_objective(cfg, self.mesh, self.shard)
