@@ -46,6 +46,26 @@ def test_import_export_reproduces_the_tensors_and_config(tmp_path, family):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
 
+def test_a_gemma3_multimodal_checkpoint_exports_its_text_decoder(tmp_path):
+    """--to hf of a Gemma3ForConditionalGeneration checkpoint writes the text decoder alone, as a
+    gemma3_text (Gemma3ForCausalLM) checkpoint: the text tensors under model.*, no vision tower, the
+    same architecture fields and transformers' logits."""
+    from tests.test_hf_models import fixture_arch, forward, goldens, max_kl
+
+    out = tmp_path / "out"
+    export_hf(str(FIXTURES / "gemma3-mm"), str(out), dtype="float32")
+    original, exported = HFCheckpoint(str(FIXTURES / "gemma3-mm")), HFCheckpoint(str(out))
+    assert exported.config["model_type"] == "gemma3_text" and exported.config["architectures"] == ["Gemma3ForCausalLM"]
+    text = {n.replace("language_model.model.", "model.", 1): n for n in original.tensors
+            if n.startswith("language_model.model.")}
+    assert set(exported.tensors) == set(text)
+    for name, source in text.items():
+        np.testing.assert_array_equal(exported.tensor(name).read(), original.tensor(source).read(), err_msg=name)
+    assert hf_arch_fields(exported.config) == hf_arch_fields(original.config)
+    tokens, golden = goldens("gemma3-mm")
+    assert max_kl(golden, forward(fixture_arch("gemma3-mm"), str(out), True, tokens)) <= 1e-5
+
+
 def test_an_arch_no_transformers_config_computes_is_refused(tmp_path):
     """A Llama-convention model with gemma2's sliding windows has no model type that computes it:
     the export says so instead of writing a config.json that drops the windows."""

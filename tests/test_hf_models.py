@@ -23,6 +23,7 @@ from distillc.runtime.train.checkpoints import CheckpointError
 from distillc.runtime.train.params import load_params
 
 from tests.conftest import ROOT, xla_env
+from tests.published_configs import GEMMA3_MM_HF, gemma3_published
 from tests.runtime_configs import make_config
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf"
@@ -32,7 +33,7 @@ MAX_KL = 1e-5
 
 def fixture_arch(family: str) -> ModelArch:
     config = json.loads((FIXTURES / family / "config.json").read_text())
-    return arch_from_hf_config(config, f"fixture-{family}").model_copy(update={"family": family.removesuffix("-byte")})
+    return arch_from_hf_config(config, f"fixture-{family}").model_copy(update={"family": family.removesuffix("-byte").removesuffix("-mm")})
 
 
 def side(arch: ModelArch, checkpoint: str, fmt: str | None = None) -> SideConfig:
@@ -94,6 +95,17 @@ def test_every_feature_is_exercised():
     assert g3.local_layers() == (True,) * 5 + (False, True)  # layer 5 global, 6 local again
     assert g3.rope_local_theta != g3.rope_theta and g3.rope_scaling is not None and g3.rope_scaling.kind == "linear"
     assert g3.query_pre_attn_scalar != g3.head_dim
+    mm = archs["gemma3-mm"]  # the multimodal checkpoint's text decoder: every gemma3 feature as well
+    same = ("post_norms", "qk_norm", "attention", "local_global_ratio", "sliding_window", "rope_theta",
+            "rope_local_theta", "rope_scaling", "query_pre_attn_scalar", "attn_logit_softcap", "tie_embeddings")
+    assert mm.family == "gemma3" and all(getattr(mm, k) == getattr(g3, k) for k in same)
+    assert mm.query_pre_attn_scalar != mm.head_dim and mm.local_layers() == g3.local_layers()
+    mm_config = json.loads((FIXTURES / "gemma3-mm" / "config.json").read_text())
+    assert mm_config["model_type"] == "gemma3" and "vision_config" in mm_config
+    tensors = HFCheckpoint(str(FIXTURES / "gemma3-mm")).tensors
+    assert any(n.startswith("vision_tower.") for n in tensors) and any(n.startswith("multi_modal_projector.")
+                                                                       for n in tensors)
+    assert goldens("gemma3-mm")[0].max() < mm_config["image_token_index"] < mm.vocab_size  # rows past the text ids
 
 
 def test_a_padded_vocabulary_loads_with_zero_rows():
@@ -104,6 +116,70 @@ def test_a_padded_vocabulary_loads_with_zero_rows():
     ours = forward(arch, str(FIXTURES / "gemma"), True, tokens)
     assert max_kl(golden, ours[..., :96]) <= MAX_KL
     np.testing.assert_array_equal(ours[..., 96:], 0.0)  # tied: the zero rows give zero logits
+
+
+def test_gemma3_multimodal_text_rows_load_as_the_text_vocabulary():
+    """The published multimodal embedding has 262208 rows over text ids < 262144 (its image token) and
+    the catalog's gemma3 models 262144: a model of the image token's id rows reads the first rows, and
+    its logits are transformers' on them; any other short vocabulary is a disagreement."""
+    tokens, golden = goldens("gemma3-mm")
+    image_token = json.loads((FIXTURES / "gemma3-mm" / "config.json").read_text())["image_token_index"]
+    arch = fixture_arch("gemma3-mm").model_copy(update={"vocab_size": image_token})
+    ours = forward(arch, str(FIXTURES / "gemma3-mm"), False, tokens)
+    assert ours.shape[-1] == image_token
+    np.testing.assert_allclose(ours, golden[..., :image_token], atol=1e-5)
+    msg = _load_error(arch.model_copy(update={"vocab_size": image_token + 1}), FIXTURES / "gemma3-mm")
+    assert f"vocab_size: checkpoint 96, model {image_token + 1}" in msg
+
+
+def _renamed(tmp_path: Path, family: str, rename: dict[str, str]) -> Path:
+    """A copy of a one-file fixture whose tensors' name prefixes are renamed (`rename`: old -> new),
+    the bytes unchanged."""
+    d = _copy(tmp_path, family)
+    raw = (d / "model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+
+    def new(name: str) -> str:
+        old = next((o for o in rename if name.startswith(o)), None)
+        return rename[old] + name[len(old):] if old is not None else name
+
+    text = json.dumps({new(k): v for k, v in header.items()}).encode()
+    text += b" " * (-len(text) % 8)
+    (d / "model.safetensors").write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+    return d
+
+
+TRANSFORMERS5_NAMES = {"language_model.model.": "model.language_model.", "vision_tower.": "model.vision_tower.",
+                       "multi_modal_projector.": "model.multi_modal_projector."}
+
+
+def test_gemma3_multimodal_transformers5_names_load(tmp_path):
+    """The same checkpoint with transformers 5's names (model.language_model.*, model.vision_tower.*)
+    gives the same logits."""
+    d = _renamed(tmp_path, "gemma3-mm", TRANSFORMERS5_NAMES)
+    assert any(n.startswith("model.language_model.layers.") for n in HFCheckpoint(str(d)).tensors)
+    tokens, golden = goldens("gemma3-mm")
+    assert max_kl(golden, forward(fixture_arch("gemma3-mm"), str(d), True, tokens)) <= MAX_KL
+
+
+def test_gemma3_multimodal_mistakes_are_one_clear_error(tmp_path):
+    """A text_config field that disagrees with the spec's model names the field; a multimodal
+    checkpoint without text decoder tensors, or a text_config of another model type, says so."""
+    msg = _load_error(fixture_arch("gemma3-mm").model_copy(update={"query_pre_attn_scalar": 16.0}),
+                      FIXTURES / "gemma3-mm")
+    assert "query_pre_attn_scalar: checkpoint 24.0, model 16.0" in msg and "gemma3-mm" in msg
+    d = _copy(tmp_path, "gemma3-mm")
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "text_config": {**config["text_config"], "num_key_value_heads": 2}}))
+    assert "num_kv_heads: checkpoint 2, model 1" in _load_error(fixture_arch("gemma3-mm"), d)
+    (d / "config.json").write_text(json.dumps({**config, "text_config": {**config["text_config"], "model_type": "gemma2"}}))
+    assert "text_config is not a gemma3_text config" in _load_error(fixture_arch("gemma3-mm"), d)
+    (d / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    assert "ties its embeddings in one place and not the other" in _load_error(fixture_arch("gemma3-mm"), d)
+    d = _renamed(tmp_path / "x", "gemma3-mm", {"language_model.model.": "decoder."})
+    msg = _load_error(fixture_arch("gemma3-mm"), d)
+    assert "holds no text decoder tensors" in msg and "language_model.model.*" in msg
 
 
 @pytest.mark.parametrize("family, change", [
@@ -171,6 +247,23 @@ def test_gemma3_transformers4_config_keys():
     assert arch.local_layers()[:12] == (True,) * 5 + (False,) + (True,) * 5 + (False,)
 
 
+@pytest.mark.parametrize("name", sorted(GEMMA3_MM_HF))
+def test_catalog_gemma3_equals_the_published_multimodal_config(name):
+    """The catalog's gemma3 models are the published checkpoints' text decoders (262144 text rows of the
+    262208-row embedding); each text_config field is checked, defaults included."""
+    from distillc.compiler.catalog import model
+    from distillc.runtime.convert.hf_config import config_differences, hf_arch_fields
+
+    config = gemma3_published(name)
+    arch = model(name)
+    assert arch is not None and config_differences(config, arch) == []
+    assert hf_arch_fields(config)["vocab_size"] == 262208
+    other = "gemma3-27b" if name != "gemma3-27b" else "gemma3-4b"
+    assert config_differences(gemma3_published(other), arch)  # another size's config is caught
+    wrong = {**config, "text_config": {**config["text_config"], "rope_local_base_freq": 1e6}}
+    assert any(d.startswith("rope_local_theta") for d in config_differences(wrong, arch))
+
+
 def test_a_family_without_its_feature_differs():
     """The features matter: llama3.1 without its RoPE scaling, qwen2.5 without biases are far off."""
     tokens, golden = goldens("llama3.1")
@@ -184,6 +277,7 @@ import json, jax
 from flax import nnx
 from tests.test_hf_models import FIXTURES, fixture_arch, forward, goldens, max_kl, side
 from tests.conftest import ROOT, xla_env
+from tests.published_configs import GEMMA3_MM_HF, gemma3_published
 from tests.runtime_configs import make_config
 from distillc.runtime.train import distributed
 from distillc.runtime.train.params import load_params

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from tests.conftest import ROOT, at, check_text, codes, find, spec_text, where
+from tests.published_configs import gemma3_published
 
 
 class TestDC180StudentCheckpointMissing:
@@ -59,6 +62,30 @@ class TestDC181HFConfigMismatch:
         for ckpt in (str(tmp_path), "gs://bucket/hf/model"):
             text = spec_text(f"teacher:\n  model: tiny-teacher\n  checkpoint: {ckpt}\n")
             assert "DC181" not in codes(check_text(text))
+
+
+    def test_reads_a_gemma3_multimodal_text_config(self, tmp_path):
+        """Gemma 3's published multimodal config.json (the text decoder in text_config, most of it left
+        to transformers' defaults): gemma3-27b's passes, gemma3-12b is each disagreeing field."""
+        (tmp_path / "config.json").write_text(json.dumps(gemma3_published("gemma3-27b")))
+        (tmp_path / "model-00001-of-00012.safetensors").write_bytes(b"")
+        text = spec_text(f"teacher:\n  model: gemma3-27b\n  checkpoint: {tmp_path}\n")
+        assert "DC181" not in codes(check_text(text))
+        text = spec_text(f"teacher:\n  model: gemma3-12b\n  checkpoint: {tmp_path}\n")
+        hits = [d for d in check_text(text).diagnostics if d.code == "DC181"]
+        assert {d.path for d in hits} == {("teacher", "checkpoint")}
+        fields = {d.message.rsplit(": ", 2)[-2].split()[-1] for d in hits}
+        assert fields == {"num_layers", "emb_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+                          "query_pre_attn_scalar"}
+
+    def test_a_gemma3_text_config_of_another_model_type_is_one_diagnostic(self, tmp_path):
+        config = {"model_type": "gemma3", "text_config": {"model_type": "llama"}}
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        (tmp_path / "model.safetensors").write_bytes(b"")
+        text = spec_text(f"teacher:\n  model: gemma3-4b\n  checkpoint: {tmp_path}\n")
+        diagnostics = check_text(text).diagnostics
+        assert "DC900" not in {d.code for d in diagnostics}
+        assert any(d.code == "DC181" and "not a gemma3_text config" in d.message for d in diagnostics)
 
 
 class TestDC182HFCheckpointForMaxText:

@@ -17,6 +17,12 @@ Layout (transformers' Linear weight is [out, in]; ours is [in, out] with heads s
   gemma2/gemma3 (four norms): input_layernorm, post_attention_layernorm, pre_feedforward_layernorm,
     post_feedforward_layernorm                -> attn_norm, post_attn_norm, mlp_norm, post_mlp_norm
   embed_tokens.weight [V, D] -> embed [V, D]; norm.weight -> final_norm.scale; lm_head.weight [V, D] -> lm_head [D, V]
+Gemma 3's multimodal checkpoints (model_type gemma3, Gemma3ForConditionalGeneration) hold the same
+text decoder under another prefix (`language_model.model.*` as transformers 4 and 5's save_pretrained
+write it, `model.language_model.*` as transformers 5 names it in memory; the head tied, or
+`language_model.lm_head.weight` / `lm_head.weight`) beside the vision tower and the multimodal
+projector, which are not read; their embedding's rows past the text ids (hf_config.text_vocab) are
+left out when the model is the text vocabulary.
 Transformers' Llama-family checkpoints already hold q/k in the rotate-half RoPE layout this runtime
 uses, so no permutation is applied.
 
@@ -47,6 +53,11 @@ _DTYPES: dict[str, Any] = {"F64": np.float64, "F32": np.float32, "F16": np.float
                            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
                            "BOOL": np.bool_}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some older checkpoints saved; recomputed here
+
+# gemma3 multimodal: (the text decoder's prefix for "model.", its head) in each layout transformers writes
+_TEXT_LAYOUTS = (("language_model.model.", "language_model.lm_head.weight"), ("model.language_model.", "lm_head.weight"))
+_NOT_TEXT = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+
 
 def _abs(path: str) -> epath.Path:
     p = epath.Path(path)
@@ -313,6 +324,25 @@ def hf_names(pure: dict, num_layers: int) -> Iterator[tuple[tuple, Optional[int]
             yield path, None, name, kind
 
 
+def _under(decoder: str, head: str) -> Callable[[str], str]:
+    """Renames model.* to decoder + *, and lm_head.weight to `head`."""
+    def rename(name: str) -> str:
+        return decoder + name.removeprefix("model.") if name.startswith("model.") else head
+    return rename
+
+
+def text_names(ckpt: HFCheckpoint) -> Callable[[str], str]:
+    """Where `ckpt` holds each tensor hf_names names (model.*, lm_head.weight): there for text
+    checkpoints, under the text decoder's prefix in whichever layout a multimodal gemma3 one has."""
+    if ckpt.config.get("model_type") != "gemma3":
+        return lambda name: name
+    for decoder, head in _TEXT_LAYOUTS:
+        if any(n.startswith(decoder) for n in ckpt.tensors):
+            return _under(decoder, head)
+    raise CheckpointError(f"checkpoint {ckpt.path!r} (gemma3) holds no text decoder tensors (named "
+                          f"{' or '.join(d + '*' for d, _ in _TEXT_LAYOUTS)})")
+
+
 def _set(tree: dict, path: tuple, value: Any) -> None:
     for k in path[:-1]:
         tree = tree.setdefault(k, {})
@@ -331,16 +361,22 @@ def load_hf_params(path: str, arch: ModelArch, abstract: dict) -> dict:
     leaves = dict(_leaves(abstract))
     out: dict = {}
     used: set[str] = set()
+    where = text_names(ckpt)
+    # the vocabulary rows a checkpoint's embedding / head may have: the model's, the tokenizer's of a
+    # padded model (zeros past them), a multimodal gemma3's full embedding (its text rows read)
+    rows = {arch.shared_vocab} | ({int(hf_config.text_config(ckpt.config)["vocab_size"])}
+                                  if hf_config.text_vocab(ckpt.config) == arch.vocab_size else set())
     for our, layer, name, kind in hf_names(abstract, arch.num_layers):
+        name = where(name)
         leaf = leaves[our]
         stacked = "{i}" in name
         shape = tuple(leaf.shape[1:] if stacked else leaf.shape)
         names = [name.format(i=i) for i in range(leaf.shape[0])] if stacked else [name]
         sources = [ckpt.tensor(n) for n in names]
-        pad = our in (("embed",), ("lm_head",)) and arch.shared_vocab < arch.vocab_size
+        vocab = our in (("embed",), ("lm_head",))
         for t in sources:
-            if pad and t.shape == hf_shape(kind, _vocab(shape, our, arch.shared_vocab)):
-                continue  # rows past the tokenizer's ids are zeros (read_padded)
+            if vocab and any(t.shape == hf_shape(kind, _vocab(shape, our, r)) for r in rows):
+                continue  # zeros past the tokenizer's ids, or the text rows of more (read_padded)
             if t.shape != hf_shape(kind, shape):
                 raise CheckpointError(f"{t.file}: tensor {t.name!r} has shape {t.shape}; {arch.name} needs "
                                       f"{hf_shape(kind, shape)}")
@@ -348,8 +384,10 @@ def load_hf_params(path: str, arch: ModelArch, abstract: dict) -> dict:
         dtype = leaf.dtype
         out_leaf = _make(leaf, sources, kind, shape, stacked, dtype)
         _set(out, our, out_leaf)
+    multimodal = ckpt.config.get("model_type") == "gemma3"
     extra = sorted(n for n in ckpt.tensors.keys() - used
-                   if not n.endswith(_IGNORED_SUFFIXES) and not (arch.tie_embeddings and n == "lm_head.weight"))
+                   if not n.endswith(_IGNORED_SUFFIXES) and not (arch.tie_embeddings and n == where("lm_head.weight"))
+                   and not (multimodal and n.startswith(_NOT_TEXT)))
     if extra:
         raise CheckpointError(f"checkpoint {path!r} holds {len(extra)} tensor(s) {arch.name} has no place for, "
                               f"e.g. {', '.join(extra[:3])}")
@@ -362,8 +400,8 @@ def _vocab(shape: tuple[int, ...], our: tuple, rows: int) -> tuple[int, ...]:
 
 
 def read_padded(t: Tensor, kind: str, shape: tuple[int, ...], index: tuple[slice, ...], axis: int) -> np.ndarray:
-    """`index` of our embedding or head whose vocabulary axis (`axis`) is longer than the tensor's:
-    the rows the tensor has, zeros past them."""
+    """`index` of our embedding or head whose vocabulary axis (`axis`) is not the tensor's: the rows
+    the tensor has, zeros past them (a longer model), or its first rows (a shorter one)."""
     idx = [_span(s, n) for s, n in zip(index, shape)]
     v = idx[axis]
     rows = t.shape[0]  # the vocabulary is axis 0 of both embed_tokens and lm_head in transformers

@@ -20,6 +20,7 @@ MODEL_TYPES: dict[str, tuple[str, ...]] = {
     "gemma": ("gemma",),
     "gemma2": ("gemma2",),
     "gemma3_text": ("gemma3",),
+    "gemma3": ("gemma3",),  # Gemma3ForConditionalGeneration: its text decoder (text_config), the vision tower ignored
 }
 _GEMMAS = ("gemma", "gemma2", "gemma3_text")  # (1 + w) norms, sqrt(D)-scaled embeddings
 _SANDWICH = ("gemma2", "gemma3_text")  # post-block norms, query_pre_attn_scalar, local/global layers
@@ -30,6 +31,18 @@ _SANDWICH_DEFAULTS: dict[str, dict[str, Any]] = {
                "attn_logit_softcapping": 50.0},
     "gemma3_text": {"query_pre_attn_scalar": 256, "sliding_window": 4096, "final_logit_softcapping": None},
 }
+# transformers' Gemma3TextConfig defaults: the published multimodal config.json files (google/gemma-3-4b-pt
+# and the rest) leave most of text_config out (4b: no vocab_size, heads, head_dim, rope_theta)
+_GEMMA3_TEXT_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+    "rms_norm_eps": 1e-6, "rope_theta": 1e6, "rope_local_base_freq": 1e4, "query_pre_attn_scalar": 256,
+    "sliding_window": 4096, "sliding_window_pattern": 6, "final_logit_softcapping": None,
+    "attn_logit_softcapping": None, "attention_bias": False,
+}
+# the image token's id (Gemma3Config's default): the multimodal embedding's rows from it on are the image
+# token and unused ids, past every text id (262208 rows, text ids < 262144)
+_GEMMA3_IMAGE_TOKEN = 262144
 _ANY_FAMILY = ("tiny", "inline")  # hand-described architectures: any model type of the decoder
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 
@@ -110,12 +123,39 @@ def _sandwich_fields(config: dict, mt: str, unsupported: list[str]) -> dict[str,
     return out
 
 
+def text_config(config: dict) -> dict:
+    """The config of the decoder a checkpoint's config.json describes: itself, or for Gemma 3's
+    multimodal checkpoints (model_type gemma3) its text_config over transformers' Gemma3TextConfig
+    defaults, as a gemma3_text config (the vision tower's config is not read: a text-only forward
+    never runs it)."""
+    if config.get("model_type") != "gemma3":
+        return config
+    text = config.get("text_config") or {}
+    if not isinstance(text, dict) or text.get("model_type", "gemma3_text") != "gemma3_text":
+        raise HFConfigError(f"gemma3 config.json whose text_config is not a gemma3_text config: {text!r}")
+    tied = {k: c["tie_word_embeddings"] for k, c in (("config", config), ("text_config", text))
+            if c.get("tie_word_embeddings") is not None}
+    if len(set(tied.values())) > 1:
+        raise HFConfigError(f"gemma3 config.json ties its embeddings in one place and not the other: {tied}")
+    return {**_GEMMA3_TEXT_DEFAULTS, "tie_word_embeddings": next(iter(tied.values()), True), **text,
+            "model_type": "gemma3_text"}
+
+
+def text_vocab(config: dict) -> Optional[int]:
+    """The rows of a multimodal gemma3 checkpoint's embedding that hold text ids (those below its
+    image token, 262144 as published), or None for a text-only checkpoint: a model of this many rows
+    loads the checkpoint's first rows. Distillation compares logits over the text ids, and the rows
+    past them are the image token and unused ids, which no text tokenizer produces."""
+    if config.get("model_type") != "gemma3":
+        return None
+    return int(config.get("image_token_index") or config.get("image_token_id") or _GEMMA3_IMAGE_TOKEN)
+
+
 def hf_arch_fields(config: dict) -> dict[str, Any]:
-    """The ModelArch fields a transformers config.json determines."""
+    """The ModelArch fields a transformers config.json determines (of the text decoder, for Gemma 3's
+    multimodal checkpoints)."""
+    config = text_config(config)
     mt = config.get("model_type")
-    if mt == "gemma3":
-        raise HFConfigError("model_type 'gemma3' is Gemma 3's multimodal checkpoint (Gemma3ForConditionalGeneration): "
-                            "this runtime builds the text decoder of gemma3_text checkpoints (Gemma3ForCausalLM)")
     if mt not in MODEL_TYPES:
         raise HFConfigError(f"model_type {mt!r} is not built by this runtime (built: {', '.join(MODEL_TYPES)})")
     unsupported: list[str] = []
@@ -195,6 +235,8 @@ def config_differences(config: dict, arch: ModelArch) -> list[str]:
     for key, value in fields.items():
         if key == "vocab_size" and value == arch.shared_vocab < arch.vocab_size:
             continue  # the model's embedding is padded past the tokenizer's ids (gemma: 256000 -> 256128)
+        if key == "vocab_size" and arch.vocab_size == text_vocab(config) and arch.vocab_size < value:
+            continue  # gemma3 multimodal: the model is the embedding's text rows (262144 of 262208)
         if getattr(arch, key) != value:
             out.append(f"{key}: checkpoint {value!r}, model {getattr(arch, key)!r}")
     return out
