@@ -59,7 +59,7 @@ def make_config(
 ) -> RuntimeConfig:
     run_dir = Path(run_dir)
     loss = LossConfig(alpha=const(alpha, steps), temperature=const(temperature, steps), beta=const(0.0, steps),
-                      feature_loss="cosine", compare_vocab=256)
+                      feature_loss="cosine", compare_vocab=min(teacher.shared_vocab, student.shared_vocab))
     return RuntimeConfig(
         name=name, mode="online", stage="train", scan_layers=True, enable_nnx=True,
         objective=objective_of("online", loss),  # as the compiler decides it

@@ -306,6 +306,8 @@ _EXPECTED_FAILURES = {
     ("quickstart-offline", "v5e"): {"DC151"},
     ("hf-tiny", "v5p"): {"DC151"},  # the same CPU batch, with a Hugging Face teacher
     ("hf-tiny", "v5e"): {"DC151"},
+    # a CPU batch of 4 (a GGUF teacher on a laptop): fewer sequences than any cluster's chips
+    **{("smollm2-distill", c): {"DC151"} for c in ("v5p", "v5e", "v6e", "h100", "h200")},
     # The ablation example's base mesh pins fsdp 64 (its sweep is sized for v5p-128).
     ("ablation-example", "v5e"): {"DC150"},
     ("ablation-example", "v6e"): {"DC150"},
