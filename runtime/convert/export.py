@@ -217,13 +217,21 @@ def export_mesh(arch: ModelArch) -> Any:
 
 
 def gather(x: jax.Array) -> np.ndarray:
-    """One (possibly sharded) parameter as a host numpy array: from this process's devices, or
-    from every process's (`process_allgather`) when the mesh spans several."""
+    """One (possibly sharded) parameter as a host numpy array: from every process's devices
+    (`process_allgather`) when the mesh spans several, else filled shard by shard into one array
+    allocated up front (jax.device_get would copy every shard to host, then assemble them into a
+    second copy: two tensors of host memory where one is needed)."""
     if jax.process_count() > 1 and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
+    shards = [s for s in x.addressable_shards if s.replica_id == 0]
+    if len(shards) == 1 and shards[0].data.shape == x.shape:
+        return np.asarray(shards[0].data)
+    out = np.empty(x.shape, dtype=x.dtype)
+    for s in shards:
+        out[s.index] = np.asarray(s.data)  # each shard's host view (no copy on CPU) copied into place
+    return out
 
 
 def _write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]],
@@ -267,6 +275,7 @@ def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str =
         raise CheckpointError(f"{side.arch.name} has no transformers config.json that computes it (written as "
                               f"{config['model_type']}, it would read back with " + "; ".join(why) + ")")
     _, params = load_params(side, False, export_mesh(side.arch))  # per-layer layout: one tensor per HF name
+    jax.block_until_ready(params)  # every slice read before the first gather (in flight, they add to the peak)
     pure = nnx.to_pure_dict(params)
     del params  # `pure` holds the only references: each device copy goes when its tensor is gathered
 

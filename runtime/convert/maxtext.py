@@ -469,8 +469,9 @@ def maxtext_arrays(pure: dict, arch: ModelArch, scanned: bool, dtype: Any) -> di
     """MaxText's params/params tree from our pure-dict parameters (`pure` scanned when `scanned`,
     i.e. with stacked layers), as jax arrays on the devices the source lies on: each leaf is
     converted there (keeping its sharding) and popped from `pure` (its buffer donated), so the
-    devices never hold the model twice and the host holds no copy of it at all; Orbax then writes
-    the tree from the devices. The caller must hold no other reference to `pure`'s arrays."""
+    devices never hold the model twice and the host holds no copy of it; Orbax then writes the
+    tree from the devices (copying them to host as it writes: what is left of the export's peak).
+    The caller must hold no other reference to `pure`'s arrays."""
     conv = convention(arch)
     out: dict = {}
     jits: dict[tuple, Callable[[Any], Any]] = {}
@@ -552,6 +553,7 @@ def export_maxtext(source: str, out: str, *, step: Optional[int] = None, dtype: 
                               "on the MaxText model: name it with --model (llama3.1-8b/70b/405b: interleaved RoPE "
                               "pairs; llama3.3-70b, llama3.2-1b: rotate-half)")
     _, params = load_params(side, scanned, export_mesh(side.arch))
+    jax.block_until_ready(params)  # every slice read before converting (in flight, they add to the peak)
     pure = nnx.to_pure_dict(params)
     del params  # `pure` holds the only references, so each source leaf goes once converted
     tree = maxtext_arrays(pure, side.arch, scanned, dtypes[dtype])
