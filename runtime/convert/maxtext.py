@@ -470,8 +470,8 @@ def maxtext_arrays(pure: dict, arch: ModelArch, scanned: bool, dtype: Any) -> di
     i.e. with stacked layers), as jax arrays on the devices the source lies on: each leaf is
     converted there (keeping its sharding) and popped from `pure` (its buffer donated), so the
     devices never hold the model twice and the host holds no copy of it; Orbax then writes the
-    tree from the devices (copying them to host as it writes: what is left of the export's peak).
-    The caller must hold no other reference to `pure`'s arrays."""
+    tree from the devices, about one tensor's write in flight at a time (save_maxtext). The caller
+    must hold no other reference to `pure`'s arrays."""
     conv = convention(arch)
     out: dict = {}
     jits: dict[tuple, Callable[[Any], Any]] = {}
@@ -517,7 +517,11 @@ def save_maxtext(out: str, tree: dict, step: int = 0) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = epath.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=str(target.parent)))
     try:
-        handler = ocp.PyTreeCheckpointHandler(use_ocdbt=True, use_zarr3=True)
+        # writes in flight capped at the largest tensor (Orbax's default, 96 GB, lets every array's
+        # write buffers exist at once: a second copy of the model in host memory)
+        largest = max((int(a.nbytes) for _, a in _leaves(tree) if hasattr(a, "nbytes")), default=0)
+        handler = ocp.PyTreeCheckpointHandler(use_ocdbt=True, use_zarr3=True,
+                                              save_concurrent_gb=(largest + 2**20) / 1e9)
         mngr = ocp.CheckpointManager(tmp, item_names=(ITEMS,), item_handlers={ITEMS: handler},
                                      options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
         try:
