@@ -562,7 +562,7 @@ def export_maxtext(source: str, out: str, *, step: Optional[int] = None, dtype: 
     del params  # `pure` holds the only references, so each source leaf goes once converted
     tree = maxtext_arrays(pure, side.arch, scanned, dtypes[dtype])
     arrays = [a for _, a in _leaves(tree)]
-    shapes = len(arrays), sum(a.nbytes for a in arrays)
+    counted = len(arrays), sum(a.nbytes for a in arrays)  # before Orbax: the tree is all it needs
     del arrays
     items = save_maxtext(out, tree)
-    return ExportedMaxText(out, items, scanned, shapes[0], shapes[1], side.arch)
+    return ExportedMaxText(out, items, scanned, counted[0], counted[1], side.arch)
