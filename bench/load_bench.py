@@ -8,7 +8,8 @@ index; --gb sets its size), then loads it in fresh processes (each measures its 
   full      every tensor read whole into host memory (what safetensors.numpy.load_file does; that
             function itself is used when the safetensors package is installed)
 
-and `export` of the loaded model back to a Hugging Face directory. On CPU the "devices" are host
+and `export` of it back to a Hugging Face directory (loaded sharded over the 8 devices, each tensor
+gathered, converted, written into its shard and dropped in turn). On CPU the "devices" are host
 memory, so the loaded model itself counts in the RSS: the target is peak RSS <= model bytes +
 largest tensor + 0.5 GB.
 
@@ -106,7 +107,7 @@ if mode == "full":
 elif mode == "export":
     from distillc.runtime.convert.export import export_hf
     done = export_hf(path, sys.argv[3], dtype="float32", max_shard_size="1GB")
-    impl, n = "distillc export (loaded on one device, 1 GB shards)", done.bytes
+    impl, n = "distillc export (loaded fsdp 8 over 8 CPU devices, 1 GB shards, gathered tensor by tensor)", done.bytes
 else:
     import jax
     from distillc.runtime.config import MeshConfig, SideConfig

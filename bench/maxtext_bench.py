@@ -3,8 +3,9 @@
 Writes the synthetic Llama-layout Hugging Face checkpoint of bench/load_bench.py (--gb sets its
 size), then, each in a fresh process that measures its own peak RSS:
 
-  export    `distillc export --to maxtext` of it (float32, scanned): the model loaded on one device,
-            its MaxText tree built in host memory, written by Orbax
+  export    `distillc export --to maxtext` of it (float32, scanned): the model loaded fsdp 8 over
+            the 8 devices, each leaf converted there into its MaxText tensor (the source leaf
+            dropped), written by Orbax from the devices
   load      that MaxText checkpoint onto an 8-device CPU mesh with fsdp 8 (scanned run): Orbax
             restores each device's shard, one jitted function undoes the conventions on the mesh
 

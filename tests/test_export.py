@@ -133,3 +133,33 @@ def test_cli_exports(tmp_path):
     p = _cli(str(FIXTURES / "mistral"), str(tmp_path / "out"), "--to", "hf", "--dtype", "float32")
     assert p.returncode == 0, p.stderr
     assert "exported" in p.stdout and json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "mistral"
+
+
+def test_exports_from_a_sharded_load_are_the_one_device_files(tmp_path):
+    """On 8 host devices the source loads fsdp-sharded and each tensor is gathered shard by shard
+    (convert/export.py's gather): the files must be byte for byte the one-device export's (hf), and
+    every MaxText tensor bit for bit (bfloat16: the casts run on the devices there)."""
+    from tests.conftest import xla_env
+    from tests.test_hf_models import fixture_arch
+    from tests.test_maxtext import _stored
+    from distillc.runtime.convert.maxtext import export_maxtext
+
+    script = ("import sys; from distillc.runtime.convert.export import export_hf, export_mesh; "
+              "from distillc.runtime.convert.maxtext import export_maxtext; from tests.test_hf_models import "
+              "FIXTURES, fixture_arch; a = fixture_arch('qwen3'); assert export_mesh(a).devices.size == 8; "
+              "export_hf(str(FIXTURES / 'llama3.1'), sys.argv[1] + '/hf', dtype='bfloat16', max_shard_size='20KB'); "
+              "export_maxtext(str(FIXTURES / 'qwen3'), sys.argv[1] + '/mt', dtype='bfloat16', model=a)")
+    (tmp_path / "eight").mkdir()
+    p = subprocess.run([sys.executable, "-c", script, str(tmp_path / "eight")], cwd=ROOT, env=xla_env(8),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    export_hf(str(FIXTURES / "llama3.1"), str(tmp_path / "hf"), dtype="bfloat16", max_shard_size="20KB")
+    export_maxtext(str(FIXTURES / "qwen3"), str(tmp_path / "mt"), dtype="bfloat16", model=fixture_arch("qwen3"))
+    files = sorted(f.name for f in (tmp_path / "hf").iterdir())
+    assert len(files) > 3 and files == sorted(f.name for f in (tmp_path / "eight" / "hf").iterdir())
+    for name in files:
+        assert (tmp_path / "hf" / name).read_bytes() == (tmp_path / "eight" / "hf" / name).read_bytes(), name
+    one, eight = _stored(tmp_path / "mt"), _stored(tmp_path / "eight" / "mt")
+    assert one.keys() == eight.keys()
+    for k in one:
+        assert one[k].dtype == eight[k].dtype and one[k].tobytes() == eight[k].tobytes(), k

@@ -6,8 +6,13 @@ temporary sibling directory renamed onto OUT when complete, so OUT is either abs
 
 SOURCE is a distillc run directory (its student: the latest step, or --step N), a Hugging Face
 directory (a dtype conversion or a re-shard), a MaxText checkpoint or a distillc parameter
-checkpoint (for these two `model` names the architecture). `--to maxtext` is convert/maxtext.py. Parameters are gathered one tensor at a time into the shard being written;
-the loaded model itself is held on one device (host memory on CPU) while exporting.
+checkpoint (for these two `model` names the architecture). `--to maxtext` is convert/maxtext.py.
+
+Memory: the source is loaded sharded over the host's devices (`export_mesh`), then each tensor in
+turn is gathered to host memory (`gather`), converted, written into the shard file being written,
+and dropped, its device copy deleted as soon as it is gathered. Host memory holds at most one
+gathered tensor (and its converted copy) beyond what the devices hold; on CPU the devices are host
+memory, so there the peak is the loaded model plus about one tensor, falling as tensors are written.
 """
 
 from __future__ import annotations
@@ -200,6 +205,35 @@ def resolve_source(source: str, step: Optional[int], model: Optional[ModelArch])
     return _side(model, source, "distillc")
 
 
+def export_mesh(arch: ModelArch) -> Any:
+    """The mesh an export loads its source onto: fsdp over as many of this host's devices as divide
+    the model dimension (all of them for real models; one where there is one), so no single device
+    has to hold the whole model and each tensor is gathered only when its turn comes."""
+    from distillc.runtime.train import distributed
+
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    n = max(k for k in range(1, len(devices) + 1) if len(devices) % k == 0 and arch.emb_dim % k == 0)
+    return distributed.make_mesh(MeshConfig(data=1, fsdp=n, tensor=1), devices[:n])
+
+
+def gather(x: jax.Array) -> np.ndarray:
+    """One (possibly sharded) parameter as a host numpy array: from every process's devices
+    (`process_allgather`) when the mesh spans several, else filled shard by shard into one array
+    allocated up front (jax.device_get would copy every shard to host, then assemble them into a
+    second copy: two tensors of host memory where one is needed)."""
+    if jax.process_count() > 1 and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    shards = [s for s in x.addressable_shards if s.replica_id == 0]
+    if len(shards) == 1 and shards[0].data.shape == x.shape:
+        return np.asarray(shards[0].data)
+    out = np.empty(x.shape, dtype=x.dtype)
+    for s in shards:
+        out[s.index] = np.asarray(s.data)  # each shard's host view (no copy on CPU) copied into place
+    return out
+
+
 def _write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]],
                        dtype: str) -> None:
     """A safetensors file written tensor by tensor: the header from the shapes, then each tensor
@@ -227,7 +261,6 @@ def _write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...], Cal
 def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str = "bfloat16",
               max_shard_size: str = "5GB", model: Optional[ModelArch] = None) -> Exported:
     """Writes SOURCE's parameters to OUT as a Hugging Face directory (see the module docstring)."""
-    from distillc.runtime.train import distributed
     from distillc.runtime.train.params import load_params
 
     if dtype not in _ST_DTYPES:
@@ -241,9 +274,10 @@ def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str =
     if why := config_differences(config, side.arch):  # e.g. an inline arch with conventions no model type has
         raise CheckpointError(f"{side.arch.name} has no transformers config.json that computes it (written as "
                               f"{config['model_type']}, it would read back with " + "; ".join(why) + ")")
-    mesh = distributed.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    _, params = load_params(side, False, mesh)  # per-layer layout: one tensor per transformers name
+    _, params = load_params(side, False, export_mesh(side.arch))  # per-layer layout: one tensor per HF name
+    jax.block_until_ready(params)  # every slice read before the first gather (in flight, they add to the peak)
     pure = nnx.to_pure_dict(params)
+    del params  # `pure` holds the only references: each device copy goes when its tensor is gathered
 
     np_dtype = _NP_DTYPES[dtype]
 
@@ -254,7 +288,9 @@ def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str =
         return n
 
     def leaf(path: tuple) -> np.ndarray:
-        return np.asarray(jax.device_get(node(path)))
+        """The gathered tensor, its device copy dropped from the tree (each leaf has one HF name), so
+        it is freed once gathered (or, where the host array aliases it on CPU, with that array)."""
+        return gather(node(path[:-1]).pop(path[-1]))
 
     def leaf_shape(path: tuple) -> tuple[int, ...]:
         return tuple(node(path).shape)

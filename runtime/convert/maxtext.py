@@ -454,31 +454,56 @@ class ExportedMaxText:
     arch: ModelArch
 
 
-def maxtext_tree(pure: dict, arch: ModelArch, scanned: bool, dtype: Any,
-                 fetch: Callable[[Any], np.ndarray] = lambda x: np.asarray(jax.device_get(x))) -> dict:
-    """MaxText's params/params tree (numpy arrays in `dtype`) from our pure-dict parameters
-    (`pure` scanned when `scanned`, i.e. with stacked layers), one tensor at a time (each fetched,
-    converted and cast without further copies)."""
+def _to_maxtext_fn(e: Entry, arch: ModelArch, conv: Convention, stacked: bool, dtype: Any) -> Callable[[Any], Any]:
+    """The jitted body turning one of our leaves into its MaxText tensor: conventions applied in
+    float32 as MaxText's hooks do, cast to `dtype`, and a stacked layer axis moved to SCAN_AXIS."""
+
+    def fn(x: Any) -> Any:
+        y = to_maxtext(e.kind, x, arch, conv).astype(dtype)
+        return jnp.moveaxis(y, 0, SCAN_AXIS) if stacked else y
+
+    return fn
+
+
+def maxtext_arrays(pure: dict, arch: ModelArch, scanned: bool, dtype: Any) -> dict:
+    """MaxText's params/params tree from our pure-dict parameters (`pure` scanned when `scanned`,
+    i.e. with stacked layers), as jax arrays on the devices the source lies on: each leaf is
+    converted there (keeping its sharding) and popped from `pure` (its buffer donated), so the
+    devices never hold the model twice and the host holds no copy of it; Orbax then writes the
+    tree from the devices, about one tensor's write in flight at a time (save_maxtext). The caller
+    must hold no other reference to `pure`'s arrays."""
     conv = convention(arch)
     out: dict = {}
+    jits: dict[tuple, Callable[[Any], Any]] = {}
 
-    def cast(x: Any) -> np.ndarray:
-        return np.asarray(x).astype(dtype, copy=False)
+    def convert(e: Entry, parent: dict, key: Any, stacked: bool) -> Any:
+        x = parent.pop(key)
+        shape_key = (e.kind, stacked, x.shape, x.dtype, x.sharding)
+        if shape_key not in jits:  # layers of one kind share a compiled conversion
+            donate = x.dtype == np.dtype(dtype) and not stacked  # same shape and dtype out: reuse the buffer
+            jits[shape_key] = jax.jit(_to_maxtext_fn(e, arch, conv, stacked, dtype),
+                                      donate_argnums=(0,) if donate else ())
+        y = jits[shape_key](x)
+        del x  # the last reference: its buffer goes now (or was reused by the donation)
+        return y
 
     for e in entries(arch, scanned):
         if not e.layered:
-            _set(out, e.mt, cast(to_maxtext(e.kind, fetch(_get(pure, e.ours)), arch, conv)))
+            _set(out, e.mt, convert(e, _parent(pure, e.ours), e.ours[-1], False))
             continue
         layers = pure["layers"]
         if scanned:
-            x = cast(to_maxtext(e.kind, fetch(_get(layers, e.ours)), arch, conv))
-            _set(out, e.mt, np.ascontiguousarray(np.moveaxis(x, 0, SCAN_AXIS)))
-            del x
+            _set(out, e.mt, convert(e, _parent(layers, e.ours), e.ours[-1], True))
         else:
             for i in range(arch.num_layers):
                 layer = layers[i] if i in layers else layers[str(i)]
-                _set(out, tuple(p.format(i=i) for p in e.mt), cast(to_maxtext(e.kind, fetch(_get(layer, e.ours)), arch, conv)))
+                _set(out, tuple(p.format(i=i) for p in e.mt), convert(e, _parent(layer, e.ours), e.ours[-1], False))
     return out
+
+
+def _parent(tree: dict, path: Path_) -> dict:
+    """The dict holding the leaf at `path`."""
+    return _get(tree, path[:-1]) if len(path) > 1 else tree
 
 
 def save_maxtext(out: str, tree: dict, step: int = 0) -> str:
@@ -492,7 +517,11 @@ def save_maxtext(out: str, tree: dict, step: int = 0) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = epath.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=str(target.parent)))
     try:
-        handler = ocp.PyTreeCheckpointHandler(use_ocdbt=True, use_zarr3=True)
+        # writes in flight capped at the largest tensor (Orbax's default, 96 GB, lets every array's
+        # write buffers exist at once: a second copy of the model in host memory)
+        largest = max((int(a.nbytes) for _, a in _leaves(tree) if hasattr(a, "nbytes")), default=0)
+        handler = ocp.PyTreeCheckpointHandler(use_ocdbt=True, use_zarr3=True,
+                                              save_concurrent_gb=(largest + 2**20) / 1e9)
         mngr = ocp.CheckpointManager(tmp, item_names=(ITEMS,), item_handlers={ITEMS: handler},
                                      options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
         try:
@@ -512,9 +541,7 @@ def export_maxtext(source: str, out: str, *, step: Optional[int] = None, dtype: 
                    model: Optional[ModelArch] = None, scanned: bool = True) -> ExportedMaxText:
     """Writes SOURCE's parameters (a run, a Hugging Face directory, a MaxText or distillc checkpoint)
     to OUT as a MaxText checkpoint: OUT/0/items, scanned (layer axis 1) unless `scanned` is False."""
-    from distillc.runtime.config import MeshConfig
-    from distillc.runtime.convert.export import resolve_source
-    from distillc.runtime.train import distributed
+    from distillc.runtime.convert.export import export_mesh, resolve_source
     from distillc.runtime.train.params import load_params
     from flax import nnx
 
@@ -529,12 +556,13 @@ def export_maxtext(source: str, out: str, *, step: Optional[int] = None, dtype: 
         raise CheckpointError(f"{source!r} is a Llama 3.x checkpoint with RoPE scaling, whose MaxText layout depends "
                               "on the MaxText model: name it with --model (llama3.1-8b/70b/405b: interleaved RoPE "
                               "pairs; llama3.3-70b, llama3.2-1b: rotate-half)")
-    mesh = distributed.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    _, params = load_params(side, scanned, mesh)
-    tree = maxtext_tree(nnx.to_pure_dict(params), side.arch, scanned, dtypes[dtype])
-    for x in jax.tree.leaves(params):  # the MaxText tree is all Orbax needs from here on
-        x.delete()
-    del params
-    items = save_maxtext(out, tree)
+    _, params = load_params(side, scanned, export_mesh(side.arch))
+    jax.block_until_ready(params)  # every slice read before converting (in flight, they add to the peak)
+    pure = nnx.to_pure_dict(params)
+    del params  # `pure` holds the only references, so each source leaf goes once converted
+    tree = maxtext_arrays(pure, side.arch, scanned, dtypes[dtype])
     arrays = [a for _, a in _leaves(tree)]
-    return ExportedMaxText(out, items, scanned, len(arrays), sum(a.nbytes for a in arrays), side.arch)
+    counted = len(arrays), sum(a.nbytes for a in arrays)  # before Orbax: the tree is all it needs
+    del arrays
+    items = save_maxtext(out, tree)
+    return ExportedMaxText(out, items, scanned, counted[0], counted[1], side.arch)
