@@ -127,12 +127,18 @@ print(json.dumps({"impl": impl, "s": time.perf_counter() - t0, "bytes": n,
 """
 
 
-def child(mode: str, *args: str) -> dict:
+def run_child(code: str, mode: str, *args: str) -> dict:
+    """Runs one measurement `code` in a fresh process on 8 CPU host devices (so each row's peak RSS
+    is its own) and returns the JSON record it prints last."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    p = subprocess.run([sys.executable, "-c", CHILD, mode, *args], env=env, cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-c", code, mode, *args], env=env, cwd=ROOT, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(p.stderr[-3000:])
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def child(mode: str, *args: str) -> dict:
+    return run_child(CHILD, mode, *args)
 
 
 def main() -> int:

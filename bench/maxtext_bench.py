@@ -17,10 +17,7 @@ On CPU the devices are host memory, so the loaded model counts in the RSS.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,11 +53,9 @@ print(json.dumps({"impl": impl, "s": time.perf_counter() - t0, "bytes": n,
 
 
 def child(mode: str, *args: str) -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    p = subprocess.run([sys.executable, "-c", CHILD, mode, *args], env=env, cwd=ROOT, capture_output=True, text=True)
-    if p.returncode:
-        raise SystemExit(p.stderr[-3000:])
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    from bench.load_bench import run_child
+
+    return run_child(CHILD, mode, *args)
 
 
 def main() -> int:
