@@ -27,7 +27,7 @@ truncated or corrupt one, a metadata field or a tensor shape that disagrees with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import jax
 import numpy as np
@@ -35,6 +35,7 @@ import numpy as np
 from distillc.runtime.arch import ModelArch
 from distillc.runtime.convert import gguf_meta
 from distillc.runtime.convert.hf import hf_shape, read_ours
+from distillc.runtime.convert.layout import tree_leaves, tree_set
 from distillc.runtime.train.checkpoints import CheckpointError
 
 # our per-layer path -> (GGUF name suffix, layout kind as convert/hf.py reads it)
@@ -201,25 +202,11 @@ class GGUFCheckpoint:
         return self.tensors[name]
 
 
-def _leaves(tree: Any, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _leaves(v, prefix + (k,))
-    else:
-        yield prefix, tree
-
-
-def _set(tree: dict, path: tuple, value: Any) -> None:
-    for k in path[:-1]:
-        tree = tree.setdefault(k, {})
-    tree[path[-1]] = value
-
-
 def gguf_names(abstract: dict) -> list[tuple[tuple, Optional[int], str, str]]:
     """(our path, layer or None for a stacked leaf, GGUF name or {i} template, kind) of every leaf of
     a pure-dict parameter tree (scanned or not)."""
     out: list[tuple[tuple, Optional[int], str, str]] = []
-    for path, _ in _leaves(abstract):
+    for path, _ in tree_leaves(abstract):
         if path[0] != "layers":
             name, kind = TOP_MAP[path]
             out.append((path, None, name, kind))
@@ -242,7 +229,7 @@ def load_gguf_params(path: str, arch: ModelArch, abstract: dict) -> dict:
         raise CheckpointError(str(e)) from e
     if why:
         raise CheckpointError(f"checkpoint {path!r} does not match {arch.name}: " + "; ".join(why))
-    leaves = dict(_leaves(abstract))
+    leaves = dict(tree_leaves(abstract))
     out: dict = {}
     used: set[str] = set()
     for our, _, name, kind in gguf_names(abstract):
@@ -260,7 +247,7 @@ def load_gguf_params(path: str, arch: ModelArch, abstract: dict) -> dict:
             else:
                 sources.append(t)
         used.update(names)
-        _set(out, our, _make(leaf, sources, kind, shape, stacked))
+        tree_set(out, our, _make(leaf, sources, kind, shape, stacked))
     extra = sorted(ckpt.tensors.keys() - used)
     if extra:
         raise CheckpointError(f"checkpoint {path!r} holds {len(extra)} tensor(s) {arch.name} has no place for, "

@@ -46,6 +46,7 @@ from etils import epath
 
 from distillc.runtime.arch import ModelArch
 from distillc.runtime.convert import hf_config
+from distillc.runtime.convert.layout import tree_leaves, tree_set
 from distillc.runtime.train.checkpoints import CheckpointError
 
 INDEX = "model.safetensors.index.json"
@@ -296,19 +297,11 @@ def to_hf(kind: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _leaves(tree: Any, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _leaves(v, prefix + (k,))
-    else:
-        yield prefix, tree
-
-
 def hf_names(pure: dict, num_layers: int) -> Iterator[tuple[tuple, Optional[int], str, str]]:
     """(our path, layer or None for a stacked leaf, transformers name or {i} template, kind) of every
     leaf of a pure-dict parameter tree (scanned or not). A tree whose layers have post-block norms
     (gemma2/gemma3) names its norms as those families do (SANDWICH_MAP)."""
-    paths = [path for path, _ in _leaves(pure)]
+    paths = [path for path, _ in tree_leaves(pure)]
     layer_map = SANDWICH_MAP if any("post_attn_norm" in p for p in paths) else LAYER_MAP
     for path in paths:
         if path[0] == "layers":
@@ -343,12 +336,6 @@ def text_names(ckpt: HFCheckpoint) -> Callable[[str], str]:
                           f"{' or '.join(d + '*' for d, _ in _TEXT_LAYOUTS)})")
 
 
-def _set(tree: dict, path: tuple, value: Any) -> None:
-    for k in path[:-1]:
-        tree = tree.setdefault(k, {})
-    tree[path[-1]] = value
-
-
 def load_hf_params(path: str, arch: ModelArch, abstract: dict) -> dict:
     """Our pure-dict parameter tree, read from the Hugging Face checkpoint at `path` onto the
     shardings and dtypes of `abstract` (a pure dict of ShapeDtypeStructs with shardings, scanned or
@@ -358,7 +345,7 @@ def load_hf_params(path: str, arch: ModelArch, abstract: dict) -> dict:
     if why:
         raise CheckpointError(f"checkpoint {path!r} ({ckpt.config.get('model_type')}) does not match {arch.name}: "
                               + "; ".join(why))
-    leaves = dict(_leaves(abstract))
+    leaves = dict(tree_leaves(abstract))
     out: dict = {}
     used: set[str] = set()
     where = text_names(ckpt)
@@ -383,7 +370,7 @@ def load_hf_params(path: str, arch: ModelArch, abstract: dict) -> dict:
         used.update(names)
         dtype = leaf.dtype
         out_leaf = _make(leaf, sources, kind, shape, stacked, dtype)
-        _set(out, our, out_leaf)
+        tree_set(out, our, out_leaf)
     multimodal = ckpt.config.get("model_type") == "gemma3"
     extra = sorted(n for n in ckpt.tensors.keys() - used
                    if not n.endswith(_IGNORED_SUFFIXES) and not (arch.tie_embeddings and n == where("lm_head.weight"))

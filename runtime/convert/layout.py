@@ -5,7 +5,7 @@ way). Checkpoint formats (Hugging Face, MaxText) are converted into these trees 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +13,22 @@ from flax import nnx
 
 if TYPE_CHECKING:
     from distillc.runtime.models.transformer import Transformer
+
+
+def tree_leaves(tree: Any, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    """(key path, leaf) of every leaf of a nested dict (a pure-dict parameter tree or its abstract)."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from tree_leaves(v, prefix + (k,))
+    else:
+        yield prefix, tree
+
+
+def tree_set(tree: dict, path: tuple, value: Any) -> None:
+    """Puts `value` at key path `path` of a nested dict, creating the dicts on the way."""
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
 
 
 def copy_layers(src: Transformer, dst: Transformer) -> None:

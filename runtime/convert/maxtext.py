@@ -53,6 +53,7 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
 from distillc.runtime.arch import ModelArch
+from distillc.runtime.convert.layout import tree_set
 from distillc.runtime.train.checkpoints import CheckpointError
 
 ITEMS = "items"
@@ -292,12 +293,6 @@ def _get(tree: dict, path: Path_) -> Any:
     return tree
 
 
-def _set(tree: dict, path: tuple, value: Any) -> None:
-    for k in path[:-1]:
-        tree = tree.setdefault(k, {})
-    tree[path[-1]] = value
-
-
 def expected(arch: ModelArch, scanned: bool, shapes: dict[Path_, tuple[int, ...]]) -> dict[Path_, tuple[Entry, tuple[int, ...]]]:
     """MaxText path (layers numbered) -> (entry, MaxText shape) for every tensor `arch` needs;
     `shapes`: our per-layer (or top-level) shape of each entry's `ours` path."""
@@ -382,8 +377,8 @@ def load_maxtext_params(path: str, arch: ModelArch, abstract: dict, scan_layers:
             ent, shape = want[mt_path]
             dtype = getattr(_get(params, mt_path), "dtype", None) or our_leaf(ent).dtype
             sharding = _mt_sharding(our_leaf(ent), scan_layers, stored_scanned, ent.layered)
-            _set(target, mt_path, jax.ShapeDtypeStruct(shape, dtype, sharding=sharding))
-            _set(restore_args, mt_path, ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype))
+            tree_set(target, mt_path, jax.ShapeDtypeStruct(shape, dtype, sharding=sharding))
+            tree_set(restore_args, mt_path, ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype))
         try:
             got = ckptr.restore(items, args=ocp.args.PyTreeRestore(
                 item={"params": {"params": target}}, restore_args={"params": {"params": restore_args}},
@@ -404,11 +399,11 @@ def load_maxtext_params(path: str, arch: ModelArch, abstract: dict, scan_layers:
             for i in range(arch.num_layers):
                 leaf = our_leaf(ent, i)
                 fn = _converter(ent, arch, conv, stored_scanned, False, leaf.dtype, i)
-                _set(out, ("layers", i) + ent.ours, jax.jit(fn, out_shardings=leaf.sharding)(sources))
+                tree_set(out, ("layers", i) + ent.ours, jax.jit(fn, out_shardings=leaf.sharding)(sources))
         else:
             leaf = our_leaf(ent)
             fn = _converter(ent, arch, conv, stored_scanned, ent.layered, leaf.dtype, None)
-            _set(out, (("layers",) if ent.layered else ()) + ent.ours, jax.jit(fn, out_shardings=leaf.sharding)(sources))
+            tree_set(out, (("layers",) if ent.layered else ()) + ent.ours, jax.jit(fn, out_shardings=leaf.sharding)(sources))
         for x in sources:  # every leaf made from them exists now
             x.delete()
 
@@ -489,15 +484,15 @@ def maxtext_arrays(pure: dict, arch: ModelArch, scanned: bool, dtype: Any) -> di
 
     for e in entries(arch, scanned):
         if not e.layered:
-            _set(out, e.mt, convert(e, _parent(pure, e.ours), e.ours[-1], False))
+            tree_set(out, e.mt, convert(e, _parent(pure, e.ours), e.ours[-1], False))
             continue
         layers = pure["layers"]
         if scanned:
-            _set(out, e.mt, convert(e, _parent(layers, e.ours), e.ours[-1], True))
+            tree_set(out, e.mt, convert(e, _parent(layers, e.ours), e.ours[-1], True))
         else:
             for i in range(arch.num_layers):
                 layer = layers[i] if i in layers else layers[str(i)]
-                _set(out, tuple(p.format(i=i) for p in e.mt), convert(e, _parent(layer, e.ours), e.ours[-1], False))
+                tree_set(out, tuple(p.format(i=i) for p in e.mt), convert(e, _parent(layer, e.ours), e.ours[-1], False))
     return out
 
 
