@@ -4,7 +4,11 @@ from __future__ import annotations
 
 # google/gemma-3-{4b,12b,27b}-pt (and -it) config.json as published (transformers 4.50): the text_config
 # gives only what differs from Gemma3TextConfig's defaults (vocab_size 262208, 8 heads, 4 kv heads,
-# head_dim 256, query_pre_attn_scalar 256, rope_theta 1e6, rope_local_base_freq 1e4, pattern 6)
+# head_dim 256, query_pre_attn_scalar 256, rope_theta 1e6, rope_local_base_freq 1e4, pattern 6).
+# Cross-checked field by field against MaxText's copies of the same three configs
+# (src/maxtext/checkpoint_conversion/utils/hf_model_configs.py at e591f30: hidden, intermediate,
+# layers, heads, kv heads, head_dim, query_pre_attn_scalar, window 1024, linear x8 all equal; MaxText
+# states the text vocabulary, 262144, where the published text_config keeps the default 262208).
 GEMMA3_MM_HF = {
     "gemma3-4b": dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=34),
     "gemma3-12b": dict(hidden_size=3840, intermediate_size=15360, num_hidden_layers=48, num_attention_heads=16,
