@@ -295,6 +295,14 @@ train: {{steps: 4, learning_rate: 0.001}}
         r = self.run(tmp_path, 32, False)
         assert r.exit_code == 2 and "set data.prepared" in r.output
 
+    def test_parts_through_the_cli(self, tmp_path):
+        r = self.run(tmp_path, 32, True, "--process-index", "1", "--process-count", "2")
+        assert r.exit_code == 0 and "waiting for part(s) 0 of 2" in r.output, r.output
+        r = self.run(tmp_path, 32, True, "--process-index", "2", "--process-count", "2")
+        assert r.exit_code == 2 and "process index 2 is outside [0, 2)" in r.output
+        r = self.run(tmp_path, 32, True, "--mixture-stop", "longest")
+        assert r.exit_code == 2 and "expected first_exhausted or all_exhausted" in r.output
+
 
 class TestWorkers:
     """data.workers: tokenization in worker processes gives the same batches and states as in-process."""

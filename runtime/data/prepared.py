@@ -22,6 +22,13 @@ directory with another identity is a DataError naming each differing field; with
 a killed prepare resumes after its last finished shard (shards are re-hashed first, a damaged one
 and everything after it redone) and a finished one is left as it is.
 
+A data.sources mixture is prepared in mixture.py's deterministic order (the identity records each
+source's weight and files, and where the mixture stops). A prepare split over P processes
+(part/parts) gives each part the files p, p+P, ... and its own shards (train-pPPPPPofNNNNN-*),
+progress file and, when finished, part file; the process that finds every part finished writes
+manifest.json (the shards in part order, part 0's held-out rows). The bytes depend on the part
+count, never on which process wrote a part.
+
 Training reads the shards instead of the sources: row r of the training stream is row
 perm_e(r mod N) of the N prepared rows in epoch e = r // N (Grain's index shuffle seeded with
 data.shuffle_seed, a new order each epoch), global batches of consecutive stream rows, process p
