@@ -560,6 +560,23 @@ class TestParts:
         rows = {bytes(src[i]["inputs"]) for i in range(n)}
         assert len(rows) == n and len(set(seen)) == len(seen) == n // 2 * 2 and set(seen) <= rows
 
+    def test_a_killed_part_resumes_and_any_process_assembles(self, tmp_path):
+        c = part_files(tmp_path)
+        for p in range(2):
+            prepare(c, str(tmp_path / "whole"), rows_per_shard=20, log=quiet, part=p, parts=2)
+        out = tmp_path / "killed"
+        prepare(c, str(out), rows_per_shard=20, log=quiet, part=1, parts=2, stop_after_shards=1)
+        prepare(c, str(out), rows_per_shard=20, log=quiet, part=0, parts=2)
+        with pytest.raises(PreparedError, match=r"part\(s\) 1 are not finished"):
+            Prepared(str(out))
+        r = prepare(c, str(out), rows_per_shard=20, log=quiet, part=1, parts=2)
+        assert r.resumed_shards == 1 and shards(out) == shards(tmp_path / "whole")
+        (out / "manifest.json").unlink()  # the last process died between its part file and the manifest
+        with pytest.raises(PreparedError, match=r"every part is finished; run .*--process-index 0` to write it"):
+            Prepared(str(out))
+        r = prepare(c, str(out), log=quiet, part=0, parts=2)
+        assert r.skipped and r.digest == Prepared(str(tmp_path / "whole")).digest
+
     def test_process_from_env(self):
         from distillc.runtime.data.prepared import process_from_env
 
