@@ -1,12 +1,13 @@
 """Input pipeline at scale (issue 14): peak RSS, time to the first batch, tokens/s, packing efficiency.
 
     python bench/data_bench.py [--sizes-mb 100 1000] [--batches 200] [--seq-len 2048] [--batch 16]
-                               [--formats jsonl parquet] [--tokenizers byte bpe] [--prepared]
+                               [--formats jsonl parquet example] [--tokenizers byte bpe] [--prepared]
 
 Generates synthetic .jsonl corpora of the given sizes (random English-like words, documents of
 200-20000 bytes) and their Parquet copies (row groups of 4096 documents) in a temp dir, and a
 byte-level BPE tokenizer.json (8,192 tokens, trained with the `tokenizers` library on the first
-5 MB of the corpus). Then for each corpus, format and tokenizer it runs the training pipeline
+5 MB of the corpus); `--formats example` also writes an ArrayRecord copy whose records are
+tf.train.Example protos with a `text` bytes_list (MaxText's / TFDS's format). Then for each corpus, format and tokenizer it runs the training pipeline
 (packing on) in a fresh subprocess and prints a table: that process's peak RSS (its own VmHWM;
 tokenizer workers not counted), seconds from constructing the pipeline to the first batch, tokens/s
 over all the batches (the first included) and after the first batch, and packing efficiency (real
@@ -25,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.example_encoder
 
 WORDS = ("the of and to in is for that with as on by this are be from at or it an which can value "
          "function return class module import data model token layer loss teacher student").split()
@@ -76,6 +79,18 @@ def make_parquet(jsonl: Path, out: Path) -> None:
     pq.write_table(pa.table({"text": texts}), out, row_group_size=4096)
 
 
+def make_example_arecord(jsonl: Path, out: Path) -> None:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    from tests.example_encoder import bytes_feature, example
+
+    w = ArrayRecordWriter(str(out), "group_size:1")
+    with jsonl.open() as f:
+        for line in f:
+            w.write(example(text=bytes_feature(json.loads(line)["text"].encode())))
+    w.close()
+
+
 def make_bpe(jsonl: Path, out: Path, vocab: int = 8192, sample_bytes: int = 5_000_000) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -109,7 +124,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--formats", nargs="+", default=["jsonl", "parquet"], choices=["jsonl", "parquet"])
+    ap.add_argument("--formats", nargs="+", default=["jsonl", "parquet"], choices=["jsonl", "parquet", "example"])
     ap.add_argument("--tokenizers", nargs="+", default=["byte", "bpe"], choices=["byte", "bpe"])
     ap.add_argument("--prepared", action="store_true")
     ap.add_argument("--workers", type=int, nargs="+", default=[0], help="data.workers values to run (BPE rows)")
@@ -126,6 +141,9 @@ def main() -> None:
             if "parquet" in args.formats:
                 files["parquet"] = Path(tmp) / f"corpus_{mb}mb.parquet"
                 make_parquet(path, files["parquet"])
+            if "example" in args.formats:
+                files["example"] = Path(tmp) / f"corpus_{mb}mb.arecord"
+                make_example_arecord(path, files["example"])
             for fmt in args.formats:
                 for tok in args.tokenizers:
                     name = "byte" if tok == "byte" else str(bpe)

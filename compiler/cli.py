@@ -355,16 +355,29 @@ def data_prepare(
     out: Optional[str] = typer.Option(None, "--out", help="Directory to write (default: the spec's data.prepared)."),
     rows_per_shard: Optional[int] = typer.Option(None, "--rows-per-shard", min=1,
                                                  help="Rows per ArrayRecord shard (default: about 64 MB of rows)."),
+    process_index: Optional[int] = typer.Option(None, "--process-index", min=0,
+                                                help="This process's part of a multi-process prepare (default: "
+                                                     "JAX_PROCESS_ID / NODE_RANK / TPU_WORKER_ID, else 0)."),
+    process_count: Optional[int] = typer.Option(None, "--process-count", min=1,
+                                                help="Processes the prepare is split over (default: "
+                                                     "JAX_NUM_PROCESSES / NNODES / the TPU workers, else 1)."),
+    mixture_stop: str = typer.Option("first_exhausted", "--mixture-stop",
+                                     help="Where a data.sources mixture ends: first_exhausted (when a source "
+                                          "runs out) or all_exhausted (smaller sources repeat until every "
+                                          "source has run out once)."),
     select: Optional[List[str]] = typer.Option(None, "--select", help=SELECT_HELP),
     ignore: Optional[List[str]] = typer.Option(None, "--ignore", help=IGNORE_HELP),
 ) -> None:
-    """Tokenize and pack SPEC's data.source once into ArrayRecord shards and a manifest.json
-    (docs/data.md, "Prepared data"); training with data.prepared set reads them. A killed prepare
-    resumes from its finished shards; a directory prepared for other settings is exit 2, naming
-    each differing field. The spec is validated first; the work then runs in the distillc runtime
+    """Tokenize and pack SPEC's data.source (or data.sources mixture) once into ArrayRecord shards and
+    a manifest.json (docs/data.md, "Prepared data"); training with data.prepared set reads them. With
+    --process-count N, N processes each write their part and the last to finish writes the manifest.
+    A killed prepare resumes from its finished shards; a directory prepared for other settings is
+    exit 2, naming each differing field. The spec is validated first; the work then runs in the distillc runtime
     (Grain, which imports jax, and the tokenizer libraries), imported only then, as `launch --local` does."""
     from distillc.compiler import launch
 
+    if mixture_stop not in ("first_exhausted", "all_exhausted"):
+        raise fail(f"--mixture-stop {mixture_stop!r}: expected first_exhausted or all_exhausted")
     sel, ign = _split_codes(select), _split_codes(ignore)
     _check_selectors(sel, ign)
     try:
@@ -383,7 +396,7 @@ def data_prepare(
         from distillc.runtime.data.prepared import run_prepare
     except ImportError as exc:
         raise fail(f"the distillc runtime is not available ({exc}); install distillc with its runtime dependencies")
-    raise typer.Exit(run_prepare(data, where, rows_per_shard))
+    raise typer.Exit(run_prepare(data, where, rows_per_shard, process_index, process_count, mixture_stop))
 
 
 @app.command()

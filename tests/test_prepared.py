@@ -186,13 +186,6 @@ class TestPrepare:
             prepare(cfg(seq_len=64, eval_fraction=0.2), str(out), log=quiet)
         assert run_prepare(cfg(packing=False), str(out)) == 2
 
-    def test_mixture_is_refused(self, tmp_path):
-        from distillc.runtime.config import WeightedSource
-
-        mix = (WeightedSource(source="builtin:pydoc_topics", weight=1.0),) * 2
-        with pytest.raises(PreparedError, match="weighted mixture"):
-            prepare(cfg(sources=mix), str(tmp_path / "p"), log=quiet)
-
 
 class TestTrainingFromPrepared:
     def test_batches_resume_exactly_through_json(self, prepared):
@@ -302,6 +295,14 @@ train: {{steps: 4, learning_rate: 0.001}}
         r = self.run(tmp_path, 32, False)
         assert r.exit_code == 2 and "set data.prepared" in r.output
 
+    def test_parts_through_the_cli(self, tmp_path):
+        r = self.run(tmp_path, 32, True, "--process-index", "1", "--process-count", "2")
+        assert r.exit_code == 0 and "waiting for part(s) 0 of 2" in r.output, r.output
+        r = self.run(tmp_path, 32, True, "--process-index", "2", "--process-count", "2")
+        assert r.exit_code == 2 and "process index 2 is outside [0, 2)" in r.output
+        r = self.run(tmp_path, 32, True, "--mixture-stop", "longest")
+        assert r.exit_code == 2 and "expected first_exhausted or all_exhausted" in r.output
+
 
 class TestWorkers:
     """data.workers: tokenization in worker processes gives the same batches and states as in-process."""
@@ -368,3 +369,219 @@ def test_batch_encoding_gives_the_ids_of_one_at_a_time(tmp_path):
             assert ids == [0] + tok.tokenizer.encode(d).tolist() + [1]
             assert len(ids) > 3
     assert many[5]["inputs"].tolist() == [3, 4]
+
+
+def write_jsonl(path: Path, prefix: str, n: int) -> Path:
+    path.write_text("".join(json.dumps({"text": f"{prefix} {i} " + "ab" * (i % 23)}) + "\n" for i in range(n)))
+    return path
+
+
+class TestExampleRecords:
+    """ArrayRecord shards of tf.train.Example protos (MaxText's and TFDS's format)."""
+
+    def test_text_and_token_features(self, tmp_path):
+        from tests.example_encoder import bytes_feature, example, float_feature, int64_feature
+
+        f = tmp_path / "e.arecord"
+        write_arecord(f, [example(text=bytes_feature("héllo".encode()), score=float_feature([0.5])),
+                          example(tokens=int64_feature([5, 6, 7])),
+                          example(text=int64_feature([8, 9], packed=False))])  # MaxText's pre-tokenized form
+        got = list(read_documents(str(f)))
+        assert got[0] == "héllo" and got[1].tolist() == [5, 6, 7] and got[2].tolist() == [8, 9]
+        assert [d.tolist() for d in read_documents(str(f), start=1)] == [[5, 6, 7], [8, 9]]
+        body = tmp_path / "b.arecord"
+        write_arecord(body, [example(body=bytes_feature(b"x"))])
+        assert list(read_documents(str(body), "body")) == ["x"]
+
+    def test_the_same_rows_as_json_records(self, tmp_path):
+        from tests.example_encoder import bytes_feature, example
+
+        texts = [f"document {i} " + "xy" * (i % 17) for i in range(300)]
+        (tmp_path / "ex").mkdir(), (tmp_path / "js").mkdir()
+        write_arecord(tmp_path / "ex" / "a.arecord", [example(text=bytes_feature(t.encode())) for t in texts])
+        write_arecord(tmp_path / "js" / "a.arecord", [json.dumps({"text": t}).encode() for t in texts])
+        rows = []
+        for d in ("ex", "js"):
+            p = DataPipeline(cfg(source=str(tmp_path / d)))
+            rows.append(list(p._rows(p._documents(p.train_files[0][0], "train", Shard(), 1, "data.source"))))
+        assert len(rows[0]) == len(rows[1]) > 100 and all(same(a, b) for a, b in zip(*rows))
+
+    def test_malformed_records_name_shard_and_record(self, tmp_path):
+        from tests.example_encoder import bytes_feature, example, int64_feature
+
+        f = tmp_path / "e.arecord"
+        good = example(text=bytes_feature(b"ok"))
+        write_arecord(f, [good, good[:-3], example(other=bytes_feature(b"x"), n=int64_feature([1])),
+                          example(text=bytes_feature(b"a", b"b")), example(tokens=int64_feature([3, -1])),
+                          b"plain text"])
+        errors = {1: r"e.arecord record 1: not a tf.train.Example \(.*\), as the shard's first record is",
+                  2: r"record 2: a tf.train.Example without .* 'text' .*\(it has: n \(int64_list\), other \(bytes_list\)\)",
+                  3: r"record 3: feature 'text' holds 2 values", 4: r"record 4: feature 'tokens' holds -1",
+                  5: r"record 5: not a tf.train.Example"}
+        for i, pattern in errors.items():
+            with pytest.raises(CorpusError, match=pattern):
+                next(read_documents(str(f), start=i))
+
+
+def mixture_cfg(tmp_path: Path, weights=(3.0, 1.0), **kw) -> DataConfig:
+    from distillc.runtime.config import WeightedSource
+
+    a = write_jsonl(tmp_path / "a.jsonl", "alpha", 600)
+    b = write_jsonl(tmp_path / "b.jsonl", "beta", 120)
+    mix = (WeightedSource(source=str(a), weight=weights[0]), WeightedSource(source=str(b), weight=weights[1]))
+    return cfg(source="mixture", sources=mix, eval_fraction=0.0, **kw)
+
+
+class TestMixture:
+    """A data.sources mixture prepared in its documented order (runtime/data/mixture.py)."""
+
+    @staticmethod
+    def documents(c: DataConfig, stop: str) -> list[str]:
+        from distillc.runtime.data.mixture import MixtureDocuments
+
+        p = DataPipeline(c)
+        parts = [p._documents(files, "train", Shard(), 1, "data.sources") for files, _ in p.train_files]
+        return list(MixtureDocuments(parts, [w for _, w in p.train_files], stop))
+
+    def test_order_and_stop(self, tmp_path):
+        c = mixture_cfg(tmp_path)
+        first = self.documents(c, "first_exhausted")
+        beta = [d.startswith("beta") for d in first]
+        # beta's turns are documents 3, 7, 11, ... (1-based): its 120th is document 479, and the mixture ends at
+        # its next turn (483), where it has run out
+        assert sum(beta) == 120 and len(first) == 482 and [i for i, b in enumerate(beta) if b][:2] == [2, 6]
+        for k in range(1, len(first) + 1):  # every prefix within one document of its share
+            assert abs(sum(beta[:k]) - k / 4) <= 1
+        every = self.documents(c, "all_exhausted")
+        assert every[:482] == first and sum(not d.startswith("beta") for d in every) == 600
+        assert sorted(set(every)) == sorted(set(read_documents(str(tmp_path / "a.jsonl")))
+                                            | set(read_documents(str(tmp_path / "b.jsonl"))))
+        assert sum(d.startswith("beta") for d in every) == 200  # beta repeats, as in streaming training
+
+    @pytest.mark.parametrize("stop", ["first_exhausted", "all_exhausted"])
+    def test_prepared_rows_manifest_and_resume(self, tmp_path, stop):
+        c = mixture_cfg(tmp_path, seq_len=64)
+        whole = prepare(c, str(tmp_path / "whole"), rows_per_shard=60, log=quiet, mixture_stop=stop)
+        ident = json.loads((tmp_path / "whole" / "manifest.json").read_text())["identity"]
+        assert ident["sources"] is None and ident["mixture"]["stop"] == stop
+        assert [(m["weight"], [f["path"] for f in m["files"]]) for m in ident["mixture"]["sources"]] == [
+            (3.0, [str(tmp_path / "a.jsonl")]), (1.0, [str(tmp_path / "b.jsonl")])]
+        pipe = DataPipeline(c)
+        from distillc.runtime.data.mixture import MixtureDocuments
+
+        parts = [pipe._documents(files, "train", Shard(), 1, "data.sources") for files, _ in pipe.train_files]
+        expected = list(pipe._rows(MixtureDocuments(parts, [3.0, 1.0], stop)))
+        src = Prepared(str(tmp_path / "whole")).source("train")
+        assert whole.records["train"] == len(expected) > 3 * 60
+        assert all(same(src[i], expected[i]) for i in range(len(src)))
+        killed = tmp_path / "killed"
+        prepare(c, str(killed), rows_per_shard=60, log=quiet, stop_after_shards=2, mixture_stop=stop)
+        r = prepare(c, str(killed), rows_per_shard=60, log=quiet, mixture_stop=stop)
+        assert r.resumed_shards == 2 and shards(killed) == shards(tmp_path / "whole") and r.digest == whole.digest
+
+    def test_training_checks_the_mixture(self, tmp_path):
+        c = mixture_cfg(tmp_path)
+        prepare(c, str(tmp_path / "p"), rows_per_shard=500, log=quiet)
+        assert next(DataPipeline(c.model_copy(update={"prepared": str(tmp_path / "p")})).train_iterator())
+        with pytest.raises(PreparedError, match=r"data.sources \(weight, files\): prepared \[\[3.0, .*spec \[\[2.0"):
+            DataPipeline(mixture_cfg(tmp_path, (2.0, 1.0), prepared=str(tmp_path / "p")))
+        with pytest.raises(PreparedError, match=r"data.sources \(weight, files\)"):
+            DataPipeline(cfg(source=str(tmp_path / "a.jsonl"), eval_fraction=0.0, prepared=str(tmp_path / "p")))
+        with pytest.raises(PreparedError, match=r"mixture.stop: prepared \"first_exhausted\", now \"all_exhausted\""):
+            prepare(c, str(tmp_path / "p"), log=quiet, mixture_stop="all_exhausted")
+
+
+def part_files(tmp_path: Path) -> DataConfig:
+    d = tmp_path / "corpus"
+    d.mkdir()
+    for i in range(5):
+        write_jsonl(d / f"c{i}.jsonl", f"file{i}", 100 + 30 * i)
+    return cfg(source=str(d), eval_fraction=0.1, seq_len=64)
+
+
+def input_tokens(path: Path) -> list[int]:
+    src = Prepared(str(path)).source("train")
+    return sorted(np.concatenate([src[i]["inputs"][src[i]["mask"]] for i in range(len(src))]).tolist())
+
+
+class TestParts:
+    """A prepare split over processes: each writes its part, the last to finish writes the manifest."""
+
+    def test_parts_in_one_process(self, tmp_path):
+        c = part_files(tmp_path)
+        out = tmp_path / "two"
+        r0 = prepare(c, str(out), rows_per_shard=40, log=quiet, part=0, parts=2)
+        assert r0.waiting == (1,) and not (out / "manifest.json").exists()
+        with pytest.raises(PreparedError, match=r"unfinished 2-process prepare .*part\(s\) 1 are not finished.*"
+                                                r"--process-count 2 --process-index I"):
+            DataPipeline(c.model_copy(update={"prepared": str(out)}))
+        r1 = prepare(c, str(out), rows_per_shard=40, log=quiet, part=1, parts=2)
+        assert r1.waiting == () and r1.digest == Prepared(str(out)).digest
+        # the rows: part 0's stream (files 0, 2, 4), then part 1's (files 1, 3), each packed on its own
+        pipe = DataPipeline(c)
+        expected = [row for p in range(2) for row in pipe._rows(pipe._documents(pipe.train_files[0][0], "train",
+                                                                                  Shard(p, 2), 1, "data.source"))]
+        src = Prepared(str(out)).source("train")
+        assert len(src) == len(expected) and all(same(src[i], expected[i]) for i in range(len(src)))
+        one = tmp_path / "one"
+        prepare(c, str(one), rows_per_shard=40, log=quiet)
+        assert input_tokens(one) == input_tokens(out)  # the same documents as one process, packed per part
+        assert Prepared(str(one)).records("eval") == Prepared(str(out)).records("eval")
+        assert prepare(c, str(out), log=quiet, part=1, parts=2).skipped
+        with pytest.raises(PreparedError, match=r"parts: prepared 2, now 3"):
+            prepare(c, str(out), log=quiet, part=0, parts=3)
+
+    @pytest.mark.slow  # two fresh interpreters import grain and jax (about 15 s on the busy 2-core VM)
+    def test_two_processes_equal_the_parts_prepared_in_one(self, tmp_path):
+        import subprocess
+        import sys
+
+        c = part_files(tmp_path)
+        prepare(c, str(tmp_path / "seq"), rows_per_shard=40, log=quiet, part=1, parts=2)
+        prepare(c, str(tmp_path / "seq"), rows_per_shard=40, log=quiet, part=0, parts=2)
+        code = ("import sys; from distillc.runtime.config import DataConfig; "
+                "from distillc.runtime.data.prepared import run_prepare; "
+                "sys.exit(run_prepare(DataConfig.model_validate_json(sys.argv[1]), sys.argv[2], 40))")
+        env = [{"JAX_PROCESS_ID": str(i), "JAX_NUM_PROCESSES": "2"} for i in range(2)]
+        procs = [subprocess.Popen([sys.executable, "-c", code, c.model_dump_json(), str(tmp_path / "par")],
+                                  env={**__import__("os").environ, **e}, stderr=subprocess.PIPE, text=True)
+                 for e in env]
+        logs = [p.communicate(timeout=300)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], logs
+        assert sum("complete:" in log for log in logs) >= 1
+        assert shards(tmp_path / "par") == shards(tmp_path / "seq")
+        assert Prepared(str(tmp_path / "par")).digest == Prepared(str(tmp_path / "seq")).digest
+        # training with 2 processes: disjoint blocks of every global batch, one epoch covers every row once
+        tc = c.model_copy(update={"prepared": str(tmp_path / "par"), "global_batch_size": 2})
+        n = Prepared(str(tmp_path / "par")).records("train")
+        its = [DataPipeline(tc, Shard(i, 2)).train_iterator() for i in range(2)]
+        seen = [bytes(next(it)["inputs"][0]) for _ in range(n // 2) for it in its]
+        src = Prepared(str(tmp_path / "par")).source("train")
+        rows = {bytes(src[i]["inputs"]) for i in range(n)}
+        assert len(rows) == n and len(set(seen)) == len(seen) == n // 2 * 2 and set(seen) <= rows
+
+    def test_a_killed_part_resumes_and_any_process_assembles(self, tmp_path):
+        c = part_files(tmp_path)
+        for p in range(2):
+            prepare(c, str(tmp_path / "whole"), rows_per_shard=20, log=quiet, part=p, parts=2)
+        out = tmp_path / "killed"
+        prepare(c, str(out), rows_per_shard=20, log=quiet, part=1, parts=2, stop_after_shards=1)
+        prepare(c, str(out), rows_per_shard=20, log=quiet, part=0, parts=2)
+        with pytest.raises(PreparedError, match=r"part\(s\) 1 are not finished"):
+            Prepared(str(out))
+        r = prepare(c, str(out), rows_per_shard=20, log=quiet, part=1, parts=2)
+        assert r.resumed_shards == 1 and shards(out) == shards(tmp_path / "whole")
+        (out / "manifest.json").unlink()  # the last process died between its part file and the manifest
+        with pytest.raises(PreparedError, match=r"every part is finished; run .*--process-index 0` to write it"):
+            Prepared(str(out))
+        r = prepare(c, str(out), log=quiet, part=0, parts=2)
+        assert r.skipped and r.digest == Prepared(str(tmp_path / "whole")).digest
+
+    def test_process_from_env(self):
+        from distillc.runtime.data.prepared import process_from_env
+
+        assert process_from_env({}) == (0, 1)
+        assert process_from_env({"JAX_PROCESS_ID": "3", "JAX_NUM_PROCESSES": "4"}) == (3, 4)
+        assert process_from_env({"NODE_RANK": "1", "NNODES": "2"}) == (1, 2)
+        assert process_from_env({"TPU_WORKER_ID": "2", "TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == (2, 4)
+        assert process_from_env({"TPU_WORKER_ID": "0", "TPU_WORKER_HOSTNAMES": "a"}) == (0, 1)

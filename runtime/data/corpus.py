@@ -7,7 +7,8 @@ A source is one of
 - a file: `.txt` (a document per paragraph: blank lines separate them), `.jsonl` / `.jsonl.gz` / `.jsonl.zst` (one document per line, its
   `text_field`), `.parquet` (one document per row, its `text_field` column), `.arecord` /
   `.array_record` (ArrayRecord: one document per record, a JSON object with `text_field` or with
-  pre-tokenized `tokens`, or plain UTF-8 text);
+  pre-tokenized `tokens`, or plain UTF-8 text; or, told from the shard's first record, a
+  tf.train.Example with a `text_field` bytes_list / int64_list or a `tokens` int64_list);
 - a directory (the files above inside it, sorted by name), or a glob (`data/*.jsonl.gz`);
 - a list of any of these (read in the order given).
 Paths go through etils.epath, so gs:// works wherever an epath backend for it is installed.
@@ -26,6 +27,8 @@ import json
 from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
+
+from distillc.runtime.data.example_proto import ExampleError, Feature, looks_like_example, parse_example
 
 BUILTINS = ("pydoc_topics",)
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet", ".arecord", ".array_record")
@@ -192,8 +195,9 @@ def _parquet_documents(path: str, text_field: str, start: int) -> Iterator[str]:
 
 
 def _arecord_documents(path: str, text_field: str, start: int) -> Iterator[Document]:
-    """An ArrayRecord file's documents, record by record (read in chunks of 1024 records). A record is
-    a JSON object with a string `text_field` or an integer list `tokens` (pre-tokenized: the ids are
+    """An ArrayRecord file's documents, record by record (read in chunks of 1024 records). A shard whose
+    first record is a tf.train.Example holds Examples (`_example_document`); otherwise a record is a
+    JSON object with a string `text_field` or an integer list `tokens` (pre-tokenized: the ids are
     the document, markers included), or else UTF-8 text."""
     from array_record.python.array_record_module import ArrayRecordReader
 
@@ -212,13 +216,17 @@ def _arecord_documents(path: str, text_field: str, start: int) -> Iterator[Docum
     if not reader.ok():  # what a file that is not ArrayRecord (or lost its footer) gives: no error, no records
         raise unreadable(RuntimeError("the reader reports a bad file"))
     try:
+        try:  # the shard's format, from its first record: tf.train.Example protos, or JSON / text records
+            examples = n > 0 and looks_like_example(reader.read([0])[0])
+        except RuntimeError as e:
+            raise unreadable(e) from None
         for lo in range(start, n, 1024):
             try:
                 raws = reader.read(list(range(lo, min(lo + 1024, n))))
             except RuntimeError as e:
                 raise unreadable(e) from None
             for i, raw in enumerate(raws, lo):
-                yield _arecord_document(path, i, raw, text_field)
+                yield (_example_document if examples else _arecord_document)(path, i, raw, text_field)
     finally:
         try:
             reader.close()
@@ -246,7 +254,43 @@ def _arecord_document(path: str, index: int, raw: bytes, text_field: str) -> Doc
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CorpusError(f"{where}: neither JSON nor UTF-8 text ({e}); fix or remove the record") from e
+        raise CorpusError(f"{where}: neither JSON nor UTF-8 text ({e}), in a shard whose first record is not a "
+                          "tf.train.Example; fix or remove the record") from e
+
+
+def _example_document(path: str, index: int, raw: bytes, text_field: str) -> Document:
+    """A record of a tf.train.Example shard: the `text_field` feature as text (a bytes_list of one
+    UTF-8 value) or as ids (an int64_list: MaxText's pre-tokenized form), else an int64_list `tokens`."""
+    where = f"{path} record {index}"
+    try:
+        features = parse_example(raw)
+    except ExampleError as e:
+        raise CorpusError(f"{where}: not a tf.train.Example ({e}), as the shard's first record is; fix or "
+                          "remove the record") from None
+    for name in (text_field, "tokens"):
+        value = features.get(name)
+        if isinstance(value, list) and name == text_field:
+            if len(value) != 1:
+                raise CorpusError(f"{where}: feature {name!r} holds {len(value)} values; expected one text")
+            try:
+                return value[0].decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(f"{where}: feature {name!r} is not UTF-8 text ({e}); fix or remove the record") from None
+        if isinstance(value, np.ndarray) and value.dtype == np.int64:
+            bad = value[(value < 0) | (value >= 2**31)]
+            if bad.size:
+                raise CorpusError(f"{where}: feature {name!r} holds {int(bad[0])}, not a token id (outside "
+                                  "[0, 2^31)); fix or remove the record")
+            return value.astype(np.int32)
+    have = ", ".join(f"{k} ({_feature_kind(v)})" for k, v in sorted(features.items()))
+    raise CorpusError(f"{where}: a tf.train.Example without a bytes_list or int64_list feature {text_field!r} "
+                      f"(data.text_field) or an int64_list 'tokens' (it has: {have}); set data.text_field")
+
+
+def _feature_kind(value: Feature) -> str:
+    if isinstance(value, list):
+        return "bytes_list"
+    return "int64_list" if value.dtype == np.int64 else "float_list"
 
 
 def held_out(doc: Document, fraction: float) -> bool:

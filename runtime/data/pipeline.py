@@ -242,14 +242,11 @@ class DataPipeline:
         if where is not None:  # the rows come from `distillc data prepare`'s shards, checked against the spec
             self.prepared = Prepared(where)
             named_itself = cfg.prepared is None  # data.source is the prepared directory: no sources to compare
-            if len(cfg.mixture()) > 1:
-                raise PreparedError("data.prepared holds one prepared stream; data.sources is a weighted mixture: "
-                                    "remove data.prepared to stream the mixture, or train on one source")
-            self.train_files = [] if named_itself else [(expand(cfg.mixture()[0].source, "data.source"), 1.0)]
+            self.train_files = [] if named_itself else [
+                (expand(w.source, "data.sources" if cfg.sources else "data.source"), w.weight) for w in cfg.mixture()]
             self.eval_files = (expand(cfg.eval_source, "data.eval_source")
                                if cfg.eval_source is not None and not named_itself else None)
-            self.prepared.check(cfg, self.tokenizer, None if named_itself else self.train_files[0][0],
-                                self.eval_files)
+            self.prepared.check(cfg, self.tokenizer, None if named_itself else self.train_files, self.eval_files)
             return
         self.train_files = [(expand(w.source, "data.sources" if cfg.sources else "data.source"), w.weight)
                             for w in cfg.mixture()]

@@ -22,6 +22,13 @@ directory with another identity is a DataError naming each differing field; with
 a killed prepare resumes after its last finished shard (shards are re-hashed first, a damaged one
 and everything after it redone) and a finished one is left as it is.
 
+A data.sources mixture is prepared in mixture.py's deterministic order (the identity records each
+source's weight and files, and where the mixture stops). A prepare split over P processes
+(part/parts) gives each part the files p, p+P, ... and its own shards (train-pPPPPPofNNNNN-*),
+progress file and, when finished, part file; the process that finds every part finished writes
+manifest.json (the shards in part order, part 0's held-out rows). The bytes depend on the part
+count, never on which process wrote a part.
+
 Training reads the shards instead of the sources: row r of the training stream is row
 perm_e(r mod N) of the N prepared rows in epoch e = r // N (Grain's index shuffle seeded with
 data.shuffle_seed, a new order each epoch), global batches of consecutive stream rows, process p
@@ -52,6 +59,7 @@ FORMAT = "distillc-prepared"
 FORMAT_VERSION = 1
 # The tokenize/pack code (pipeline.Tokenize, the packer): bump when it would make other rows.
 PIPELINE_VERSION = 1
+MIXTURE_VERSION = 1  # the mixture order (mixture.py): bump when it would draw documents in another order
 WRITER_OPTIONS = "group_size:1"  # one record per chunk: random access by row
 SHARD_BYTES = 64 << 20  # target size of a shard (rows of 16 bytes per position)
 ROW_FIELDS = ("inputs", "labels", "segment_ids", "positions")
@@ -111,7 +119,7 @@ def _write_json_atomic(path: str, obj: Any) -> None:
     if "://" in path:
         epath.Path(path).write_text(text)
         return
-    tmp = Path(path).parent / f".{Path(path).name}.tmp"
+    tmp = Path(path).parent / f".{Path(path).name}.{os.getpid()}.tmp"  # two processes may write the same file
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -144,19 +152,39 @@ def digest(obj: dict) -> str:
 # ---------------------------------------------------------------- identity
 
 
-def identity(cfg: DataConfig, tokenizer: Tokenizer, files: list[str], eval_files: Optional[list[str]],
-             rows_per_shard: int) -> dict[str, Any]:
-    """What the prepared rows depend on (module docstring); compared field by field on resume."""
-    return {
+def identity(cfg: DataConfig, tokenizer: Tokenizer, streams: list[tuple[list[str], float]],
+             eval_files: Optional[list[str]], rows_per_shard: int, parts: int = 1,
+             mixture_stop: str = "first_exhausted") -> dict[str, Any]:
+    """What the prepared rows depend on (module docstring); compared field by field on resume.
+    streams: the training files of each source with its weight. A single source and a single part
+    add no fields, so a directory prepared before mixtures and parts existed keeps its identity."""
+    ident: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "pipeline_version": PIPELINE_VERSION,
         "tokenizer": tokenizer_fingerprint(cfg.tokenizer), "vocab_size": tokenizer.vocab_size,
         "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
         "seq_len": cfg.seq_len, "packing": cfg.packing, "text_field": cfg.text_field,
-        "sources": [{"path": f, "bytes": _size(f)} for f in files],
+        "sources": [_file(f) for f in streams[0][0]] if len(streams) == 1 else None,
         "eval": {"fraction": cfg.eval_fraction, "tokens": cfg.eval_tokens,
-                 "source": None if eval_files is None else [{"path": f, "bytes": _size(f)} for f in eval_files]},
+                 "source": None if eval_files is None else [_file(f) for f in eval_files]},
         "rows_per_shard": rows_per_shard,
     }
+    if len(streams) > 1:
+        ident["mixture"] = {"stop": mixture_stop, "version": MIXTURE_VERSION,
+                            "sources": [{"weight": w, "files": [_file(f) for f in files]} for files, w in streams]}
+    if parts > 1:
+        ident["parts"] = parts
+    return ident
+
+
+def _file(path: str) -> dict[str, Any]:
+    return {"path": path, "bytes": _size(path)}
+
+
+def streams_of(ident: dict[str, Any]) -> list[tuple[float, list[str]]]:
+    """The (weight, files) of each training source an identity records."""
+    if "mixture" in ident:
+        return [(float(m["weight"]), [f["path"] for f in m["files"]]) for m in ident["mixture"]["sources"]]
+    return [(1.0, [f["path"] for f in ident["sources"]])]
 
 
 def _size(path: str) -> Optional[int]:
@@ -167,12 +195,15 @@ def _size(path: str) -> Optional[int]:
     return int(epath.Path(path).stat().length)
 
 
-def differences(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """'field: prepared X, now Y' for every identity field that differs."""
+def differences(was: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """'field: prepared X, now Y' for every identity field that differs (nested fields as 'a.b')."""
     out = []
     for key in sorted(set(was) | set(now)):
-        if was.get(key) != now.get(key):
-            out.append(f"{key}: prepared {_short(was.get(key))}, now {_short(now.get(key))}")
+        a, b = was.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: prepared {_short(a)}, now {_short(b)}")
     return out
 
 
@@ -191,25 +222,31 @@ def default_rows_per_shard(seq_len: int) -> int:
 @dataclass
 class PrepareResult:
     out: str
-    skipped: bool  # the directory already held this prepared data
+    skipped: bool  # the directory already held this prepared data (or this part of it)
     resumed_shards: int  # finished training shards kept from an earlier, interrupted prepare
-    records: dict[str, int]
+    records: dict[str, int]  # empty while other parts are unfinished
     efficiency: float  # real tokens / row slots of the training rows
-    digest: str
+    digest: str  # the manifest's; "" while other parts are unfinished
+    waiting: tuple[int, ...] = ()  # the parts not finished yet, when this one is
 
 
-def _shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:05d}.arecord"
+def part_tag(part: int, parts: int) -> str:
+    """What names a part's files: nothing for a one-process prepare, '-p00001of00004' otherwise."""
+    return "" if parts == 1 else f"-p{part:05d}of{parts:05d}"
 
 
-def _write_shard(out: str, split: str, index: int, rows: list[Row], seq_len: int) -> dict[str, Any]:
+def _shard_name(split: str, index: int, tag: str = "") -> str:
+    return f"{split}{tag}-{index:05d}.arecord"
+
+
+def _write_shard(out: str, split: str, index: int, rows: list[Row], seq_len: int, tag: str = "") -> dict[str, Any]:
     """One shard, written to a temporary name and renamed into place when complete; its entry."""
     import tempfile
 
     from array_record.python.array_record_module import ArrayRecordWriter
     from etils import epath
 
-    name = _shard_name(split, index)
+    name = _shard_name(split, index, tag)
     remote = "://" in out
     tmp = str(Path(tempfile.mkdtemp(prefix="distillc-prepare-")) / name) if remote else f"{out}/.{name}.tmp"
     writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
@@ -245,50 +282,59 @@ def _kept_shards(out: str, entries: list[dict[str, Any]], log: Callable[[str], N
     return kept
 
 
+def _refuse_other(out: str, what: str, was: dict[str, Any], now: dict[str, Any]) -> None:
+    diff = differences(was, now)
+    if diff:
+        raise PreparedError(f"{out} holds {what} for other settings ({'; '.join(diff)}): prepare into "
+                            "another directory (data.prepared), or delete this one")
+
+
 def prepare(cfg: DataConfig, out: str, *, rows_per_shard: Optional[int] = None,
-            log: Callable[[str], None] = print, stop_after_shards: Optional[int] = None) -> PrepareResult:
+            log: Callable[[str], None] = print, stop_after_shards: Optional[int] = None,
+            part: int = 0, parts: int = 1, mixture_stop: str = "first_exhausted") -> PrepareResult:
     """Tokenizes and packs cfg's sources into `out` (or resumes, or finds it done); see the module
-    docstring. stop_after_shards: return after writing that many training shards in this call, as a
-    killed prepare would leave the directory (for resume tests)."""
+    docstring. part/parts: this process's share of a prepare split over `parts` processes (each
+    writes its part's shards; the one that finishes last writes manifest.json). mixture_stop: where
+    a data.sources mixture ends (mixture.py). stop_after_shards: return after writing that many
+    training shards in this call, as a killed prepare would leave the directory (for resume tests)."""
     from etils import epath
 
+    from distillc.runtime.data.mixture import MixtureDocuments
     from distillc.runtime.data.pipeline import DataPipeline, Shard, _tuples
 
-    if cfg.sources and len(cfg.sources) > 1:
-        raise PreparedError("data.sources is a weighted mixture: `distillc data prepare` prepares one stream "
-                            "(data.source, a path, glob or list); prepare each source into its own directory "
-                            "and train on one, or train from the sources directly")
+    if not 0 <= part < parts:
+        raise PreparedError(f"process index {part} is outside [0, {parts}): pass --process-index 0 .. {parts - 1}")
+    tag = part_tag(part, parts)
     out = out.rstrip("/")
     stream = cfg.model_copy(update={"prepared": None})
     pipe = DataPipeline(stream, Shard())
-    files = pipe.train_files[0][0]
     done_manifest = _read_json(f"{out}/manifest.json")
-    progress = _read_json(f"{out}/progress.json")
-    earlier = done_manifest or progress
+    progress = _read_json(f"{out}/progress{tag}.json")
+    part_done = _read_json(f"{out}/part{tag}.json") if parts > 1 else None
+    earlier = done_manifest or part_done or progress
     # no --rows-per-shard: keep the layout an earlier prepare into this directory chose
     n_shard = rows_per_shard or (earlier["identity"]["rows_per_shard"] if earlier else default_rows_per_shard(cfg.seq_len))
-    ident = identity(cfg, pipe.tokenizer, files, pipe.eval_files, n_shard)
+    ident = identity(cfg, pipe.tokenizer, pipe.train_files, pipe.eval_files, n_shard, parts, mixture_stop)
     epath.Path(out).mkdir(parents=True, exist_ok=True)
     if done_manifest is not None:
-        diff = differences(done_manifest["identity"], ident)
-        if diff:
-            raise PreparedError(f"{out} holds data prepared for other settings ({'; '.join(diff)}): prepare into "
-                                "another directory (data.prepared), or delete this one")
+        _refuse_other(out, "data prepared", done_manifest["identity"], ident)
         train = done_manifest["splits"]["train"]
         log(f"prepare: {out} is complete ({train['records']} training rows); nothing to do")
         return PrepareResult(out, True, 0, {s: done_manifest["splits"][s]["records"] for s in SPLITS},
                              done_manifest["efficiency"], done_manifest["digest"])
+    if part_done is not None:
+        _refuse_other(out, f"a finished part {part} of {parts}", part_done["identity"], ident)
+        log(f"prepare: part {part} of {parts} in {out} is finished already")
+        return _assemble(out, ident, parts, cfg.seq_len, log, skipped=True, resumed=0)
 
     shards: list[dict[str, Any]] = []
     state, train_complete = None, False
-    if "://" not in out:  # shards a killed prepare was writing: never part of the result
-        for stale in Path(out).glob(".*.arecord.tmp"):
-            stale.unlink()
+    if "://" not in out:  # shards a killed prepare of this part was writing: never part of the result
+        for stale in [*Path(out).glob(f".train{tag}-*.arecord.tmp"), *Path(out).glob(".eval-*.arecord.tmp")]:
+            if stale.name.startswith(".train") or part == 0:
+                stale.unlink(missing_ok=True)
     if progress is not None:
-        diff = differences(progress["identity"], ident)
-        if diff:
-            raise PreparedError(f"{out} holds an unfinished prepare for other settings ({'; '.join(diff)}): "
-                                "prepare into another directory (data.prepared), or delete this one")
+        _refuse_other(out, "an unfinished prepare", progress["identity"], ident)
         shards = _kept_shards(out, progress["train"], log)
         state = shards[-1]["state_after"] if shards else None
         train_complete = bool(progress.get("train_complete")) and len(shards) == len(progress["train"])
@@ -296,7 +342,11 @@ def prepare(cfg: DataConfig, out: str, *, rows_per_shard: Optional[int] = None,
             log(f"prepare: resuming after {len(shards)} finished shard(s) ({sum(e['records'] for e in shards)} rows)")
 
     keep = "all" if pipe.eval_files is not None else "train"
-    docs = pipe._documents(files, keep, Shard(), 1, "data.source")
+    sources = [pipe._documents(files, keep, Shard(part, parts), 1, "data.source") for files, _ in pipe.train_files]
+    if parts > 1 and min(len(files) for files, _ in pipe.train_files) < parts:
+        log(f"prepare: warning: fewer files than the {parts} parts: each part reads every such file and keeps every "
+            f"{parts}-th document (split the corpus into more files to read less)")
+    docs = sources[0] if len(sources) == 1 else MixtureDocuments(sources, [w for _, w in pipe.train_files], mixture_stop)
     it = pipe._rows(docs).__iter__()
     if state is not None and not train_complete:
         it.set_state(_tuples(state))
@@ -308,41 +358,106 @@ def prepare(cfg: DataConfig, out: str, *, rows_per_shard: Optional[int] = None,
             buffer.append(row)
         finished = row is None
         if buffer and (len(buffer) == n_shard or finished):
-            entry = _write_shard(out, "train", len(shards), buffer, cfg.seq_len)
+            entry = _write_shard(out, "train", len(shards), buffer, cfg.seq_len, tag)
             entry["state_after"] = it.get_state()
             shards.append(entry)
             buffer = []
-            _write_json_atomic(f"{out}/progress.json", {"format": FORMAT, "identity": ident, "train": shards,
-                                                        "train_complete": finished})
+            _write_json_atomic(f"{out}/progress{tag}.json", {"format": FORMAT, "identity": ident, "train": shards,
+                                                             "train_complete": finished})
             written += 1
             if stop_after_shards is not None and written >= stop_after_shards and not finished:
                 return PrepareResult(out, False, resumed, {}, float("nan"), "")
-    if not shards:
+    if not shards and parts == 1:
         raise PreparedError(f"{out}: the sources hold no training documents (all held out, or empty): add data "
                             "or lower data.eval_fraction")
-    eval_rows = pipe.eval_rows()
-    eval_shards = [_write_shard(out, "eval", i, eval_rows[a : a + n_shard], cfg.seq_len)
-                   for i, a in enumerate(range(0, len(eval_rows), n_shard))]
-    records = sum(e["records"] for e in shards)
-    tokens = sum(e["tokens"] for e in shards)
+    eval_shards: list[dict[str, Any]] = []
+    if part == 0:  # the held-out rows are the same for every part: part 0 writes them
+        eval_rows = pipe.eval_rows()
+        eval_shards = [_write_shard(out, "eval", i, eval_rows[a : a + n_shard], cfg.seq_len)
+                       for i, a in enumerate(range(0, len(eval_rows), n_shard))]
+    train = [{k: v for k, v in e.items() if k != "state_after"} for e in shards]
+    if parts > 1:
+        _write_json_atomic(f"{out}/part{tag}.json", {"format": FORMAT, "identity": ident, "part": part,
+                                                     "train": train, "eval": eval_shards})
+        epath.Path(f"{out}/progress{tag}.json").unlink(missing_ok=True)
+        log(f"prepare: part {part} of {parts} finished: {sum(e['records'] for e in train)} training rows in "
+            f"{len(train)} shard(s)")
+        return _assemble(out, ident, parts, cfg.seq_len, log, skipped=False, resumed=resumed)
+    manifest = _manifest(ident, train, eval_shards, cfg.seq_len)
+    _write_json_atomic(f"{out}/manifest.json", manifest)
+    epath.Path(f"{out}/progress.json").unlink(missing_ok=True)
+    return _finished(out, manifest, log, skipped=False, resumed=resumed)
+
+
+def _manifest(ident: dict[str, Any], train: list[dict[str, Any]], eval_shards: list[dict[str, Any]],
+              seq_len: int) -> dict[str, Any]:
+    records = sum(e["records"] for e in train)
+    tokens = sum(e["tokens"] for e in train)
     manifest: dict[str, Any] = {
-        "format": FORMAT, "identity": ident, "efficiency": tokens / (records * cfg.seq_len),
+        "format": FORMAT, "identity": ident, "efficiency": tokens / max(1, records * seq_len),
         "splits": {
-            "train": {"records": records, "tokens": tokens,
-                      "shards": [{k: v for k, v in e.items() if k != "state_after"} for e in shards]},
-            "eval": {"records": len(eval_rows), "tokens": sum(e["tokens"] for e in eval_shards), "shards": eval_shards},
+            "train": {"records": records, "tokens": tokens, "shards": train},
+            "eval": {"records": sum(e["records"] for e in eval_shards), "tokens": sum(e["tokens"] for e in eval_shards),
+                     "shards": eval_shards},
         },
     }
     manifest["digest"] = digest(manifest)
-    _write_json_atomic(f"{out}/manifest.json", manifest)
-    epath.Path(f"{out}/progress.json").unlink(missing_ok=True)
-    log(f"prepare: {out} complete: {records} training rows in {len(shards)} shard(s), {len(eval_rows)} held-out "
-        f"rows, packing efficiency {manifest['efficiency']:.2%}, digest {manifest['digest'][:16]}")
-    return PrepareResult(out, False, resumed, {"train": records, "eval": len(eval_rows)}, manifest["efficiency"],
+    return manifest
+
+
+def _finished(out: str, manifest: dict[str, Any], log: Callable[[str], None], *, skipped: bool,
+              resumed: int) -> PrepareResult:
+    splits = manifest["splits"]
+    log(f"prepare: {out} complete: {splits['train']['records']} training rows in {len(splits['train']['shards'])} "
+        f"shard(s), {splits['eval']['records']} held-out rows, packing efficiency {manifest['efficiency']:.2%}, "
+        f"digest {manifest['digest'][:16]}")
+    return PrepareResult(out, skipped, resumed, {s: splits[s]["records"] for s in SPLITS}, manifest["efficiency"],
                          manifest["digest"])
 
 
+def _assemble(out: str, ident: dict[str, Any], parts: int, seq_len: int, log: Callable[[str], None], *,
+              skipped: bool, resumed: int) -> PrepareResult:
+    """manifest.json from every part's file once all are there: the training shards in part order,
+    the held-out shards of part 0. Every process that finds all parts writes the same manifest
+    (deterministic, atomic), so two processes finishing together do no harm."""
+    found = {p: _read_json(f"{out}/part{part_tag(p, parts)}.json") for p in range(parts)}
+    waiting = tuple(p for p, f in found.items() if f is None)
+    if waiting:
+        log(f"prepare: waiting for part(s) {', '.join(map(str, waiting))} of {parts}: the process that finishes "
+            "last writes manifest.json")
+        return PrepareResult(out, skipped, resumed, {}, float("nan"), "", waiting)
+    for p, f in found.items():
+        assert f is not None
+        _refuse_other(out, f"a part {p} of {parts}", f["identity"], ident)
+    train = [e for p in range(parts) for e in found[p]["train"]]  # type: ignore[index]
+    if not train:
+        raise PreparedError(f"{out}: the sources hold no training documents (all held out, or empty): add data "
+                            "or lower data.eval_fraction")
+    manifest = _manifest(ident, train, found[0]["eval"], seq_len)  # type: ignore[index]
+    _write_json_atomic(f"{out}/manifest.json", manifest)
+    return _finished(out, manifest, log, skipped=skipped, resumed=resumed)
+
+
 # ---------------------------------------------------------------- reading
+
+
+def _missing_parts(path: str) -> Optional[tuple[list[int], int]]:
+    """(the unfinished parts, the part count) of a multi-process prepare in `path`, or None."""
+    import re
+
+    from etils import epath
+
+    p = epath.Path(path)
+    if not p.is_dir():
+        return None
+    done, parts = set(), 0
+    for f in p.iterdir():
+        m = re.fullmatch(r"(part|progress)-p(\d{5})of(\d{5})\.json", f.name)
+        if m:
+            parts = int(m.group(3))
+            if m.group(1) == "part":
+                done.add(int(m.group(2)))
+    return (sorted(set(range(parts)) - done), parts) if parts else None
 
 
 def prepared_dir(cfg: DataConfig) -> Optional[str]:
@@ -372,6 +487,16 @@ class Prepared:
         self.path = path
         manifest = _read_json(f"{path}/manifest.json")
         if manifest is None:
+            missing = _missing_parts(path)
+            if missing is not None:
+                todo, parts = missing
+                what = (f"part(s) {', '.join(map(str, todo))} are not finished; run `distillc data prepare SPEC "
+                        f"--process-count {parts} --process-index I` for each (it resumes them; the last writes "
+                        "manifest.json)") if todo else (
+                        f"every part is finished; run `distillc data prepare SPEC --process-count {parts} "
+                        "--process-index 0` to write it")
+                raise PreparedError(f"data.prepared {path!r} holds an unfinished {parts}-process prepare (no "
+                                    f"manifest.json): {what}")
             unfinished = _read_json(f"{path}/progress.json") is not None
             what = "an unfinished prepare (no manifest.json)" if unfinished else "no prepared data (no manifest.json)"
             raise PreparedError(f"data.prepared {path!r} holds {what}: run `distillc data prepare SPEC` first "
@@ -383,10 +508,11 @@ class Prepared:
             raise PreparedError(f"{path}/manifest.json: its content does not match its digest (edited or damaged): "
                                 "prepare again into an empty directory")
 
-    def check(self, cfg: DataConfig, tokenizer: Tokenizer, files: Optional[list[str]],
+    def check(self, cfg: DataConfig, tokenizer: Tokenizer, streams: Optional[list[tuple[list[str], float]]],
               eval_files: Optional[list[str]]) -> None:
-        """The manifest against the spec: every mismatch in one error. `files` None: the spec names
-        the prepared directory itself as its source, so there are no sources to compare."""
+        """The manifest against the spec: every mismatch in one error. `streams` (each source's files
+        and weight) None: the spec names the prepared directory itself as its source, so there are no
+        sources to compare."""
         ident = self.identity
         want = {"tokenizer sha256": tokenizer_fingerprint(cfg.tokenizer)["sha256"], "data.seq_len": cfg.seq_len,
                 "data.packing": cfg.packing, "vocabulary size": tokenizer.vocab_size,
@@ -394,11 +520,14 @@ class Prepared:
         have = {"tokenizer sha256": ident["tokenizer"]["sha256"], "data.seq_len": ident["seq_len"],
                 "data.packing": ident["packing"], "vocabulary size": ident["vocab_size"],
                 "pipeline version": ident["pipeline_version"], "format version": ident["format_version"]}
-        if files is not None:
-            want.update({"data.source files": files, "data.text_field": cfg.text_field,
+        if streams is not None:
+            mixed = len(streams) > 1 or "mixture" in ident
+            key = "data.sources (weight, files)" if mixed else "data.source files"
+            want.update({key: [[w, f] for f, w in streams] if mixed else streams[0][0],
+                         "data.text_field": cfg.text_field,
                          "data.eval_fraction": cfg.eval_fraction, "data.eval_tokens": cfg.eval_tokens,
                          "data.eval_source files": eval_files})
-            have.update({"data.source files": [s["path"] for s in ident["sources"]],
+            have.update({key: [[w, f] for w, f in streams_of(ident)] if mixed else streams_of(ident)[0][1],
                          "data.text_field": ident["text_field"], "data.eval_fraction": ident["eval"]["fraction"],
                          "data.eval_tokens": ident["eval"]["tokens"],
                          "data.eval_source files": None if ident["eval"]["source"] is None
@@ -479,9 +608,25 @@ def train_dataset(source: PreparedSource, seed: int, local_batch_size: int, shar
 __all__ = ["Prepared", "PreparedError", "PrepareResult", "prepare", "prepared_dir", "train_dataset"]
 
 
-def run_prepare(cfg: DataConfig, out: str, rows_per_shard: Optional[int] = None) -> int:
+def process_from_env(env: Optional[dict[str, str]] = None) -> tuple[int, int]:
+    """(process index, process count) as a launcher sets them, read the way runtime/train/distributed.py
+    does (JAX_PROCESS_ID / JAX_NUM_PROCESSES, or NODE_RANK / NNODES; on a TPU VM, TPU_WORKER_ID and
+    TPU_WORKER_HOSTNAMES), without joining jax.distributed: a prepare's processes never talk. (0, 1) if unset."""
+    env = dict(os.environ) if env is None else env
+    for index, count in (("JAX_PROCESS_ID", "JAX_NUM_PROCESSES"), ("NODE_RANK", "NNODES")):
+        if env.get(index) and env.get(count):
+            return int(env[index]), int(env[count])
+    if env.get("TPU_WORKER_ID") and "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+        return int(env["TPU_WORKER_ID"]), len(env["TPU_WORKER_HOSTNAMES"].split(","))
+    return 0, 1
+
+
+def run_prepare(cfg: DataConfig, out: str, rows_per_shard: Optional[int] = None,
+                process_index: Optional[int] = None, process_count: Optional[int] = None,
+                mixture_stop: str = "first_exhausted") -> int:
     """`distillc data prepare`'s runtime half (the compiler CLI stays free of grain and the tokenizer
-    libraries): prepare, and report bad input as one message with exit 2, never a traceback."""
+    libraries): prepare this process's part (the flags, else the launcher's environment), and report
+    bad input as one message with exit 2, never a traceback."""
     import sys
 
     from distillc.runtime.data.corpus import CorpusError
@@ -489,7 +634,11 @@ def run_prepare(cfg: DataConfig, out: str, rows_per_shard: Optional[int] = None)
     from distillc.runtime.data.tokenizers import TokenizerError
 
     try:
-        prepare(cfg, out, rows_per_shard=rows_per_shard, log=lambda line: print(line, file=sys.stderr, flush=True))
+        env_index, env_count = process_from_env()
+        count = process_count if process_count is not None else env_count
+        index = process_index if process_index is not None else env_index
+        prepare(cfg, out, rows_per_shard=rows_per_shard, log=lambda line: print(line, file=sys.stderr, flush=True),
+                part=index, parts=count, mixture_stop=mixture_stop)
     except (CorpusError, DataError, PreparedError, TokenizerError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
