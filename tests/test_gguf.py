@@ -1,8 +1,11 @@
 """GGUF checkpoints (llama.cpp's format): the tiny fixtures (tests/fixtures/make_gguf_fixtures.py,
 written the way llama.cpp's converter writes a Llama: q/k permuted, F32 or Q8_0/F16/Q4_1) load to the
 function transformers' own GGUF loader reads from the same files (max KL <= 1e-5 in float32, scanned
-and unscanned, and sharded over a mesh); the header is checked against the spec's architecture; a
-truncated, corrupt or mismatched file is one CheckpointError naming the path and the tensor."""
+and unscanned, and sharded over a mesh); one file per dense family, converted from the Hugging Face
+fixtures as llama.cpp converts that family (llama, qwen2, qwen3, gemma, gemma2, gemma3 architectures),
+loads to the Hugging Face goldens; the header is checked against the spec's architecture; a
+truncated, corrupt or mismatched file is one CheckpointError naming the path and the tensor;
+sentencepiece vocabularies give transformers' token ids."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from distillc.runtime.train.params import load_params
 
 from tests.conftest import ROOT, xla_env
 from tests.runtime_configs import make_config
-from tests.test_hf_models import forward, max_kl, side
+from tests.test_hf_models import FIXTURES as HF_FIXTURES, fixture_arch, forward, max_kl, side
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "gguf"
 FILES = ["tiny-llama-f32", "tiny-llama-quant"]
@@ -101,6 +104,141 @@ def test_sharded_load_on_a_mesh_equals_transformers():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["kl"] <= MAX_KL
     assert result["k"] == [2, 64, 2, 16] and result["shard"] == [[2, 32, 1, 16]]
+
+
+# ----------------------------------------------------------------------------- every dense family
+
+GGUF_FAMILIES = ["llama2", "llama3.1", "mistral", "qwen2.5", "qwen3", "gemma", "gemma2", "gemma3"]
+ARCHITECTURES = {"llama2": "llama", "llama3.1": "llama", "mistral": "llama", "qwen2.5": "qwen2", "qwen3": "qwen3",
+                 "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3"}
+
+
+def family_file(family: str) -> str:
+    return str(FIXTURES / f"family-{family}.gguf")
+
+
+def family_arch(family: str) -> ModelArch:
+    """The Hugging Face fixture's architecture as llama.cpp reads its GGUF: gemma2/gemma3 scale queries
+    by head_dim^-1/2 below 27B (no query_pre_attn_scalar in GGUF), the fixtures' 24 is not written."""
+    arch = fixture_arch(family)
+    return arch.model_copy(update={"query_pre_attn_scalar": None}) if family in ("gemma2", "gemma3") else arch
+
+
+def family_goldens(family: str) -> tuple[np.ndarray, np.ndarray]:
+    own = FIXTURES / f"family-{family}.golden.jsonl"
+    path = own if own.exists() else HF_FIXTURES / family / "golden.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return np.array([r["tokens"] for r in rows], np.int32), np.array([r["logits"] for r in rows], np.float32)
+
+
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
+def test_each_family_loads_to_the_hugging_face_goldens(family):
+    """Each family's GGUF (q/k permuted for llama only, gemma norms stored as 1 + w, rope_freqs, biases,
+    q/k norms, soft-caps and windows as metadata) gives transformers' logits of the source model."""
+    tokens, golden = family_goldens(family)
+    ours = forward(family_arch(family), family_file(family), True, tokens)
+    assert max_kl(golden, ours) <= MAX_KL
+    assert (ours.argmax(-1) == golden.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("family", ["llama3.1", "gemma3"])
+def test_unscanned_layers_load_the_same(family):
+    tokens, golden = family_goldens(family)
+    assert max_kl(golden, forward(family_arch(family), family_file(family), False, tokens)) <= MAX_KL
+
+
+def test_family_fixtures_are_what_llama_cpp_writes():
+    """The architecture each file names, and the conventions it holds that the loader undoes."""
+    for family in GGUF_FAMILIES:
+        h = gguf_meta.read_header(family_file(family))
+        assert h.architecture == ARCHITECTURES[family] and gguf_meta.arch_differences(h, family_arch(family)) == []
+    assert "rope_freqs.weight" in gguf_meta.read_header(family_file("llama3.1")).tensors
+    from distillc.runtime.convert.hf import HFCheckpoint
+
+    for name, hf_name in (("output_norm.weight", "model.norm.weight"), ("blk.1.attn_q_norm.weight",
+                                                                      "model.layers.1.self_attn.q_norm.weight")):
+        family = "gemma" if name.startswith("output") else "gemma3"
+        stored = GGUFCheckpoint(family_file(family)).tensor(name).read()
+        np.testing.assert_array_equal(stored, HFCheckpoint(str(HF_FIXTURES / family)).tensor(hf_name).read() + 1)
+    q_hf = HFCheckpoint(str(HF_FIXTURES / "qwen2.5")).tensor("model.layers.0.self_attn.q_proj.bias").read()
+    np.testing.assert_array_equal(GGUFCheckpoint(family_file("qwen2.5")).tensor("blk.0.attn_q.bias").read(), q_hf)
+    assert gguf_meta.read_header(family_file("gemma2")).metadata["gemma2.attn_logit_softcapping"] == 0.5
+
+
+@pytest.mark.parametrize("family,convention", [("mistral", "permutation"), ("gemma", "norm shift"),
+                                               ("gemma2", "query scaling"), ("llama3.1", "rope_freqs")])
+def test_each_convention_matters(family, convention, monkeypatch):
+    """Without undoing each convention (or with the HF fixture's query scaling, which the file cannot
+    state) the logits differ from the goldens by far more than the bound."""
+    from distillc.runtime.convert import gguf as gguf_loader
+
+    arch = family_arch(family)
+    if convention == "permutation":
+        monkeypatch.setattr(Unpermuted, "read", lambda self, index=(): self.inner.read(index))
+    elif convention == "norm shift":
+        monkeypatch.setattr(gguf_loader.Shifted, "read", lambda self, index=(): self.inner.read(index))
+    elif convention == "query scaling":
+        arch = fixture_arch(family)
+        monkeypatch.setattr(gguf_meta, "arch_differences", lambda h, a: [])
+    else:
+        arch = arch.model_copy(update={"rope_scaling": None})
+        monkeypatch.setattr(gguf_meta, "arch_differences", lambda h, a: [])
+    tokens, golden = family_goldens(family)
+    assert max_kl(golden, forward(arch, family_file(family), True, tokens)) > 10 * MAX_KL
+
+
+def test_architecture_from_the_header_alone():
+    """`distillc logits FILE.gguf` without --model: every feature from the header, as llama.cpp reads it."""
+    skip = ("name", "family", "tokenizer", "source")
+    for family in GGUF_FAMILIES:
+        if family == "llama3.1":
+            continue
+        ours = gguf_meta.arch_from_gguf(gguf_meta.read_header(family_file(family)), family)
+        want = family_arch(family)
+        assert {k: v for k, v in ours.model_dump().items() if k not in skip} == \
+            {k: v for k, v in want.model_dump().items() if k not in skip}, family
+    # the tiny Llama 3.1's head_dim 16 leaves one interpolated frequency: the band is not determined
+    with pytest.raises(gguf_meta.GGUFError, match=r"rope_freqs.weight does not determine the llama3 RoPE scaling"):
+        gguf_meta.arch_from_gguf(gguf_meta.read_header(family_file("llama3.1")), "x")
+
+
+def test_llama3_factors_round_trip_the_published_scaling():
+    """Llama 3.1 8B's scaling (theta 5e5, head_dim 128, factor 8, low 1, high 4, context 8192) gives
+    six interpolated frequencies; the fit recovers it exactly, and llama3.2's factor 32 too."""
+    from distillc.runtime.arch import RopeScaling
+
+    for factor, hd in ((8.0, 128), (32.0, 64)):
+        s = RopeScaling(factor=factor, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position=8192)
+        assert gguf_meta.fit_llama3(gguf_meta.llama3_factors(5e5, hd, s), 5e5, hd, "f") == s
+
+
+def test_a_mismatched_rope_scaling_is_named():
+    h = gguf_meta.read_header(family_file("llama3.1"))
+    arch = family_arch("llama3.1")
+    other = arch.rope_scaling.model_copy(update={"original_max_position": 32})  # type: ignore[union-attr]
+    assert gguf_meta.arch_differences(h, arch.model_copy(update={"rope_scaling": other}))[0].startswith(
+        "rope_scaling: checkpoint rope_freqs.weight [")
+    assert gguf_meta.arch_differences(h, arch.model_copy(update={"rope_scaling": None})) == [
+        "rope_scaling: checkpoint llama3 (rope_freqs.weight), model None"]
+
+
+def test_a_family_mismatch_is_named():
+    why = gguf_meta.arch_differences(gguf_meta.read_header(family_file("qwen2.5")), fixture_arch("llama2"))
+    assert why[0] == "general.architecture 'qwen2' is not family 'llama2'"
+    assert "attention_bias: checkpoint True, model False" in why
+
+
+def test_gemma_padded_vocabulary_reads_zeros_past_the_file():
+    """gemma's catalog embedding is padded (256128 rows over the tokenizer's 256000): a file with the
+    tokenizer's rows loads with zeros past them, as from Hugging Face."""
+    from flax import nnx
+
+    arch = family_arch("gemma").model_copy(update={"vocab_size": 128, "real_vocab_size": 96})
+    assert gguf_meta.arch_differences(gguf_meta.read_header(family_file("gemma")), arch) == []
+    cfg = make_config("/tmp/unused", mesh=(1, 1, 1))
+    _, params = load_params(side(arch, family_file("gemma")), True, distributed.make_mesh(cfg.mesh))
+    embed = np.asarray(nnx.to_pure_dict(params)["embed"])
+    assert embed.shape == (128, 64) and not embed[96:].any() and embed[:96].any()
 
 
 # ----------------------------------------------------------------------------- errors
@@ -191,9 +329,10 @@ def test_other_architectures_are_refused(tmp_path):
     data = (FIXTURES / "tiny-llama-f32.gguf").read_bytes()
     key = struct.pack("<Q", 20) + b"general.architecture" + struct.pack("<I", 8) + struct.pack("<Q", 5) + b"llama"
     assert key in data
-    bad = tmp_path / "qwen.gguf"
-    bad.write_bytes(data.replace(key, key[:-13] + struct.pack("<Q", 5) + b"qwen2"))
-    with pytest.raises(CheckpointError, match=r"general.architecture 'qwen2' is not loaded from GGUF"):
+    bad = tmp_path / "mamba.gguf"
+    bad.write_bytes(data.replace(key, key[:-13] + struct.pack("<Q", 5) + b"mamba"))
+    with pytest.raises(CheckpointError, match=r"general.architecture 'mamba' is not loaded from GGUF by this runtime "
+                       r"\(llama, qwen2, qwen3, gemma, gemma2, gemma3 are\)"):
         _load(arch_of("tiny-llama-f32"), str(bad))
 
 
