@@ -121,7 +121,7 @@ def family_arch(family: str) -> ModelArch:
     """The Hugging Face fixture's architecture as llama.cpp reads its GGUF: gemma2/gemma3 scale queries
     by head_dim^-1/2 below 27B (no query_pre_attn_scalar in GGUF), the fixtures' 24 is not written."""
     arch = fixture_arch(family)
-    return arch.model_copy(update={"query_pre_attn_scalar": None}) if family in ("gemma2", "gemma3") else arch
+    return arch.model_copy(update={"query_pre_attn_scalar": float(arch.head_dim)}) if family in ("gemma2", "gemma3") else arch
 
 
 def family_goldens(family: str) -> tuple[np.ndarray, np.ndarray]:
@@ -350,6 +350,22 @@ def test_data_tokenizer_may_name_the_gguf_file():
     assert tok.encode("BCD").tolist() == [0, 1, 2] and tok.decode([0, 1, 2]) == "BCD"
 
 
+@pytest.mark.parametrize("stem", ["family-llama2", "family-gemma"])
+def test_sentencepiece_vocabularies_give_transformers_ids(stem):
+    """A sentencepiece vocabulary (tokenizer.ggml.model llama; Llama's Metaspace, Gemma's own space
+    handling and merge order) gives the ids transformers' GGUF tokenizer gives (spm-tokens.json):
+    unicode through byte fallback, unknown characters, runs of spaces, control tokens kept whole."""
+    from distillc.runtime.data.tokenizers import load_tokenizer
+
+    expected = json.loads((FIXTURES / "spm-tokens.json").read_text(encoding="utf-8"))[stem]
+    tok = load_tokenizer(str(FIXTURES / f"{stem}.gguf"))
+    assert tok.vocab_size == 96
+    for text, ids in expected.items():
+        assert tok.encode(text).tolist() == ids, text
+    assert tok.decode(expected["Hello world"]) == "Hello world"
+    assert tok.decode(expected["line\nnext été"]) == "line\nnext été"  # \n through its <0x0A> byte piece
+
+
 def test_a_tokenizer_this_does_not_build_is_a_tokenizer_error(tmp_path):
     from distillc.runtime.data.tokenizers import TokenizerError, load_tokenizer
 
@@ -370,6 +386,12 @@ def test_logits_and_export_take_a_gguf_source(tmp_path):
 
     s = resolve_source(str(FIXTURES / "tiny-llama-quant.gguf"), None, None)
     assert s.format == "gguf" and s.arch == arch_of("tiny-llama-quant").model_copy(update={"name": s.arch.name})
+    g = resolve_source(family_file("gemma3"), None, None)
+    assert g.arch.family == "gemma3" and g.arch.model_copy(update={"name": "x", "family": "x", "tokenizer": "x"}) == \
+        family_arch("gemma3").model_copy(update={"name": "x", "family": "x", "tokenizer": "x"})
+    with pytest.raises(CheckpointError, match=r"does not determine the llama3 RoPE scaling .*--model"):
+        resolve_source(family_file("llama3.1"), None, None)
+    assert resolve_source(family_file("llama3.1"), None, family_arch("llama3.1")).arch == family_arch("llama3.1")
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf file at all, but long enough")
     with pytest.raises(CheckpointError, match=r"bad\.gguf: not a GGUF file"):

@@ -439,8 +439,6 @@ def arch_from_gguf(header: GGUFHeader, name: str) -> ModelArch:
     for key in _FLOAT32_FIELDS:
         if fields.get(key) is not None:
             fields[key] = float(f"{fields[key]:.7g}")
-    if fields.get("query_pre_attn_scalar") == fields["head_dim"]:
-        fields["query_pre_attn_scalar"] = None  # the default: head_dim^-1/2
     if fields["rope_scaling"] == "rope_freqs":
         fields["rope_scaling"] = fit_llama3(rope_factors(header) or [], fields["rope_theta"], fields["head_dim"],
                                             header.path)
