@@ -202,6 +202,34 @@ def test_architecture_from_the_header_alone():
         gguf_meta.arch_from_gguf(gguf_meta.read_header(family_file("llama3.1")), "x")
 
 
+def test_a_sliding_window_pattern_in_the_metadata_must_be_the_family_one(tmp_path):
+    """Newer llama.cpp files may state the pattern (an int period or a bool per layer, True = sliding):
+    gemma3's 5:1 is accepted in either form, another pattern is refused naming the key."""
+    import gguf
+
+    h = gguf_meta.read_header(family_file("gemma3"))
+    for pattern, ok in ((6, True), ([True] * 5 + [False, True], True), (2, False), ([True] * 7, False)):
+        path = tmp_path / "p.gguf"
+        w = gguf.GGUFWriter(str(path), "gemma3")
+        for key, value in h.metadata.items():
+            if key.startswith("gemma3.") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                (w.add_uint32 if isinstance(value, int) else w.add_float32)(key, value)
+        if isinstance(pattern, list):
+            w.add_sliding_window_pattern(pattern)
+        else:
+            w.add_uint32("gemma3.attention.sliding_window_pattern", pattern)
+        w.add_vocab_size(96)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.close()
+        header = gguf_meta.read_header(str(path))
+        if ok:
+            assert gguf_meta.gguf_arch_fields(header)["local_global_ratio"] == "5:1"
+        else:
+            with pytest.raises(gguf_meta.GGUFError, match=r"sliding_window_pattern .* is not gemma3's 5:1 pattern"):
+                gguf_meta.gguf_arch_fields(header)
+
+
 def test_llama3_factors_round_trip_the_published_scaling():
     """Llama 3.1 8B's scaling (theta 5e5, head_dim 128, factor 8, low 1, high 4, context 8192) gives
     six interpolated frequencies; the fit recovers it exactly, and llama3.2's factor 32 too."""

@@ -33,6 +33,7 @@ SUFFIX = ".gguf"
 _SCALARS: dict[int, str] = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
                             10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+_ALWAYS_KEPT = (".attention.sliding_window_pattern",)  # small arrays (one bool per layer) the checks read
 
 
 class GGUFError(ValueError):
@@ -144,7 +145,7 @@ def _parse(buf: Any, path: str, size: int, keep: set[str]) -> GGUFHeader:
     header = GGUFHeader(path, version, size)
     for _ in range(n_kv):
         key = cur.string()
-        header.metadata[key] = cur.value(cur.unpack("<I"), key in keep)
+        header.metadata[key] = cur.value(cur.unpack("<I"), key in keep or key.endswith(_ALWAYS_KEPT))
     infos = []
     for _ in range(n_tensors):
         name = cur.string()
@@ -342,20 +343,21 @@ def _local_global(header: GGUFHeader, arch: str, fields: dict[str, Any]) -> dict
                             "the only one this runtime builds")
     big = fields["num_layers"] == _LAYERS_27B[arch]
     attn_cap, final_cap = _SOFTCAP_DEFAULTS if arch == "gemma2" else (None, None)
-    out = dict(
+    local_theta: Optional[float] = None
+    if arch == "gemma3":
+        local_theta = float(_key(m, arch, "rope.freq_base_swa", _SWA_THETA))
+        if _f32(local_theta) == _f32(fields["rope_theta"]):
+            local_theta = None  # one base for every layer
+    return dict(
         attention="local_global",
         local_global_ratio=ratio,
         sliding_window=int(_key(m, arch, "attention.sliding_window")),
         query_pre_attn_scalar=float(fields["emb_dim"] // fields["num_heads"] if big else fields["head_dim"]),
-        attn_logit_softcap=_opt(_key(m, arch, "attn_logit_softcapping", attn_cap)),
+        # llama.cpp's gemma3 graph applies no attention soft-cap
+        attn_logit_softcap=_opt(_key(m, arch, "attn_logit_softcapping", attn_cap)) if arch == "gemma2" else None,
         final_logit_softcap=_opt(_key(m, arch, "final_logit_softcapping", final_cap)),
-        rope_local_theta=float(_key(m, arch, "rope.freq_base_swa", _SWA_THETA)) if arch == "gemma3" else None,
+        rope_local_theta=local_theta,
     )
-    if out["rope_local_theta"] is not None and _f32(out["rope_local_theta"]) == _f32(fields["rope_theta"]):
-        out["rope_local_theta"] = None  # one base for every layer
-    if arch == "gemma3":
-        out["attn_logit_softcap"] = None  # llama.cpp's gemma3 graph applies none
-    return out
 
 
 def _opt(x: Any) -> Optional[float]:

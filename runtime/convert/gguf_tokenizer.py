@@ -74,7 +74,7 @@ def _pre_tokenizer(pre: str, path: str) -> Any:
 
 def build_tokenizer(path: str) -> Any:
     """The `tokenizers.Tokenizer` the local GGUF file at `path` describes (GGUFTokenizerError when
-    it is not a byte-level BPE this builds)."""
+    it is neither a byte-level BPE nor a sentencepiece vocabulary this builds)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models
 
     try:
@@ -132,9 +132,10 @@ def _sentencepiece(header: gguf_meta.GGUFHeader, tokens: list[str], types: list[
     if m.get("tokenizer.ggml.merges"):
         merges = [tuple(x.split(" ", 1)) for x in m["tokenizer.ggml.merges"]]
     else:
-        scores = m.get("tokenizer.ggml.scores")
-        if not gemma and scores is None:
-            raise GGUFTokenizerError(f"{header.path}: a sentencepiece vocabulary without tokenizer.ggml.scores")
+        scores: list[float] = list(m.get("tokenizer.ggml.scores") or [])
+        if not gemma and len(scores) != len(tokens):
+            raise GGUFTokenizerError(f"{header.path}: a sentencepiece vocabulary without a score per piece "
+                                     "(tokenizer.ggml.scores)")
         ranks = {t: -float(i) for i, t in enumerate(tokens)} if gemma else dict(zip(tokens, map(float, scores)))
         merges = spm_merges(vocab, ranks)
     unk = m.get("tokenizer.ggml.unknown_token_id")
