@@ -178,7 +178,6 @@ GGUF_FAMILIES: dict[str, tuple[str, ...]] = {
     "gemma3": ("gemma3",),
 }
 ANY_FAMILY = ("tiny", "inline")
-LLAMA_FAMILIES = GGUF_FAMILIES["llama"] + ANY_FAMILY
 GEMMAS = ("gemma", "gemma2", "gemma3")
 # llama.cpp's ggml rotates interleaved pairs; its converter permutes q/k only for the archs it
 # converts through LlamaModel (convert_hf_to_gguf.py `undo_permute`): here, `llama`
