@@ -1,8 +1,11 @@
 """GGUF checkpoints (llama.cpp's format): the tiny fixtures (tests/fixtures/make_gguf_fixtures.py,
 written the way llama.cpp's converter writes a Llama: q/k permuted, F32 or Q8_0/F16/Q4_1) load to the
 function transformers' own GGUF loader reads from the same files (max KL <= 1e-5 in float32, scanned
-and unscanned, and sharded over a mesh); the header is checked against the spec's architecture; a
-truncated, corrupt or mismatched file is one CheckpointError naming the path and the tensor."""
+and unscanned, and sharded over a mesh); one file per dense family, converted from the Hugging Face
+fixtures as llama.cpp converts that family (llama, qwen2, qwen3, gemma, gemma2, gemma3 architectures),
+loads to the Hugging Face goldens; the header is checked against the spec's architecture; a
+truncated, corrupt or mismatched file is one CheckpointError naming the path and the tensor;
+sentencepiece vocabularies give transformers' token ids."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from distillc.runtime.train.params import load_params
 
 from tests.conftest import ROOT, xla_env
 from tests.runtime_configs import make_config
-from tests.test_hf_models import forward, max_kl, side
+from tests.test_hf_models import FIXTURES as HF_FIXTURES, fixture_arch, forward, max_kl, side
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "gguf"
 FILES = ["tiny-llama-f32", "tiny-llama-quant"]
@@ -101,6 +104,169 @@ def test_sharded_load_on_a_mesh_equals_transformers():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["kl"] <= MAX_KL
     assert result["k"] == [2, 64, 2, 16] and result["shard"] == [[2, 32, 1, 16]]
+
+
+# ----------------------------------------------------------------------------- every dense family
+
+GGUF_FAMILIES = ["llama2", "llama3.1", "mistral", "qwen2.5", "qwen3", "gemma", "gemma2", "gemma3"]
+ARCHITECTURES = {"llama2": "llama", "llama3.1": "llama", "mistral": "llama", "qwen2.5": "qwen2", "qwen3": "qwen3",
+                 "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3"}
+
+
+def family_file(family: str) -> str:
+    return str(FIXTURES / f"family-{family}.gguf")
+
+
+def family_arch(family: str) -> ModelArch:
+    """The Hugging Face fixture's architecture as llama.cpp reads its GGUF: gemma2/gemma3 scale queries
+    by head_dim^-1/2 below 27B (no query_pre_attn_scalar in GGUF), the fixtures' 24 is not written."""
+    arch = fixture_arch(family)
+    return arch.model_copy(update={"query_pre_attn_scalar": float(arch.head_dim)}) if family in ("gemma2", "gemma3") else arch
+
+
+def family_goldens(family: str) -> tuple[np.ndarray, np.ndarray]:
+    own = FIXTURES / f"family-{family}.golden.jsonl"
+    path = own if own.exists() else HF_FIXTURES / family / "golden.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return np.array([r["tokens"] for r in rows], np.int32), np.array([r["logits"] for r in rows], np.float32)
+
+
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
+def test_each_family_loads_to_the_hugging_face_goldens(family):
+    """Each family's GGUF (q/k permuted for llama only, gemma norms stored as 1 + w, rope_freqs, biases,
+    q/k norms, soft-caps and windows as metadata) gives transformers' logits of the source model."""
+    tokens, golden = family_goldens(family)
+    ours = forward(family_arch(family), family_file(family), True, tokens)
+    assert max_kl(golden, ours) <= MAX_KL
+    assert (ours.argmax(-1) == golden.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("family", ["llama3.1", "gemma3"])
+def test_unscanned_layers_load_the_same(family):
+    tokens, golden = family_goldens(family)
+    assert max_kl(golden, forward(family_arch(family), family_file(family), False, tokens)) <= MAX_KL
+
+
+def test_family_fixtures_are_what_llama_cpp_writes():
+    """The architecture each file names, and the conventions it holds that the loader undoes."""
+    for family in GGUF_FAMILIES:
+        h = gguf_meta.read_header(family_file(family))
+        assert h.architecture == ARCHITECTURES[family] and gguf_meta.arch_differences(h, family_arch(family)) == []
+    assert "rope_freqs.weight" in gguf_meta.read_header(family_file("llama3.1")).tensors
+    from distillc.runtime.convert.hf import HFCheckpoint
+
+    for name, hf_name in (("output_norm.weight", "model.norm.weight"), ("blk.1.attn_q_norm.weight",
+                                                                      "model.layers.1.self_attn.q_norm.weight")):
+        family = "gemma" if name.startswith("output") else "gemma3"
+        stored = GGUFCheckpoint(family_file(family)).tensor(name).read()
+        np.testing.assert_array_equal(stored, HFCheckpoint(str(HF_FIXTURES / family)).tensor(hf_name).read() + 1)
+    q_hf = HFCheckpoint(str(HF_FIXTURES / "qwen2.5")).tensor("model.layers.0.self_attn.q_proj.bias").read()
+    np.testing.assert_array_equal(GGUFCheckpoint(family_file("qwen2.5")).tensor("blk.0.attn_q.bias").read(), q_hf)
+    assert gguf_meta.read_header(family_file("gemma2")).metadata["gemma2.attn_logit_softcapping"] == 0.5
+
+
+@pytest.mark.parametrize("family,convention", [("mistral", "permutation"), ("gemma", "norm shift"),
+                                               ("gemma2", "query scaling"), ("llama3.1", "rope_freqs")])
+def test_each_convention_matters(family, convention, monkeypatch):
+    """Without undoing each convention (or with the HF fixture's query scaling, which the file cannot
+    state) the logits differ from the goldens by far more than the bound."""
+    from distillc.runtime.convert import gguf as gguf_loader
+
+    arch = family_arch(family)
+    if convention == "permutation":
+        monkeypatch.setattr(Unpermuted, "read", lambda self, index=(): self.inner.read(index))
+    elif convention == "norm shift":
+        monkeypatch.setattr(gguf_loader.Shifted, "read", lambda self, index=(): self.inner.read(index))
+    elif convention == "query scaling":
+        arch = fixture_arch(family)
+        monkeypatch.setattr(gguf_meta, "arch_differences", lambda h, a: [])
+    else:
+        arch = arch.model_copy(update={"rope_scaling": None})
+        monkeypatch.setattr(gguf_meta, "arch_differences", lambda h, a: [])
+    tokens, golden = family_goldens(family)
+    assert max_kl(golden, forward(arch, family_file(family), True, tokens)) > 10 * MAX_KL
+
+
+def test_architecture_from_the_header_alone():
+    """`distillc logits FILE.gguf` without --model: every feature from the header, as llama.cpp reads it."""
+    skip = ("name", "family", "tokenizer", "source")
+    for family in GGUF_FAMILIES:
+        if family == "llama3.1":
+            continue
+        ours = gguf_meta.arch_from_gguf(gguf_meta.read_header(family_file(family)), family)
+        want = family_arch(family)
+        assert {k: v for k, v in ours.model_dump().items() if k not in skip} == \
+            {k: v for k, v in want.model_dump().items() if k not in skip}, family
+    # the tiny Llama 3.1's head_dim 16 leaves one interpolated frequency: the band is not determined
+    with pytest.raises(gguf_meta.GGUFError, match=r"rope_freqs.weight does not determine the llama3 RoPE scaling"):
+        gguf_meta.arch_from_gguf(gguf_meta.read_header(family_file("llama3.1")), "x")
+
+
+def test_a_sliding_window_pattern_in_the_metadata_must_be_the_family_one(tmp_path):
+    """Newer llama.cpp files may state the pattern (an int period or a bool per layer, True = sliding):
+    gemma3's 5:1 is accepted in either form, another pattern is refused naming the key."""
+    import gguf
+
+    h = gguf_meta.read_header(family_file("gemma3"))
+    for pattern, ok in ((6, True), ([True] * 5 + [False, True], True), (2, False), ([True] * 7, False)):
+        path = tmp_path / "p.gguf"
+        w = gguf.GGUFWriter(str(path), "gemma3")
+        for key, value in h.metadata.items():
+            if key.startswith("gemma3.") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                (w.add_uint32 if isinstance(value, int) else w.add_float32)(key, value)
+        if isinstance(pattern, list):
+            w.add_sliding_window_pattern(pattern)
+        else:
+            w.add_uint32("gemma3.attention.sliding_window_pattern", pattern)
+        w.add_vocab_size(96)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.close()
+        header = gguf_meta.read_header(str(path))
+        if ok:
+            assert gguf_meta.gguf_arch_fields(header)["local_global_ratio"] == "5:1"
+        else:
+            with pytest.raises(gguf_meta.GGUFError, match=r"sliding_window_pattern .* is not gemma3's 5:1 pattern"):
+                gguf_meta.gguf_arch_fields(header)
+
+
+def test_llama3_factors_round_trip_the_published_scaling():
+    """Llama 3.1 8B's scaling (theta 5e5, head_dim 128, factor 8, low 1, high 4, context 8192) gives
+    six interpolated frequencies; the fit recovers it exactly, and llama3.2's factor 32 too."""
+    from distillc.runtime.arch import RopeScaling
+
+    for factor, hd in ((8.0, 128), (32.0, 64)):
+        s = RopeScaling(factor=factor, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position=8192)
+        assert gguf_meta.fit_llama3(gguf_meta.llama3_factors(5e5, hd, s), 5e5, hd, "f") == s
+
+
+def test_a_mismatched_rope_scaling_is_named():
+    h = gguf_meta.read_header(family_file("llama3.1"))
+    arch = family_arch("llama3.1")
+    other = arch.rope_scaling.model_copy(update={"original_max_position": 32})  # type: ignore[union-attr]
+    assert gguf_meta.arch_differences(h, arch.model_copy(update={"rope_scaling": other}))[0].startswith(
+        "rope_scaling: checkpoint rope_freqs.weight [")
+    assert gguf_meta.arch_differences(h, arch.model_copy(update={"rope_scaling": None})) == [
+        "rope_scaling: checkpoint llama3 (rope_freqs.weight), model None"]
+
+
+def test_a_family_mismatch_is_named():
+    why = gguf_meta.arch_differences(gguf_meta.read_header(family_file("qwen2.5")), fixture_arch("llama2"))
+    assert why[0] == "general.architecture 'qwen2' is not family 'llama2'"
+    assert "attention_bias: checkpoint True, model False" in why
+
+
+def test_gemma_padded_vocabulary_reads_zeros_past_the_file():
+    """gemma's catalog embedding is padded (256128 rows over the tokenizer's 256000): a file with the
+    tokenizer's rows loads with zeros past them, as from Hugging Face."""
+    from flax import nnx
+
+    arch = family_arch("gemma").model_copy(update={"vocab_size": 128, "real_vocab_size": 96})
+    assert gguf_meta.arch_differences(gguf_meta.read_header(family_file("gemma")), arch) == []
+    cfg = make_config("/tmp/unused", mesh=(1, 1, 1))
+    _, params = load_params(side(arch, family_file("gemma")), True, distributed.make_mesh(cfg.mesh))
+    embed = np.asarray(nnx.to_pure_dict(params)["embed"])
+    assert embed.shape == (128, 64) and not embed[96:].any() and embed[:96].any()
 
 
 # ----------------------------------------------------------------------------- errors
@@ -191,9 +357,10 @@ def test_other_architectures_are_refused(tmp_path):
     data = (FIXTURES / "tiny-llama-f32.gguf").read_bytes()
     key = struct.pack("<Q", 20) + b"general.architecture" + struct.pack("<I", 8) + struct.pack("<Q", 5) + b"llama"
     assert key in data
-    bad = tmp_path / "qwen.gguf"
-    bad.write_bytes(data.replace(key, key[:-13] + struct.pack("<Q", 5) + b"qwen2"))
-    with pytest.raises(CheckpointError, match=r"general.architecture 'qwen2' is not loaded from GGUF"):
+    bad = tmp_path / "mamba.gguf"
+    bad.write_bytes(data.replace(key, key[:-13] + struct.pack("<Q", 5) + b"mamba"))
+    with pytest.raises(CheckpointError, match=r"general.architecture 'mamba' is not loaded from GGUF by this runtime "
+                       r"\(llama, qwen2, qwen3, gemma, gemma2, gemma3 are\)"):
         _load(arch_of("tiny-llama-f32"), str(bad))
 
 
@@ -209,6 +376,22 @@ def test_data_tokenizer_may_name_the_gguf_file():
     tok = load_tokenizer(str(FIXTURES / "tiny-llama-f32.gguf"))
     assert tok.vocab_size == 96
     assert tok.encode("BCD").tolist() == [0, 1, 2] and tok.decode([0, 1, 2]) == "BCD"
+
+
+@pytest.mark.parametrize("stem", ["family-llama2", "family-gemma"])
+def test_sentencepiece_vocabularies_give_transformers_ids(stem):
+    """A sentencepiece vocabulary (tokenizer.ggml.model llama; Llama's Metaspace, Gemma's own space
+    handling and merge order) gives the ids transformers' GGUF tokenizer gives (spm-tokens.json):
+    unicode through byte fallback, unknown characters, runs of spaces, control tokens kept whole."""
+    from distillc.runtime.data.tokenizers import load_tokenizer
+
+    expected = json.loads((FIXTURES / "spm-tokens.json").read_text(encoding="utf-8"))[stem]
+    tok = load_tokenizer(str(FIXTURES / f"{stem}.gguf"))
+    assert tok.vocab_size == 96
+    for text, ids in expected.items():
+        assert tok.encode(text).tolist() == ids, text
+    assert tok.decode(expected["Hello world"]) == "Hello world"
+    assert tok.decode(expected["line\nnext été"]) == "line\nnext été"  # \n through its <0x0A> byte piece
 
 
 def test_a_tokenizer_this_does_not_build_is_a_tokenizer_error(tmp_path):
@@ -231,6 +414,12 @@ def test_logits_and_export_take_a_gguf_source(tmp_path):
 
     s = resolve_source(str(FIXTURES / "tiny-llama-quant.gguf"), None, None)
     assert s.format == "gguf" and s.arch == arch_of("tiny-llama-quant").model_copy(update={"name": s.arch.name})
+    g = resolve_source(family_file("gemma3"), None, None)
+    assert g.arch.family == "gemma3" and g.arch.model_copy(update={"name": "x", "family": "x", "tokenizer": "x"}) == \
+        family_arch("gemma3").model_copy(update={"name": "x", "family": "x", "tokenizer": "x"})
+    with pytest.raises(CheckpointError, match=r"does not determine the llama3 RoPE scaling .*--model"):
+        resolve_source(family_file("llama3.1"), None, None)
+    assert resolve_source(family_file("llama3.1"), None, family_arch("llama3.1")).arch == family_arch("llama3.1")
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf file at all, but long enough")
     with pytest.raises(CheckpointError, match=r"bad\.gguf: not a GGUF file"):

@@ -74,3 +74,41 @@ def test_validate_reads_a_gguf_without_numpy_or_the_gguf_package(tmp_path):
     found = [d for d in json.loads("\n".join(diagnostics)) if d["code"] == "DC183"]
     assert result["rc"] == 1 and result["heavy"] == []
     assert len(found) == 1 and "num_kv_heads: checkpoint 2, model 4" in found[0]["message"]
+
+
+GEMMA2 = "tests/fixtures/gguf/family-gemma2.gguf"
+GEMMA2_INLINE = ("{num_layers: 3, emb_dim: 64, num_heads: 4, num_kv_heads: 2, head_dim: 32, mlp_dim: 96, vocab_size: 96, "
+                 "tokenizer: byte, tie_embeddings: true, norm_eps: 1.0e-6, rope_theta: 10000.0, activation: gelu_tanh, "
+                 "norm_plus_one: true, embed_scale: true, post_norms: true, attention: local_global, "
+                 "local_global_ratio: '1:1', sliding_window: 8, attn_logit_softcap: 0.5, final_logit_softcap: 2.5}")
+LLAMA31 = "tests/fixtures/gguf/family-llama3.1.gguf"
+LLAMA31_INLINE = ("{num_layers: 2, emb_dim: 64, num_heads: 4, num_kv_heads: 2, head_dim: 16, mlp_dim: 96, vocab_size: 96, "
+                  "tokenizer: byte, norm_eps: 1.0e-5, rope_theta: 500000.0, rope_scaling: {factor: 8.0, "
+                  "low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 16}}")
+
+
+def test_other_families_are_checked_field_by_field():
+    """A gemma2 file: soft-caps, window and pattern from its metadata, and the query scaling llama.cpp
+    uses (head_dim below 27B): a spec asking for query_pre_attn_scalar 24 is told the file's 32."""
+    assert "DC183" not in codes(check_text(spec_text(f"teacher:\n  model: {GEMMA2_INLINE}\n  checkpoint: {GEMMA2}\n")))
+    inline = GEMMA2_INLINE.replace("}", ", query_pre_attn_scalar: 24.0}").replace("sliding_window: 8", "sliding_window: 4")
+    result = check_text(spec_text(f"teacher:\n  model: {inline}\n  checkpoint: {GEMMA2}\n"))
+    messages = sorted(d.message for d in result.diagnostics if d.code == "DC183")
+    assert len(messages) == 2
+    assert "query_pre_attn_scalar: checkpoint 32.0, model 24.0" in messages[0]
+    assert "sliding_window: checkpoint 8, model 4" in messages[1]
+
+
+def test_llama31_rope_factors_are_compared_with_the_spec_scaling():
+    assert "DC183" not in codes(check_text(spec_text(f"teacher:\n  model: {LLAMA31_INLINE}\n  checkpoint: {LLAMA31}\n")))
+    inline = LLAMA31_INLINE.replace("original_max_position: 16", "original_max_position: 64")
+    d = find(check_text(spec_text(f"teacher:\n  model: {inline}\n  checkpoint: {LLAMA31}\n")), "DC183")
+    assert "rope_scaling: checkpoint rope_freqs.weight [" in d.message and d.path == ("teacher", "checkpoint")
+
+
+def test_an_architecture_the_runtime_does_not_build_is_reported(tmp_path):
+    data = (ROOT / TINY).read_bytes().replace(b"\x05\x00\x00\x00\x00\x00\x00\x00llama", b"\x05\x00\x00\x00\x00\x00\x00\x00mamba", 1)
+    bad = tmp_path / "mamba.gguf"
+    bad.write_bytes(data)
+    d = find(check_text(spec_text(f"teacher:\n  model: {TINY_INLINE}\n  checkpoint: {bad}\n")), "DC183")
+    assert "general.architecture 'mamba' is not loaded from GGUF by this runtime" in d.message

@@ -21,17 +21,24 @@ if TYPE_CHECKING:
     needs=(),
     targets=("distillc",),
     hint="Point the checkpoint at the .gguf file of the model the spec names, or name the model the file holds "
-    "(an inline architecture with the values of its llama.* metadata).",
+    "(an inline architecture with the values of its <architecture>.* metadata).",
 )
 def gguf_mismatch(ctx: Context) -> Iterator[Finding]:
     """A GGUF checkpoint (`format: gguf`, or a path ending in .gguf) is one file a published model
     ships as, loaded as it is (never trained into by `--local`). Its header must describe
-    the model the spec names: general.architecture llama (llama and mistral families), and every
-    field that changes the function (layers, widths, heads, vocabulary, RMSNorm eps and RoPE theta
-    as float32, tied embeddings when the file has no output.weight) must equal the catalog's or
-    inline values. The runtime refuses a mismatch when it starts; this reports each field before
-    anything is queued. Existing local files only: a gs:// file, or a local one not fetched yet, is
-    checked by the runtime at start (a missing student checkpoint is DC180).
+    the model the spec names: a general.architecture of the spec's family (llama: the llama and
+    mistral families; qwen2: qwen2.5; qwen3; gemma; gemma2; gemma3; another architecture is named
+    as one this runtime does not load), and every field that changes the function, read as
+    llama.cpp reads it, must equal the catalog's or inline values: layers, widths, heads, head_dim,
+    vocabulary, RMSNorm eps and RoPE theta as float32, tied embeddings (no output.weight), q/k/v
+    biases (attn_q.bias), q/k norms (attn_q_norm), RoPE scaling (rope.scaling.type linear, or
+    Llama 3.1's rope_freqs.weight factors against those the spec's llama3 scaling gives), gemma2's
+    soft-caps and gemma2/gemma3's sliding window, and what llama.cpp fixes instead of reading it:
+    the 1:1 / 5:1 local/global patterns, gemma3's local RoPE base 10000, and the query scaling
+    (head_dim^-1/2, (emb_dim / heads)^-1/2 for the 27B models), so a spec's other
+    query_pre_attn_scalar is a mismatch. The runtime refuses a mismatch when it starts; this reports
+    each field before anything is queued. Existing local files only: a gs:// file, or a local one
+    not fetched yet, is checked by the runtime at start (a missing student checkpoint is DC180).
 
     Fails::
 

@@ -8,17 +8,29 @@ only the rows (output features) its device slice needs, since quantization block
 row: a slice of rows is cheap, a slice of columns costs whole rows. So host memory beyond the model
 stays within one tensor's dequantized rows.
 
-Names and layout (ggml's dims are [in, out], so the numpy view is [out, in], as in transformers):
+Names and layout (ggml's dims are [in, out], so the numpy view is [out, in], as in transformers),
+the same for every architecture read (llama, qwen2, qwen3, gemma, gemma2, gemma3: gguf-py's
+tensor_mapping names what llama.cpp's converter writes):
   token_embd.weight [V, D] -> embed;  output.weight [V, D] -> lm_head [D, V] (absent when tied)
   output_norm.weight -> final_norm.scale
-  blk.N.attn_norm / ffn_norm.weight -> attn_norm / mlp_norm.scale
+  blk.N.attn_norm / ffn_norm.weight -> attn_norm / mlp_norm.scale (gemma2/3: ffn_norm is the pre-MLP norm)
+  blk.N.post_attention_norm / post_ffw_norm.weight -> post_attn_norm / post_mlp_norm.scale (gemma2/3)
   blk.N.attn_q / attn_k / attn_v.weight [N*hd, D] -> attn.q / k / v [D, N, hd]
+  blk.N.attn_q / attn_k / attn_v.bias [N*hd] -> attn.q_bias / k_bias / v_bias [N, hd] (qwen2)
+  blk.N.attn_q_norm / attn_k_norm.weight [hd] -> attn.q_norm / k_norm.scale (qwen3, gemma3)
   blk.N.attn_output.weight [D, H*hd] -> attn.o [H, hd, D]
   blk.N.ffn_gate / ffn_up.weight [F, D], ffn_down.weight [D, F] -> mlp.gate / up / down [in, out]
-llama.cpp's converter (convert_hf_to_gguf.py, LlamaModel.permute) reorders the rows of q and k in
-each head from transformers' rotate-half RoPE layout to ggml's interleaved pairs:
-  W.reshape(n_head, 2, hd // 2, D).swapaxes(1, 2)    (n_head_kv heads for k)
-so GGUF row 2*j + t of a head is transformers' row t*hd/2 + j; `Unpermuted` reads it back.
+  rope_freqs.weight (llama 3.1-style scaling factors) is checked against the architecture, not loaded.
+Two conventions of llama.cpp's converter (convert_hf_to_gguf.py) are undone:
+- For `llama` files only (LlamaModel, which also converts Mistral: `undo_permute`), the rows of q and
+  k (weights and biases) in each head are reordered from transformers' rotate-half RoPE layout to
+  ggml's interleaved pairs:  W.reshape(n_head, 2, hd // 2, D).swapaxes(1, 2)  (n_head_kv heads for k),
+  so GGUF row 2*j + t of a head is transformers' row t*hd/2 + j; `Unpermuted` reads it back. The
+  qwen2/qwen3/gemma converters write q/k as transformers holds them (llama.cpp rotates those in
+  NEOX mode).
+- Gemma's norm weights (every `*norm.weight`, the q/k norms of gemma3 included) are written as
+  1 + w (GemmaModel / Gemma2Model / Gemma3Model.modify_tensors), ggml's RMSNorm multiplying by the
+  weight; this runtime applies gemma norms as (1 + w), so `Shifted` subtracts the 1 again.
 
 Every mistake is a CheckpointError naming the path and the tensor (exit 2): a missing file, a
 truncated or corrupt one, a metadata field or a tensor shape that disagrees with the spec.
@@ -34,7 +46,7 @@ import numpy as np
 
 from distillc.runtime.arch import ModelArch
 from distillc.runtime.convert import gguf_meta
-from distillc.runtime.convert.hf import hf_shape, read_ours
+from distillc.runtime.convert.hf import hf_shape, read_ours, read_padded
 from distillc.runtime.convert.layout import tree_leaves, tree_set
 from distillc.runtime.train.checkpoints import CheckpointError
 
@@ -44,8 +56,15 @@ LAYER_MAP: dict[tuple[str, ...], tuple[str, str]] = {
     ("attn", "k"): ("attn_k.weight", "in_heads"),
     ("attn", "v"): ("attn_v.weight", "in_heads"),
     ("attn", "o"): ("attn_output.weight", "out_heads"),
+    ("attn", "q_bias"): ("attn_q.bias", "heads"),
+    ("attn", "k_bias"): ("attn_k.bias", "heads"),
+    ("attn", "v_bias"): ("attn_v.bias", "heads"),
+    ("attn", "q_norm", "scale"): ("attn_q_norm.weight", "same"),
+    ("attn", "k_norm", "scale"): ("attn_k_norm.weight", "same"),
     ("attn_norm", "scale"): ("attn_norm.weight", "same"),
     ("mlp_norm", "scale"): ("ffn_norm.weight", "same"),
+    ("post_attn_norm", "scale"): ("post_attention_norm.weight", "same"),
+    ("post_mlp_norm", "scale"): ("post_ffw_norm.weight", "same"),
     ("mlp", "gate"): ("ffn_gate.weight", "transpose"),
     ("mlp", "up"): ("ffn_up.weight", "transpose"),
     ("mlp", "down"): ("ffn_down.weight", "transpose"),
@@ -55,6 +74,8 @@ TOP_MAP: dict[tuple[str, ...], tuple[str, str]] = {
     ("final_norm", "scale"): ("output_norm.weight", "same"),
     ("lm_head",): ("output.weight", "transpose"),
 }
+_PERMUTED_SUFFIXES = ("attn_q.weight", "attn_k.weight", "attn_q.bias", "attn_k.bias")
+_CHECKED_ONLY = (gguf_meta.ROPE_FREQS,)  # compared with the architecture by gguf_meta, not a parameter
 
 
 class Source(Protocol):
@@ -132,6 +153,33 @@ class Unpermuted:
         x = self.inner.read((slice(start, stop),) + tuple(index[1:]))
         n = (stop - start) // hd
         return x.reshape(n, hd // 2, 2, -1).swapaxes(1, 2).reshape(x.shape)
+
+
+@dataclass(frozen=True)
+class Shifted:
+    """A gemma norm weight stored as 1 + w by llama.cpp's converter, read back as w."""
+
+    inner: Source
+    shift: float
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def file(self) -> str:
+        return self.inner.file
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.inner.shape
+
+    @property
+    def dtype(self) -> Any:
+        return self.inner.dtype
+
+    def read(self, index: tuple[slice, ...] = ()) -> np.ndarray:
+        return self.inner.read(index) + np.float32(self.shift)
 
 
 def is_gguf_checkpoint(path: str) -> bool:
@@ -238,29 +286,47 @@ def load_gguf_params(path: str, arch: ModelArch, abstract: dict) -> dict:
         shape = tuple(leaf.shape[1:] if stacked else leaf.shape)
         names = [name.format(i=i) for i in range(leaf.shape[0])] if stacked else [name]
         sources: list[Source] = []
+        vocab = our in (("embed",), ("lm_head",))
         for n in names:
             t = ckpt.tensor(n)
-            if t.shape != hf_shape(kind, shape):
+            padded = vocab and t.shape == hf_shape(kind, _rows(shape, our, arch.shared_vocab))
+            if t.shape != hf_shape(kind, shape) and not padded:
                 raise CheckpointError(f"{path}: tensor {n!r} has shape {t.shape}; {arch.name} needs {hf_shape(kind, shape)}")
-            if n.endswith("attn_q.weight") or n.endswith("attn_k.weight"):
-                sources.append(Unpermuted(t, arch.head_dim))
-            else:
-                sources.append(t)
+            sources.append(_source(t, ckpt.header.architecture, arch.head_dim))
         used.update(names)
         tree_set(out, our, _make(leaf, sources, kind, shape, stacked))
-    extra = sorted(ckpt.tensors.keys() - used)
+    extra = sorted(ckpt.tensors.keys() - used - set(_CHECKED_ONLY))
     if extra:
         raise CheckpointError(f"checkpoint {path!r} holds {len(extra)} tensor(s) {arch.name} has no place for, "
                               f"e.g. {', '.join(extra[:3])}")
     return out
 
 
+def _rows(shape: tuple[int, ...], our: tuple, rows: int) -> tuple[int, ...]:
+    """`shape` of the embedding ([V, D]) or head ([D, V]) with `rows` vocabulary entries."""
+    return (rows,) + shape[1:] if our == ("embed",) else shape[:-1] + (rows,)
+
+
+def _source(t: GGUFTensor, gguf_arch: str, head_dim: int) -> Source:
+    """`t` with llama.cpp's converter conventions undone: q/k rows unpermuted (llama), gemma norms - 1."""
+    if gguf_arch in gguf_meta.PERMUTED and t.name.endswith(_PERMUTED_SUFFIXES):
+        return Unpermuted(t, head_dim)
+    if gguf_arch in gguf_meta.GEMMAS and t.name.endswith("norm.weight"):
+        return Shifted(t, -1.0)
+    return t
+
+
 def _make(leaf: Any, sources: list[Source], kind: str, shape: tuple[int, ...], stacked: bool) -> jax.Array:
-    """One parameter on its sharding, each device's slice read (and dequantized) by its callback."""
+    """One parameter on its sharding, each device's slice read (and dequantized) by its callback; an
+    embedding or head with fewer vocabulary rows than the model (gemma's padded 256128 over the
+    file's 256000) reads zeros past them, as from Hugging Face (convert/hf.read_padded)."""
     dtype = leaf.dtype
+    padded = not stacked and len(shape) == 2 and hf_shape(kind, shape) != sources[0].shape
 
     def cb(index: tuple[slice, ...]) -> np.ndarray:
         index = tuple(index)
+        if padded:
+            return read_padded(sources[0], kind, shape, index, 0 if kind == "same" else 1).astype(dtype)  # type: ignore[arg-type]
         if not stacked:
             return read_ours(sources[0], kind, shape, index[: len(shape)]).astype(dtype)  # type: ignore[arg-type]
         layers = range(*index[0].indices(len(sources)))

@@ -17,6 +17,7 @@ aligned to `general.alignment` (default 32), each tensor at data start + offset.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import shutil
@@ -25,16 +26,14 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from distillc.runtime.arch import ModelArch
+from distillc.runtime.arch import ModelArch, RopeScaling, local_global_counts
 
 MAGIC = b"GGUF"
 SUFFIX = ".gguf"
 _SCALARS: dict[int, str] = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
                             10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
-# the families llama.cpp's "llama" architecture holds (convert_hf_to_gguf.py writes Llama and
-# Mistral checkpoints as general.architecture = llama); tiny/inline: hand-described architectures
-LLAMA_FAMILIES = ("llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "mistral", "tiny", "inline")
+_ALWAYS_KEPT = (".attention.sliding_window_pattern",)  # small arrays (one bool per layer) the checks read
 
 
 class GGUFError(ValueError):
@@ -146,7 +145,7 @@ def _parse(buf: Any, path: str, size: int, keep: set[str]) -> GGUFHeader:
     header = GGUFHeader(path, version, size)
     for _ in range(n_kv):
         key = cur.string()
-        header.metadata[key] = cur.value(cur.unpack("<I"), key in keep)
+        header.metadata[key] = cur.value(cur.unpack("<I"), key in keep or key.endswith(_ALWAYS_KEPT))
     infos = []
     for _ in range(n_tensors):
         name = cur.string()
@@ -166,80 +165,286 @@ def is_gguf_path(path: str) -> bool:
 
 # ----------------------------------------------------------------------------- metadata <-> ModelArch
 
+# general.architecture -> the catalog families a file of it may hold. llama.cpp's converter writes
+# Llama and Mistral checkpoints as `llama` (LlamaModel, q/k permuted), Qwen2.5 as `qwen2` (biases),
+# Qwen3 as `qwen3` (q/k norms), and each Gemma as its own architecture. tiny/inline: hand-described
+# architectures, which any file may hold (their fields are compared one by one).
+GGUF_FAMILIES: dict[str, tuple[str, ...]] = {
+    "llama": ("llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "mistral"),
+    "qwen2": ("qwen2.5",),
+    "qwen3": ("qwen3",),
+    "gemma": ("gemma",),
+    "gemma2": ("gemma2",),
+    "gemma3": ("gemma3",),
+}
+ANY_FAMILY = ("tiny", "inline")
+GEMMAS = ("gemma", "gemma2", "gemma3")
+# llama.cpp's ggml rotates interleaved pairs; its converter permutes q/k only for the archs it
+# converts through LlamaModel (convert_hf_to_gguf.py `undo_permute`): here, `llama`
+PERMUTED = ("llama",)
+# what llama.cpp (src/llama-model.cpp, load_hparams) fixes per architecture instead of reading it:
+# the sliding-window pattern (gemma2 every other layer local, gemma3 five local then one global),
+# gemma3's local RoPE base 10000, and gemma2/gemma3's query scaling: (emb_dim / heads)^-1/2 for the
+# 27B models (recognised by their layer count), head_dim^-1/2 otherwise
+_PATTERN = {"gemma2": "1:1", "gemma3": "5:1"}
+_LAYERS_27B = {"gemma2": 46, "gemma3": 62}
+_SWA_THETA = 10000.0
+_SOFTCAP_DEFAULTS = (50.0, 30.0)  # gemma2's attention / final soft-caps when the file has none (llama_hparams)
+ROPE_FREQS = "rope_freqs.weight"
+
 
 def _f32(x: float) -> float:
     """`x` rounded to float32: GGUF stores eps and RoPE theta as float32 (1e-5 is 9.99999975e-06)."""
     return float(struct.unpack("<f", struct.pack("<f", x))[0])
 
 
+def rope_factors(header: GGUFHeader) -> Optional[list[float]]:
+    """The per-frequency RoPE divisors of `rope_freqs.weight` (Llama 3.1-style scaling as llama.cpp's
+    converter writes it: LlamaModel.generate_extra_tensors), read with `struct`; None without one."""
+    t = header.tensors.get(ROPE_FREQS)
+    if t is None:
+        return None
+    if t.ggml_type != 0 or len(t.dims) != 1:
+        raise GGUFError(f"{header.path}: {ROPE_FREQS} is not a float32 vector (ggml type {t.ggml_type}, dims {t.dims})")
+    n = t.dims[0]
+    if t.offset + 4 * n > header.size:
+        raise GGUFError(f"{header.path}: truncated: tensor {ROPE_FREQS!r} ends at byte {t.offset + 4 * n} of a "
+                        f"{header.size}-byte file")
+    with open(header.path, "rb") as f:
+        f.seek(t.offset)
+        return list(struct.unpack(f"<{n}f", f.read(4 * n)))
+
+
+def llama3_factors(theta: float, head_dim: int, scaling: RopeScaling) -> list[float]:
+    """llama.cpp's `rope_freqs` for Llama 3.1-style scaling: each frequency's divisor (1 for short
+    wavelengths, `factor` for long ones, interpolated between), frequencies in float32 as it computes them."""
+    assert scaling.low_freq_factor and scaling.high_freq_factor and scaling.original_max_position
+    low, high, ctx = scaling.low_freq_factor, scaling.high_freq_factor, scaling.original_max_position
+    out = []
+    for i in range(0, head_dim, 2):
+        freq = _f32(1.0 / _f32(_f32(theta) ** _f32(i / head_dim)))
+        wavelen = 2 * math.pi / freq
+        if wavelen < ctx / high:
+            out.append(1.0)
+        elif wavelen > ctx / low:
+            out.append(scaling.factor)
+        else:
+            smooth = (ctx / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / scaling.factor + smooth))
+    return out
+
+
+def fit_llama3(factors: list[float], theta: float, head_dim: int, path: str) -> RopeScaling:
+    """The llama3 RopeScaling whose factors are `factors`. They fix `factor` (the largest) and, from
+    the interpolated band, original_max_position / low_freq_factor and / high_freq_factor only (the
+    three scaled together give the same function), so low_freq_factor is taken as 1, Llama 3.x's.
+    Fewer than two interpolated frequencies leave the band undetermined: a GGUFError."""
+    factor = max(factors)
+    points = []
+    for i, f in enumerate(factors):
+        if 1.0 + 1e-6 < f < factor * (1 - 1e-6):
+            omega = theta ** (-(2 * i) / head_dim)
+            smooth = (1 / f - 1 / factor) / (1 - 1 / factor)
+            points.append((omega / (2 * math.pi), smooth))
+    if factor <= 1.0 or len(points) < 2:
+        raise GGUFError(f"{path}: {ROPE_FREQS} does not determine the llama3 RoPE scaling ({len(points)} interpolated "
+                        "frequencies); name the model (the spec's model, or --model)")
+    n = len(points)
+    mx, my = sum(p[0] for p in points) / n, sum(p[1] for p in points) / n
+    a = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    b = a * mx - my  # smooth = a * (1 / wavelen) - b, a = ctx / (high - low), b = low / (high - low)
+    high = 1.0 + 1.0 / b
+    return RopeScaling(kind="llama3", factor=float(f"{factor:.6g}"), low_freq_factor=1.0,
+                       high_freq_factor=float(f"{high:.6g}"), original_max_position=int(round(a / b)))
+
+
+def _key(m: dict[str, Any], arch: str, name: str, default: Any = None) -> Any:
+    value = m.get(f"{arch}.{name}", default)
+    if isinstance(value, (list, _Skipped)):
+        raise GGUFError(f"{arch}.{name} is a per-layer array, which this runtime does not build")
+    return value
+
+
 def gguf_arch_fields(header: GGUFHeader) -> dict[str, Any]:
-    """The ModelArch fields a GGUF header determines (llama architecture only: what this runtime
-    loads); GGUFError for another architecture or a feature the runtime does not build."""
+    """The ModelArch fields a GGUF header determines, as llama.cpp reads them: the `{arch}.*`
+    metadata, the tensor list (no output.weight: tied; attn_q.bias: biases; attn_q_norm: q/k norms)
+    and what llama.cpp fixes per architecture. `rope_scaling` is the string "rope_freqs" when the
+    file holds Llama 3.1-style factors (see arch_differences / arch_from_gguf). GGUFError for another
+    architecture or a feature the runtime does not build."""
     arch = header.architecture
-    if arch != "llama":
+    if arch not in GGUF_FAMILIES:
         raise GGUFError(f"{header.path}: general.architecture {arch!r} is not loaded from GGUF by this runtime "
-                        "(llama is; convert other models to a Hugging Face directory)")
+                        f"({', '.join(GGUF_FAMILIES)} are); convert the model to a Hugging Face directory")
     m = header.metadata
-    scaling = m.get("llama.rope.scaling.type")
-    if scaling not in (None, "none"):
-        raise GGUFError(f"{header.path}: llama.rope.scaling.type {scaling!r} is not built by this runtime")
-    if "rope_freqs.weight" in header.tensors:
-        raise GGUFError(f"{header.path}: holds rope_freqs.weight (Llama 3.1-style RoPE scaling written as "
-                        "frequency factors), which this runtime does not load from GGUF; use the Hugging Face checkpoint")
     try:
-        heads = int(m["llama.attention.head_count"])
-        emb = int(m["llama.embedding_length"])
-        vocab = m.get("llama.vocab_size", m.get("tokenizer.ggml.tokens"))
+        heads = int(_key(m, arch, "attention.head_count"))
+        emb = int(_key(m, arch, "embedding_length"))
+        vocab = m.get(f"{arch}.vocab_size", m.get("tokenizer.ggml.tokens"))
         if vocab is None:
-            raise KeyError("llama.vocab_size")
-        head_dim = int(m.get("llama.attention.key_length") or m.get("llama.rope.dimension_count") or emb // heads)
-        return dict(
+            raise KeyError(f"{arch}.vocab_size")
+        head_dim = int(_key(m, arch, "attention.key_length") or _key(m, arch, "rope.dimension_count") or emb // heads)
+        layers = int(_key(m, arch, "block_count"))
+        fields: dict[str, Any] = dict(
             vocab_size=int(vocab if isinstance(vocab, int) else len(vocab)),
-            num_layers=int(m["llama.block_count"]),
+            num_layers=layers,
             emb_dim=emb,
             num_heads=heads,
-            num_kv_heads=int(m.get("llama.attention.head_count_kv") or heads),
+            num_kv_heads=int(_key(m, arch, "attention.head_count_kv") or heads),
             head_dim=head_dim,
-            mlp_dim=int(m["llama.feed_forward_length"]),
-            norm_eps=float(m["llama.attention.layer_norm_rms_epsilon"]),
-            rope_theta=float(m.get("llama.rope.freq_base", 10000.0)),
-            rope_scaling=None,
+            mlp_dim=int(_key(m, arch, "feed_forward_length")),
+            norm_eps=float(_key(m, arch, "attention.layer_norm_rms_epsilon")),
+            rope_theta=float(_key(m, arch, "rope.freq_base", 10000.0)),
+            rope_scaling=_scaling(header, arch),
             tie_embeddings="output.weight" not in header.tensors,
             attention_bias="blk.0.attn_q.bias" in header.tensors,
-            qk_norm=False,
-            activation="silu",
-            norm_plus_one=False,
-            embed_scale=False,
+            qk_norm="blk.0.attn_q_norm.weight" in header.tensors,
+            activation="gelu_tanh" if arch in GEMMAS else "silu",
+            norm_plus_one=arch in GEMMAS,
+            embed_scale=arch in GEMMAS,
+            post_norms=arch in ("gemma2", "gemma3"),
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise GGUFError(f"{header.path}: llama GGUF metadata without a readable {e}") from e
+        if isinstance(e, GGUFError):
+            raise GGUFError(f"{header.path}: {e}") from e
+        raise GGUFError(f"{header.path}: {arch} GGUF metadata without a readable {e}") from e
+    if arch in _PATTERN:
+        fields.update(_local_global(header, arch, fields))
+    return fields
 
 
-_FLOAT32_FIELDS = ("norm_eps", "rope_theta")
+def _scaling(header: GGUFHeader, arch: str) -> Any:
+    """RoPE scaling: `{arch}.rope.scaling.type` linear (its factor), llama3's `rope_freqs` factors
+    ("rope_freqs"), or None."""
+    kind = _key(header.metadata, arch, "rope.scaling.type")
+    has_freqs = ROPE_FREQS in header.tensors
+    if has_freqs and arch != "llama":
+        raise GGUFError(f"{ROPE_FREQS} in a {arch} file, which llama.cpp does not read")
+    if kind in (None, "none"):
+        return "rope_freqs" if has_freqs else None
+    if kind == "linear" and not has_freqs:
+        return RopeScaling(kind="linear", factor=float(f"{_f32(float(_key(header.metadata, arch, 'rope.scaling.factor'))):.7g}"))
+    raise GGUFError(f"{arch}.rope.scaling.type {kind!r}{' with ' + ROPE_FREQS if has_freqs else ''} is not built "
+                    "by this runtime")
+
+
+def _local_global(header: GGUFHeader, arch: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """gemma2/gemma3's sliding windows, soft-caps, local RoPE base and query scaling, as llama.cpp
+    sets them (metadata where it reads any, its fixed values otherwise)."""
+    m = header.metadata
+    pattern = m.get(f"{arch}.attention.sliding_window_pattern")
+    ratio = _PATTERN[arch]
+    if pattern is not None:
+        period = sum(local_global_counts(ratio))
+        expected = [i % period < period - 1 for i in range(fields["num_layers"])]
+        if isinstance(pattern, int) and pattern != period or isinstance(pattern, list) and \
+                [bool(x) for x in pattern] != expected or isinstance(pattern, _Skipped):
+            raise GGUFError(f"{arch}.attention.sliding_window_pattern {pattern!r} is not {arch}'s {ratio} pattern, "
+                            "the only one this runtime builds")
+    big = fields["num_layers"] == _LAYERS_27B[arch]
+    attn_cap, final_cap = _SOFTCAP_DEFAULTS if arch == "gemma2" else (None, None)
+    local_theta: Optional[float] = None
+    if arch == "gemma3":
+        local_theta = float(_key(m, arch, "rope.freq_base_swa", _SWA_THETA))
+        if _f32(local_theta) == _f32(fields["rope_theta"]):
+            local_theta = None  # one base for every layer
+    return dict(
+        attention="local_global",
+        local_global_ratio=ratio,
+        sliding_window=int(_key(m, arch, "attention.sliding_window")),
+        query_pre_attn_scalar=float(fields["emb_dim"] // fields["num_heads"] if big else fields["head_dim"]),
+        # llama.cpp's gemma3 graph applies no attention soft-cap
+        attn_logit_softcap=_opt(_key(m, arch, "attn_logit_softcapping", attn_cap)) if arch == "gemma2" else None,
+        final_logit_softcap=_opt(_key(m, arch, "final_logit_softcapping", final_cap)),
+        rope_local_theta=local_theta,
+    )
+
+
+def _opt(x: Any) -> Optional[float]:
+    return None if x is None or float(x) == 0.0 else float(f"{_f32(float(x)):.7g}")
+
+
+_FLOAT32_FIELDS = ("norm_eps", "rope_theta", "rope_local_theta")
+
+
+def _ours(arch: ModelArch, key: str) -> Any:
+    """`arch`'s value of a field as the GGUF side states it (query scaling: the effective scalar)."""
+    if key == "query_pre_attn_scalar":
+        return float(arch.query_pre_attn_scalar or arch.head_dim)
+    if key == "rope_local_theta":  # None: the local layers' base is rope_theta
+        return None if arch.rope_local_theta in (None, arch.rope_theta) else arch.rope_local_theta
+    return getattr(arch, key)
 
 
 def arch_differences(header: GGUFHeader, arch: ModelArch) -> list[str]:
     """How a GGUF header disagrees with `arch` (family and every field that changes the function,
-    named as ModelArch names it); empty when it describes the same model."""
+    named as ModelArch names it); empty when it describes the same model. Llama 3.1-style scaling
+    is compared as the factors llama.cpp's converter would write for `arch` (float32 tolerance)."""
     fields = gguf_arch_fields(header)
     out = []
-    if arch.family not in LLAMA_FAMILIES:
-        out.append(f"general.architecture 'llama' is not family {arch.family!r}")
+    allowed = GGUF_FAMILIES[header.architecture] + ANY_FAMILY
+    if arch.family not in allowed:
+        out.append(f"general.architecture {header.architecture!r} is not family {arch.family!r}")
+    fields.setdefault("attention", "global")
+    for key in ("local_global_ratio", "sliding_window", "query_pre_attn_scalar", "attn_logit_softcap",
+                "final_logit_softcap", "rope_local_theta"):
+        fields.setdefault(key, None if key != "query_pre_attn_scalar" else float(fields["head_dim"]))
     for key, value in fields.items():
-        ours = getattr(arch, key)
-        same = _f32(ours) == _f32(value) if key in _FLOAT32_FIELDS else ours == value
+        ours = _ours(arch, key)
+        if key == "rope_scaling" and value == "rope_freqs":
+            why = _factor_difference(header, arch)
+            if why:
+                out.append(why)
+            continue
+        if key == "vocab_size" and value == arch.shared_vocab:
+            continue  # a padded model's tokenizer vocabulary: zeros past it (as from Hugging Face)
+        if key in ("sliding_window", "local_global_ratio", "rope_local_theta") and fields["attention"] == "global" \
+                and arch.attention == "global":
+            continue
+        if key in _FLOAT32_FIELDS and value is not None and ours is not None:
+            same = _f32(ours) == _f32(value)
+        elif isinstance(value, float) and isinstance(ours, (int, float)):
+            same = _f32(ours) == _f32(value)
+        else:
+            same = ours == value
         if not same:
-            out.append(f"{key}: checkpoint {value!r}, model {ours!r}")
+            out.append(f"{key}: checkpoint {_show(value)}, model {_show(ours)}")
     return out
+
+
+def _show(x: Any) -> str:
+    if isinstance(x, RopeScaling):
+        return repr(x.model_dump(exclude_none=True))
+    return repr(x)
+
+
+def _factor_difference(header: GGUFHeader, arch: ModelArch) -> Optional[str]:
+    factors = rope_factors(header) or []
+    s = arch.rope_scaling
+    if s is None or s.kind != "llama3":
+        return f"rope_scaling: checkpoint llama3 ({ROPE_FREQS}), model {_show(s)}"
+    if len(factors) != arch.head_dim // 2:
+        return f"rope_scaling: checkpoint {ROPE_FREQS} has {len(factors)} factors, model head_dim {arch.head_dim} needs {arch.head_dim // 2}"
+    want = llama3_factors(arch.rope_theta, arch.head_dim, s)
+    worst = max(abs(a - b) / max(abs(b), 1.0) for a, b in zip(factors, want))
+    if worst > 1e-5:
+        return (f"rope_scaling: checkpoint {ROPE_FREQS} {[round(x, 4) for x in factors]}, model {_show(s)} gives "
+                f"{[round(x, 4) for x in want]}")
+    return None
 
 
 def arch_from_gguf(header: GGUFHeader, name: str) -> ModelArch:
     """The architecture a GGUF header describes (for `distillc logits FILE.gguf` without --model);
-    eps and theta rounded back from float32 to the decimal a config would write."""
+    eps and theta rounded back from float32 to the decimal a config would write, Llama 3.1-style
+    factors fitted (fit_llama3)."""
     fields = gguf_arch_fields(header)
-    fields["norm_eps"] = float(f"{fields['norm_eps']:.7g}")
-    fields["rope_theta"] = float(f"{fields['rope_theta']:.7g}")
-    return ModelArch(name=name, family="llama3", tokenizer=f"gguf:{name}", **fields)
+    for key in _FLOAT32_FIELDS:
+        if fields.get(key) is not None:
+            fields[key] = float(f"{fields[key]:.7g}")
+    if fields["rope_scaling"] == "rope_freqs":
+        fields["rope_scaling"] = fit_llama3(rope_factors(header) or [], fields["rope_theta"], fields["head_dim"],
+                                            header.path)
+    family = {"llama": "llama3", "qwen2": "qwen2.5"}.get(header.architecture, header.architecture)
+    return ModelArch(name=name, family=family, tokenizer=f"gguf:{name}", **fields)
 
 
 def local_header(path: str, fmt: Optional[str]) -> Optional[GGUFHeader]:

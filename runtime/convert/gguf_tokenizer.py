@@ -8,7 +8,16 @@ regular expressions (the ones llama.cpp's llama-vocab.cpp applies for that name)
 (type 3) matched whole as special tokens and user-defined ones (type 4) as added tokens, as
 transformers' GGUF tokenizer converter does. So `data.tokenizer` may name the teacher's .gguf file
 itself (runtime/data/tokenizers.py), or `write_tokenizer_json` saves it beside an exported model.
-Sentencepiece vocabularies (`tokenizer.ggml.model` = llama) are refused with the way out.
+
+Sentencepiece vocabularies (`tokenizer.ggml.model` = llama: Llama 2, Mistral v0.1-0.3, Gemma) store
+pieces (spelled with U+2581 for a space), a score per piece and each piece's type, and no merges.
+llama.cpp's SPM tokenizer merges the adjacent pair whose union is the best-scored piece, which is BPE
+with merges ranked by the union's score: built here as transformers' GGUF converter builds it
+(integrations/gguf: `generate_merges` over the scores, byte fallback to the <0xNN> pieces, unknown
+text to the unknown piece), with Llama's Metaspace (a space prepended to the text unless the file's
+`tokenizer.ggml.add_space_prefix` is false) or, for the gemma architectures, Gemma's own (spaces
+replaced, nothing prepended; merges ranked by the order of the pieces in the file, and pieces of
+several spaces respelled with U+2581, as transformers does for Gemma's files).
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ from typing import Any
 
 from distillc.runtime.convert import gguf_meta
 
-_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type")
+_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
+_SPACE = "\u2581"
 _CONTROL, _USER_DEFINED = 3, 4
 # llama.cpp's pre-tokenizers (llama-vocab.cpp) by `tokenizer.ggml.pre`: GPT-2's split alone, or
 # with every digit isolated first (smollm, starcoder, refact, codeshell, command-r), or Llama 3's
@@ -64,7 +74,7 @@ def _pre_tokenizer(pre: str, path: str) -> Any:
 
 def build_tokenizer(path: str) -> Any:
     """The `tokenizers.Tokenizer` the local GGUF file at `path` describes (GGUFTokenizerError when
-    it is not a byte-level BPE this builds)."""
+    it is neither a byte-level BPE nor a sentencepiece vocabulary this builds)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models
 
     try:
@@ -73,13 +83,16 @@ def build_tokenizer(path: str) -> Any:
         raise GGUFTokenizerError(str(e)) from e
     m = header.metadata
     kind = m.get("tokenizer.ggml.model")
-    if kind != "gpt2":
+    if kind not in ("gpt2", "llama"):
         raise GGUFTokenizerError(f"{path}: tokenizer.ggml.model {kind!r} is not built from GGUF here (gpt2, a "
-                                 "byte-level BPE, is); give data.tokenizer the model's tokenizer.model or tokenizer.json")
+                                 "byte-level BPE, and llama, a sentencepiece vocabulary, are); give data.tokenizer the "
+                                 "model's tokenizer.model or tokenizer.json")
     tokens: list[str] = list(m.get("tokenizer.ggml.tokens") or [])
     if not tokens:
         raise GGUFTokenizerError(f"{path}: no tokenizer.ggml.tokens")
     types: list[int] = list(m.get("tokenizer.ggml.token_type") or [1] * len(tokens))
+    if kind == "llama":
+        return _sentencepiece(header, tokens, types)
     spelled = bytes_to_unicode()
     alphabet = set(spelled.values())
     vocab = {t if set(t) <= alphabet else "".join(spelled[b] for b in t.encode("utf-8")): i for i, t in enumerate(tokens)}
@@ -91,6 +104,55 @@ def build_tokenizer(path: str) -> Any:
                             for t, k in zip(tokens, types) if k == _CONTROL and set(t) <= alphabet])
     tok.add_tokens([AddedToken(t, special=False, normalized=False)
                     for t, k in zip(tokens, types) if k == _USER_DEFINED and t in vocab])
+    return tok
+
+
+def spm_merges(vocab: dict[str, int], ranks: dict[str, float]) -> list[tuple[str, str]]:
+    """BPE merges a sentencepiece vocabulary implies (transformers' `generate_merges`): every split of
+    each piece into two pieces of the vocabulary, best-ranked union first (then shorter left, right)."""
+    merges: list[tuple[str, str, float]] = []
+    for piece, rank in ranks.items():
+        local = [(piece[:i], piece[i:], rank) for i in range(1, len(piece))
+                 if piece[:i] in vocab and piece[i:] in vocab]
+        merges.extend(sorted(local, key=lambda x: (vocab[x[0]], vocab[x[1]])))
+    merges.sort(key=lambda x: (x[2], len(x[0]), len(x[1])), reverse=True)
+    return [(a, b) for a, b, _ in merges]
+
+
+def _sentencepiece(header: gguf_meta.GGUFHeader, tokens: list[str], types: list[int]) -> Any:
+    """The sentencepiece vocabulary of a GGUF (tokenizer.ggml.model llama) as a `tokenizers` BPE (see
+    the module docstring)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    m = header.metadata
+    gemma = header.architecture in gguf_meta.GEMMAS
+    if gemma:
+        tokens = [_SPACE * len(t) if " " in t and not t.strip() else t for t in tokens]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if m.get("tokenizer.ggml.merges"):
+        merges = [tuple(x.split(" ", 1)) for x in m["tokenizer.ggml.merges"]]
+    else:
+        scores: list[float] = list(m.get("tokenizer.ggml.scores") or [])
+        if not gemma and len(scores) != len(tokens):
+            raise GGUFTokenizerError(f"{header.path}: a sentencepiece vocabulary without a score per piece "
+                                     "(tokenizer.ggml.scores)")
+        ranks = {t: -float(i) for i, t in enumerate(tokens)} if gemma else dict(zip(tokens, map(float, scores)))
+        merges = spm_merges(vocab, ranks)
+    unk = m.get("tokenizer.ggml.unknown_token_id")
+    unk_token = tokens[int(unk)] if gemma and unk is not None and 0 <= int(unk) < len(tokens) else None
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, unk_token=unk_token))
+    steps = [decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if gemma:
+        tok.normalizer = normalizers.Replace(" ", _SPACE)
+        tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+    else:
+        prefix = bool(m.get("tokenizer.ggml.add_space_prefix", True))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=_SPACE, prepend_scheme="first" if prefix else "never",
+                                                     split=False)
+        steps += [decoders.Strip(content=" ", left=1)] if prefix else []
+    tok.decoder = decoders.Sequence(steps)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == _CONTROL])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == _USER_DEFINED])
     return tok
 
 

@@ -1,5 +1,6 @@
 """Tokenizers named by `data.tokenizer`: 'byte', a sentencepiece or tiktoken `.model`, an HF `tokenizer.json`,
-or a `.gguf` checkpoint (the byte-level BPE in its metadata, runtime/convert/gguf_tokenizer.py).
+or a `.gguf` checkpoint (the byte-level BPE or sentencepiece vocabulary in its metadata,
+runtime/convert/gguf_tokenizer.py).
 
 The byte tokenizer (vocab 256, id = UTF-8 byte) needs nothing and serves every local run. The
 others wrap the sentencepiece, tiktoken and tokenizers packages (dependencies of distillc), imported
@@ -186,7 +187,7 @@ def load_tokenizer(name: str) -> Tokenizer:
         return TiktokenTokenizer(name, data) if _is_tiktoken(data) else SentencePieceTokenizer(name, data)
     if name.endswith(".json"):
         return HFTokenizer(name)
-    if name.lower().endswith(".gguf"):  # the byte-level BPE a GGUF checkpoint carries (convert/gguf_tokenizer.py)
+    if name.lower().endswith(".gguf"):  # the vocabulary a GGUF checkpoint carries (convert/gguf_tokenizer.py)
         from distillc.runtime.convert.gguf_meta import GGUFError, local_copy
         from distillc.runtime.convert.gguf_tokenizer import GGUFTokenizerError, tokenizer_json
 
@@ -196,7 +197,7 @@ def load_tokenizer(name: str) -> Tokenizer:
             raise TokenizerError(f"data.tokenizer: {e}") from e
     raise TokenizerError(
         f"unknown data.tokenizer {name!r}: use 'byte', a tokenizer.model (sentencepiece or tiktoken), an HF "
-        "tokenizer.json or a .gguf checkpoint (its byte-level BPE)"
+        "tokenizer.json or a .gguf checkpoint (its byte-level BPE or sentencepiece vocabulary)"
     )
 
 
