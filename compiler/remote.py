@@ -172,13 +172,15 @@ def _why(e: BaseException) -> tuple[str, bool]:
     """(the phrase a note says for a failed request, whether every later request would fail alike:
     no network or no working credentials, rather than this one path)."""
     text = " ".join(str(e).split()) or type(e).__name__
+    text = text if len(text) <= 160 else text[:157] + "..."
+    kind = type(e).__name__
     if isinstance(e, PermissionError) or text.startswith("Forbidden") or getattr(e, "code", None) == 403:
         return "permission denied (the credentials found may not read it)", False
+    if kind == "TransportError" or isinstance(e, (ConnectionError, OSError)) or "connect" in kind.lower():
+        return f"cannot reach Google Cloud ({text})", True  # google-auth's token refresh, or gcsfs's request
     if getattr(e, "code", None) == 401 or type(e).__module__.startswith("google.auth"):
-        return f"the Google credentials were refused ({text[:200]})", True
-    if isinstance(e, (ConnectionError, OSError)) or "connect" in type(e).__name__.lower():
-        return f"cannot reach Cloud Storage ({text[:200]})", True
-    return f"{type(e).__name__}: {text[:200]}", False
+        return f"the Google credentials were refused ({text})", True
+    return f"{kind}: {text}", False
 
 
 class Remote:

@@ -67,7 +67,7 @@ class TestRemote:
             r.read("gs://bucket/hf/llama2/config.json")
         assert len(fs.calls) == 3
 
-    @pytest.mark.parametrize("bucket, why", [("no-access", "permission denied"), ("offline", "cannot reach Cloud Storage")])
+    @pytest.mark.parametrize("bucket, why", [("no-access", "permission denied"), ("offline", "cannot reach Google Cloud")])
     def test_cannot_tell_is_unreachable_with_the_reason(self, bucket, why):
         r = fake_remote()
         with pytest.raises(R.Unreachable) as e:
@@ -79,7 +79,7 @@ class TestRemote:
         r = fake_remote(fs=fs)
         with pytest.raises(R.Unreachable):
             r.exists("gs://offline/x")
-        with pytest.raises(R.Unreachable, match="cannot reach"):
+        with pytest.raises(R.Unreachable, match="cannot reach Google Cloud"):
             r.exists("gs://bucket/hf/llama2")
         assert fs.calls == [("info", "gs://offline/x")]
 
