@@ -17,6 +17,7 @@ from distillc.compiler.diagnostics import Diagnostic, KeyPath, sort_key
 from distillc.compiler.loader import Loaded, SourceMap
 from distillc.compiler.parse import PartialSpec, did_you_mean, parse
 from distillc.compiler.registry import CODES, Stage, Target, load_rules, make
+from distillc.compiler.remote import Remote
 from distillc.runtime.arch import ModelArch
 
 
@@ -32,6 +33,7 @@ class Context:
     accelerator: Optional[Accelerator] = None
     cluster_note: str = ""  # set when a cluster entry replaced the spec's accelerator
     target: Target = "distillc"  # what the spec compiles for: rules state their target's limits
+    remote: Optional[Remote] = None  # reads gs:// checkpoints (validate); None: remote paths are not read
 
     def get(self, name: str) -> Any:
         if name in ("teacher_arch", "student_arch", "accelerator"):
@@ -71,7 +73,8 @@ def _pruned(arch: Optional[ModelArch], pruned: list[int]) -> Optional[ModelArch]
 
 
 def bind(
-    spec: PartialSpec, source: SourceMap, accelerator: Optional[str] = None, target: Target = "distillc"
+    spec: PartialSpec, source: SourceMap, accelerator: Optional[str] = None, target: Target = "distillc",
+    remote: Optional[Remote] = None,
 ) -> tuple[Context, list[Diagnostic]]:
     catalog = load_catalog()
     diags: list[Diagnostic] = []
@@ -87,7 +90,7 @@ def bind(
             path = ("resources", "accelerator")
             hint = did_you_mean(name, catalog.accelerators) or "run `distillc accelerators` for the catalog"
             diags.append(make("DC014", f"unknown accelerator '{name}'", path=path, span=source.span(path), file=source.file, hint=hint))
-    ctx = Context(spec, source, catalog, teacher, student, acc, target=target)
+    ctx = Context(spec, source, catalog, teacher, student, acc, target=target, remote=remote)
     return ctx, diags
 
 
@@ -174,10 +177,12 @@ def check_loaded(
     ignore: Iterable[str] = (),
     accelerator: Optional[str] = None,
     target: Target = "distillc",
+    remote: Optional[Remote] = None,
 ) -> Checked:
-    """load -> parse -> bind -> rules (those of `target`). Structural problems stop before the rules run."""
+    """load -> parse -> bind -> rules (those of `target`). Structural problems stop before the rules run.
+    With `remote`, the rules read gs:// checkpoints through it (validate); without, only local paths."""
     with _no_pydantic_plugins():
-        return _check(loaded, tuple(select), tuple(ignore), accelerator, target)
+        return _check(loaded, tuple(select), tuple(ignore), accelerator, target, remote)
 
 
 @contextmanager
@@ -197,13 +202,14 @@ def _no_pydantic_plugins() -> Iterator[None]:
 
 
 def _check(
-    loaded: Loaded, select: tuple[str, ...], ignore: tuple[str, ...], accelerator: Optional[str], target: Target
+    loaded: Loaded, select: tuple[str, ...], ignore: tuple[str, ...], accelerator: Optional[str], target: Target,
+    remote: Optional[Remote] = None,
 ) -> Checked:
     diags = [d for d in loaded.diagnostics if _wanted(d.code, select, ignore)]
     if loaded.data is None or any(d.code in ("DC000", "DC004") for d in loaded.diagnostics):
         return Checked(PartialSpec(), None, tuple(sorted(diags, key=sort_key)))
     spec, parse_diags = parse(loaded)
-    ctx, bind_diags = bind(spec, loaded.source, accelerator, target)
+    ctx, bind_diags = bind(spec, loaded.source, accelerator, target, remote)
     refused = loaded.refused  # a value refused for its YAML tag (DC001) is not also "invalid"
     diags += [
         d for d in (*parse_diags, *bind_diags)

@@ -141,16 +141,27 @@ def validate(
     ignore: Optional[List[str]] = typer.Option(None, "--ignore", help=IGNORE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors."),
     target: LaunchTarget = typer.Option(LaunchTarget.distillc, "--target", help=TARGET_HELP),
+    offline: bool = typer.Option(False, "--offline", envvar="DISTILLC_OFFLINE",
+                                 help="Read no gs:// path: check local paths only."),
+    remote_timeout: float = typer.Option(
+        5.0, "--remote-timeout", envvar="DISTILLC_REMOTE_TIMEOUT", metavar="SECONDS",
+        help="The most time all gs:// reads of this run take together; past it a path is noted (DC186), not checked."),
 ) -> None:
     """Check specs against every rule; print compiler-style diagnostics.
 
-    Load and structure errors (DC0xx) are reported whatever --select/--ignore say."""
+    gs:// checkpoints are checked like local ones when they can be reached within --remote-timeout;
+    when they cannot (no credentials, no network), DC186 notes which and why. Load and structure
+    errors (DC0xx) are reported whatever --select/--ignore say."""
     from distillc.compiler.check import check_loaded
     from distillc.compiler.diagnostics import sort_key, summary
     from distillc.compiler.loader import STDIN_NAME, LoadError, load_file, load_stream
+    from distillc.compiler.remote import Remote
 
     sel, ign = _split_codes(select), _split_codes(ignore)
     _check_selectors(sel, ign)
+    if not remote_timeout > 0:  # also NaN
+        raise fail(f"--remote-timeout {remote_timeout}: must be a positive number of seconds")
+    remote = None if offline else Remote(remote_timeout)
     all_diags, sources, io_errors, names = [], {}, [], []
     for path in specs:
         try:
@@ -163,7 +174,7 @@ def validate(
         if _is_clusters_file(loaded.data):
             all_diags += sorted(_check_clusters_file(loaded, sel, ign), key=sort_key)
         else:
-            checked = check_loaded(loaded, sel, ign, target=target.value)
+            checked = check_loaded(loaded, sel, ign, target=target.value, remote=remote)
             all_diags += sorted((*checked.diagnostics, *_ablation_axes(loaded, sel, ign)), key=sort_key)
     if names:  # no JSON list at all when no file could be read
         emit_diagnostics(all_diags, format, sources)

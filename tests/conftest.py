@@ -45,6 +45,11 @@ def _fast_compile_flags() -> tuple[str, ...]:
     return ()
 
 
+# The suite never reads real Cloud Storage: `distillc validate` here (and in the subprocesses tests
+# start) reads no gs:// path, as with --offline, unless a test clears this and gives it the fake
+# Cloud Storage of tests/fake_gcs.py.
+os.environ["DISTILLC_OFFLINE"] = "1"
+
 TEST_XLA_FLAGS = _fast_compile_flags()
 os.environ["DISTILLC_TEST_XLA_FLAGS"] = " ".join(TEST_XLA_FLAGS)  # subprocesses and xdist workers skip the probe
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *TEST_XLA_FLAGS]).strip()

@@ -1,6 +1,7 @@
 """Every rule's docstring examples: the `Fails::` fragment triggers its code, `Passes::` does not.
 
-Spec rules check a spec (the fragment merged onto tests/fixtures/base.yaml). Cluster rules check a
+Spec rules check a spec (the fragment merged onto tests/fixtures/base.yaml), reading gs:// paths
+from the fake Cloud Storage of tests/fake_gcs.py (gs://bucket/ holds tests/fixtures/). Cluster rules check a
 clusters file whose entry `example` (tests/fixtures/clusters.yaml) has the fragment merged in.
 Plan rules launch the spec on that entry, with the rule's `Cluster::` fragment merged in; the
 failing example of a cluster or plan rule is reported where its `At::` line says.
@@ -12,6 +13,7 @@ import pytest
 
 from distillc.compiler.registry import TARGETS, Rule, iter_codes
 from tests.conftest import FIXTURES, at, check_text, codes, deep_merge, spec_text, where
+from tests.fake_gcs import fake_remote
 
 CODES = [c for c in iter_codes() if c.func is not None]
 RULES = [r for c in CODES for r in c.rules]
@@ -56,18 +58,19 @@ def test_rule_has_both_examples(rule):
 
 @pytest.mark.parametrize("rule", SPEC_RULES, ids=rule_id)
 def test_failing_example_triggers(rule):
-    assert rule.code in codes(check_text(spec_text(rule.examples["fails"]), target=rule.targets[0]))
+    assert rule.code in codes(check_text(spec_text(rule.examples["fails"]), target=rule.targets[0], remote=fake_remote()))
 
 
 @pytest.mark.parametrize("rule", SPEC_RULES, ids=rule_id)
 def test_passing_example_is_clean_of_the_code(rule):
-    assert rule.code not in codes(check_text(spec_text(rule.examples["passes"]), target=rule.targets[0]))
+    assert rule.code not in codes(check_text(spec_text(rule.examples["passes"]), target=rule.targets[0],
+                                             remote=fake_remote()))
 
 
 @pytest.mark.parametrize("rule", [r for r in SPEC_RULES if len(r.targets) == 1], ids=rule_id)
 def test_a_target_rule_is_silent_for_the_other_target(rule):
     other = next(t for t in TARGETS if t not in rule.targets)
-    assert rule.code not in codes(check_text(spec_text(rule.examples["fails"]), target=other))
+    assert rule.code not in codes(check_text(spec_text(rule.examples["fails"]), target=other, remote=fake_remote()))
 
 
 @pytest.mark.parametrize("rule", LATER_RULES, ids=rule_id)

@@ -22,7 +22,7 @@ from distillc.compiler.spec import SECTIONS
 
 Path = tuple[Any, ...]
 BOUND: dict[str, Path] = {"teacher_arch": ("teacher",), "student_arch": ("student",), "accelerator": ("resources",)}
-CONSTANT = ("catalog", "cluster_note", "target")
+CONSTANT = ("catalog", "cluster_note", "target", "remote")
 
 
 class Recorder:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator
 
+from distillc.compiler import checkpoint_files as files
 from distillc.compiler.diagnostics import Severity
 from distillc.compiler.registry import Finding, rule
-from distillc.runtime.convert.gguf_meta import GGUFError, arch_differences, is_gguf_path, local_header
+from distillc.runtime.convert.gguf_meta import GGUFError, arch_differences, is_gguf_path
 
 if TYPE_CHECKING:
     from distillc.compiler.check import Context
@@ -57,7 +58,7 @@ def gguf_mismatch(ctx: Context) -> Iterator[Finding]:
         if side is None or side.checkpoint is None or side.format not in (None, "gguf"):
             continue
         try:
-            header = local_header(side.checkpoint, side.format)
+            header = files.gguf_header(ctx, side.checkpoint, side.format)
             if header is None or arch is None:
                 continue
             why = arch_differences(header, arch)

@@ -40,6 +40,11 @@ class GGUFError(ValueError):
     """A GGUF file that is not one, is truncated, or holds what this runtime does not build."""
 
 
+class GGUFTruncated(GGUFError):
+    """The header runs past the bytes given: a truncated file, or (parse_header over a file's first
+    bytes) a prefix too short, which a reader by ranges extends."""
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One tensor's entry in the header: `dims` in ggml order (dims[0] contiguous), so the numpy
@@ -77,7 +82,7 @@ class _Cursor:
     def unpack(self, fmt: str) -> Any:
         n = struct.calcsize(fmt)
         if self.pos + n > len(self.buf):
-            raise GGUFError(f"{self.path}: truncated GGUF header (at byte {self.pos} of {len(self.buf)})")
+            raise GGUFTruncated(f"{self.path}: truncated GGUF header (at byte {self.pos} of {len(self.buf)})")
         value = struct.unpack_from(fmt, self.buf, self.pos)[0]
         self.pos += n
         return value
@@ -85,7 +90,7 @@ class _Cursor:
     def string(self) -> str:
         n = self.unpack("<Q")
         if self.pos + n > len(self.buf):
-            raise GGUFError(f"{self.path}: truncated GGUF header (a {n}-byte string at byte {self.pos})")
+            raise GGUFTruncated(f"{self.path}: truncated GGUF header (a {n}-byte string at byte {self.pos})")
         raw = bytes(self.buf[self.pos:self.pos + n])
         self.pos += n
         return raw.decode("utf-8", errors="replace")
@@ -128,12 +133,17 @@ def read_header(path: str, keep_arrays: Iterable[str] = ()) -> GGUFHeader:
             if size < 24:
                 raise GGUFError(f"{path}: not a GGUF file ({size} bytes)")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                return _parse(buf, path, size, keep)
+                return parse_header(buf, path, size, keep)
     except OSError as e:
         raise GGUFError(f"{path}: unreadable ({e.strerror or e})") from e
 
 
-def _parse(buf: Any, path: str, size: int, keep: set[str]) -> GGUFHeader:
+def parse_header(buf: Any, path: str, size: int, keep: Iterable[str] = ()) -> GGUFHeader:
+    """The header in `buf`: the whole file (a memory map), or its first bytes (a remote file read by
+    ranges: GGUFTruncated when they end inside the header). `size` is the whole file's."""
+    keep = set(keep)
+    if size < 24:
+        raise GGUFError(f"{path}: not a GGUF file ({size} bytes)")
     if bytes(buf[:4]) != MAGIC:
         raise GGUFError(f"{path}: not a GGUF file (magic {bytes(buf[:4])!r}, expected {MAGIC!r})")
     cur = _Cursor(buf, path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from distillc.runtime.arch import ModelArch, RopeScaling
 
@@ -252,9 +252,25 @@ def local_config(path: str) -> Optional[dict]:
     except OSError:  # a name too long, a permission: not a directory this reads (the runtime says why)
         return None
     try:
-        config = json.loads((root / "config.json").read_text())
-    except (OSError, ValueError) as e:
+        raw = (root / "config.json").read_bytes()
+    except OSError as e:
         raise HFConfigError(f"{root / 'config.json'}: unreadable JSON ({e})") from e
+    return parse_config(raw, str(root / "config.json"))
+
+
+def is_hf_listing(names: Iterable[str]) -> bool:
+    """Whether a directory holding these names is a Hugging Face checkpoint (config.json beside
+    *.safetensors): what `validate` asks of a gs:// directory's listing."""
+    names = set(names)
+    return "config.json" in names and any(n.endswith(".safetensors") for n in names)
+
+
+def parse_config(raw: bytes, where: str) -> dict:
+    """A config.json's bytes as its JSON object; HFConfigError naming `where` when it is not one."""
+    try:
+        config = json.loads(raw)
+    except ValueError as e:
+        raise HFConfigError(f"{where}: unreadable JSON ({e})") from e
     if not isinstance(config, dict):
-        raise HFConfigError(f"{root / 'config.json'}: not a JSON object")
+        raise HFConfigError(f"{where}: not a JSON object")
     return config
