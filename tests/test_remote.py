@@ -263,7 +263,8 @@ class TestDC183RemoteGGUF:
     def test_each_disagreeing_field_and_a_match(self):
         _, c = check("teacher:\n  model: tiny-teacher\n  checkpoint: gs://bucket/gguf/tiny-llama-f32.gguf\n")
         fields = {d.message.split(": ")[1] for d in c.diagnostics if d.code == "DC183"}
-        assert fields == {"vocab_size", "emb_dim", "num_kv_heads", "head_dim", "mlp_dim"}
+        # query_pre_attn_scalar: a llama file's query scaling is its head_dim, which differs too
+        assert fields == {"vocab_size", "emb_dim", "num_kv_heads", "head_dim", "mlp_dim", "query_pre_attn_scalar"}
         _, c = check(f"teacher:\n  model: {GGUF_INLINE}\n  checkpoint: gs://bucket/gguf/tiny-llama-f32.gguf\n")
         assert not {"DC183", "DC186"} & set(codes(c))
 
