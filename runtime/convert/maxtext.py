@@ -50,8 +50,8 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -529,6 +529,7 @@ class ExportedMaxText:
     tensors: int
     bytes: int
     arch: ModelArch
+    wrote: bool = True  # this process renamed OUT into place (process 0; every process writes its shards)
 
 
 def _to_maxtext_fn(e: Entry, arch: ModelArch, conv: Convention, stacked: bool, dtype: Any) -> Callable[[Any], Any]:
@@ -614,17 +615,38 @@ def _parent(tree: dict, path: Path_) -> dict:
     return _get(tree, path[:-1]) if len(path) > 1 else tree
 
 
+def _shared_tmp(target: epath.Path) -> epath.Path:
+    """A temporary sibling of `target` with the same name in every process (process 0 draws it)."""
+    token = secrets.randbits(31)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        token = int(multihost_utils.broadcast_one_to_all(np.int32(token)))
+    return target.parent / f".{target.name}.{token:08x}"
+
+
 def save_maxtext(out: str, tree: dict, step: int = 0) -> str:
     """Writes `tree` as MaxText's converters do (an Orbax CheckpointManager step `step` whose item
     `items` holds {"step", "params": {"params": tree}}, ocdbt + zarr3), into a temporary sibling
     directory renamed onto `out` when complete. Returns the items path (MaxText's
-    load_parameters_path)."""
+    load_parameters_path).
+
+    Several processes: Orbax writes each array's shards from the process that holds them (by
+    design: no process gathers the model) into the one temporary directory, and its primary
+    (process 0) writes the metadata and commits; once every process is past the save (a barrier),
+    process 0 alone renames the directory onto OUT. A failure before then leaves no OUT."""
+    from distillc.runtime.convert.export import barrier, is_writer
+
     target = _abs(out)
     if target.exists():
         raise CheckpointError(f"{out!r} exists: export writes a new directory (remove it or choose another)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = epath.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=str(target.parent)))
+    tmp = _shared_tmp(target)
+    writer = is_writer()
     try:
+        if writer:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+        barrier("distillc-export-maxtext-tmp")
         # writes in flight capped at the largest tensor (Orbax's default, 96 GB, lets every array's
         # write buffers exist at once: a second copy of the model in host memory)
         largest = max((int(a.nbytes) for _, a in _leaves(tree) if hasattr(a, "nbytes")), default=0)
@@ -638,10 +660,14 @@ def save_maxtext(out: str, tree: dict, step: int = 0) -> str:
             mngr.wait_until_finished()
         finally:
             mngr.close()
-        os.replace(str(tmp), str(target))
+        barrier("distillc-export-maxtext-written")  # every process's shards are in
+        if writer:
+            os.replace(str(tmp), str(target))
     except BaseException:
-        shutil.rmtree(str(tmp), ignore_errors=True)
+        if writer:
+            shutil.rmtree(str(tmp), ignore_errors=True)
         raise
+    barrier("distillc-export-maxtext-renamed")  # no process returns before OUT exists
     return str(target / str(step) / ITEMS)
 
 
@@ -674,4 +700,4 @@ def export_maxtext(source: str, out: str, *, step: Optional[int] = None, dtype: 
     counted = len(arrays), sum(a.nbytes for a in arrays)  # before Orbax: the tree is all it needs
     del arrays
     items = save_maxtext(out, tree)
-    return ExportedMaxText(out, items, scanned, counted[0], counted[1], side.arch)
+    return ExportedMaxText(out, items, scanned, counted[0], counted[1], side.arch, jax.process_index() == 0)
