@@ -540,9 +540,17 @@ def export(
     unscanned: bool = typer.Option(False, "--unscanned", help="--to maxtext: one entry per layer (MaxText scan_layers: false)."),
 ) -> None:
     """Export parameters as a Hugging Face directory that transformers' from_pretrained loads, or as a
-    MaxText checkpoint that MaxText restores (load_parameters_path=OUT/0/items)."""
+    MaxText checkpoint that MaxText restores (load_parameters_path=OUT/0/items). In a multi-process
+    job (JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES / JAX_PROCESS_ID, or a TPU cluster) every
+    process runs it; process 0 writes OUT and reports."""
     arch = _catalog_model(model)
+    from distillc.runtime.train import distributed
     from distillc.runtime.train.checkpoints import CheckpointError
+
+    try:
+        distributed.initialize()
+    except distributed.MeshError as e:
+        raise fail(str(e))
 
     if to == ExportTarget.maxtext:
         from distillc.runtime.convert.maxtext import convention, export_maxtext
@@ -552,6 +560,8 @@ def export(
         except CheckpointError as e:
             raise fail(str(e))
         conv = convention(mt.arch)
+        if not mt.wrote:
+            return
         typer.echo(f"exported {mt.arch.name} ({mt.tensors} tensors, {mt.bytes / 1e6:.1f} MB {dtype.value}, "
                    f"{'scanned' if mt.scanned else 'unscanned'}) to {mt.items} (MaxText load_parameters_path; "
                    f"query {'scaled by 1/sqrt(head_dim)' if conv.scale_query else 'unscaled'}, RoPE "
@@ -563,6 +573,8 @@ def export(
         done = export_hf(source, out, step=step, dtype=dtype.value, max_shard_size=max_shard_size, model=arch)
     except CheckpointError as e:
         raise fail(str(e))
+    if not done.wrote:
+        return
     typer.echo(f"exported {done.arch.name} ({done.tensors} tensors, {done.bytes / 1e6:.1f} MB {dtype.value}) "
                f"to {done.out}: {', '.join(done.files + ('config.json',) + done.tokenizer)}")
 

@@ -163,3 +163,59 @@ def test_exports_from_a_sharded_load_are_the_one_device_files(tmp_path):
     assert one.keys() == eight.keys()
     for k in one:
         assert one[k].dtype == eight[k].dtype and one[k].tobytes() == eight[k].tobytes(), k
+
+
+TWO_PROCESS_EXPORT = """
+import sys
+from distillc.runtime.train import distributed
+distributed.initialize()  # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID: what `distillc export` reads
+import jax
+from distillc.runtime.convert.export import export_hf, export_mesh
+from distillc.runtime.convert.maxtext import export_maxtext
+from tests.test_hf_models import FIXTURES, fixture_arch
+arch = fixture_arch("gemma3")
+assert jax.process_count() == 2 and export_mesh(arch).devices.size == 2  # one mesh over both processes
+hf = export_hf(str(FIXTURES / "llama3.1"), sys.argv[1] + "/hf", dtype="bfloat16", max_shard_size="20KB")
+mt = export_maxtext(str(FIXTURES / "gemma3"), sys.argv[1] + "/mt", dtype="float32", model=arch)
+print("WROTE", jax.process_index(), hf.wrote, mt.wrote)
+"""
+
+
+def test_a_two_process_export_is_the_one_process_export(tmp_path):
+    """Two processes joined by jax.distributed (one CPU device each): the source loads sharded over
+    both, every tensor is gathered across them (process_allgather), process 0 alone writes the hf
+    files and renames OUT after the barrier; Orbax writes each process's MaxText shards, process 0
+    renames. OUT equals the one-process export: the hf files byte for byte, the MaxText tensors bit
+    for bit; no temporary is left."""
+    import socket
+
+    from tests.conftest import xla_env
+    from tests.test_hf_models import fixture_arch
+    from tests.test_maxtext import _stored
+    from distillc.runtime.convert.maxtext import export_maxtext
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "two").mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_EXPORT, str(tmp_path / "two")], cwd=ROOT,
+                              env=xla_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                          JAX_PROCESS_ID=str(i)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "WROTE 0 True True" in outs[0][0] and "WROTE 1 False False" in outs[1][0]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["hf", "mt"]  # no temporary left
+    export_hf(str(FIXTURES / "llama3.1"), str(tmp_path / "hf"), dtype="bfloat16", max_shard_size="20KB")
+    export_maxtext(str(FIXTURES / "gemma3"), str(tmp_path / "mt"), dtype="float32", model=fixture_arch("gemma3"))
+    files = sorted(f.name for f in (tmp_path / "hf").iterdir())
+    assert len(files) > 3 and files == sorted(f.name for f in (tmp_path / "two" / "hf").iterdir())
+    for name in files:
+        assert (tmp_path / "hf" / name).read_bytes() == (tmp_path / "two" / "hf" / name).read_bytes(), name
+    items = tmp_path / "two" / "mt" / "0" / "items"
+    assert (items / "ocdbt.process_0").is_dir() and (items / "ocdbt.process_1").is_dir()  # both wrote their shards
+    one, two = _stored(tmp_path / "mt"), _stored(tmp_path / "two" / "mt")
+    assert one.keys() == two.keys()
+    for k in one:
+        assert one[k].dtype == two[k].dtype and one[k].tobytes() == two[k].tobytes(), k

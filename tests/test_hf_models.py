@@ -33,7 +33,7 @@ MAX_KL = 1e-5
 
 def fixture_arch(family: str) -> ModelArch:
     config = json.loads((FIXTURES / family / "config.json").read_text())
-    return arch_from_hf_config(config, f"fixture-{family}").model_copy(update={"family": family.removesuffix("-byte").removesuffix("-mm")})
+    return arch_from_hf_config(config, f"fixture-{family}").model_copy(update={"family": family.removesuffix("-byte").removesuffix("-mm").removesuffix("-pairs")})
 
 
 def side(arch: ModelArch, checkpoint: str, fmt: str | None = None) -> SideConfig:

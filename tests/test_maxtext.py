@@ -32,7 +32,10 @@ from tests.runtime_configs import make_config
 from tests.test_hf_models import FIXTURES, MAX_KL, fixture_arch, forward, goldens, max_kl, side
 
 MT = Path(__file__).resolve().parent / "fixtures" / "maxtext"
-MT_FAMILIES = ("llama3.1", "qwen2.5", "qwen3")
+MT_FAMILIES = ("llama3.1", "qwen2.5", "qwen3", "gemma2-pairs", "gemma3")
+# gemma2/gemma3 (whose loads are slower: four norms, 4 and 7 layers) load each stored layout onto the other run layout
+LOAD_CASES = [(f, stored, scan) for f in MT_FAMILIES[:3] for stored in ("scanned", "unscanned") for scan in (True, False)] + \
+    [(f, stored, stored == "unscanned") for f in MT_FAMILIES[3:] for stored in ("scanned", "unscanned")]
 
 
 def _mesh():
@@ -62,9 +65,8 @@ def _stored(path: Path) -> dict:
 # ----------------------------------------------------------------------------- MaxText's converter, read
 
 
-@pytest.mark.parametrize("scan", [True, False], ids=["run-scanned", "run-unscanned"])
-@pytest.mark.parametrize("stored", ["scanned", "unscanned"])
-@pytest.mark.parametrize("family", MT_FAMILIES)
+@pytest.mark.parametrize("family,stored,scan", LOAD_CASES,
+                         ids=[f"{f}-{s}-run-{'scanned' if r else 'unscanned'}" for f, s, r in LOAD_CASES])
 def test_maxtext_converter_output_gives_transformers_logits(family, stored, scan):
     tokens, golden = goldens(family)
     ours = forward(fixture_arch(family), str(MT / f"{family}-{stored}"), scan, tokens)
@@ -87,6 +89,61 @@ def test_fixtures_hold_what_the_conventions_undo():
                                   _params(fixture_arch("qwen2.5"), str(FIXTURES / "qwen2.5"), False)["['layers'][0]['attn']['q']"])
     assert "['decoder']['layers']['self_attention']['key_norm']['scale']" in _stored(MT / "qwen3-scanned")
     assert json.loads((MT / "SOURCE.json").read_text())["converter"].startswith("maxtext.checkpoint_conversion.to_maxtext")
+
+
+def test_gemma_fixtures_hold_maxtexts_layer_groups():
+    """gemma2: (local, global) pairs, so layers 0, 2 stacked as self_attention_local and 1, 3 as
+    _global, the query divided by sqrt(head_dim), norms stored as 1 + w; gemma3: 7 layers as six
+    blocks layers/layers_0..5 (one layer each) and layers_remainder/layers_0 (layer 6), the query
+    unscaled (MaxText scales it at run time), q/k norms 1 + w too."""
+    hf2 = _params(fixture_arch("gemma2-pairs"), str(FIXTURES / "gemma2-pairs"))
+    mt2 = _stored(MT / "gemma2-pairs-scanned")
+    q = hf2["['layers']['attn']['q']"]
+    np.testing.assert_allclose(np.moveaxis(mt2["['decoder']['layers']['self_attention_local']['query']['kernel']"], 1, 0),
+                               q[[0, 2]] / np.sqrt(32), rtol=1e-6)
+    np.testing.assert_allclose(np.moveaxis(mt2["['decoder']['layers']['self_attention_global']['query']['kernel']"], 1, 0),
+                               q[[1, 3]] / np.sqrt(32), rtol=1e-6)
+    np.testing.assert_array_equal(mt2["['decoder']['layers']['post_ffw_norm_global']['scale']"].T,
+                                  hf2["['layers']['post_mlp_norm']['scale']"][[1, 3]] + np.float32(1))
+    assert "['decoder']['layers_1']['mlp_global']['wo']['kernel']" in _stored(MT / "gemma2-pairs-unscanned")
+    hf3 = _params(fixture_arch("gemma3"), str(FIXTURES / "gemma3"))
+    mt3 = _stored(MT / "gemma3-scanned")
+    for b in range(6):
+        np.testing.assert_array_equal(mt3[f"['decoder']['layers']['layers_{b}']['self_attention']['query']['kernel']"][:, 0],
+                                      hf3["['layers']['attn']['q']"][b])
+    np.testing.assert_array_equal(mt3["['decoder']['layers_remainder']['layers_0']['self_attention']['key_norm']['scale']"],
+                                  hf3["['layers']['attn']['k_norm']['scale']"][6] + np.float32(1))
+    assert len(mt3) == 1 + 1 + 7 * 13  # embedding, final norm, 13 tensors per layer
+
+
+@pytest.mark.parametrize("family", ["gemma2-pairs", "gemma3"])
+def test_gemma_maxtext_round_trip_and_layout_change(tmp_path, family):
+    """MaxText's scanned checkpoint -> ours -> MaxText unscanned equals MaxText's own unscanned one:
+    (s - 1) + 1 is exact in float32 for norm scales near 1, the embedding factor 8 is a power of 2;
+    gemma2's query goes through sqrt(32) and back, within one float32 ulp."""
+    arch = fixture_arch(family)
+    export_maxtext(str(MT / f"{family}-scanned"), str(tmp_path / "mt"), dtype="float32", model=arch, scanned=False)
+    ours, theirs = _stored(tmp_path / "mt"), _stored(MT / f"{family}-unscanned")
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        if "query" in name and family == "gemma2-pairs":
+            np.testing.assert_array_max_ulp(ours[name], theirs[name], maxulp=1)
+        else:
+            np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
+def test_gemma_layouts_maxtext_cannot_hold_are_refused(tmp_path):
+    """MaxText's gemma2 decoder layer is a (local, global) pair: the 3-layer gemma2 has no MaxText
+    layout; a gemma3 whose local/global pattern is not MaxText's 5:1 has none either. Refused before
+    anything is written."""
+    with pytest.raises(CheckpointError, match="even number"):
+        export_maxtext(str(FIXTURES / "gemma2"), str(tmp_path / "g2"), model=fixture_arch("gemma2"))
+    odd = fixture_arch("gemma3").model_copy(update={"local_global_ratio": "1:1"})
+    with pytest.raises(CheckpointError, match="every sixth layer"):
+        export_maxtext(str(FIXTURES / "gemma3"), str(tmp_path / "g3"), model=odd)
+    assert not list(tmp_path.iterdir())
+    msg = _error(fixture_arch("gemma2-pairs").model_copy(update={"num_layers": 3}), MT / "gemma2-pairs-scanned")
+    assert str(MT / "gemma2-pairs-scanned" / "0" / "items") in msg and "even number" in msg
 
 
 SHARDED_CHECK = """
@@ -154,6 +211,15 @@ def test_conventions_by_family():
     assert c["llama2"].scale_query and not c["llama2"].rope_interleaved and c["mistral"] == c["llama2"]
     assert not c["qwen2.5"].scale_query and not c["qwen3"].rope_interleaved
     assert c["gemma"].norm_plus_one and c["gemma"].embed_times_sqrt_d and c["gemma"].attn_norm == "pre_self_attention_norm"
+    g2, g3 = convention(fixture_arch("gemma2")), convention(fixture_arch("gemma3"))
+    assert g2.scale_query and g2.layout == "pairs" and g2.norm_plus_one and not g2.embed_bf16_factor
+    assert not g3.scale_query and g3.layout == "blocks" and g3.embed_bf16_factor
+    # gemma3's converter scales the embedding by a bfloat16 sqrt(D): 50.5 for gemma3-4b's 2560
+    from distillc.runtime.convert.maxtext import embed_factor
+
+    assert embed_factor(fixture_arch("gemma3").model_copy(update={"emb_dim": 2560}), g3) == np.float32(50.5)
+    assert embed_factor(fixture_arch("gemma2").model_copy(update={"emb_dim": 2304}), g2) == np.float32(48.0)
+    assert embed_factor(fixture_arch("gemma2").model_copy(update={"emb_dim": 2560}), g2) == np.float32(np.sqrt(2560))
     x = np.arange(2 * 8.0).reshape(2, 8)
     np.testing.assert_array_equal(interleave(x)[0], [0, 4, 1, 5, 2, 6, 3, 7])
     np.testing.assert_array_equal(deinterleave(interleave(x)), x)

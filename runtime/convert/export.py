@@ -8,6 +8,12 @@ SOURCE is a distillc run directory (its student: the latest step, or --step N), 
 directory (a dtype conversion or a re-shard), a MaxText checkpoint or a distillc parameter
 checkpoint (for these two `model` names the architecture). `--to maxtext` is convert/maxtext.py.
 
+Several processes (a multi-host job joined by jax.distributed, `distributed.initialize`): every
+process loads its slices and takes part in each gather (`process_allgather`, a collective, in the
+same tensor order everywhere), but only process 0 writes: it fills the temporary directory, all
+processes meet at a barrier once every tensor is gathered, and process 0 renames it onto OUT. A
+process that fails before the barrier leaves no OUT (process 0's temporary goes with its error).
+
 Memory: the source is loaded sharded over the host's devices (`export_mesh`), then each tensor in
 turn is gathered to host memory (`gather`), converted, written into the shard file being written,
 and dropped, its device copy deleted as soon as it is gathered. Host memory holds at most one
@@ -60,6 +66,20 @@ class Exported:
     tensors: int
     bytes: int
     arch: ModelArch
+    wrote: bool = True  # this process wrote OUT (process 0; the others only took part in the gathers)
+
+
+def is_writer() -> bool:
+    """Whether this process writes an export's files: process 0 of the job (the only one alone)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Every process of a multi-process job reaches `name` before any goes on (nothing alone)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def parse_size(text: str) -> int:
@@ -234,10 +254,16 @@ def gather(x: jax.Array) -> np.ndarray:
     return out
 
 
-def _write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]],
+def _write_safetensors(path: Optional[Path], tensors: list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]],
                        dtype: str) -> None:
     """A safetensors file written tensor by tensor: the header from the shapes, then each tensor
-    produced (gathered and converted) only when its turn comes, written, and dropped."""
+    produced (gathered and converted) only when its turn comes, written, and dropped. With no `path`
+    (a process that does not write) each tensor is still produced, in the same order: its gather is
+    a collective every process takes part in."""
+    if path is None:
+        for _, _, produce in tensors:
+            produce()
+        return
     itemsize = np.dtype(_NP_DTYPES[dtype]).itemsize
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -298,8 +324,11 @@ def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str =
     def converted(path: tuple, kind: str) -> Callable[[], np.ndarray]:
         return lambda: to_hf(kind, leaf(path)).astype(np_dtype, copy=False)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    writer = is_writer()  # process 0 writes; the others take part in the gathers only
+    tmp: Optional[Path] = None
+    if writer:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         itemsize = np.dtype(np_dtype).itemsize
         shards: list[list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]] = [[]]
@@ -313,38 +342,46 @@ def export_hf(source: str, out: str, *, step: Optional[int] = None, dtype: str =
             shards[-1].append((name, shape, converted(our, kind)))
             size += nbytes
             total += nbytes
-        files = []
-        if len(shards) == 1:
-            files.append("model.safetensors")
-            _write_safetensors(tmp / files[0], shards[0], dtype)
-        else:
-            weight_map = {}
-            for i, shard in enumerate(shards, 1):
-                fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                _write_safetensors(tmp / fname, shard, dtype)
-                files.append(fname)
-                weight_map.update({name: fname for name, _, _ in shard})
-            (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                                indent=2) + "\n")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "generation_config.json").write_text(json.dumps({"_from_model_config": True}, indent=2) + "\n")
-        copied = []
-        for f in tokenizer_sources(source):
-            if f.suffix.lower() == ".gguf":  # the tokenizer in a GGUF file's metadata, as tokenizer.json
-                from distillc.runtime.convert.gguf_tokenizer import write_tokenizer_json
-
-                write_tokenizer_json(str(f), str(tmp / "tokenizer.json"))
-                copied.append("tokenizer.json")
-                continue
-            name = "tokenizer.model" if f.suffix == ".model" else "tokenizer.json" if f.suffix == ".json" and \
-                f.name not in TOKENIZER_FILES else f.name
-            shutil.copyfile(f, tmp / name)
-            copied.append(name)
-        os.replace(tmp, target)
+        files = ["model.safetensors"] if len(shards) == 1 else \
+            [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+        for fname, shard in zip(files, shards):
+            _write_safetensors(tmp / fname if tmp else None, shard, dtype)
+        copied: list[str] = []
+        if tmp is not None:
+            if len(shards) > 1:
+                weight_map = {name: fname for fname, shard in zip(files, shards) for name, _, _ in shard}
+                (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                    indent=2) + "\n")
+            copied = _write_side_files(tmp, config, source)
+        barrier("distillc-export-hf-written")  # every process's gathers done: OUT is complete
+        if tmp is not None:
+            os.replace(tmp, target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Exported(out, tuple(files), tuple(copied), sum(len(s) for s in shards), total, side.arch)
+    barrier("distillc-export-hf-renamed")  # no process returns before OUT exists
+    return Exported(out, tuple(files), tuple(copied), sum(len(s) for s in shards), total, side.arch, writer)
+
+
+def _write_side_files(tmp: Path, config: dict, source: str) -> list[str]:
+    """config.json, generation_config.json and the tokenizer files into `tmp`; returns the
+    tokenizer files' names."""
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (tmp / "generation_config.json").write_text(json.dumps({"_from_model_config": True}, indent=2) + "\n")
+    copied = []
+    for f in tokenizer_sources(source):
+        if f.suffix.lower() == ".gguf":  # the tokenizer in a GGUF file's metadata, as tokenizer.json
+            from distillc.runtime.convert.gguf_tokenizer import write_tokenizer_json
+
+            write_tokenizer_json(str(f), str(tmp / "tokenizer.json"))
+            copied.append("tokenizer.json")
+            continue
+        name = "tokenizer.model" if f.suffix == ".model" else "tokenizer.json" if f.suffix == ".json" and \
+            f.name not in TOKENIZER_FILES else f.name
+        shutil.copyfile(f, tmp / name)
+        copied.append(name)
+    return copied
 
 
 def _order(name: str) -> tuple:
