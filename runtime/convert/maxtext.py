@@ -65,7 +65,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from distillc.runtime.arch import ModelArch
 from distillc.runtime.convert.layout import tree_set
-from distillc.runtime.train.checkpoints import CheckpointError
+from distillc.runtime.train.checkpoints import CheckpointError, metadata_tree
 
 ITEMS = "items"
 SCAN_AXIS = 1  # MaxText's param_scan_axis
@@ -313,24 +313,10 @@ def items_dir(path: str) -> epath.Path:
     return p / str(max(steps)) / ITEMS
 
 
-def _tree_metadata(items: epath.Path) -> dict:
-    ckptr = ocp.PyTreeCheckpointer()
-    try:
-        meta = ckptr.metadata(items)
-    except (ValueError, KeyError, OSError, FileNotFoundError) as e:
-        raise CheckpointError(f"{items}: unreadable Orbax metadata ({e})") from e
-    finally:
-        ckptr.close()
-    tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
-    if not isinstance(tree, dict):
-        raise CheckpointError(f"{items}: no parameter tree in its Orbax metadata")
-    return tree
-
-
 def stored_params(path: str) -> tuple[epath.Path, dict]:
     """(items directory, the metadata tree under params/params) of a MaxText checkpoint."""
     items = items_dir(path)
-    tree = _tree_metadata(items)
+    tree = metadata_tree(items, str(items))
     params = tree.get("params", {})
     params = params.get("params") if isinstance(params, dict) else None
     if not isinstance(params, dict) or "decoder" not in params:

@@ -330,19 +330,25 @@ def _params_dir(path: str) -> epath.Path:
     return step_dir
 
 
-def stored_tree(path: str) -> dict:
-    """The nested-dict structure of a parameter checkpoint, read from its metadata (no arrays)."""
-    ckptr = ocp.StandardCheckpointer()
+def metadata_tree(directory: Any, where: str) -> dict:
+    """The nested-dict structure an Orbax PyTree checkpoint directory records in its metadata (no
+    arrays read); `where` names it in the error. One reader for our checkpoints and MaxText's."""
+    ckptr = ocp.PyTreeCheckpointer()
     try:
-        meta = ckptr.metadata(_params_dir(path))
+        meta = ckptr.metadata(directory)
     except (ValueError, KeyError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path!r} has unreadable metadata: {e}") from e
+        raise CheckpointError(f"{where} has unreadable Orbax metadata: {e}") from e
     finally:
         ckptr.close()
-    tree = getattr(getattr(meta, "item_metadata", meta), "tree", None)
+    tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
     if not isinstance(tree, dict):
-        raise CheckpointError(f"checkpoint {path!r} has no parameter tree in its metadata")
+        raise CheckpointError(f"{where} has no parameter tree in its Orbax metadata")
     return tree
+
+
+def stored_tree(path: str) -> dict:
+    """The nested-dict structure of a parameter checkpoint, read from its metadata (no arrays)."""
+    return metadata_tree(_params_dir(path), f"checkpoint {path!r}")
 
 
 def _leaves(tree: Any) -> dict[str, Any]:
