@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, check_text, codes, find, spec_text
 
 TINY = "tests/fixtures/gguf/tiny-llama-f32.gguf"
@@ -112,3 +114,34 @@ def test_an_architecture_the_runtime_does_not_build_is_reported(tmp_path):
     bad.write_bytes(data)
     d = find(check_text(spec_text(f"teacher:\n  model: {TINY_INLINE}\n  checkpoint: {bad}\n")), "DC183")
     assert "general.architecture 'mamba' is not loaded from GGUF by this runtime" in d.message
+
+
+def _header_only(*kvs: bytes) -> bytes:
+    """A GGUF v3 file of metadata only (no tensors), from encoded (key, type, value) entries."""
+    import struct
+
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + b"".join(kvs) + b"\0" * 32
+
+
+def _kv(key: str, kind: int, value: bytes) -> bytes:
+    import struct
+
+    return struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", kind) + value
+
+
+def test_a_damaged_alignment_is_a_dc183_error_not_an_internal_one(tmp_path):
+    """general.alignment 0 once divided by zero (DC900 here, a traceback in the runtime)."""
+    import struct
+
+    from distillc.runtime.convert.gguf_meta import GGUFError, read_header
+
+    arch = _kv("general.architecture", 8, struct.pack("<Q", 5) + b"llama")
+    for name, value in (("zero", _kv("general.alignment", 4, struct.pack("<I", 0))),
+                        ("text", _kv("general.alignment", 8, struct.pack("<Q", 2) + b"32"))):
+        bad = tmp_path / f"{name}.gguf"
+        bad.write_bytes(_header_only(arch, value))
+        result = check_text(spec_text(f"teacher:\n  model: {TINY_INLINE}\n  checkpoint: {bad}\n"))
+        assert "DC900" not in codes(result)
+        assert "general.alignment" in find(result, "DC183").message
+        with pytest.raises(GGUFError, match="general.alignment"):
+            read_header(str(bad))

@@ -162,7 +162,10 @@ def parse_header(buf: Any, path: str, size: int, keep: Iterable[str] = ()) -> GG
         n_dims = cur.unpack("<I")
         dims = tuple(cur.unpack("<Q") for _ in range(n_dims))
         infos.append((name, dims, cur.unpack("<I"), cur.unpack("<Q")))
-    align = int(header.metadata.get("general.alignment", 32))
+    align = header.metadata.get("general.alignment", 32)
+    if isinstance(align, bool) or not isinstance(align, int) or align <= 0:  # 0 would divide by zero below
+        raise GGUFError(f"{path}: general.alignment {align!r} is not a positive integer: a damaged GGUF file "
+                        "(replace it)")
     start = cur.pos + (-cur.pos % align)
     header.tensors = {name: TensorInfo(name, dims, kind, start + off) for name, dims, kind, off in infos}
     return header
