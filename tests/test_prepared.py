@@ -585,3 +585,35 @@ class TestParts:
         assert process_from_env({"NODE_RANK": "1", "NNODES": "2"}) == (1, 2)
         assert process_from_env({"TPU_WORKER_ID": "2", "TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == (2, 4)
         assert process_from_env({"TPU_WORKER_ID": "0", "TPU_WORKER_HOSTNAMES": "a"}) == (0, 1)
+        with pytest.raises(PreparedError, match=r"JAX_PROCESS_ID='x' is not an integer"):
+            process_from_env({"JAX_PROCESS_ID": "x", "JAX_NUM_PROCESSES": "2"})
+
+    def test_bad_process_environment_or_count_is_one_message(self, tmp_path, monkeypatch, capsys):
+        """Once a ValueError traceback; the flags are used as they are, whatever the environment says."""
+        monkeypatch.setenv("JAX_PROCESS_ID", "x")
+        monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+        c = cfg()
+        assert run_prepare(c, str(tmp_path / "a")) == 2
+        assert "JAX_PROCESS_ID='x' is not an integer" in capsys.readouterr().err
+        monkeypatch.setenv("JAX_PROCESS_ID", "0")
+        monkeypatch.setenv("JAX_NUM_PROCESSES", "0")
+        assert run_prepare(c, str(tmp_path / "b")) == 2
+        assert "process count 0" in capsys.readouterr().err
+        assert run_prepare(c, str(tmp_path / "c"), process_index=1, process_count=1) == 2
+        assert "--process-count" in capsys.readouterr().err
+
+    def test_an_unfinished_prepare_with_another_part_count_is_refused(self, tmp_path):
+        """A killed prepare rerun with another --process-count once wrote its parts beside the stale
+        shards and progress file (docs/data.md promises exit 2): refused, naming the count to finish with."""
+        c = part_files(tmp_path)
+        one, two = tmp_path / "one", tmp_path / "two"
+        prepare(c, str(one), rows_per_shard=20, log=quiet, stop_after_shards=1)
+        with pytest.raises(PreparedError, match=r"split over 1 process\(es\) \(progress.json\).*--process-count 1"):
+            prepare(c, str(one), rows_per_shard=20, log=quiet, part=0, parts=2)
+        prepare(c, str(two), rows_per_shard=20, log=quiet, part=1, parts=2, stop_after_shards=1)
+        for part, parts in ((0, 1), (2, 3)):
+            with pytest.raises(PreparedError, match=r"split over 2 process\(es\).*--process-count 2"):
+                prepare(c, str(two), rows_per_shard=20, log=quiet, part=part, parts=parts)
+        assert not (one / "part-p00000of00002.json").exists() and not (two / "progress.json").exists()
+        prepare(c, str(two), rows_per_shard=20, log=quiet, part=0, parts=2)  # the same count still finishes it
+        assert prepare(c, str(two), rows_per_shard=20, log=quiet, part=1, parts=2).digest

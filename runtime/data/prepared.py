@@ -289,6 +289,24 @@ def _refuse_other(out: str, what: str, was: dict[str, Any], now: dict[str, Any])
                             "another directory (data.prepared), or delete this one")
 
 
+def _other_part_count(out: str, parts: int) -> Optional[str]:
+    """The progress or part file (its name) of an unfinished prepare into `out` split over another
+    number of processes than `parts`, if there is one: its shards are not this prepare's, and
+    finishing beside it would leave two half-prepared datasets in one directory."""
+    import re
+
+    from etils import epath
+
+    p = epath.Path(out)
+    if not p.is_dir():
+        return None
+    for f in sorted(p.iterdir(), key=lambda f: f.name):
+        m = re.fullmatch(r"progress\.json|(?:part|progress)-p\d{5}of(\d{5})\.json", f.name)
+        if m and int(m.group(1) or 1) != parts:
+            return f.name
+    return None
+
+
 def prepare(cfg: DataConfig, out: str, *, rows_per_shard: Optional[int] = None,
             log: Callable[[str], None] = print, stop_after_shards: Optional[int] = None,
             part: int = 0, parts: int = 1, mixture_stop: str = "first_exhausted") -> PrepareResult:
@@ -302,8 +320,11 @@ def prepare(cfg: DataConfig, out: str, *, rows_per_shard: Optional[int] = None,
     from distillc.runtime.data.mixture import MixtureDocuments
     from distillc.runtime.data.pipeline import DataPipeline, Shard, _tuples
 
+    if parts < 1:
+        raise PreparedError(f"process count {parts}: a prepare needs at least one process (--process-count)")
     if not 0 <= part < parts:
-        raise PreparedError(f"process index {part} is outside [0, {parts}): pass --process-index 0 .. {parts - 1}")
+        raise PreparedError(f"process index {part} is outside [0, {parts}) for {parts} process(es): pass "
+                            f"--process-index 0 .. {parts - 1}, or --process-count with the number of processes")
     tag = part_tag(part, parts)
     out = out.rstrip("/")
     stream = cfg.model_copy(update={"prepared": None})
@@ -322,6 +343,12 @@ def prepare(cfg: DataConfig, out: str, *, rows_per_shard: Optional[int] = None,
         log(f"prepare: {out} is complete ({train['records']} training rows); nothing to do")
         return PrepareResult(out, True, 0, {s: done_manifest["splits"][s]["records"] for s in SPLITS},
                              done_manifest["efficiency"], done_manifest["digest"])
+    other = _other_part_count(out, parts)
+    if other is not None:
+        n = int(other[-10:-5]) if other != "progress.json" else 1
+        raise PreparedError(f"{out} holds an unfinished prepare split over {n} process(es) ({other}), and this one is "
+                            f"split over {parts} (the part count changes the rows): finish it with --process-count {n}, "
+                            "or prepare into another directory (data.prepared), or delete this one")
     if part_done is not None:
         _refuse_other(out, f"a finished part {part} of {parts}", part_done["identity"], ident)
         log(f"prepare: part {part} of {parts} in {out} is finished already")
@@ -613,11 +640,19 @@ def process_from_env(env: Optional[dict[str, str]] = None) -> tuple[int, int]:
     does (JAX_PROCESS_ID / JAX_NUM_PROCESSES, or NODE_RANK / NNODES; on a TPU VM, TPU_WORKER_ID and
     TPU_WORKER_HOSTNAMES), without joining jax.distributed: a prepare's processes never talk. (0, 1) if unset."""
     env = dict(os.environ) if env is None else env
+
+    def number(name: str) -> int:
+        try:
+            return int(env[name])
+        except ValueError:
+            raise PreparedError(f"{name}={env[name]!r} is not an integer: fix the variable, or pass --process-index "
+                                "and --process-count") from None
+
     for index, count in (("JAX_PROCESS_ID", "JAX_NUM_PROCESSES"), ("NODE_RANK", "NNODES")):
         if env.get(index) and env.get(count):
-            return int(env[index]), int(env[count])
+            return number(index), number(count)
     if env.get("TPU_WORKER_ID") and "," in env.get("TPU_WORKER_HOSTNAMES", ""):
-        return int(env["TPU_WORKER_ID"]), len(env["TPU_WORKER_HOSTNAMES"].split(","))
+        return number("TPU_WORKER_ID"), len(env["TPU_WORKER_HOSTNAMES"].split(","))
     return 0, 1
 
 
@@ -634,7 +669,7 @@ def run_prepare(cfg: DataConfig, out: str, rows_per_shard: Optional[int] = None,
     from distillc.runtime.data.tokenizers import TokenizerError
 
     try:
-        env_index, env_count = process_from_env()
+        env_index, env_count = process_from_env() if process_index is None or process_count is None else (0, 1)
         count = process_count if process_count is not None else env_count
         index = process_index if process_index is not None else env_index
         prepare(cfg, out, rows_per_shard=rows_per_shard, log=lambda line: print(line, file=sys.stderr, flush=True),
