@@ -406,6 +406,22 @@ class TestExampleRecords:
             rows.append(list(p._rows(p._documents(p.train_files[0][0], "train", Shard(), 1, "data.source"))))
         assert len(rows[0]) == len(rows[1]) > 100 and all(same(a, b) for a, b in zip(*rows))
 
+    def test_tfds_shard_names_are_found_as_maxtext_globs_them(self, tmp_path):
+        """TFDS writes `c4-train.array_record-00000-of-01024`; MaxText's docs name them with
+        `grain_train_files=.../c4-train.array_record*`. That glob (and the directory) once matched no file."""
+        from tests.example_encoder import bytes_feature, example
+
+        d = tmp_path / "c4"
+        d.mkdir()
+        for i in range(2):
+            write_arecord(d / f"c4-train.array_record-{i:05d}-of-00002", [example(text=bytes_feature(f"doc {i}".encode()))])
+        (d / "c4-train.array_record-00000-of-00002.json").write_text("{}")  # TFDS metadata beside them: not a shard
+        names = [f"c4-train.array_record-{i:05d}-of-00002" for i in range(2)]
+        for source in (str(d / "c4-train.array_record*"), str(d)):
+            files = expand(source)
+            assert [Path(f).name for f in files] == names
+            assert [doc for f in files for doc in read_documents(f)] == ["doc 0", "doc 1"]
+
     def test_malformed_records_name_shard_and_record(self, tmp_path):
         from tests.example_encoder import bytes_feature, example, int64_feature
 
