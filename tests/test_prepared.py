@@ -263,6 +263,18 @@ class TestTrainingFromPrepared:
         with pytest.raises(PreparedError, match="does not match its digest"):
             Prepared(str(out))
 
+    def test_a_manifest_without_identity_or_a_file_as_destination(self, tmp_path):
+        """Once a KeyError traceback ('identity') and '[Errno 17] File exists' with no word of --out."""
+        out = tmp_path / "p"
+        out.mkdir()
+        (out / "manifest.json").write_text(json.dumps({"format": "distillc-prepared"}))
+        for call in (lambda: prepare(cfg(), str(out), log=quiet), lambda: Prepared(str(out))):
+            with pytest.raises(PreparedError, match="manifest.json: a distillc-prepared file without its identity"):
+                call()
+        (tmp_path / "f").write_text("x")
+        with pytest.raises(PreparedError, match=r"f is a file: data.prepared \(or --out\) names the directory"):
+            prepare(cfg(), str(tmp_path / "f"), log=quiet)
+
 
 class TestCli:
     SPEC = """version: 1

@@ -140,6 +140,9 @@ def _read_json(path: str) -> Optional[dict]:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise PreparedError(f"{path}: not a {FORMAT} manifest; point data.prepared at a directory that "
                             "`distillc data prepare` wrote (or an empty one)")
+    if not isinstance(obj.get("identity"), dict):  # every manifest, progress and part file has one
+        raise PreparedError(f"{path}: a {FORMAT} file without its identity (damaged or edited by hand): delete the "
+                            "prepared directory and prepare again")
     return obj
 
 
@@ -327,6 +330,9 @@ def prepare(cfg: DataConfig, out: str, *, rows_per_shard: Optional[int] = None,
                             f"--process-index 0 .. {parts - 1}, or --process-count with the number of processes")
     tag = part_tag(part, parts)
     out = out.rstrip("/")
+    if epath.Path(out).exists() and not epath.Path(out).is_dir():
+        raise PreparedError(f"{out} is a file: data.prepared (or --out) names the directory prepare writes its shards "
+                            "and manifest.json into")
     stream = cfg.model_copy(update={"prepared": None})
     pipe = DataPipeline(stream, Shard())
     done_manifest = _read_json(f"{out}/manifest.json")
