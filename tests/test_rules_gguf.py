@@ -145,3 +145,23 @@ def test_a_damaged_alignment_is_a_dc183_error_not_an_internal_one(tmp_path):
         assert "general.alignment" in find(result, "DC183").message
         with pytest.raises(GGUFError, match="general.alignment"):
             read_header(str(bad))
+
+
+def test_missing_or_mistyped_metadata_is_named_not_an_internal_error(tmp_path):
+    """A gemma2 file without its sliding window once raised TypeError outside the reader's checks
+    (DC900 here, a traceback at start); a missing block_count read 'without a readable int() argument...'."""
+    from distillc.runtime.convert.gguf_meta import GGUFError, gguf_arch_fields, read_header
+
+    data = (ROOT / GEMMA2).read_bytes()
+    key = b"gemma2.attention.sliding_window"
+    assert data.count(key) == 1
+    nowin = tmp_path / "nowin.gguf"
+    nowin.write_bytes(data.replace(key, b"gemma2.attention.sliding_wXndow"))
+    result = check_text(spec_text(f"teacher:\n  model: {GEMMA2_INLINE}\n  checkpoint: {nowin}\n"))
+    assert "DC900" not in codes(result)
+    assert "without a readable 'gemma2.attention.sliding_window'" in find(result, "DC183").message
+    key = b"gemma2.block_count"
+    blocks = tmp_path / "noblocks.gguf"
+    blocks.write_bytes(data.replace(key, b"gemma2.block_cXunt", 1))
+    with pytest.raises(GGUFError, match="without a readable 'gemma2.block_count'"):
+        gguf_arch_fields(read_header(str(blocks)))
