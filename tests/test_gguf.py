@@ -463,3 +463,22 @@ def test_local_launch_restores_a_gguf_teacher_and_never_trains_into_its_path(tmp
     assert not (tmp_path / "not-fetched.gguf").exists()
     with pytest.raises(CheckpointError, match=r"not-fetched\.gguf' does not exist"):
         _load(arch_of("tiny-llama-f32"), str(tmp_path / "not-fetched.gguf"))
+
+
+def test_the_tokenizer_fingerprint_hashes_a_gguf_in_blocks(monkeypatch):
+    """data.tokenizer may name a GGUF checkpoint of several GB: its sha256 (the prepared and top-k
+    manifests' identity) once read the whole file into memory; the same digest, in blocks."""
+    import hashlib
+
+    from etils import epath
+
+    from distillc.runtime.data.tokenizers import tokenizer_fingerprint
+
+    path = FIXTURES / "tiny-llama-f32.gguf"
+    want = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def whole(self):
+        raise AssertionError(f"{self} read whole")
+
+    monkeypatch.setattr(type(epath.Path(str(path))), "read_bytes", whole)
+    assert tokenizer_fingerprint(str(path)) == {"name": str(path), "sha256": want}
