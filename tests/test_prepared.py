@@ -517,6 +517,9 @@ class TestMixture:
             DataPipeline(cfg(source=str(tmp_path / "a.jsonl"), eval_fraction=0.0, prepared=str(tmp_path / "p")))
         with pytest.raises(PreparedError, match=r"mixture.stop: prepared \"first_exhausted\", now \"all_exhausted\""):
             prepare(c, str(tmp_path / "p"), log=quiet, mixture_stop="all_exhausted")
+        # preparing again with another weight names it (once cut off after the first source's file list)
+        with pytest.raises(PreparedError, match=r"mixture.sources\[0\].weight: prepared 3.0, now 2.0\)"):
+            prepare(mixture_cfg(tmp_path, (2.0, 1.0)), str(tmp_path / "p"), log=quiet)
 
 
 def part_files(tmp_path: Path) -> DataConfig:

@@ -205,6 +205,12 @@ def differences(was: dict[str, Any], now: dict[str, Any], prefix: str = "") -> l
         a, b = was.get(key), now.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, f"{prefix}{key}.")
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and a != b and \
+                all(isinstance(x, dict) and isinstance(y, dict) for x, y in zip(a, b)):
+            # lists of files or of mixture sources: name the entry and field (a weight after a long
+            # file list would be cut off in the JSON of the whole list)
+            for i, (x, y) in enumerate(zip(a, b)):
+                out += differences(x, y, f"{prefix}{key}[{i}].")
         elif a != b:
             out.append(f"{prefix}{key}: prepared {_short(a)}, now {_short(b)}")
     return out
