@@ -159,8 +159,8 @@ def validate(
 
     sel, ign = _split_codes(select), _split_codes(ignore)
     _check_selectors(sel, ign)
-    if not remote_timeout > 0:  # also NaN
-        raise fail(f"--remote-timeout {remote_timeout}: must be a positive number of seconds")
+    if not 0 < remote_timeout < float("inf"):  # also NaN
+        raise fail(f"--remote-timeout {remote_timeout}: must be a positive, finite number of seconds")
     remote = None if offline else Remote(remote_timeout)
     all_diags, sources, io_errors, names = [], {}, [], []
     for path in specs:

@@ -41,6 +41,11 @@ ADC_FILE = "application_default_credentials.json"
 READ_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 
 
+class CredentialsFileError(Exception):
+    """The credentials file found cannot be used (unreadable, not JSON, fields missing): every request
+    would fail alike; the message names the file."""
+
+
 class Unreachable(Exception):
     """A remote path whose state cannot be told now; `why` says what stopped it (a phrase)."""
 
@@ -95,7 +100,9 @@ def credentials_problem() -> Optional[str]:
     network, which takes seconds where there is none)."""
     found = credentials_file()
     if found is not None:
-        return None if found.is_file() else f"GOOGLE_APPLICATION_CREDENTIALS names {found}, which does not exist"
+        if found.is_file():
+            return None
+        return f"GOOGLE_APPLICATION_CREDENTIALS names {found}, which {'is not a file' if found.exists() else 'does not exist'}"
     if _on_google_cloud():
         return None
     return ("no Google credentials (no GOOGLE_APPLICATION_CREDENTIALS, no `gcloud auth application-default "
@@ -128,21 +135,34 @@ def gcs_filesystem() -> Callable[[], Any]:
     found = credentials_file()
 
     def make() -> Any:
-        info = json.loads(found.read_text()) if found is not None else {}
+        info = _credentials_info(found) if found is not None else {}
         kind = info.get("type") if isinstance(info, dict) else None
-        if kind == "authorized_user":  # `gcloud auth application-default login`
-            from google.oauth2.credentials import Credentials
+        try:
+            if kind == "authorized_user":  # `gcloud auth application-default login`
+                from google.oauth2.credentials import Credentials
 
-            token: Any = Credentials.from_authorized_user_info(info, scopes=[READ_SCOPE])
-        elif kind == "service_account":
-            from google.oauth2.service_account import Credentials as ServiceAccount
+                token: Any = Credentials.from_authorized_user_info(info, scopes=[READ_SCOPE])
+            elif kind == "service_account":
+                from google.oauth2.service_account import Credentials as ServiceAccount
 
-            token = ServiceAccount.from_service_account_info(info, scopes=[READ_SCOPE])
-        else:  # the metadata server, or a kind of file google-auth's own search handles (external accounts)
-            token = "google_default"
+                token = ServiceAccount.from_service_account_info(info, scopes=[READ_SCOPE])
+            else:  # the metadata server, or a kind of file google-auth's own search handles (external accounts)
+                token = "google_default"
+        except (ValueError, KeyError, TypeError) as e:  # google-auth's "missing fields", a malformed key
+            raise CredentialsFileError(f"the {kind} credentials in {found} cannot be used ({e})") from None
         return GCSFileSystem(token=token, access="read_only", skip_instance_cache=True)
 
     return make
+
+
+def _credentials_info(found: Path) -> Any:
+    """The parsed credentials file, or CredentialsFileError naming it (unreadable, not JSON)."""
+    try:
+        return json.loads(found.read_text())
+    except OSError as e:
+        raise CredentialsFileError(f"the credentials file {found} cannot be read ({e.strerror or e})") from None
+    except ValueError as e:  # not UTF-8, not JSON
+        raise CredentialsFileError(f"the credentials file {found} is not JSON ({e})") from None
 
 
 def _within(fn: Callable[[], Any], seconds: float) -> Any:
@@ -160,7 +180,7 @@ def _within(fn: Callable[[], Any], seconds: float) -> Any:
 
     thread = threading.Thread(target=run, name="distillc-remote", daemon=True)
     thread.start()
-    thread.join(max(seconds, 0.0))
+    thread.join(min(max(seconds, 0.0), threading.TIMEOUT_MAX))  # a larger timeout is an OverflowError
     if thread.is_alive():
         raise TimeoutError
     if "error" in box:
@@ -174,6 +194,8 @@ def _why(e: BaseException) -> tuple[str, bool]:
     text = " ".join(str(e).split()) or type(e).__name__
     text = text if len(text) <= 160 else text[:157] + "..."
     kind = type(e).__name__
+    if isinstance(e, CredentialsFileError):
+        return f"{e}: fix it, or point GOOGLE_APPLICATION_CREDENTIALS at a working one", True
     if isinstance(e, PermissionError) or text.startswith("Forbidden") or getattr(e, "code", None) == 403:
         return "permission denied (the credentials found may not read it)", False
     if kind == "TransportError" or isinstance(e, (ConnectionError, OSError)) or "connect" in kind.lower():

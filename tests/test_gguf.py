@@ -408,6 +408,29 @@ def test_a_tokenizer_this_does_not_build_is_a_tokenizer_error(tmp_path):
         load_tokenizer(str(tmp_path / "nope.gguf"))
 
 
+def test_damaged_tokenizer_metadata_is_a_tokenizer_error(tmp_path):
+    """Ids where token strings belong, a merge of one piece, a merge of an unknown piece: once a
+    TypeError or the tokenizers library's bare Exception, as a traceback out of `data prepare`."""
+    from distillc.runtime.data.tokenizers import TokenizerError, load_tokenizer
+
+    def s(x: str) -> bytes:
+        return struct.pack("<Q", len(x)) + x.encode()
+
+    def strings(key: str, items: list[str]) -> bytes:
+        return s(key) + struct.pack("<IIQ", 9, 8, len(items)) + b"".join(s(i) for i in items)
+
+    head = [s("general.architecture") + struct.pack("<I", 8) + s("llama"),
+            s("tokenizer.ggml.model") + struct.pack("<I", 8) + s("gpt2")]
+    cases = {"ids": [s("tokenizer.ggml.tokens") + struct.pack("<IIQ3I", 9, 4, 3, 1, 2, 3)],
+             "one-piece": [strings("tokenizer.ggml.tokens", ["a", "b", "ab"]), strings("tokenizer.ggml.merges", ["ab"])],
+             "unknown": [strings("tokenizer.ggml.tokens", ["a", "b", "ab"]), strings("tokenizer.ggml.merges", ["a z"])]}
+    for name, kvs in cases.items():
+        f = tmp_path / f"{name}.gguf"
+        f.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, len(head) + len(kvs)) + b"".join(head + kvs) + b"\0" * 32)
+        with pytest.raises(TokenizerError, match=rf"{name}\.gguf: its tokenizer metadata cannot be built"):
+            load_tokenizer(str(f))
+
+
 def test_logits_and_export_take_a_gguf_source(tmp_path):
     """`distillc logits FILE.gguf` / `distillc export FILE.gguf`: the architecture comes from the header."""
     from distillc.runtime.convert.export import resolve_source
@@ -440,3 +463,22 @@ def test_local_launch_restores_a_gguf_teacher_and_never_trains_into_its_path(tmp
     assert not (tmp_path / "not-fetched.gguf").exists()
     with pytest.raises(CheckpointError, match=r"not-fetched\.gguf' does not exist"):
         _load(arch_of("tiny-llama-f32"), str(tmp_path / "not-fetched.gguf"))
+
+
+def test_the_tokenizer_fingerprint_hashes_a_gguf_in_blocks(monkeypatch):
+    """data.tokenizer may name a GGUF checkpoint of several GB: its sha256 (the prepared and top-k
+    manifests' identity) once read the whole file into memory; the same digest, in blocks."""
+    import hashlib
+
+    from etils import epath
+
+    from distillc.runtime.data.tokenizers import tokenizer_fingerprint
+
+    path = FIXTURES / "tiny-llama-f32.gguf"
+    want = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def whole(self):
+        raise AssertionError(f"{self} read whole")
+
+    monkeypatch.setattr(type(epath.Path(str(path))), "read_bytes", whole)
+    assert tokenizer_fingerprint(str(path)) == {"name": str(path), "sha256": want}

@@ -263,6 +263,18 @@ class TestTrainingFromPrepared:
         with pytest.raises(PreparedError, match="does not match its digest"):
             Prepared(str(out))
 
+    def test_a_manifest_without_identity_or_a_file_as_destination(self, tmp_path):
+        """Once a KeyError traceback ('identity') and '[Errno 17] File exists' with no word of --out."""
+        out = tmp_path / "p"
+        out.mkdir()
+        (out / "manifest.json").write_text(json.dumps({"format": "distillc-prepared"}))
+        for call in (lambda: prepare(cfg(), str(out), log=quiet), lambda: Prepared(str(out))):
+            with pytest.raises(PreparedError, match="manifest.json: a distillc-prepared file without its identity"):
+                call()
+        (tmp_path / "f").write_text("x")
+        with pytest.raises(PreparedError, match=r"f is a file: data.prepared \(or --out\) names the directory"):
+            prepare(cfg(), str(tmp_path / "f"), log=quiet)
+
 
 class TestCli:
     SPEC = """version: 1
@@ -406,6 +418,22 @@ class TestExampleRecords:
             rows.append(list(p._rows(p._documents(p.train_files[0][0], "train", Shard(), 1, "data.source"))))
         assert len(rows[0]) == len(rows[1]) > 100 and all(same(a, b) for a, b in zip(*rows))
 
+    def test_tfds_shard_names_are_found_as_maxtext_globs_them(self, tmp_path):
+        """TFDS writes `c4-train.array_record-00000-of-01024`; MaxText's docs name them with
+        `grain_train_files=.../c4-train.array_record*`. That glob (and the directory) once matched no file."""
+        from tests.example_encoder import bytes_feature, example
+
+        d = tmp_path / "c4"
+        d.mkdir()
+        for i in range(2):
+            write_arecord(d / f"c4-train.array_record-{i:05d}-of-00002", [example(text=bytes_feature(f"doc {i}".encode()))])
+        (d / "c4-train.array_record-00000-of-00002.json").write_text("{}")  # TFDS metadata beside them: not a shard
+        names = [f"c4-train.array_record-{i:05d}-of-00002" for i in range(2)]
+        for source in (str(d / "c4-train.array_record*"), str(d)):
+            files = expand(source)
+            assert [Path(f).name for f in files] == names
+            assert [doc for f in files for doc in read_documents(f)] == ["doc 0", "doc 1"]
+
     def test_malformed_records_name_shard_and_record(self, tmp_path):
         from tests.example_encoder import bytes_feature, example, int64_feature
 
@@ -489,6 +517,9 @@ class TestMixture:
             DataPipeline(cfg(source=str(tmp_path / "a.jsonl"), eval_fraction=0.0, prepared=str(tmp_path / "p")))
         with pytest.raises(PreparedError, match=r"mixture.stop: prepared \"first_exhausted\", now \"all_exhausted\""):
             prepare(c, str(tmp_path / "p"), log=quiet, mixture_stop="all_exhausted")
+        # preparing again with another weight names it (once cut off after the first source's file list)
+        with pytest.raises(PreparedError, match=r"mixture.sources\[0\].weight: prepared 3.0, now 2.0\)"):
+            prepare(mixture_cfg(tmp_path, (2.0, 1.0)), str(tmp_path / "p"), log=quiet)
 
 
 def part_files(tmp_path: Path) -> DataConfig:
@@ -585,3 +616,35 @@ class TestParts:
         assert process_from_env({"NODE_RANK": "1", "NNODES": "2"}) == (1, 2)
         assert process_from_env({"TPU_WORKER_ID": "2", "TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == (2, 4)
         assert process_from_env({"TPU_WORKER_ID": "0", "TPU_WORKER_HOSTNAMES": "a"}) == (0, 1)
+        with pytest.raises(PreparedError, match=r"JAX_PROCESS_ID='x' is not an integer"):
+            process_from_env({"JAX_PROCESS_ID": "x", "JAX_NUM_PROCESSES": "2"})
+
+    def test_bad_process_environment_or_count_is_one_message(self, tmp_path, monkeypatch, capsys):
+        """Once a ValueError traceback; the flags are used as they are, whatever the environment says."""
+        monkeypatch.setenv("JAX_PROCESS_ID", "x")
+        monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+        c = cfg()
+        assert run_prepare(c, str(tmp_path / "a")) == 2
+        assert "JAX_PROCESS_ID='x' is not an integer" in capsys.readouterr().err
+        monkeypatch.setenv("JAX_PROCESS_ID", "0")
+        monkeypatch.setenv("JAX_NUM_PROCESSES", "0")
+        assert run_prepare(c, str(tmp_path / "b")) == 2
+        assert "process count 0" in capsys.readouterr().err
+        assert run_prepare(c, str(tmp_path / "c"), process_index=1, process_count=1) == 2
+        assert "--process-count" in capsys.readouterr().err
+
+    def test_an_unfinished_prepare_with_another_part_count_is_refused(self, tmp_path):
+        """A killed prepare rerun with another --process-count once wrote its parts beside the stale
+        shards and progress file (docs/data.md promises exit 2): refused, naming the count to finish with."""
+        c = part_files(tmp_path)
+        one, two = tmp_path / "one", tmp_path / "two"
+        prepare(c, str(one), rows_per_shard=20, log=quiet, stop_after_shards=1)
+        with pytest.raises(PreparedError, match=r"split over 1 process\(es\) \(progress.json\).*--process-count 1"):
+            prepare(c, str(one), rows_per_shard=20, log=quiet, part=0, parts=2)
+        prepare(c, str(two), rows_per_shard=20, log=quiet, part=1, parts=2, stop_after_shards=1)
+        for part, parts in ((0, 1), (2, 3)):
+            with pytest.raises(PreparedError, match=r"split over 2 process\(es\).*--process-count 2"):
+                prepare(c, str(two), rows_per_shard=20, log=quiet, part=part, parts=parts)
+        assert not (one / "part-p00000of00002.json").exists() and not (two / "progress.json").exists()
+        prepare(c, str(two), rows_per_shard=20, log=quiet, part=0, parts=2)  # the same count still finishes it
+        assert prepare(c, str(two), rows_per_shard=20, log=quiet, part=1, parts=2).digest

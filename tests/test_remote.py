@@ -148,6 +148,28 @@ class TestCredentials:
         (no_credentials / "product_name").write_text("Google Compute Engine\n")
         assert R.credentials_problem() is None
 
+    def test_an_unusable_credentials_file_is_named_and_stops_every_request(self, no_credentials, monkeypatch):
+        """Once 'JSONDecodeError: Expecting ...' (or 'ValueError: ... missing fields') per path, the
+        file not named; a directory named by the variable was 'a file that does not exist'."""
+        creds = no_credentials / "sa.json"
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+        for content, why in (("{not json", "is not JSON"), (b"\xff\xfe", "is not JSON"),
+                             ('{"type": "service_account"}', "service_account credentials in .* cannot be used")):
+            creds.write_bytes(content if isinstance(content, bytes) else content.encode())
+            r = R.Remote(5.0)
+            with pytest.raises(R.Unreachable, match=f"{why}.*GOOGLE_APPLICATION_CREDENTIALS") as first:
+                r.exists("gs://bucket/x")
+            assert str(creds) in first.value.why
+            with pytest.raises(R.Unreachable) as second:
+                r.exists("gs://bucket/y")
+            assert second.value.why == first.value.why
+        creds.unlink()
+        creds.mkdir()
+        assert "which is not a file" in R.credentials_problem()
+
+    def test_a_huge_budget_does_not_overflow_the_join(self):
+        assert R._within(lambda: 7, 1e300) == 7
+
     def test_the_real_filesystem_is_gcsfs_json_api_class(self, no_credentials):
         """Made (never asked: that would need the network) from an ADC file, as after
         `gcloud auth application-default login`: gcsfs's plain class, not the one that asks each
@@ -365,8 +387,9 @@ class TestValidateCommand:
                 assert d["code"] == "DC186" and "no answer within 0.2 s" in d["message"]
         finally:
             fs.release.set()
-        r = self.run(spec, "--remote-timeout", "0")
-        assert r.exit_code == 2 and "--remote-timeout" in r.stderr
+        for bad in ("0", "-1", "nan", "inf"):  # inf once passed, and every request's join overflowed
+            r = self.run(spec, "--remote-timeout", bad)
+            assert r.exit_code == 2 and "--remote-timeout" in r.stderr, (bad, r.output)
 
 
 PROBE = """

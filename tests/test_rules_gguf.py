@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, check_text, codes, find, spec_text
 
 TINY = "tests/fixtures/gguf/tiny-llama-f32.gguf"
@@ -112,3 +114,54 @@ def test_an_architecture_the_runtime_does_not_build_is_reported(tmp_path):
     bad.write_bytes(data)
     d = find(check_text(spec_text(f"teacher:\n  model: {TINY_INLINE}\n  checkpoint: {bad}\n")), "DC183")
     assert "general.architecture 'mamba' is not loaded from GGUF by this runtime" in d.message
+
+
+def _header_only(*kvs: bytes) -> bytes:
+    """A GGUF v3 file of metadata only (no tensors), from encoded (key, type, value) entries."""
+    import struct
+
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + b"".join(kvs) + b"\0" * 32
+
+
+def _kv(key: str, kind: int, value: bytes) -> bytes:
+    import struct
+
+    return struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", kind) + value
+
+
+def test_a_damaged_alignment_is_a_dc183_error_not_an_internal_one(tmp_path):
+    """general.alignment 0 once divided by zero (DC900 here, a traceback in the runtime)."""
+    import struct
+
+    from distillc.runtime.convert.gguf_meta import GGUFError, read_header
+
+    arch = _kv("general.architecture", 8, struct.pack("<Q", 5) + b"llama")
+    for name, value in (("zero", _kv("general.alignment", 4, struct.pack("<I", 0))),
+                        ("text", _kv("general.alignment", 8, struct.pack("<Q", 2) + b"32"))):
+        bad = tmp_path / f"{name}.gguf"
+        bad.write_bytes(_header_only(arch, value))
+        result = check_text(spec_text(f"teacher:\n  model: {TINY_INLINE}\n  checkpoint: {bad}\n"))
+        assert "DC900" not in codes(result)
+        assert "general.alignment" in find(result, "DC183").message
+        with pytest.raises(GGUFError, match="general.alignment"):
+            read_header(str(bad))
+
+
+def test_missing_or_mistyped_metadata_is_named_not_an_internal_error(tmp_path):
+    """A gemma2 file without its sliding window once raised TypeError outside the reader's checks
+    (DC900 here, a traceback at start); a missing block_count read 'without a readable int() argument...'."""
+    from distillc.runtime.convert.gguf_meta import GGUFError, gguf_arch_fields, read_header
+
+    data = (ROOT / GEMMA2).read_bytes()
+    key = b"gemma2.attention.sliding_window"
+    assert data.count(key) == 1
+    nowin = tmp_path / "nowin.gguf"
+    nowin.write_bytes(data.replace(key, b"gemma2.attention.sliding_wXndow"))
+    result = check_text(spec_text(f"teacher:\n  model: {GEMMA2_INLINE}\n  checkpoint: {nowin}\n"))
+    assert "DC900" not in codes(result)
+    assert "without a readable 'gemma2.attention.sliding_window'" in find(result, "DC183").message
+    key = b"gemma2.block_count"
+    blocks = tmp_path / "noblocks.gguf"
+    blocks.write_bytes(data.replace(key, b"gemma2.block_cXunt", 1))
+    with pytest.raises(GGUFError, match="without a readable 'gemma2.block_count'"):
+        gguf_arch_fields(read_header(str(blocks)))

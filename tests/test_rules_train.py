@@ -132,6 +132,7 @@ class TestDC145MalformedPath:
             "teacher: {checkpoint: 's3://bucket/ckpt/0/items'}",
             "data: {source: [gs://bucket/a.arecord, /data/b.array_record], prepared: gs://bucket/prepared/v1}",
             "data: {prepared: /data/prepared/}",
+            "data: {source: [gs://b/c4/c4-train.array_record-00000-of-01024, 'gs://b/c4/c4-train.array_record*']}",
         ],
     )
     def test_passes(self, fragment):

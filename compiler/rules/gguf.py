@@ -38,8 +38,10 @@ def gguf_mismatch(ctx: Context) -> Iterator[Finding]:
     the 1:1 / 5:1 local/global patterns, gemma3's local RoPE base 10000, and the query scaling
     (head_dim^-1/2, (emb_dim / heads)^-1/2 for the 27B models), so a spec's other
     query_pre_attn_scalar is a mismatch. The runtime refuses a mismatch when it starts; this reports
-    each field before anything is queued. Existing local files only: a gs:// file, or a local one
-    not fetched yet, is checked by the runtime at start (a missing student checkpoint is DC180).
+    each field before anything is queued. Existing local files, and gs:// files validate reaches
+    (the header only, by range requests from the file's start; DC186 notes one it cannot read); a
+    file not there yet is checked by the runtime at start (a missing student checkpoint is DC180,
+    a missing gs:// teacher DC187).
 
     Fails::
 

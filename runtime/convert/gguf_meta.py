@@ -162,7 +162,10 @@ def parse_header(buf: Any, path: str, size: int, keep: Iterable[str] = ()) -> GG
         n_dims = cur.unpack("<I")
         dims = tuple(cur.unpack("<Q") for _ in range(n_dims))
         infos.append((name, dims, cur.unpack("<I"), cur.unpack("<Q")))
-    align = int(header.metadata.get("general.alignment", 32))
+    align = header.metadata.get("general.alignment", 32)
+    if isinstance(align, bool) or not isinstance(align, int) or align <= 0:  # 0 would divide by zero below
+        raise GGUFError(f"{path}: general.alignment {align!r} is not a positive integer: a damaged GGUF file "
+                        "(replace it)")
     start = cur.pos + (-cur.pos % align)
     header.tensors = {name: TensorInfo(name, dims, kind, start + off) for name, dims, kind, off in infos}
     return header
@@ -275,6 +278,13 @@ def _key(m: dict[str, Any], arch: str, name: str, default: Any = None) -> Any:
     return value
 
 
+def _required(m: dict[str, Any], arch: str, name: str) -> Any:
+    value = _key(m, arch, name)
+    if value is None:
+        raise KeyError(f"{arch}.{name}")
+    return value
+
+
 def gguf_arch_fields(header: GGUFHeader) -> dict[str, Any]:
     """The ModelArch fields a GGUF header determines, as llama.cpp reads them: the `{arch}.*`
     metadata, the tensor list (no output.weight: tied; attn_q.bias: biases; attn_q_norm: q/k norms)
@@ -287,13 +297,13 @@ def gguf_arch_fields(header: GGUFHeader) -> dict[str, Any]:
                         f"({', '.join(GGUF_FAMILIES)} are); convert the model to a Hugging Face directory")
     m = header.metadata
     try:
-        heads = int(_key(m, arch, "attention.head_count"))
-        emb = int(_key(m, arch, "embedding_length"))
+        heads = int(_required(m, arch, "attention.head_count"))
+        emb = int(_required(m, arch, "embedding_length"))
         vocab = m.get(f"{arch}.vocab_size", m.get("tokenizer.ggml.tokens"))
         if vocab is None:
             raise KeyError(f"{arch}.vocab_size")
         head_dim = int(_key(m, arch, "attention.key_length") or _key(m, arch, "rope.dimension_count") or emb // heads)
-        layers = int(_key(m, arch, "block_count"))
+        layers = int(_required(m, arch, "block_count"))
         fields: dict[str, Any] = dict(
             vocab_size=int(vocab if isinstance(vocab, int) else len(vocab)),
             num_layers=layers,
@@ -301,8 +311,8 @@ def gguf_arch_fields(header: GGUFHeader) -> dict[str, Any]:
             num_heads=heads,
             num_kv_heads=int(_key(m, arch, "attention.head_count_kv") or heads),
             head_dim=head_dim,
-            mlp_dim=int(_key(m, arch, "feed_forward_length")),
-            norm_eps=float(_key(m, arch, "attention.layer_norm_rms_epsilon")),
+            mlp_dim=int(_required(m, arch, "feed_forward_length")),
+            norm_eps=float(_required(m, arch, "attention.layer_norm_rms_epsilon")),
             rope_theta=float(_key(m, arch, "rope.freq_base", 10000.0)),
             rope_scaling=_scaling(header, arch),
             tie_embeddings="output.weight" not in header.tensors,
@@ -313,12 +323,15 @@ def gguf_arch_fields(header: GGUFHeader) -> dict[str, Any]:
             embed_scale=arch in GEMMAS,
             post_norms=arch in ("gemma2", "gemma3"),
         )
+        if arch in _PATTERN:
+            fields.update(_local_global(header, arch, fields))
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, GGUFError):
             raise GGUFError(f"{header.path}: {e}") from e
-        raise GGUFError(f"{header.path}: {arch} GGUF metadata without a readable {e}") from e
-    if arch in _PATTERN:
-        fields.update(_local_global(header, arch, fields))
+        if isinstance(e, KeyError):
+            raise GGUFError(f"{header.path}: {arch} GGUF metadata without a readable {e}") from e
+        raise GGUFError(f"{header.path}: {arch} GGUF metadata with a value of the wrong type ({e}): a damaged "
+                        "file") from e
     return fields
 
 
@@ -360,7 +373,7 @@ def _local_global(header: GGUFHeader, arch: str, fields: dict[str, Any]) -> dict
     return dict(
         attention="local_global",
         local_global_ratio=ratio,
-        sliding_window=int(_key(m, arch, "attention.sliding_window")),
+        sliding_window=int(_required(m, arch, "attention.sliding_window")),
         query_pre_attn_scalar=float(fields["emb_dim"] // fields["num_heads"] if big else fields["head_dim"]),
         # llama.cpp's gemma3 graph applies no attention soft-cap
         attn_logit_softcap=_opt(_key(m, arch, "attn_logit_softcapping", attn_cap)) if arch == "gemma2" else None,

@@ -75,12 +75,25 @@ def _pre_tokenizer(pre: str, path: str) -> Any:
 def build_tokenizer(path: str) -> Any:
     """The `tokenizers.Tokenizer` the local GGUF file at `path` describes (GGUFTokenizerError when
     it is neither a byte-level BPE nor a sentencepiece vocabulary this builds)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models
-
     try:
         header = gguf_meta.read_header(path, keep_arrays=_KEYS)
     except gguf_meta.GGUFError as e:
         raise GGUFTokenizerError(str(e)) from e
+    try:
+        return _build(path, header)
+    except GGUFTokenizerError:
+        raise
+    except Exception as e:  # damaged metadata (ids for token strings, a merge of one piece): whatever
+        # Python or the tokenizers library raises on it is a reason, never a traceback
+        why = " ".join(str(e).split())
+        why = why if len(why) <= 160 else why[:157] + "..."
+        raise GGUFTokenizerError(f"{path}: its tokenizer metadata cannot be built ({type(e).__name__}: {why}): a "
+                                 "damaged file; give data.tokenizer the model's tokenizer.json or tokenizer.model") from e
+
+
+def _build(path: str, header: gguf_meta.GGUFHeader) -> Any:
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+
     m = header.metadata
     kind = m.get("tokenizer.ggml.model")
     if kind not in ("gpt2", "llama"):

@@ -6,7 +6,7 @@ A source is one of
   key order;
 - a file: `.txt` (a document per paragraph: blank lines separate them), `.jsonl` / `.jsonl.gz` / `.jsonl.zst` (one document per line, its
   `text_field`), `.parquet` (one document per row, its `text_field` column), `.arecord` /
-  `.array_record` (ArrayRecord: one document per record, a JSON object with `text_field` or with
+  `.array_record` or a TFDS shard name `x.array_record-00000-of-01024` (ArrayRecord: one document per record, a JSON object with `text_field` or with
   pre-tokenized `tokens`, or plain UTF-8 text; or, told from the shard's first record, a
   tf.train.Example with a `text_field` bytes_list / int64_list or a `tokens` int64_list);
 - a directory (the files above inside it, sorted by name), or a glob (`data/*.jsonl.gz`);
@@ -24,6 +24,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
@@ -36,6 +37,9 @@ PREPARED_MAGIC = b"DCPR"  # the first bytes of a `distillc data prepare` record 
 
 Document = Union[str, np.ndarray]  # text, or a pre-tokenized document (int32 ids, used as they are)
 GLOB_CHARS = "*?["
+# TFDS names ArrayRecord shards `<name>-<split>.array_record-00000-of-01024`; MaxText's docs glob them
+# (`grain_train_files=.../c4-train.array_record*`), so such a name is an ArrayRecord file too
+TFDS_SHARD = re.compile(r"\.array_record-\d+-of-\d+\Z")
 
 
 class CorpusError(ValueError):
@@ -44,6 +48,8 @@ class CorpusError(ValueError):
 
 def file_kind(path: str) -> str | None:
     """The reader for a file name: one of SUFFIXES (without the dot), or None."""
+    if TFDS_SHARD.search(path):
+        return "array_record"
     for suffix in sorted(SUFFIXES, key=len, reverse=True):
         if path.endswith(suffix):
             return suffix[1:]

@@ -140,6 +140,9 @@ def _read_json(path: str) -> Optional[dict]:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise PreparedError(f"{path}: not a {FORMAT} manifest; point data.prepared at a directory that "
                             "`distillc data prepare` wrote (or an empty one)")
+    if not isinstance(obj.get("identity"), dict):  # every manifest, progress and part file has one
+        raise PreparedError(f"{path}: a {FORMAT} file without its identity (damaged or edited by hand): delete the "
+                            "prepared directory and prepare again")
     return obj
 
 
@@ -202,6 +205,12 @@ def differences(was: dict[str, Any], now: dict[str, Any], prefix: str = "") -> l
         a, b = was.get(key), now.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, f"{prefix}{key}.")
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and a != b and \
+                all(isinstance(x, dict) and isinstance(y, dict) for x, y in zip(a, b)):
+            # lists of files or of mixture sources: name the entry and field (a weight after a long
+            # file list would be cut off in the JSON of the whole list)
+            for i, (x, y) in enumerate(zip(a, b)):
+                out += differences(x, y, f"{prefix}{key}[{i}].")
         elif a != b:
             out.append(f"{prefix}{key}: prepared {_short(a)}, now {_short(b)}")
     return out
@@ -289,6 +298,24 @@ def _refuse_other(out: str, what: str, was: dict[str, Any], now: dict[str, Any])
                             "another directory (data.prepared), or delete this one")
 
 
+def _other_part_count(out: str, parts: int) -> Optional[str]:
+    """The progress or part file (its name) of an unfinished prepare into `out` split over another
+    number of processes than `parts`, if there is one: its shards are not this prepare's, and
+    finishing beside it would leave two half-prepared datasets in one directory."""
+    import re
+
+    from etils import epath
+
+    p = epath.Path(out)
+    if not p.is_dir():
+        return None
+    for f in sorted(p.iterdir(), key=lambda f: f.name):
+        m = re.fullmatch(r"progress\.json|(?:part|progress)-p\d{5}of(\d{5})\.json", f.name)
+        if m and int(m.group(1) or 1) != parts:
+            return f.name
+    return None
+
+
 def prepare(cfg: DataConfig, out: str, *, rows_per_shard: Optional[int] = None,
             log: Callable[[str], None] = print, stop_after_shards: Optional[int] = None,
             part: int = 0, parts: int = 1, mixture_stop: str = "first_exhausted") -> PrepareResult:
@@ -302,10 +329,16 @@ def prepare(cfg: DataConfig, out: str, *, rows_per_shard: Optional[int] = None,
     from distillc.runtime.data.mixture import MixtureDocuments
     from distillc.runtime.data.pipeline import DataPipeline, Shard, _tuples
 
+    if parts < 1:
+        raise PreparedError(f"process count {parts}: a prepare needs at least one process (--process-count)")
     if not 0 <= part < parts:
-        raise PreparedError(f"process index {part} is outside [0, {parts}): pass --process-index 0 .. {parts - 1}")
+        raise PreparedError(f"process index {part} is outside [0, {parts}) for {parts} process(es): pass "
+                            f"--process-index 0 .. {parts - 1}, or --process-count with the number of processes")
     tag = part_tag(part, parts)
     out = out.rstrip("/")
+    if epath.Path(out).exists() and not epath.Path(out).is_dir():
+        raise PreparedError(f"{out} is a file: data.prepared (or --out) names the directory prepare writes its shards "
+                            "and manifest.json into")
     stream = cfg.model_copy(update={"prepared": None})
     pipe = DataPipeline(stream, Shard())
     done_manifest = _read_json(f"{out}/manifest.json")
@@ -322,6 +355,12 @@ def prepare(cfg: DataConfig, out: str, *, rows_per_shard: Optional[int] = None,
         log(f"prepare: {out} is complete ({train['records']} training rows); nothing to do")
         return PrepareResult(out, True, 0, {s: done_manifest["splits"][s]["records"] for s in SPLITS},
                              done_manifest["efficiency"], done_manifest["digest"])
+    other = _other_part_count(out, parts)
+    if other is not None:
+        n = int(other[-10:-5]) if other != "progress.json" else 1
+        raise PreparedError(f"{out} holds an unfinished prepare split over {n} process(es) ({other}), and this one is "
+                            f"split over {parts} (the part count changes the rows): finish it with --process-count {n}, "
+                            "or prepare into another directory (data.prepared), or delete this one")
     if part_done is not None:
         _refuse_other(out, f"a finished part {part} of {parts}", part_done["identity"], ident)
         log(f"prepare: part {part} of {parts} in {out} is finished already")
@@ -613,11 +652,19 @@ def process_from_env(env: Optional[dict[str, str]] = None) -> tuple[int, int]:
     does (JAX_PROCESS_ID / JAX_NUM_PROCESSES, or NODE_RANK / NNODES; on a TPU VM, TPU_WORKER_ID and
     TPU_WORKER_HOSTNAMES), without joining jax.distributed: a prepare's processes never talk. (0, 1) if unset."""
     env = dict(os.environ) if env is None else env
+
+    def number(name: str) -> int:
+        try:
+            return int(env[name])
+        except ValueError:
+            raise PreparedError(f"{name}={env[name]!r} is not an integer: fix the variable, or pass --process-index "
+                                "and --process-count") from None
+
     for index, count in (("JAX_PROCESS_ID", "JAX_NUM_PROCESSES"), ("NODE_RANK", "NNODES")):
         if env.get(index) and env.get(count):
-            return int(env[index]), int(env[count])
+            return number(index), number(count)
     if env.get("TPU_WORKER_ID") and "," in env.get("TPU_WORKER_HOSTNAMES", ""):
-        return int(env["TPU_WORKER_ID"]), len(env["TPU_WORKER_HOSTNAMES"].split(","))
+        return number("TPU_WORKER_ID"), len(env["TPU_WORKER_HOSTNAMES"].split(","))
     return 0, 1
 
 
@@ -634,7 +681,7 @@ def run_prepare(cfg: DataConfig, out: str, rows_per_shard: Optional[int] = None,
     from distillc.runtime.data.tokenizers import TokenizerError
 
     try:
-        env_index, env_count = process_from_env()
+        env_index, env_count = process_from_env() if process_index is None or process_count is None else (0, 1)
         count = process_count if process_count is not None else env_count
         index = process_index if process_index is not None else env_index
         prepare(cfg, out, rows_per_shard=rows_per_shard, log=lambda line: print(line, file=sys.stderr, flush=True),

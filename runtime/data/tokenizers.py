@@ -209,4 +209,13 @@ def tokenizer_fingerprint(name: str) -> dict[str, str]:
 
     if name == "byte":
         return {"name": name, "sha256": hashlib.sha256(b"distillc byte tokenizer: UTF-8 bytes 0..255").hexdigest()}
-    return {"name": name, "sha256": hashlib.sha256(_read_bytes(name)).hexdigest()}
+    from etils import epath
+
+    p = epath.Path(name)
+    if not p.exists():
+        raise TokenizerError(f"tokenizer file {name!r} does not exist")
+    digest = hashlib.sha256()
+    with p.open("rb") as f:  # in blocks: data.tokenizer may name a GGUF checkpoint of several GB
+        for block in iter(lambda: f.read(16 << 20), b""):
+            digest.update(block)
+    return {"name": name, "sha256": digest.hexdigest()}
