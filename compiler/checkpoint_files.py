@@ -15,7 +15,7 @@ import os
 from typing import Any, Optional
 
 from distillc.compiler.remote import Remote, Unreachable, is_gs, is_remote
-from distillc.runtime.convert.gguf_meta import GGUFHeader, GGUFTruncated, is_gguf_path, local_header, parse_header
+from distillc.runtime.convert.gguf_meta import GGUFHeader, header_by_ranges, is_gguf_path, local_header
 from distillc.runtime.convert.hf_config import is_hf_listing, local_config, parse_config
 from distillc.runtime.convert.shipped_tokenizer import tokenizer_disagreement
 
@@ -81,19 +81,11 @@ def gguf_header(ctx: Any, path: str, fmt: Optional[str]) -> Optional[GGUFHeader]
         if info.get("type") != "file":
             return None
         size = int(info["size"])
-        buf = b""
-        want = GGUF_FIRST_READ
-        while True:
-            buf += remote.read(path, len(buf), min(want, size))
-            try:
-                return parse_header(buf, path, size)
-            except GGUFTruncated:
-                if len(buf) >= size:
-                    raise  # the file itself ends inside its header
-                if want >= MAX_READ:
-                    remote.unchecked.setdefault(path, f"its GGUF header is larger than {MAX_READ >> 20} MiB (not read)")
-                    return None
-                want *= 4
+        found = header_by_ranges(lambda start, end: remote.read(path, start, end), path, size,
+                                 first=GGUF_FIRST_READ, limit=MAX_READ)
+        if found is None:
+            remote.unchecked.setdefault(path, f"its GGUF header is larger than {MAX_READ >> 20} MiB (not read)")
+        return found
     except (Unreachable, FileNotFoundError):
         return None
 

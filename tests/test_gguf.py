@@ -378,6 +378,68 @@ def test_data_tokenizer_may_name_the_gguf_file():
     assert tok.encode("BCD").tolist() == [0, 1, 2] and tok.decode([0, 1, 2]) == "BCD"
 
 
+class _RemoteGGUF:
+    """An etils.epath.Path stand-in for gs://bucket/NAME served from `files`, counting the bytes read."""
+
+    read = 0
+
+    def __init__(self, files: dict, path: str):
+        self.local = files.get(str(path).removeprefix("gs://bucket/"))
+
+    def exists(self) -> bool:
+        return self.local is not None
+
+    def open(self, mode: str):
+        f = open(self.local, mode)
+        real_read = f.read
+
+        def counted(n=-1):
+            data = real_read(n)
+            _RemoteGGUF.read += len(data)
+            return data
+
+        f.read = counted
+        return f
+
+
+def test_a_gs_gguf_tokenizer_reads_the_header_by_ranges(tmp_path, monkeypatch):
+    """data.tokenizer naming a gs:// GGUF: the vocabulary is built from the header, read by ranges
+    (from 256 bytes here, x4), never the tensor data and never copied to a local file."""
+    from etils import epath
+
+    from distillc.runtime.data.tokenizers import load_tokenizer
+
+    big = tmp_path / "big.gguf"
+    big.write_bytes((FIXTURES / "family-llama2.gguf").read_bytes() + bytes(8 << 20))
+    monkeypatch.setattr(epath, "Path", lambda p: _RemoteGGUF({"m.gguf": big}, p))
+    monkeypatch.setattr(gguf_meta, "FIRST_READ", 256)
+    monkeypatch.setattr(gguf_meta.tempfile, "mkstemp", lambda *a, **k: pytest.fail("copied the whole file"))
+    _RemoteGGUF.read = 0
+    remote = load_tokenizer("gs://bucket/m.gguf")
+    local = load_tokenizer(str(FIXTURES / "family-llama2.gguf"))
+    assert 256 < _RemoteGGUF.read < 1 << 20
+    for text in ("Hello world", "line\nnext été", "  two  spaces"):
+        assert remote.encode(text).tolist() == local.encode(text).tolist()
+    with pytest.raises(gguf_meta.GGUFError, match="does not exist"):
+        gguf_meta.header("gs://bucket/missing.gguf")
+
+
+def test_a_gs_gguf_checkpoint_is_copied_once_and_removed_at_exit(tmp_path, monkeypatch):
+    """A gs:// GGUF checkpoint's weights are memory-mapped from one local copy per process (the
+    teacher and a later export reuse it), which is deleted when the process exits."""
+    from etils import epath
+
+    monkeypatch.setattr(epath, "Path", lambda p: _RemoteGGUF({"m.gguf": FIXTURES / "tiny-llama-f32.gguf"}, p))
+    monkeypatch.setattr(gguf_meta, "_COPIES", {})
+    monkeypatch.setattr(gguf_meta.tempfile, "tempdir", str(tmp_path))
+    first = gguf_meta.local_copy("gs://bucket/m.gguf")
+    assert gguf_meta.local_copy("gs://bucket/m.gguf") == first
+    assert Path(first).read_bytes() == (FIXTURES / "tiny-llama-f32.gguf").read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == [Path(first).name]
+    gguf_meta._remove_copies()  # what atexit runs
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("stem", ["family-llama2", "family-gemma"])
 def test_sentencepiece_vocabularies_give_transformers_ids(stem):
     """A sentencepiece vocabulary (tokenizer.ggml.model llama; Llama's Metaspace, Gemma's own space

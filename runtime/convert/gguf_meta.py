@@ -17,6 +17,7 @@ aligned to `general.alignment` (default 32), each tensor at data start + offset.
 
 from __future__ import annotations
 
+import atexit
 import math
 import mmap
 import os
@@ -24,11 +25,13 @@ import shutil
 import struct
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from distillc.runtime.arch import ModelArch, RopeScaling, local_global_counts
 
 MAGIC = b"GGUF"
+FIRST_READ = 1 << 20  # a remote header is read by ranges from 1 MiB, x4 until it is whole
+MAX_READ = 256 << 20  # ... up to this: SmolLM2's tokenizer arrays make a ~2.5 MB header, Gemma's ~10 MB
 SUFFIX = ".gguf"
 _SCALARS: dict[int, str] = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
                             10: "<Q", 11: "<q", 12: "<d"}
@@ -482,20 +485,83 @@ def local_header(path: str, fmt: Optional[str]) -> Optional[GGUFHeader]:
     return read_header(path)
 
 
+def header_by_ranges(read: Callable[[int, int], bytes], path: str, size: int, keep: Iterable[str] = (),
+                     first: int = FIRST_READ, limit: int = MAX_READ) -> Optional[GGUFHeader]:
+    """The header of a file read through `read(start, end)` (a remote one): its first bytes from
+    `first`, x4 until the header is whole, never its tensor data; None when the header is larger than
+    `limit`. GGUFError when it is not GGUF, or the file itself ends inside its header."""
+    keep = tuple(keep)
+    buf, want = b"", first
+    while True:
+        buf += read(len(buf), min(want, size))
+        try:
+            return parse_header(buf, path, size, keep)
+        except GGUFTruncated:
+            if len(buf) >= size:
+                raise
+            if want >= limit:
+                return None
+            want *= 4
+
+
+def header(path: str, keep_arrays: Iterable[str] = ()) -> GGUFHeader:
+    """The header of the GGUF file at `path`, local (a memory map) or remote (gs://, by ranges
+    through etils.epath: a tokenizer needs the header, not the weights). GGUFError when it does not
+    exist or is not GGUF."""
+    if "://" not in path:
+        if not os.path.isfile(path):
+            raise GGUFError(f"{path!r} does not exist (a GGUF checkpoint is one .gguf file)")
+        return read_header(path, keep_arrays)
+    from etils import epath
+
+    src = epath.Path(path)
+    if not src.exists():
+        raise GGUFError(f"{path!r} does not exist")
+    with src.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+
+        def read(start: int, end: int) -> bytes:
+            f.seek(start)
+            return bytes(f.read(end - start))
+
+        found = header_by_ranges(read, path, size, keep_arrays, first=FIRST_READ)
+    if found is None:
+        raise GGUFError(f"{path}: its GGUF header is larger than {MAX_READ >> 20} MiB")
+    return found
+
+
+_COPIES: dict[str, str] = {}
+
+
+def _remove_copies() -> None:
+    for local in _COPIES.values():
+        try:
+            os.unlink(local)
+        except OSError:
+            pass
+    _COPIES.clear()
+
+
 def local_copy(path: str) -> str:
     """A local file holding the GGUF at `path`: the path itself, or for a remote (gs://) path a copy
-    in the temporary directory (GGUF is read through a memory map, so it must be local; the models
-    shipped this way are small). GGUFError when it does not exist."""
+    in the temporary directory (GGUF's weights are read through a memory map, so they must be local;
+    the models shipped this way are small), made once per process and removed when it exits.
+    GGUFError when it does not exist."""
     if "://" not in path:
         if not os.path.isfile(path):
             raise GGUFError(f"checkpoint {path!r} does not exist (a GGUF checkpoint is one .gguf file)")
         return path
+    if path in _COPIES and os.path.isfile(_COPIES[path]):
+        return _COPIES[path]
     from etils import epath
 
     src = epath.Path(path)
     if not src.exists():
         raise GGUFError(f"checkpoint {path!r} does not exist")
+    if not _COPIES:
+        atexit.register(_remove_copies)
     fd, local = tempfile.mkstemp(suffix=SUFFIX, prefix="distillc-")
+    _COPIES[path] = local
     with os.fdopen(fd, "wb") as out, src.open("rb") as f:
         shutil.copyfileobj(f, out, 1 << 24)
     return local

@@ -73,10 +73,11 @@ def _pre_tokenizer(pre: str, path: str) -> Any:
 
 
 def build_tokenizer(path: str) -> Any:
-    """The `tokenizers.Tokenizer` the local GGUF file at `path` describes (GGUFTokenizerError when
-    it is neither a byte-level BPE nor a sentencepiece vocabulary this builds)."""
+    """The `tokenizers.Tokenizer` the GGUF file at `path` (local, or gs:// read by ranges: the
+    header only) describes (GGUFTokenizerError when it is neither a byte-level BPE nor a
+    sentencepiece vocabulary this builds)."""
     try:
-        header = gguf_meta.read_header(path, keep_arrays=_KEYS)
+        header = gguf_meta.header(path, keep_arrays=_KEYS)
     except gguf_meta.GGUFError as e:
         raise GGUFTokenizerError(str(e)) from e
     try:

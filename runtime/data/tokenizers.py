@@ -188,11 +188,11 @@ def load_tokenizer(name: str) -> Tokenizer:
     if name.endswith(".json"):
         return HFTokenizer(name)
     if name.lower().endswith(".gguf"):  # the vocabulary a GGUF checkpoint carries (convert/gguf_tokenizer.py)
-        from distillc.runtime.convert.gguf_meta import GGUFError, local_copy
+        from distillc.runtime.convert.gguf_meta import GGUFError
         from distillc.runtime.convert.gguf_tokenizer import GGUFTokenizerError, tokenizer_json
 
-        try:
-            return HFTokenizer(name, tokenizer_json(local_copy(name)))
+        try:  # the header alone: a gs:// file is read by ranges, never copied whole
+            return HFTokenizer(name, tokenizer_json(name))
         except (GGUFTokenizerError, GGUFError) as e:
             raise TokenizerError(f"data.tokenizer: {e}") from e
     raise TokenizerError(
