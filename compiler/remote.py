@@ -31,13 +31,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from distillc.runtime.gcs_credentials import ADC_FILE, credentials_file, credentials_problem
+
+__all__ = ["ADC_FILE", "Remote", "Unreachable", "credentials_file", "credentials_problem", "gcs_filesystem"]
+
 DEFAULT_BUDGET_S = 5.0
 ENV_BUDGET = "DISTILLC_REMOTE_TIMEOUT"
 ENV_OFFLINE = "DISTILLC_OFFLINE"
 SCHEME = "gs://"
-# the Google Cloud machines' DMI product name (google-auth's detect_gce_residency_linux reads the same file)
-DMI_PRODUCT = "/sys/class/dmi/id/product_name"
-ADC_FILE = "application_default_credentials.json"
 READ_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 
 
@@ -61,52 +62,6 @@ def is_remote(path: str) -> bool:
 
 def is_gs(path: str) -> bool:
     return path.startswith(SCHEME)
-
-
-def _adc_file() -> Optional[Path]:
-    """Where `gcloud auth application-default login` writes the credentials google-auth reads."""
-    config = os.environ.get("CLOUDSDK_CONFIG")
-    if config:
-        return Path(config) / ADC_FILE
-    if os.name == "nt":
-        appdata = os.environ.get("APPDATA")
-        return Path(appdata, "gcloud", ADC_FILE) if appdata else None
-    return Path.home() / ".config" / "gcloud" / ADC_FILE
-
-
-def _on_google_cloud() -> bool:
-    """A GCE, GKE or TPU VM (the metadata server serves credentials there), told without the network."""
-    if os.environ.get("GCE_METADATA_HOST") or os.environ.get("GCE_METADATA_IP"):
-        return True
-    try:
-        return Path(DMI_PRODUCT).read_text().strip().startswith("Google")
-    except OSError:
-        return False
-
-
-def credentials_file() -> Optional[Path]:
-    """The credentials file google-auth reads first (GOOGLE_APPLICATION_CREDENTIALS, else gcloud's
-    application-default file), when there is one."""
-    named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-    if named:
-        return Path(named)
-    adc = _adc_file()
-    return adc if adc is not None and adc.is_file() else None
-
-
-def credentials_problem() -> Optional[str]:
-    """Why google-auth would find no credentials here (a phrase), or None when it finds some: the
-    same places it looks, read from disk only (its own search probes the metadata server over the
-    network, which takes seconds where there is none)."""
-    found = credentials_file()
-    if found is not None:
-        if found.is_file():
-            return None
-        return f"GOOGLE_APPLICATION_CREDENTIALS names {found}, which {'is not a file' if found.exists() else 'does not exist'}"
-    if _on_google_cloud():
-        return None
-    return ("no Google credentials (no GOOGLE_APPLICATION_CREDENTIALS, no `gcloud auth application-default "
-            "login`, not on Google Cloud)")
 
 
 def gcs_filesystem() -> Callable[[], Any]:

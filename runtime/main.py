@@ -71,6 +71,16 @@ def load_config(path: str | Path) -> RuntimeConfig:
         raise ConfigError("\n".join(lines)) from None
 
 
+def check_gs_credentials(config: RuntimeConfig) -> None:
+    """A config with gs:// paths on a machine without Google credentials stops here (exit 2, naming
+    the first path), not after gcsfs's own probing and retries (about 50 s, with logged tracebacks)."""
+    from distillc.runtime.gcs_credentials import missing_credentials
+
+    problem = missing_credentials(config.model_dump(mode="json"))
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 def stage_function(config: RuntimeConfig) -> Callable[[RuntimeConfig, bool], None]:
     target = STAGES.get((config.mode, config.stage))
     if target is None:
@@ -167,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--restart is for single-process runs: move the run directory aside by hand, then start all processes")
     try:
         config = load_config(args.config)
+        check_gs_credentials(config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

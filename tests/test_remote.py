@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distillc.compiler import checkpoint_files, remote as R
+from distillc.runtime import gcs_credentials
 from distillc.compiler.cli import app
 from distillc.runtime.convert.gguf_meta import read_header
 from tests.conftest import FIXTURES, ROOT, at, check_text, codes, find, spec_text, where
@@ -41,7 +42,7 @@ def no_credentials(tmp_path, monkeypatch):
     for name in ("GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "GCE_METADATA_IP"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
-    monkeypatch.setattr(R, "DMI_PRODUCT", str(tmp_path / "product_name"))
+    monkeypatch.setattr(gcs_credentials, "DMI_PRODUCT", str(tmp_path / "product_name"))
     return tmp_path
 
 
@@ -395,7 +396,8 @@ class TestValidateCommand:
 PROBE = """
 import json, sys, time
 import distillc.compiler.remote as R
-R.DMI_PRODUCT = "/nonexistent"  # not a Google Cloud machine, wherever the tests run
+import distillc.runtime.gcs_credentials as C
+C.DMI_PRODUCT = "/nonexistent"  # not a Google Cloud machine, wherever the tests run
 from distillc.compiler.cli import app
 start = time.monotonic()
 try:

@@ -680,6 +680,12 @@ def run_prepare(cfg: DataConfig, out: str, rows_per_shard: Optional[int] = None,
     from distillc.runtime.data.pipeline import DataError
     from distillc.runtime.data.tokenizers import TokenizerError
 
+    from distillc.runtime.gcs_credentials import missing_credentials
+
+    problem = missing_credentials({"data": cfg.model_dump(mode="json"), "--out": out})
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         env_index, env_count = process_from_env() if process_index is None or process_count is None else (0, 1)
         count = process_count if process_count is not None else env_count
