@@ -372,10 +372,10 @@ def data_prepare(
     process_count: Optional[int] = typer.Option(None, "--process-count", min=1,
                                                 help="Processes the prepare is split over (default: "
                                                      "JAX_NUM_PROCESSES / NNODES / the TPU workers, else 1)."),
-    mixture_stop: str = typer.Option("first_exhausted", "--mixture-stop",
-                                     help="Where a data.sources mixture ends: first_exhausted (when a source "
-                                          "runs out) or all_exhausted (smaller sources repeat until every "
-                                          "source has run out once)."),
+    mixture_stop: Optional[str] = typer.Option(None, "--mixture-stop",
+                                               help="Where a data.sources mixture ends: first_exhausted (the "
+                                                    "default: when a source runs out) or all_exhausted (smaller "
+                                                    "sources repeat until every source has run out once)."),
     select: Optional[List[str]] = typer.Option(None, "--select", help=SELECT_HELP),
     ignore: Optional[List[str]] = typer.Option(None, "--ignore", help=IGNORE_HELP),
 ) -> None:
@@ -387,7 +387,7 @@ def data_prepare(
     (Grain, which imports jax, and the tokenizer libraries), imported only then, as `launch --local` does."""
     from distillc.compiler import launch
 
-    if mixture_stop not in ("first_exhausted", "all_exhausted"):
+    if mixture_stop is not None and mixture_stop not in ("first_exhausted", "all_exhausted"):
         raise fail(f"--mixture-stop {mixture_stop!r}: expected first_exhausted or all_exhausted")
     sel, ign = _split_codes(select), _split_codes(ignore)
     _check_selectors(sel, ign)
@@ -400,6 +400,9 @@ def data_prepare(
         raise fail(str(exc))
     assert ctx.plan is not None
     data = ctx.plan.configs[0].data  # every workload of a plan reads the same data section
+    if mixture_stop is not None and not data.sources:
+        raise fail(f"--mixture-stop {mixture_stop}: {spec} has one data.source, not a data.sources mixture; "
+                   "drop the flag, or list the sources with weights under data.sources")
     where = out or data.prepared
     if where is None:
         raise fail(f"{spec}: set data.prepared (where training will read the prepared shards) or pass --out DIR")
@@ -407,7 +410,8 @@ def data_prepare(
         from distillc.runtime.data.prepared import run_prepare
     except ImportError as exc:
         raise fail(f"the distillc runtime is not available ({exc}); install distillc with its runtime dependencies")
-    raise typer.Exit(run_prepare(data, where, rows_per_shard, process_index, process_count, mixture_stop))
+    raise typer.Exit(run_prepare(data, where, rows_per_shard, process_index, process_count,
+                                 mixture_stop or "first_exhausted"))
 
 
 @app.command()

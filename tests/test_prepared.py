@@ -314,6 +314,8 @@ train: {{steps: 4, learning_rate: 0.001}}
         assert r.exit_code == 2 and "process index 2 is outside [0, 2)" in r.output
         r = self.run(tmp_path, 32, True, "--mixture-stop", "longest")
         assert r.exit_code == 2 and "expected first_exhausted or all_exhausted" in r.output
+        r = self.run(tmp_path, 32, True, "--mixture-stop", "all_exhausted")  # one data.source: no mixture to stop
+        assert r.exit_code == 2 and "has one data.source, not a data.sources mixture" in r.output
 
 
 class TestWorkers:
