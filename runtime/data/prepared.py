@@ -221,6 +221,15 @@ def _short(value: Any) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def _per_source(streams: list[tuple[float, list[str]]]) -> dict[str, Any]:
+    """A mixture's sources as separate check fields ('data.sources[1].weight', 'data.sources[1]
+    files'), so a changed weight is named even after a long file list (whose JSON a message cuts short)."""
+    out: dict[str, Any] = {}
+    for i, (weight, files) in enumerate(streams):
+        out[f"data.sources[{i}].weight"], out[f"data.sources[{i}] files"] = weight, files
+    return out
+
+
 def default_rows_per_shard(seq_len: int) -> int:
     return max(1, SHARD_BYTES // (16 * seq_len))
 
@@ -561,13 +570,19 @@ class Prepared:
                 "pipeline version": ident["pipeline_version"], "format version": ident["format_version"]}
         if streams is not None:
             mixed = len(streams) > 1 or "mixture" in ident
-            key = "data.sources (weight, files)" if mixed else "data.source files"
-            want.update({key: [[w, f] for f, w in streams] if mixed else streams[0][0],
-                         "data.text_field": cfg.text_field,
+            if mixed:
+                spec_streams, prepared_streams = [(w, f) for f, w in streams], streams_of(ident)
+                if len(spec_streams) == len(prepared_streams):
+                    want.update(_per_source(spec_streams))
+                    have.update(_per_source(prepared_streams))
+                else:
+                    want["number of data.sources"], have["number of data.sources"] = len(spec_streams), len(prepared_streams)
+            else:
+                want["data.source files"], have["data.source files"] = streams[0][0], streams_of(ident)[0][1]
+            want.update({"data.text_field": cfg.text_field,
                          "data.eval_fraction": cfg.eval_fraction, "data.eval_tokens": cfg.eval_tokens,
                          "data.eval_source files": eval_files})
-            have.update({key: [[w, f] for w, f in streams_of(ident)] if mixed else streams_of(ident)[0][1],
-                         "data.text_field": ident["text_field"], "data.eval_fraction": ident["eval"]["fraction"],
+            have.update({"data.text_field": ident["text_field"], "data.eval_fraction": ident["eval"]["fraction"],
                          "data.eval_tokens": ident["eval"]["tokens"],
                          "data.eval_source files": None if ident["eval"]["source"] is None
                          else [s["path"] for s in ident["eval"]["source"]]})
