@@ -331,8 +331,8 @@ class TestWorkers:
         import subprocess
         import sys
 
-        code = ("import sys; from distillc.runtime.data.examples import init_worker, tokenize_in_worker; "
-                "init_worker('byte'); assert tokenize_in_worker(['ab'])[0]['labels'].tolist() == [98, 10, 10]; "
+        code = ("import sys; from distillc.runtime.data.examples import init_worker, tokenize_in_worker, unpack; "
+                "init_worker('byte'); assert unpack(*tokenize_in_worker(['ab']))[0]['labels'].tolist() == [98, 10, 10]; "
                 "print(sorted({m.split('.')[0] for m in sys.modules} & {'grain', 'jax', 'jaxlib', 'flax'}))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert out.stdout.strip() == "[]"
