@@ -79,19 +79,6 @@ def _pair(merge: Any) -> tuple[str, str]:
     return str(merge[0]), str(merge[1])
 
 
-def merge_all(symbols: list[str], rank: dict[tuple[str, str], int]) -> list[str]:
-    """The HF BPE model's merging of one piece: the lowest-rank adjacent pair first (leftmost on a tie),
-    until no adjacent pair is a merge."""
-    parts = list(symbols)
-    while len(parts) > 1:
-        best, at = min(((rank.get((parts[i], parts[i + 1]), -1), i) for i in range(len(parts) - 1)),
-                       key=lambda ri: (ri[0] < 0, ri))
-        if best < 0:
-            break
-        parts[at : at + 2] = [parts[at] + parts[at + 1]]
-    return parts
-
-
 def ranks_match(vocab: dict[str, int], merges: list[tuple[str, str]], added: frozenset[str] = frozenset()) -> Optional[str]:
     """None when tiktoken's lowest-id merging gives the same ids as these merges (the conditions in the
     module docstring), else why not. `added`: the (byte-level) added tokens, which need not be rebuilt
@@ -113,8 +100,11 @@ def ranks_match(vocab: dict[str, int], merges: list[tuple[str, str]], added: fro
         z = (a + b)[len(b):]
         if (a + b).startswith(b) and (b, z) != (a, b) and rank.get((b, z), r) < r:
             return f"token {a + b!r}: merge {b!r} + {z!r} ranks before the overlapping {a!r} + {b!r}"
+    from tokenizers.models import BPE
+
+    model = BPE(vocab=vocab, merges=merges, ignore_merges=False)  # the merges alone, as the library does them
     for tok in vocab:
-        if len(tok) > 1 and tok not in added and merge_all(list(tok), rank) != [tok]:
+        if len(tok) > 1 and tok not in added and [t.value for t in model.tokenize(tok)] != [tok]:
             return f"the merges do not rebuild token {tok!r} from its bytes"
     return None
 
