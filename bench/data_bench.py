@@ -106,6 +106,33 @@ def make_bpe(jsonl: Path, out: Path, vocab: int = 8192, sample_bytes: int = 5_00
     tok.save(str(out))
 
 
+def raw_rates(jsonl: Path, bpe: Path, docs: int = 2000) -> None:
+    """The encoders alone on the corpus's first documents: tokens per second (wall) and per CPU-second
+    (this process, all threads), the tokenizers library as the pipeline used it and the ways it can
+    be called, and the tiktoken fast path on 1 and 2 threads."""
+    import time
+
+    from tokenizers import Tokenizer
+
+    from distillc.runtime.data.tokenizers import HFTokenizer
+
+    with jsonl.open() as f:
+        texts = [json.loads(line)["text"] for _, line in zip(range(docs), f)]
+    lib = Tokenizer.from_file(str(bpe))
+    fast1, fast2 = HFTokenizer(str(bpe), threads=1), HFTokenizer(str(bpe), threads=2)
+    runs = {"tokenizers encode_batch (its own threads)": lambda: [e.ids for e in lib.encode_batch(texts, add_special_tokens=False)],
+            "tokenizers encode_batch_fast (its own threads)": lambda: [e.ids for e in lib.encode_batch_fast(texts, add_special_tokens=False)],
+            "tokenizers encode, one at a time": lambda: [lib.encode(t, add_special_tokens=False).ids for t in texts],
+            "tiktoken fast path, 1 thread": lambda: fast1.encode_batch(texts),
+            "tiktoken fast path, 2 threads": lambda: fast2.encode_batch(texts)}
+    for name, run in runs.items():
+        t, c = time.perf_counter(), time.process_time()
+        n = sum(len(ids) for ids in run())
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        print(f"raw: {name}: {n / wall / 1e6:.2f} M tokens/s, {n / cpu / 1e6:.2f} M per CPU-second ({n:,} tokens)",
+              flush=True)
+
+
 def library_only(bpe: Path, out: Path) -> None:
     """The same tokenizer with an empty normalizer list: the same ids, but not the tiktoken fast path
     (runtime/data/rank_bpe.py takes no file with a normalizer), so the tokenizers library encodes it."""
@@ -137,6 +164,7 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=["jsonl", "parquet"], choices=["jsonl", "parquet"])
     ap.add_argument("--tokenizers", nargs="+", default=["byte", "bpe", "bpe-lib"], choices=["byte", "bpe", "bpe-lib"])
     ap.add_argument("--prepared", action="store_true")
+    ap.add_argument("--raw", action="store_true", help="also time the BPE encoders alone (the first 2,000 documents)")
     ap.add_argument("--workers", type=int, nargs="+", default=[0], help="data.workers values to run (BPE rows)")
     args = ap.parse_args()
     rows = []
@@ -151,6 +179,8 @@ def main() -> None:
                 make_bpe(path, bpe)
                 library_only(bpe, Path(names["bpe-lib"]))
                 describe(bpe)
+                if args.raw:
+                    raw_rates(path, bpe)
             files = {"jsonl": path}
             if "parquet" in args.formats:
                 files["parquet"] = Path(tmp) / f"corpus_{mb}mb.parquet"

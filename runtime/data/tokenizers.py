@@ -108,6 +108,9 @@ class HFTokenizer:
         self.threads = max(1, threads if threads is not None else len(os.sched_getaffinity(0)))
         self._pool: ThreadPoolExecutor | None = None
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pool": None}  # a copy starts its own threads
+
     @property
     def fast(self) -> bool:
         """Whether tiktoken encodes it (rank_bpe.py); `slow_reason` says why not."""
