@@ -5,6 +5,8 @@ The byte tokenizer (vocab 256, id = UTF-8 byte) needs nothing and serves every l
 others wrap the sentencepiece, tiktoken and tokenizers packages (dependencies of distillc), imported
 only when such a file is named. A `.model` file is a sentencepiece protobuf or, as Llama 3 ships
 its `tokenizer.model`, a tiktoken ranks file (lines `base64-token rank`): told apart by content. Files are read through etils.epath, so gs:// paths work (gcsfs).
+An HF tokenizer.json whose byte-level BPE merges follow its ids is encoded by tiktoken, with the same
+ids (rank_bpe.py).
 """
 
 from __future__ import annotations
