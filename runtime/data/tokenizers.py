@@ -81,13 +81,16 @@ class SentencePieceTokenizer:
         return self._sp.decode([int(i) for i in np.asarray(ids).reshape(-1)])
 
 
+MAX_THREADS = 8  # an HF tokenizer's default batch threads: a host's other cores are the input pipeline's and JAX's
+
+
 class HFTokenizer:
     """An HF tokenizer.json. Where its byte-level BPE merges follow its ranks (rank_bpe.py: the form of
     Llama 3's), tiktoken encodes it, with the same ids, about 3x faster; else the tokenizers library."""
 
     def __init__(self, path: str, text: str | None = None, threads: int | None = None):
         """The tokenizer.json at `path`, or its `text` when given (built from a GGUF file's metadata);
-        `threads` encode a batch (default: the CPUs this process may use)."""
+        `threads` encode a batch (default: the CPUs this process may use, at most MAX_THREADS)."""
         import json
 
         from tokenizers import Tokenizer as _Tok
@@ -107,7 +110,7 @@ class HFTokenizer:
         spec = json.loads(text)
         self._fast, self.slow_reason = rank_encoder(spec)
         self._added = added_token_regex(spec)
-        self.threads = max(1, threads if threads is not None else len(os.sched_getaffinity(0)))
+        self.threads = max(1, threads if threads is not None else min(MAX_THREADS, len(os.sched_getaffinity(0))))
         self._pool: ThreadPoolExecutor | None = None
 
     def __getstate__(self) -> dict:
