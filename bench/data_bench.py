@@ -16,7 +16,7 @@ pipeline to the first batch, tokens/s over all the batches (the first included) 
 batch, tokens per CPU-second of that process (all its threads; tokenizer workers not counted: on a
 shared machine this says more than wall time), and packing efficiency (real tokens / row slots).
 BPE rows run once per --workers value (data.workers: tokenizer worker processes; 0 tokenizes in the
-process, on its CPUs' threads). The load average is printed at the start and the end. With
+training process). --raw also times the encoders alone. The load average is printed at the start and the end. With
 --prepared it also prepares the smallest corpus (`distillc data prepare`'s runtime half, byte
 tokenizer) and reads the prepared shards the same way.
 """
@@ -109,7 +109,7 @@ def make_bpe(jsonl: Path, out: Path, vocab: int = 8192, sample_bytes: int = 5_00
 def raw_rates(jsonl: Path, bpe: Path, docs: int = 2000) -> None:
     """The encoders alone on the corpus's first documents: tokens per second (wall) and per CPU-second
     (this process, all threads), the tokenizers library as the pipeline used it and the ways it can
-    be called, and the tiktoken fast path on 1 and 2 threads."""
+    be called, and the tiktoken fast path."""
     import time
 
     from tokenizers import Tokenizer
@@ -119,12 +119,11 @@ def raw_rates(jsonl: Path, bpe: Path, docs: int = 2000) -> None:
     with jsonl.open() as f:
         texts = [json.loads(line)["text"] for _, line in zip(range(docs), f)]
     lib = Tokenizer.from_file(str(bpe))
-    fast1, fast2 = HFTokenizer(str(bpe), threads=1), HFTokenizer(str(bpe), threads=2)
+    fast = HFTokenizer(str(bpe))
     runs = {"tokenizers encode_batch (its own threads)": lambda: [e.ids for e in lib.encode_batch(texts, add_special_tokens=False)],
             "tokenizers encode_batch_fast (its own threads)": lambda: [e.ids for e in lib.encode_batch_fast(texts, add_special_tokens=False)],
             "tokenizers encode, one at a time": lambda: [lib.encode(t, add_special_tokens=False).ids for t in texts],
-            "tiktoken fast path, 1 thread": lambda: fast1.encode_batch(texts),
-            "tiktoken fast path, 2 threads": lambda: fast2.encode_batch(texts)}
+            "tiktoken fast path (HFTokenizer.encode_batch)": lambda: fast.encode_batch(texts)}
     for name, run in runs.items():
         t, c = time.perf_counter(), time.process_time()
         n = sum(len(ids) for ids in run())
