@@ -32,8 +32,8 @@ class Tokenize:
         return self.many([text])[0]
 
     def many(self, docs: Sequence[Document]) -> list[dict[str, np.ndarray]]:
-        """Several documents at once: the texts go to the tokenizer's batch encoder (on all cores); the
-        same ids as one at a time."""
+        """Several documents at once: the texts go to the tokenizer's batch encoder; the same ids as one
+        at a time."""
         return [example(ids) for ids in self.ids(docs)]
 
     def ids(self, docs: Sequence[Document]) -> list[np.ndarray]:
@@ -81,9 +81,6 @@ def init_worker(tokenizer_name: str) -> None:
     """Loads the tokenizer once per worker process (by name: tokenizer objects need not pickle), on one
     thread: the workers are the parallelism."""
     global _WORKER_TOKENIZE
-    import os
-
-    os.environ["RAYON_NUM_THREADS"] = "1"  # the tokenizers library's own pool, should it be used
     from distillc.runtime.data.tokenizers import load_tokenizer
 
     _WORKER_TOKENIZE = Tokenize(load_tokenizer(tokenizer_name, threads=1))

@@ -81,8 +81,8 @@ class SentencePieceTokenizer:
 
 
 class HFTokenizer:
-    """An HF tokenizer.json. Where its byte-level BPE merges follow its ranks (rank_bpe.py: the form of
-    Llama 3's), tiktoken encodes it, with the same ids, about 3x faster; else the tokenizers library."""
+    """An HF tokenizer.json. Where its byte-level BPE merges follow its ids (rank_bpe.py), tiktoken
+    encodes it, with the same ids, about 5x faster per CPU-second here; else the tokenizers library."""
 
     def __init__(self, path: str, text: str | None = None, threads: int | None = None):
         """The tokenizer.json at `path`, or its `text` when given (built from a GGUF file's metadata);
