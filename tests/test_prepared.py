@@ -335,6 +335,33 @@ class TestWorkers:
         resumed.set_state(state)
         assert all(same(a, next(resumed)) for a in want[6:])
 
+    def test_bpe_workers_read_ahead_and_restore_in_place(self, tmp_path):
+        """An HF BPE (the tiktoken fast path) in 2 workers, chunks read ahead: the in-process batches, and a
+        state restored into the same pooled iterator (its read-ahead dropped) continues exactly."""
+        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+        from distillc.runtime.data.tokenizers import load_tokenizer
+
+        texts = [f"the teacher {i} distils the student, layer {i * 7} of the model " + "kd " * (i % 41) for i in range(1500)]
+        hf = Tokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.train_from_iterator(texts[:100], trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        hf.save(str(tmp_path / "tokenizer.json"))
+        assert load_tokenizer(str(tmp_path / "tokenizer.json")).fast
+        f = tmp_path / "c.jsonl"
+        f.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        base = cfg(source=str(f), eval_fraction=0.0, seq_len=64, tokenizer=str(tmp_path / "tokenizer.json"))
+        inproc = DataPipeline(base).train_iterator()
+        want = [next(inproc) for _ in range(10)]
+        pooled = DataPipeline(base.model_copy(update={"workers": 2})).train_iterator()
+        got = [next(pooled) for _ in range(5)]
+        state = json.loads(json.dumps(pooled.get_state()))
+        got += [next(pooled) for _ in range(3)]
+        assert all(same(a, b) for a, b in zip(want, got))
+        pooled.set_state(state)
+        assert all(same(a, next(pooled)) for a in want[5:])
+
     def test_worker_errors_reach_the_caller(self, tmp_path):
         f = tmp_path / "t.arecord"
         write_arecord(f, [json.dumps({"tokens": [1, 2]}).encode()] * 3 + [json.dumps({"tokens": [1, 999]}).encode()])
@@ -346,8 +373,8 @@ class TestWorkers:
         import subprocess
         import sys
 
-        code = ("import sys; from distillc.runtime.data.examples import init_worker, tokenize_in_worker; "
-                "init_worker('byte'); assert tokenize_in_worker(['ab'])[0]['labels'].tolist() == [98, 10, 10]; "
+        code = ("import sys; from distillc.runtime.data.examples import init_worker, tokenize_in_worker, unpack; "
+                "init_worker('byte'); assert unpack(*tokenize_in_worker(['ab']))[0]['labels'].tolist() == [98, 10, 10]; "
                 "print(sorted({m.split('.')[0] for m in sys.modules} & {'grain', 'jax', 'jaxlib', 'flax'}))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert out.stdout.strip() == "[]"

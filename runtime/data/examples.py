@@ -32,14 +32,18 @@ class Tokenize:
         return self.many([text])[0]
 
     def many(self, docs: Sequence[Document]) -> list[dict[str, np.ndarray]]:
-        """Several documents at once: the texts go to the tokenizer's batch encoder (HF tokenizers
-        encode a batch on all cores, in Rust); the same ids as one at a time."""
+        """Several documents at once: the texts go to the tokenizer's batch encoder; the same ids as one
+        at a time."""
+        return [example(ids) for ids in self.ids(docs)]
+
+    def ids(self, docs: Sequence[Document]) -> list[np.ndarray]:
+        """Each document's token ids with bos/eos (or a blank line) around it, int32."""
         tok = self.tokenizer
         texts = [d + DOC_SEPARATOR if tok.eos_id is None else d for d in docs if isinstance(d, str)]
         encoded = iter(encode_batch(tok, texts))
-        return [self._example(next(encoded)) if isinstance(d, str) else self._pretokenized(d) for d in docs]
+        return [self._marked(next(encoded)) if isinstance(d, str) else self._pretokenized(d) for d in docs]
 
-    def _pretokenized(self, doc: np.ndarray) -> dict[str, np.ndarray]:
+    def _pretokenized(self, doc: np.ndarray) -> np.ndarray:
         """A pre-tokenized document (an ArrayRecord `tokens` record): the ids as they are."""
         tok = self.tokenizer
         ids = np.asarray(doc, np.int32)
@@ -47,16 +51,25 @@ class Tokenize:
             raise DataError(f"a pre-tokenized document holds token id {int(ids.max())}, outside the "
                             f"{tok.vocab_size}-token vocabulary of data.tokenizer {tok.name!r}: set "
                             "data.tokenizer to the tokenizer the corpus was made with")
-        return {"inputs": ids[:-1], "labels": ids[1:]}
+        return ids
 
-    def _example(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+    def _marked(self, ids: np.ndarray) -> np.ndarray:
         tok = self.tokenizer
         head = [tok.bos_id] if tok.bos_id is not None else []
         tail = [tok.eos_id] if tok.eos_id is not None else []
         if head or tail:
             ids = np.concatenate([np.asarray(head, np.int32), ids, np.asarray(tail, np.int32)])
-        ids = ids.astype(np.int32)
-        return {"inputs": ids[:-1], "labels": ids[1:]}
+        return ids.astype(np.int32, copy=False)
+
+
+def example(ids: np.ndarray) -> dict[str, np.ndarray]:
+    """A document's ids -> {"inputs": ids[:-1], "labels": ids[1:]} (views of one array)."""
+    return {"inputs": ids[:-1], "labels": ids[1:]}
+
+
+def unpack(flat: np.ndarray, lengths: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """A worker's answer (all documents' ids in one array, and their lengths) -> examples."""
+    return [example(ids) for ids in np.split(flat, np.cumsum(lengths)[:-1])] if len(lengths) else []
 
 
 # ---------------------------------------------------------------- in a tokenizer worker process (workers.py)
@@ -65,13 +78,18 @@ _WORKER_TOKENIZE: Optional[Tokenize] = None  # a worker process's own (workers.p
 
 
 def init_worker(tokenizer_name: str) -> None:
-    """Loads the tokenizer once per worker process (by name: tokenizer objects need not pickle)."""
+    """Loads the tokenizer once per worker process (by name: tokenizer objects need not pickle), on one
+    thread: the workers are the parallelism."""
     global _WORKER_TOKENIZE
     from distillc.runtime.data.tokenizers import load_tokenizer
 
-    _WORKER_TOKENIZE = Tokenize(load_tokenizer(tokenizer_name))
+    _WORKER_TOKENIZE = Tokenize(load_tokenizer(tokenizer_name, threads=1))
 
 
-def tokenize_in_worker(docs: list[Any]) -> list[dict[str, np.ndarray]]:
+def tokenize_in_worker(docs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The documents' ids as one int32 array and their lengths (two arrays pickle at memory speed; a
+    list of per-document dicts does not)."""
     assert _WORKER_TOKENIZE is not None  # set by init_worker
-    return _WORKER_TOKENIZE.many(docs)
+    ids = _WORKER_TOKENIZE.ids(docs)
+    flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+    return flat, np.asarray([len(i) for i in ids], np.int64)
