@@ -109,6 +109,9 @@ class TestDC145MalformedPath:
             ("data: {prepared: /data/corpus.jsonl}", ("data", "prepared"), "/data/corpus.jsonl"),
             ("data: {prepared: 'builtin:prep'}", ("data", "prepared"), "builtin:prep"),
             ("data: {prepared: 'ftp://b/prep'}", ("data", "prepared"), "ftp://b/prep"),
+            ("teacher: {checkpoint: 'gs://My_Bucket!/ckpt'}", ("teacher", "checkpoint"), "gs://My_Bucket!"),
+            ("data: {source: 'gs://bucket-/c.jsonl'}", ("data", "source"), "gs://bucket-/"),
+            (f"data: {{source: 'gs://{'b' * 64}/c.jsonl'}}", ("data", "source"), "gs://bbb"),
         ],
     )
     def test_fails(self, fragment, key, needle):
@@ -133,6 +136,7 @@ class TestDC145MalformedPath:
             "data: {source: [gs://bucket/a.arecord, /data/b.array_record], prepared: gs://bucket/prepared/v1}",
             "data: {prepared: /data/prepared/}",
             "data: {source: [gs://b/c4/c4-train.array_record-00000-of-01024, 'gs://b/c4/c4-train.array_record*']}",
+            f"data: {{source: 'gs://my-org.example_corpora.{'x' * 63}/c.jsonl'}}",
         ],
     )
     def test_passes(self, fragment):

@@ -226,6 +226,23 @@ TOKENIZER_SUFFIXES = (".model", ".json", ".gguf")  # .gguf: the byte-level BPE i
 _SCHEME = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*)://(.*)\Z", re.S)
 
 
+_GCS_BUCKET = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")
+
+
+def _gcs_bucket_problem(bucket: str) -> str | None:
+    """Why `bucket` cannot be a Cloud Storage bucket name, or None: Google's naming rules allow
+    lowercase letters, digits, '-', '_' and '.', starting and ending with a letter or digit, at most
+    63 characters (222 with dots, 63 between them). (Names under 3 characters are not refused
+    here: the runtime's "no such bucket" names them.)"""
+    if not _GCS_BUCKET.fullmatch(bucket):
+        return ("is not a Cloud Storage bucket name (lowercase letters, digits, '-', '_' and '.', starting "
+                "and ending with a letter or digit)")
+    parts = bucket.split(".")
+    if len(bucket) > (222 if len(parts) > 1 else 63) or max(map(len, parts)) > 63:
+        return "is not a Cloud Storage bucket name (at most 63 characters; 222 with dots, 63 between them)"
+    return None
+
+
 def _path_problem(key: tuple, value: str) -> str | None:
     if not value.strip():
         return "is empty"
@@ -246,8 +263,11 @@ def _path_problem(key: tuple, value: str) -> str | None:
         scheme, rest = m.group(1).lower(), m.group(2)
         if scheme not in REMOTE_SCHEMES:
             return f"uses {scheme}://, which the runtime cannot read (use gs:// or a local path)"
-        if not rest.split("/")[0]:
+        bucket = rest.split("/")[0]
+        if not bucket:
             return f"has no bucket after {scheme}://"
+        if scheme == "gs" and (why := _gcs_bucket_problem(bucket)):
+            return f"names bucket {bucket!r}, which {why}"
     elif "://" in value or value.startswith(":"):
         return "is not a valid path or URL"
     tail = value.rstrip("/").rsplit("/", 1)[-1]
@@ -279,8 +299,9 @@ def malformed_path(ctx: Context) -> Iterator[Finding]:
     x.array_record-00000-of-01024) files, directories and globs of them,
     or a directory `distillc data prepare` wrote; data.prepared is a directory (no glob, no builtin,
     no corpus-file suffix); data.tokenizer is 'byte', a sentencepiece or tiktoken .model, an HF
-    tokenizer.json or a GGUF checkpoint (the tokenizer in its metadata). Validation checks the form
-    only: it never touches the filesystem or the network.
+    tokenizer.json or a GGUF checkpoint (the tokenizer in its metadata). A gs:// bucket name follows
+    Cloud Storage's naming rules (`gs://My_Bucket!/x` is no bucket). This rule checks the form only:
+    it never touches the filesystem or the network.
 
     Fails::
 
