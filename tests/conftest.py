@@ -57,7 +57,7 @@ os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *TEST_XLA_F
 # here, not as xdist_group marks: with pytest 9.2 and xdist 3.8 the marks are silently ignored
 # (pytest-dev/pytest-xdist#1386), and the controller that schedules sees only node ids.
 WHOLE_MODULES = frozenset(f"tests/{m}.py" for m in (
-    "test_distributed", "test_gguf_smollm2", "test_losses", "test_model", "test_packaging", "test_prepared",
+    "test_distributed", "test_gguf_smollm2", "test_integrity", "test_losses", "test_model", "test_packaging", "test_prepared",
     "test_reduction_devices", "test_student_init", "test_topk_save", "test_trainer",
 ))
 
