@@ -16,4 +16,8 @@ if [ "${DISTILLC_SKIP_XPK:-0}" != 1 ] && [ ! -x .venv-xpk/bin/xpk ]; then
 fi
 # Types first: mypy -p distillc over compiler/ and runtime/ (tests/typecheck.sh), zero errors.
 bash tests/typecheck.sh
-exec .venv/bin/python -m pytest "$@"
+# One pytest worker per core (pytest-xdist): the runtime tests are mostly single-threaded XLA
+# compiles. `--dist loadgroup` sends tests one by one to whichever worker is free, except the modules
+# tests/conftest.py keeps whole (WHOLE_MODULES: their module-scoped fixture trains or compiles once).
+# DISTILLC_TEST_WORKERS=0 runs in this process; arguments after ours (`-n 0`, `--dist no`) override.
+exec .venv/bin/python -m pytest -n "${DISTILLC_TEST_WORKERS:-auto}" --dist loadgroup "$@"

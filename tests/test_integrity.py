@@ -3,6 +3,7 @@ newest intact step (and refuses to start over silently when none is); a damaged 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -68,15 +69,28 @@ class TestRecord:
             integrity.verify(root)
 
 
-@pytest.fixture
-def run(tmp_path):
-    """A finished 4-step run with checkpoints at steps 2 and 4, and its config for 6 steps."""
-    cfg = make_config(tmp_path / "run", alpha=0.0, steps=4, checkpoint_every=2)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 4-step run with checkpoints at steps 2 and 4, trained once for the module; a copy
+    of it as trained sits beside it."""
+    root = tmp_path_factory.mktemp("integrity")
+    cfg = make_config(root / "run", alpha=0.0, steps=4, checkpoint_every=2)
     train(cfg, console=False)
     ckpt = Path(cfg.output.checkpoint_dir)
     assert (ckpt / "2" / integrity.RECORD).exists() and (ckpt / "4" / integrity.RECORD).exists()
+    shutil.copytree(root / "run", root / "as-trained", symlinks=True)
+    return cfg, root
+
+
+@pytest.fixture
+def run(finished):
+    """The finished run, put back as trained at its own path (the previous test damaged and resumed
+    it), and its config for 6 steps."""
+    cfg, root = finished
+    shutil.rmtree(root / "run")
+    shutil.copytree(root / "as-trained", root / "run", symlinks=True)
     longer = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 6})})
-    return longer, ckpt
+    return longer, Path(cfg.output.checkpoint_dir)
 
 
 def test_a_damaged_step_falls_back_to_the_newest_intact_one(run, capsys):

@@ -90,16 +90,20 @@ def _loss_and_grads(cfg, objective, graphdef, params, batch, weights):
 
 
 def _compare_paths(cfg, *, feature: bool = False):
-    """The same objective, params and batch through the dense and the chunked path."""
+    """The same objective, params and batch through the dense and the chunked path. The params and the
+    batch are made once (both paths' configs differ only in loss_impl): filling the data pipeline's
+    shuffle window is most of this test's cost."""
     mesh = make_mesh(cfg.mesh)
     shard = objectives.Shard(0, 1)
+    graphdef, params = init_params(cfg.student, cfg.scan_layers, mesh)
+    weights = tuple(jnp.float32(x) for x in (0.7, 2.0, 0.5 if feature else 0.0))
+    batch = None
     results = []
     for impl in ("dense", "chunked"):
         c = cfg.model_copy(update={"loss_impl": impl, "loss_chunk_size": 12})  # 32 positions: a padded last chunk
         objective = objectives.build_objective(c, mesh, shard)
-        graphdef, params = init_params(c.student, c.scan_layers, mesh)
-        batch = {k: jnp.asarray(v) for k, v in next(objective.data.train_iterator()).items()}
-        weights = tuple(jnp.float32(x) for x in (0.7, 2.0, 0.5 if feature else 0.0))
+        if batch is None:
+            batch = {k: jnp.asarray(v) for k, v in next(objective.data.train_iterator()).items()}
         results.append(_loss_and_grads(c, objective, graphdef, params, batch, weights))
     (l_d, m_d, g_d), (l_c, m_c, g_c) = results
     n = cfg.data.global_batch_size * cfg.data.seq_len
