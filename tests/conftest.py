@@ -67,6 +67,7 @@ WHOLE_MODULES = frozenset(f"tests/{m}.py" for m in (
 ))
 
 
+@pytest.hookimpl(optionalhook=True)  # `-p no:xdist` runs without the plugin that declares this hook
 def pytest_xdist_make_scheduler(config, log):
     """For `--dist loadgroup`: one scope per test, or per module for WHOLE_MODULES. xdist sends the
     largest scopes first (the whole modules), then single tests as workers free up."""

@@ -121,12 +121,11 @@ class GGUFTensor:
 
 
 @dataclass(frozen=True)
-class Unpermuted:
-    """A q or k weight with llama.cpp's per-head row permutation undone (see the module docstring).
-    Reads must cover whole heads along the rows, as convert/hf.read_ours's `in_heads` reads do."""
+class _View:
+    """Another tensor source seen through a transform: its name, file, shape and dtype; `read`
+    transforms what `inner` reads."""
 
-    inner: GGUFTensor
-    head_dim: int
+    inner: Any
 
     @property
     def name(self) -> str:
@@ -143,6 +142,14 @@ class Unpermuted:
     @property
     def dtype(self) -> Any:
         return self.inner.dtype
+
+
+@dataclass(frozen=True)
+class Unpermuted(_View):
+    """A q or k weight with llama.cpp's per-head row permutation undone (see the module docstring).
+    Reads must cover whole heads along the rows, as convert/hf.read_ours's `in_heads` reads do."""
+
+    head_dim: int
 
     def read(self, index: tuple[slice, ...] = ()) -> np.ndarray:
         rows = index[0] if index else slice(None)
@@ -156,27 +163,10 @@ class Unpermuted:
 
 
 @dataclass(frozen=True)
-class Shifted:
+class Shifted(_View):
     """A gemma norm weight stored as 1 + w by llama.cpp's converter, read back as w."""
 
-    inner: Source
     shift: float
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def file(self) -> str:
-        return self.inner.file
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.inner.shape
-
-    @property
-    def dtype(self) -> Any:
-        return self.inner.dtype
 
     def read(self, index: tuple[slice, ...] = ()) -> np.ndarray:
         return self.inner.read(index) + np.float32(self.shift)
