@@ -500,12 +500,29 @@ def test_example_spec_ablates_and_validates():
 
 
 def test_forked_workers_give_the_sequential_answer():
-    axes = ("loss.alpha.end=0.3,0.5,0.7", "loss.beta.end=0.0,0.5", "loss.beta.start=0.0,1.0",
-            "loss.layers.strategy=evenly_spaced,first_n,top_heavy", "train.learning_rate=1.0e-3,3.0e-3")
-    one, _ = run(SCHEDULED, *axes, parallel=False, target="maxtext")  # DC120 prunes for MaxText
-    many, _ = run(SCHEDULED, *axes, parallel=True, target="maxtext")
-    assert [c.to_json() for c in many.cells] == [c.to_json() for c in one.cells]
-    assert {c.status for c in one.cells} == {"valid", "pruned", "duplicate"}
+    """Run in a fresh interpreter: the forked workers are the compiler's, which never imports jax,
+    but a pytest worker may have imported it for an earlier runtime test (forking a process with
+    jax's threads can deadlock)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = f"""
+import json, sys
+from tests.test_ablate import SCHEDULED, run
+axes = ("loss.alpha.end=0.3,0.5,0.7", "loss.beta.end=0.0,0.5", "loss.beta.start=0.0,1.0",
+        "loss.layers.strategy=evenly_spaced,first_n,top_heavy", "train.learning_rate=1.0e-3,3.0e-3")
+one, _ = run(SCHEDULED, *axes, parallel=False, target="maxtext")  # DC120 prunes for MaxText
+many, _ = run(SCHEDULED, *axes, parallel=True, target="maxtext")
+assert "jax" not in sys.modules
+print(json.dumps({{"one": [c.to_json() for c in one.cells], "many": [c.to_json() for c in many.cells]}}))
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["many"] == out["one"]
+    assert {c["status"] for c in out["one"]} == {"valid", "pruned", "duplicate"}
 
 
 # ---------------------------------------------------------------- review fixes

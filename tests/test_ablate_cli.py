@@ -300,18 +300,19 @@ def test_a_bad_best_file_is_a_one_line_usage_error(spec, tmp_path, content, mess
 
 @pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
 def test_best_refuses_what_is_not_a_regular_file_without_blocking(spec, tmp_path, kind):
-    # in a child process with a memory cap and a timeout: reading these used to hang or eat memory
+    # in a child process with a memory cap (set by the child itself: a preexec_fn would run Python in a
+    # fork of this process, which may hold jax's threads) and a timeout: reading these used to hang or eat memory
     import os
-    import resource
     import subprocess
     import sys
 
     best = tmp_path / "fifo" if kind == "fifo" else kind
     if kind == "fifo":
         os.mkfifo(best)
-    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # noqa: E731
-    p = subprocess.run([sys.executable, "-c", "from distillc.compiler.cli import main; main()", "ablate", str(spec),
-                        "--strategy", "staged", "--best", str(best)], capture_output=True, text=True, timeout=60, preexec_fn=limit)
+    child = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+             "from distillc.compiler.cli import main; main()")
+    p = subprocess.run([sys.executable, "-c", child, "ablate", str(spec),
+                        "--strategy", "staged", "--best", str(best)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2, p.stderr
     assert p.stderr == f"distillc: error: --best {best}: not a regular file\n"
 
