@@ -136,6 +136,7 @@ class TestDC145MalformedPath:
             "data: {source: [gs://bucket/a.arecord, /data/b.array_record], prepared: gs://bucket/prepared/v1}",
             "data: {prepared: /data/prepared/}",
             "data: {source: [gs://b/c4/c4-train.array_record-00000-of-01024, 'gs://b/c4/c4-train.array_record*']}",
+            "data: {source: [gs://b/c4/c4-train.tfrecord-00000-of-01024, /data/c4/extra.tfrecord]}",
             f"data: {{source: 'gs://my-org.example_corpora.{'x' * 63}/c.jsonl'}}",
         ],
     )

@@ -220,8 +220,8 @@ def local_path_on_cluster(ctx: Context) -> Iterator[Finding]:
 # What the runtime reads (runtime/data/corpus.py, runtime/data/tokenizers.py): kept in sync by test_rules_train.
 BUILTIN_SOURCES = ("pydoc_topics",)
 REMOTE_SCHEMES = ("gs", "s3")
-SOURCE_SUFFIXES = (".txt", ".jsonl", ".gz", ".zst", ".parquet", ".arecord", ".array_record")  # .jsonl.gz, .jsonl.zst
-TFDS_SHARD = re.compile(r"\.array_record-\d+-of-\d+\Z")  # TFDS's shard names: x.array_record-00000-of-01024
+SOURCE_SUFFIXES = (".txt", ".jsonl", ".gz", ".zst", ".parquet", ".arecord", ".array_record", ".tfrecord")  # .jsonl.gz, .jsonl.zst
+TFDS_SHARD = re.compile(r"\.(array_record|tfrecord)-\d+-of-\d+\Z")  # TFDS's shard names: x.array_record-00000-of-01024
 TOKENIZER_SUFFIXES = (".model", ".json", ".gguf")  # .gguf: the byte-level BPE in its metadata
 _SCHEME = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*)://(.*)\Z", re.S)
 
@@ -272,13 +272,13 @@ def _path_problem(key: tuple, value: str) -> str | None:
         return "is not a valid path or URL"
     tail = value.rstrip("/").rsplit("/", 1)[-1]
     suffix = "." + tail.rsplit(".", 1)[-1].lower() if "." in tail else ""
-    if TFDS_SHARD.search(tail):
-        suffix = ".array_record"
+    if shard := TFDS_SHARD.search(tail):
+        suffix = "." + shard.group(1)
     if key == ("data", "tokenizer") and suffix not in TOKENIZER_SUFFIXES:
         return "is neither 'byte' nor a sentencepiece .model, an HF tokenizer .json or a .gguf file"
     if _is_source(key) and suffix and not value.endswith("/") and suffix not in SOURCE_SUFFIXES and "*" not in tail:
-        return (f"is a {suffix} file; the runtime reads .txt, .jsonl, .jsonl.gz, .jsonl.zst, .parquet and "
-                ".arecord files (or a directory or glob of them, or a prepared directory)")
+        return (f"is a {suffix} file; the runtime reads .txt, .jsonl, .jsonl.gz, .jsonl.zst, .parquet, "
+                ".arecord and .tfrecord files (or a directory or glob of them, or a prepared directory)")
     if key == ("data", "prepared") and suffix in SOURCE_SUFFIXES:
         return f"names a {suffix} file; data.prepared is a directory (where `distillc data prepare` writes)"
     return None
@@ -295,8 +295,9 @@ def malformed_path(ctx: Context) -> Iterator[Finding]:
     """Paths are read by the runtime on the accelerator hosts, long after validation: a typo
     there costs a queued job. The runtime reads local paths and gs:// (s3:// with a backend);
     data.source (and each of data.sources, data.eval_source) also takes builtin:<name>, and reads
-    .txt, .jsonl(.gz/.zst), .parquet and ArrayRecord (.arecord, .array_record, TFDS's
-    x.array_record-00000-of-01024) files, directories and globs of them,
+    .txt, .jsonl(.gz/.zst), .parquet, ArrayRecord (.arecord, .array_record, TFDS's
+    x.array_record-00000-of-01024) and TFRecord (.tfrecord, x.tfrecord-00000-of-01024) files,
+    directories and globs of them,
     or a directory `distillc data prepare` wrote; data.prepared is a directory (no glob, no builtin,
     no corpus-file suffix); data.tokenizer is 'byte', a sentencepiece or tiktoken .model, an HF
     tokenizer.json or a GGUF checkpoint (the tokenizer in its metadata). A gs:// bucket name follows

@@ -8,7 +8,8 @@ A source is one of
   `text_field`), `.parquet` (one document per row, its `text_field` column), `.arecord` /
   `.array_record` or a TFDS shard name `x.array_record-00000-of-01024` (ArrayRecord: one document per record, a JSON object with `text_field` or with
   pre-tokenized `tokens`, or plain UTF-8 text; or, told from the shard's first record, a
-  tf.train.Example with a `text_field` bytes_list / int64_list or a `tokens` int64_list);
+  tf.train.Example with a `text_field` bytes_list / int64_list or a `tokens` int64_list), `.tfrecord`
+  or a TFDS shard name `x.tfrecord-00000-of-01024` (TFRecord: records read as ArrayRecord's are);
 - a directory (the files above inside it, sorted by name), or a glob (`data/*.jsonl.gz`);
 - a list of any of these (read in the order given).
 Paths go through etils.epath, so gs:// works wherever an epath backend for it is installed.
@@ -32,14 +33,14 @@ import numpy as np
 from distillc.runtime.data.example_proto import ExampleError, Feature, looks_like_example, parse_example
 
 BUILTINS = ("pydoc_topics",)
-SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet", ".arecord", ".array_record")
+SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet", ".arecord", ".array_record", ".tfrecord")
 PREPARED_MAGIC = b"DCPR"  # the first bytes of a `distillc data prepare` record (runtime/data/prepared.py)
 
 Document = Union[str, np.ndarray]  # text, or a pre-tokenized document (int32 ids, used as they are)
 GLOB_CHARS = "*?["
-# TFDS names ArrayRecord shards `<name>-<split>.array_record-00000-of-01024`; MaxText's docs glob them
-# (`grain_train_files=.../c4-train.array_record*`), so such a name is an ArrayRecord file too
-TFDS_SHARD = re.compile(r"\.array_record-\d+-of-\d+\Z")
+# TFDS names its shards `<name>-<split>.array_record-00000-of-01024` (or .tfrecord-...); MaxText's docs
+# glob them (`grain_train_files=.../c4-train.array_record*`), so such a name is a file of that kind too
+TFDS_SHARD = re.compile(r"\.(array_record|tfrecord)-\d+-of-\d+\Z")
 
 
 class CorpusError(ValueError):
@@ -48,8 +49,9 @@ class CorpusError(ValueError):
 
 def file_kind(path: str) -> str | None:
     """The reader for a file name: one of SUFFIXES (without the dot), or None."""
-    if TFDS_SHARD.search(path):
-        return "array_record"
+    m = TFDS_SHARD.search(path)
+    if m:
+        return m.group(1)
     for suffix in sorted(SUFFIXES, key=len, reverse=True):
         if path.endswith(suffix):
             return suffix[1:]
@@ -117,6 +119,8 @@ def read_documents(path: str, text_field: str = "text", start: int = 0) -> Itera
             yield from _parquet_documents(path, text_field, start)
         elif kind in ("arecord", "array_record"):
             yield from _arecord_documents(path, text_field, start)
+        elif kind == "tfrecord":
+            yield from _tfrecord_documents(path, text_field, start)
         else:
             yield from _jsonl_documents(path, kind or "jsonl", text_field, start)
     except CorpusError:
@@ -238,6 +242,28 @@ def _arecord_documents(path: str, text_field: str, start: int) -> Iterator[Docum
             reader.close()
         except RuntimeError:  # a damaged file also fails to close; the reading error says what to do
             pass
+
+
+def _tfrecord_documents(path: str, text_field: str, start: int) -> Iterator[Document]:
+    """A TFRecord file's documents (tfrecord.py: both checksums verified), each record read as an
+    ArrayRecord record is: a tf.train.Example when the file's first record is one, else JSON or text."""
+    from etils import epath
+
+    from distillc.runtime.data.tfrecord import TFRecordError, records
+
+    examples = None
+    with epath.Path(path).open("rb") as f:
+        if start:  # the format is the first record's, so look at it before skipping
+            first = next(records(f, path), None)
+            examples = first is not None and looks_like_example(first)
+            f.seek(0)
+        try:
+            for i, raw in enumerate(records(f, path, start), start):
+                if examples is None:
+                    examples = looks_like_example(raw)
+                yield (_example_document if examples else _arecord_document)(path, i, raw, text_field)
+        except TFRecordError as e:
+            raise CorpusError(f"{e}; replace or remove the file") from None
 
 
 def _arecord_document(path: str, index: int, raw: bytes, text_field: str) -> Document:
