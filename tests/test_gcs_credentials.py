@@ -5,22 +5,13 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from distillc.runtime import gcs_credentials as C
 from distillc.runtime.data.prepared import run_prepare
 from distillc.runtime.main import EXIT_USAGE, main
 
 from tests.runtime_configs import make_config
-
-
-@pytest.fixture
-def no_credentials(tmp_path, monkeypatch):
-    for name in ("GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "GCE_METADATA_IP"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
-    monkeypatch.setattr(C, "DMI_PRODUCT", str(tmp_path / "product_name"))
-    return tmp_path
+from tests.test_remote import no_credentials  # noqa: F401 (the fixture: no Google credentials here)
 
 
 def test_gs_paths_are_found_with_their_keys_in_order():
