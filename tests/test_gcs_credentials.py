@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-
 from distillc.runtime import gcs_credentials as C
 from distillc.runtime.data.prepared import run_prepare
 from distillc.runtime.main import EXIT_USAGE, main
