@@ -135,13 +135,27 @@ def test_cli_exports(tmp_path):
     assert "exported" in p.stdout and json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "mistral"
 
 
+def _assert_same_exports(one: Path, other: Path) -> None:
+    """one/hf and other/hf hold the same files byte for byte (more than config, index and one shard);
+    one/mt and other/mt the same MaxText tensors, dtype and bits."""
+    from tests.test_maxtext import _stored
+
+    files = sorted(f.name for f in (one / "hf").iterdir())
+    assert len(files) > 3 and files == sorted(f.name for f in (other / "hf").iterdir())
+    for name in files:
+        assert (one / "hf" / name).read_bytes() == (other / "hf" / name).read_bytes(), name
+    a, b = _stored(one / "mt"), _stored(other / "mt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), k
+
+
 def test_exports_from_a_sharded_load_are_the_one_device_files(tmp_path):
     """On 8 host devices the source loads fsdp-sharded and each tensor is gathered shard by shard
     (convert/export.py's gather): the files must be byte for byte the one-device export's (hf), and
     every MaxText tensor bit for bit (bfloat16: the casts run on the devices there)."""
     from tests.conftest import xla_env
     from tests.test_hf_models import fixture_arch
-    from tests.test_maxtext import _stored
     from distillc.runtime.convert.maxtext import export_maxtext
 
     script = ("import sys; from distillc.runtime.convert.export import export_hf, export_mesh; "
@@ -155,14 +169,7 @@ def test_exports_from_a_sharded_load_are_the_one_device_files(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     export_hf(str(FIXTURES / "llama3.1"), str(tmp_path / "hf"), dtype="bfloat16", max_shard_size="20KB")
     export_maxtext(str(FIXTURES / "qwen3"), str(tmp_path / "mt"), dtype="bfloat16", model=fixture_arch("qwen3"))
-    files = sorted(f.name for f in (tmp_path / "hf").iterdir())
-    assert len(files) > 3 and files == sorted(f.name for f in (tmp_path / "eight" / "hf").iterdir())
-    for name in files:
-        assert (tmp_path / "hf" / name).read_bytes() == (tmp_path / "eight" / "hf" / name).read_bytes(), name
-    one, eight = _stored(tmp_path / "mt"), _stored(tmp_path / "eight" / "mt")
-    assert one.keys() == eight.keys()
-    for k in one:
-        assert one[k].dtype == eight[k].dtype and one[k].tobytes() == eight[k].tobytes(), k
+    _assert_same_exports(tmp_path, tmp_path / "eight")
 
 
 TWO_PROCESS_EXPORT = """
@@ -191,7 +198,6 @@ def test_a_two_process_export_is_the_one_process_export(tmp_path):
 
     from tests.conftest import xla_env
     from tests.test_hf_models import fixture_arch
-    from tests.test_maxtext import _stored
     from distillc.runtime.convert.maxtext import export_maxtext
 
     with socket.socket() as s:
@@ -209,13 +215,6 @@ def test_a_two_process_export_is_the_one_process_export(tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["hf", "mt"]  # no temporary left
     export_hf(str(FIXTURES / "llama3.1"), str(tmp_path / "hf"), dtype="bfloat16", max_shard_size="20KB")
     export_maxtext(str(FIXTURES / "gemma3"), str(tmp_path / "mt"), dtype="float32", model=fixture_arch("gemma3"))
-    files = sorted(f.name for f in (tmp_path / "hf").iterdir())
-    assert len(files) > 3 and files == sorted(f.name for f in (tmp_path / "two" / "hf").iterdir())
-    for name in files:
-        assert (tmp_path / "hf" / name).read_bytes() == (tmp_path / "two" / "hf" / name).read_bytes(), name
     items = tmp_path / "two" / "mt" / "0" / "items"
     assert (items / "ocdbt.process_0").is_dir() and (items / "ocdbt.process_1").is_dir()  # both wrote their shards
-    one, two = _stored(tmp_path / "mt"), _stored(tmp_path / "two" / "mt")
-    assert one.keys() == two.keys()
-    for k in one:
-        assert one[k].dtype == two[k].dtype and one[k].tobytes() == two[k].tobytes(), k
+    _assert_same_exports(tmp_path, tmp_path / "two")
