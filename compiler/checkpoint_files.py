@@ -18,6 +18,7 @@ from distillc.compiler.remote import Remote, Unreachable, is_gs, is_remote
 from distillc.runtime.convert.gguf_meta import GGUFHeader, header_by_ranges, is_gguf_path, local_header
 from distillc.runtime.convert.hf_config import is_hf_listing, local_config, parse_config
 from distillc.runtime.convert.shipped_tokenizer import tokenizer_disagreement
+from distillc.runtime.file_digest import file_sha256
 
 # the most bytes read of one remote file: a config.json is kilobytes, the largest published tokenizer
 # files tens of megabytes (Gemma 3's tokenizer.json: 33 MB), a GGUF header with a 256k vocabulary ~10 MB
@@ -113,11 +114,7 @@ class _Files:
         remote = reader(self.ctx, path)
         if remote is not None:
             return hashlib.sha256(_read_small(remote, path)).hexdigest()
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(path)[0]
 
 
 def tokenizer_mismatch(ctx: Any, role: str, checkpoint: str, data_tokenizer: str,

@@ -12,9 +12,10 @@ checkpoint (runtime/train/params.py). No jax here: the compiler imports this mod
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Optional, Protocol
+
+from distillc.runtime.file_digest import file_sha256
 
 # the files a Hugging Face model directory ships its tokenizer in, by data.tokenizer's suffix
 SHIPPED = {".json": "tokenizer.json", ".model": "tokenizer.model"}
@@ -47,17 +48,8 @@ class LocalOrEpath:
         return epath.Path(path).is_file()
 
     def sha256(self, path: str) -> str:
-        """The file's sha256, read in 1 MiB blocks (a tokenizer.json of a few MB costs milliseconds)."""
-        digest = hashlib.sha256()
-        if _remote(path):
-            from etils import epath
-
-            digest.update(epath.Path(path).read_bytes())
-            return digest.hexdigest()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        """The file's sha256, read in blocks (a tokenizer.json of a few MB costs milliseconds)."""
+        return file_sha256(path)[0]
 
 
 EPATH = LocalOrEpath()

@@ -54,6 +54,7 @@ import numpy as np
 from distillc.runtime.config import DataConfig
 from distillc.runtime.data.corpus import PREPARED_MAGIC
 from distillc.runtime.data.tokenizers import Tokenizer, tokenizer_fingerprint
+from distillc.runtime.file_digest import file_sha256
 
 FORMAT = "distillc-prepared"
 FORMAT_VERSION = 1
@@ -98,17 +99,6 @@ def decode_row(data: bytes, seq_len: int, where: str) -> Row:
     a = np.frombuffer(data, "<i4", offset=_HEADER.size).reshape(4, seq_len).astype(np.int32)
     row: Row = dict(zip(ROW_FIELDS, a))
     return {**row, "mask": row["segment_ids"] > 0}
-
-
-def file_sha256(path: str) -> tuple[str, int]:
-    from etils import epath
-
-    h, n = hashlib.sha256(), 0
-    with epath.Path(path).open("rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
 
 
 def _write_json_atomic(path: str, obj: Any) -> None:

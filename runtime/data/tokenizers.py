@@ -248,8 +248,7 @@ def tokenizer_fingerprint(name: str) -> dict[str, str]:
     p = epath.Path(name)
     if not p.exists():
         raise TokenizerError(f"tokenizer file {name!r} does not exist")
-    digest = hashlib.sha256()
-    with p.open("rb") as f:  # in blocks: data.tokenizer may name a GGUF checkpoint of several GB
-        for block in iter(lambda: f.read(16 << 20), b""):
-            digest.update(block)
-    return {"name": name, "sha256": digest.hexdigest()}
+    from distillc.runtime.file_digest import file_sha256
+
+    # in blocks: data.tokenizer may name a GGUF checkpoint of several GB
+    return {"name": name, "sha256": file_sha256(name)[0]}

@@ -50,6 +50,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from distillc.runtime.config import DataConfig, RuntimeConfig, Schedule
+from distillc.runtime.file_digest import file_sha256
 
 FORMAT = "distillc-topk"
 FORMAT_VERSION = 2  # 2: records carry segment_ids and positions (packed documents stay apart offline too)
@@ -215,16 +216,14 @@ def grid_betas(temperatures: Sequence[float]) -> np.ndarray:
 
 
 def tokenizer_fingerprint(name: str) -> dict[str, str]:
-    """Identity of data.tokenizer: its name and a sha256 of its definition (the file's bytes; for
-    the byte tokenizer, of its fixed definition)."""
-    if name == "byte":
-        return {"name": name, "sha256": hashlib.sha256(b"distillc byte tokenizer: UTF-8 bytes 0..255").hexdigest()}
-    from etils import epath
+    """Identity of data.tokenizer (data/tokenizers.tokenizer_fingerprint: the file read in blocks, so a
+    GGUF checkpoint named as the tokenizer is never held whole), a missing file as a CacheError."""
+    from distillc.runtime.data.tokenizers import TokenizerError, tokenizer_fingerprint as fingerprint
 
-    p = epath.Path(name)
-    if not p.exists():
-        raise CacheError(f"data.tokenizer {name!r} does not exist; cannot fingerprint it")
-    return {"name": name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    try:
+        return fingerprint(name)
+    except TokenizerError:
+        raise CacheError(f"data.tokenizer {name!r} does not exist; cannot fingerprint it") from None
 
 
 def prepared_digest(data: DataConfig) -> Optional[str]:
@@ -319,18 +318,6 @@ def _epath(path):
     from etils import epath
 
     return epath.Path(path)
-
-
-def file_sha256(path) -> tuple[str, int]:
-    h, n = hashlib.sha256(), 0
-    with _epath(path).open("rb") as f:
-        while True:
-            chunk = f.read(1 << 22)
-            if not chunk:
-                break
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
 
 
 def _write_json_atomic(path, obj) -> None:

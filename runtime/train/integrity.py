@@ -14,15 +14,15 @@ restored as before, and a restore that fails falls back like a failed verificati
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Iterator
 
 from etils import epath
 
+from distillc.runtime.file_digest import file_sha256
+
 RECORD = "integrity.json"
-_CHUNK = 1 << 22
 
 
 class IntegrityError(RuntimeError):
@@ -40,12 +40,8 @@ def _files(root: epath.Path, prefix: str = "") -> Iterator[tuple[str, epath.Path
 
 
 def _digest(path: epath.Path) -> tuple[int, str]:
-    h, size = hashlib.sha256(), 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
+    sha, size = file_sha256(path)
+    return size, sha
 
 
 def record(directory: str | os.PathLike) -> None:
